@@ -1,0 +1,133 @@
+//! The API's error type: every failure a handler can report, mapped in one
+//! place to its status code and the contract's `{"error": ...}` text.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use common::auth::TokenError;
+use common::password::PasswordError;
+use common::presence::PresenceError;
+use common::store::StoreError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Missing Login or password")]
+    MissingLoginOrPassword,
+    #[error("Missing password parameter")]
+    MissingPassword,
+    #[error("Missing room_id parameter")]
+    MissingRoomId,
+    #[error("Missing access_key parameter")]
+    MissingAccessKey,
+    #[error("Missing room_id or user_name parameter")]
+    MissingLeaveParameters,
+    #[error("Missing room_name or room_owner parameter")]
+    MissingRoomName,
+    #[error("Missing new_access_key parameter for private room")]
+    MissingNewAccessKey,
+    #[error("Room name cannot be empty")]
+    EmptyRoomName,
+    #[error("Missing user_name or room_id parameter")]
+    MissingKickParameters,
+    #[error("User already in room")]
+    AlreadyInRoom,
+    #[error("Room with this access key already exists")]
+    DuplicateAccessKey,
+    #[error("The owner cannot be kicked")]
+    OwnerCannotBeKicked,
+    /// Any other malformed input: wrong type, over a limit, bad JSON.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error("Unknown user")]
+    UnknownUser,
+    #[error("Invalid user credentials")]
+    InvalidCredentials,
+    #[error("Invalid old password")]
+    InvalidOldPassword,
+    #[error("You are not the owner of this room")]
+    NotOwner,
+    #[error("Room not found")]
+    RoomNotFound,
+    #[error("User not in room")]
+    UserNotInRoom,
+    #[error("Not found")]
+    NoRoute,
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    #[error("User Exists")]
+    UserExists,
+    #[error("Request body too large (limit 64 KiB)")]
+    TooLarge,
+    #[error("Too many requests, try again later")]
+    Busy,
+    /// A bug or an unavailable dependency; the detail is logged, never sent.
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(text: impl Into<String>) -> Self {
+        Self::Invalid(text.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingLoginOrPassword
+            | Self::MissingPassword
+            | Self::MissingRoomId
+            | Self::MissingAccessKey
+            | Self::MissingLeaveParameters
+            | Self::MissingRoomName
+            | Self::MissingNewAccessKey
+            | Self::EmptyRoomName
+            | Self::MissingKickParameters
+            | Self::AlreadyInRoom
+            | Self::DuplicateAccessKey
+            | Self::OwnerCannotBeKicked
+            | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Token(_)
+            | Self::UnknownUser
+            | Self::InvalidCredentials
+            | Self::InvalidOldPassword => StatusCode::UNAUTHORIZED,
+            Self::NotOwner => StatusCode::FORBIDDEN,
+            Self::RoomNotFound | Self::UserNotInRoom | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UserExists => StatusCode::CONFLICT,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Busy => StatusCode::TOO_MANY_REQUESTS,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(detail) = &self {
+            tracing::error!(error = %detail, "request failed");
+        }
+        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Busy => Self::Busy,
+            PasswordError::Internal(detail) => Self::Internal(detail),
+        }
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(e: PresenceError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}

@@ -1,0 +1,216 @@
+//! Request extractors: the caller's identity from the bearer token, the JSON
+//! body and the query string, with typed field access. Malformed input
+//! becomes an [`ApiError`] here, so handlers only see well-typed values.
+
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequestParts, RawQuery, Request};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use bytes::Bytes;
+use common::auth::TokenError;
+use common::domain::{MAX_ID, RoomId, char_len, is_blank};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The authenticated caller: the user the bearer token names, spelled as stored.
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(TokenError::Missing)?;
+        let header = header.to_str().map_err(|_| TokenError::Invalid)?;
+        let user = state.tokens.verify_bearer(header)?;
+        // A valid signature is not enough: the user must still exist.
+        let stored = state
+            .store
+            .user_name(&user)
+            .await?
+            .ok_or(ApiError::UnknownUser)?;
+        Ok(Caller(stored))
+    }
+}
+
+/// `Option<Caller>`: anonymous without an `Authorization` header; a header
+/// that is present must hold a valid token (401 otherwise).
+impl OptionalFromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, ApiError> {
+        if parts.headers.contains_key(AUTHORIZATION) {
+            <Caller as FromRequestParts<AppState>>::from_request_parts(parts, state)
+                .await
+                .map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// A JSON object body. No body at all counts as `{}`, so handlers answer with
+/// the contract's "Missing ..." errors.
+#[derive(Debug, Default)]
+pub struct Body(Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge
+            } else {
+                ApiError::invalid("Could not read the request body")
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err(ApiError::invalid("Request body must be a JSON object")),
+            Err(_) => Err(ApiError::invalid("Request body is not valid JSON")),
+        }
+    }
+}
+
+impl Body {
+    /// A string field; `None` when absent, null or blank.
+    pub fn text(&self, field: &str) -> Result<Option<&str>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if is_blank(s) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::invalid(format!("{field} must be a string"))),
+        }
+    }
+
+    /// A password field: like [`Body::text`], but whitespace is a password too.
+    pub fn secret(&self, field: &str) -> Result<Option<&str>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::invalid(format!("{field} must be a string"))),
+        }
+    }
+
+    /// An id given as a JSON integer or a numeric string; `None` when absent,
+    /// null or empty.
+    pub fn id(&self, field: &str) -> Result<Option<RoomId>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => parse_id(field, s).map(Some),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .filter(|id| (1..=MAX_ID).contains(id))
+                .map(Some)
+                .ok_or_else(|| bad_id(field)),
+            Some(_) => Err(bad_id(field)),
+        }
+    }
+
+    /// A boolean field; also accepts 0/1 and "true"/"false", as older clients send.
+    pub fn flag(&self, field: &str) -> Result<Option<bool>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(Some(false)),
+            Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(Some(true)),
+            Some(Value::String(s)) if s == "true" || s == "1" => Ok(Some(true)),
+            Some(Value::String(s)) if s == "false" || s == "0" => Ok(Some(false)),
+            Some(_) => Err(ApiError::invalid(format!("{field} must be true or false"))),
+        }
+    }
+}
+
+/// The query string's parameters.
+#[derive(Debug, Default)]
+pub struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let RawQuery(query) = RawQuery::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid("Invalid query string"))?;
+        let pairs = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|_| ApiError::invalid("Invalid query string"))?;
+        Ok(Self(pairs))
+    }
+}
+
+impl Params {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A positive integer id; `None` when absent or empty.
+    pub fn id(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.get(name).map(|v| parse_id(name, v)).transpose()
+    }
+
+    /// An integer within `range`; `None` when absent or empty.
+    pub fn int_in(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Result<Option<u32>, ApiError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(None);
+        };
+        raw.parse::<u32>()
+            .ok()
+            .filter(|v| range.contains(v))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "{name} must be an integer from {} to {}",
+                    range.start(),
+                    range.end()
+                ))
+            })
+    }
+}
+
+fn parse_id(field: &str, raw: &str) -> Result<i64, ApiError> {
+    // Digits only: no sign, no spaces, no exponent.
+    if !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad_id(field));
+    }
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| (1..=MAX_ID).contains(id))
+        .ok_or_else(|| bad_id(field))
+}
+
+fn bad_id(field: &str) -> ApiError {
+    ApiError::invalid(format!("{field} must be a positive integer below 2^53"))
+}
+
+/// Rejects a value longer than `max` characters.
+pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if char_len(value) > max {
+        Err(ApiError::invalid(format!(
+            "{field} must be at most {max} characters"
+        )))
+    } else {
+        Ok(())
+    }
+}

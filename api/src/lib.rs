@@ -1,0 +1,39 @@
+//! The Komunikator REST API (CONTRACT.md, "REST API"): accounts, rooms,
+//! memberships and chat history over the store, with change events published
+//! on the bus.
+
+mod error;
+mod extract;
+mod router;
+mod routes;
+mod state;
+
+use clap::Args;
+
+pub use error::ApiError;
+pub use router::{BODY_LIMIT, router};
+pub use state::{ApiDeps, AppState};
+
+/// Options of the API service.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Passwords hashed at once (argon2id uses 19 MiB and ~20 ms of a core
+    /// each); 0 means half the cores, at least one, so a login flood leaves
+    /// the other requests a core.
+    #[arg(long, env = "PASSWORD_HASH_THREADS", default_value_t = 0)]
+    pub password_hash_threads: usize,
+    /// Password checks allowed to wait for a hashing thread; beyond that a
+    /// login or register is answered 429 at once.
+    #[arg(long, env = "PASSWORD_HASH_QUEUE", default_value_t = 256)]
+    pub password_hash_queue: usize,
+}
+
+impl ApiArgs {
+    pub fn hash_threads(&self) -> usize {
+        if self.password_hash_threads > 0 {
+            return self.password_hash_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        (cores / 2).max(1)
+    }
+}

@@ -1,0 +1,34 @@
+//! Chat history, paginated by `chat_id`.
+
+use axum::Json;
+use axum::extract::State;
+use common::domain::{ChatMessage, HISTORY_MAX, HistoryQuery};
+
+use super::visible_room;
+use crate::error::ApiError;
+use crate::extract::{Caller, Params};
+use crate::state::AppState;
+
+pub async fn history(
+    State(state): State<AppState>,
+    caller: Option<Caller>,
+    params: Params,
+) -> Result<Json<Vec<ChatMessage>>, ApiError> {
+    let room_id = params.id("room_id")?.ok_or(ApiError::MissingRoomId)?;
+    let before = params.id("before")?;
+    let limit = params
+        .int_in("limit", 1..=HISTORY_MAX)?
+        .unwrap_or(HISTORY_MAX);
+    let viewer = caller.map(|Caller(c)| c);
+    visible_room(&state, room_id, viewer.as_deref()).await?;
+    Ok(Json(
+        state
+            .store
+            .history(HistoryQuery {
+                room_id,
+                before,
+                limit,
+            })
+            .await?,
+    ))
+}

@@ -1,0 +1,123 @@
+//! Rooms: list, read, create, edit, delete.
+
+use axum::Json;
+use axum::extract::State;
+use common::bus::RoomEvent;
+use common::domain::{ACCESS_KEY_MAX, NewRoom, ROOM_NAME_MAX, Room, RoomEdit, now};
+use common::store::StoreError;
+use serde_json::{Value, json};
+
+use super::{message, visible_room};
+use crate::error::ApiError;
+use crate::extract::{Body, Caller, Params, check_len};
+use crate::state::AppState;
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<Room>>, ApiError> {
+    let rooms = state.store.public_rooms().await?;
+    Ok(Json(
+        rooms.into_iter().map(|r| r.visible_to(None)).collect(),
+    ))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Option<Caller>,
+    params: Params,
+) -> Result<Json<Room>, ApiError> {
+    let room_id = params.id("room_id")?.ok_or(ApiError::MissingRoomId)?;
+    let viewer = caller.map(|Caller(c)| c);
+    let room = visible_room(&state, room_id, viewer.as_deref()).await?;
+    Ok(Json(room.visible_to(viewer.as_deref())))
+}
+
+/// A private room's key: required, non-blank, within the limit.
+fn access_key<'b>(body: &'b Body, field: &str, missing: ApiError) -> Result<&'b str, ApiError> {
+    let key = body.text(field)?.ok_or(missing)?;
+    check_len(field, key, ACCESS_KEY_MAX)?;
+    Ok(key)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(owner): Caller,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let name = body.text("room_name")?.ok_or(ApiError::MissingRoomName)?;
+    check_len("room_name", name, ROOM_NAME_MAX)?;
+    let access_key = if body.flag("is_private")?.unwrap_or(false) {
+        Some(access_key(&body, "access_key", ApiError::MissingAccessKey)?.to_owned())
+    } else {
+        None
+    };
+    let room = NewRoom {
+        name: name.to_owned(),
+        owner,
+        access_key,
+    };
+    let room_id = match state.store.create_room(&room, now()).await {
+        Err(StoreError::Conflict) => return Err(ApiError::DuplicateAccessKey),
+        other => other?,
+    };
+    tracing::info!(room_id, owner = room.owner, "room created");
+    state.events.publish(RoomEvent::RoomListUpdated).await;
+    Ok(Json(
+        json!({ "message": "Room created successfully", "room_id": room_id }),
+    ))
+}
+
+pub async fn edit(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = body.id("room_id")?.ok_or(ApiError::MissingRoomId)?;
+    let name = body.text("new_name")?;
+    let is_private = body.flag("is_private")?;
+    let room = visible_room(&state, room_id, Some(&caller)).await?;
+    if room.room_owner != caller {
+        return Err(ApiError::NotOwner);
+    }
+    let name = name.ok_or(ApiError::EmptyRoomName)?;
+    check_len("new_name", name, ROOM_NAME_MAX)?;
+    let access_key = if is_private.unwrap_or(room.is_private) {
+        Some(access_key(&body, "new_access_key", ApiError::MissingNewAccessKey)?.to_owned())
+    } else {
+        None
+    };
+    let edit = RoomEdit {
+        room_id,
+        name: name.to_owned(),
+        access_key,
+    };
+    match state.store.update_room(&edit).await {
+        Err(StoreError::Conflict) => return Err(ApiError::DuplicateAccessKey),
+        other => other?,
+    }
+    tracing::info!(room_id, "room edited");
+    state.events.publish(RoomEvent::RoomListUpdated).await;
+    Ok(message("Room edited successfully"))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = body.id("room_id")?.ok_or(ApiError::MissingRoomId)?;
+    // Only the owner may delete; to anyone else the room does not exist.
+    let room = state
+        .store
+        .room(room_id)
+        .await?
+        .ok_or(ApiError::RoomNotFound)?;
+    if room.room_owner != caller || !state.store.delete_room(room_id).await? {
+        return Err(ApiError::RoomNotFound);
+    }
+    tracing::info!(room_id, "room deleted");
+    state
+        .events
+        .publish(RoomEvent::RoomDeleted { room_id })
+        .await;
+    state.events.publish(RoomEvent::RoomListUpdated).await;
+    Ok(message("Room deleted successfully"))
+}

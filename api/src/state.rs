@@ -1,0 +1,36 @@
+//! The state every handler shares: a cheap clone of concrete handles.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use common::auth::Tokens;
+use common::bus::Events;
+use common::password::Passwords;
+use common::presence::Presence;
+use common::store::Store;
+
+/// What the API needs from the rest of the process.
+pub struct ApiDeps {
+    pub store: Arc<dyn Store>,
+    pub events: Events,
+    pub presence: Arc<dyn Presence>,
+    pub tokens: Tokens,
+    pub passwords: Passwords,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<ApiDeps>);
+
+impl AppState {
+    pub fn new(deps: ApiDeps) -> Self {
+        Self(Arc::new(deps))
+    }
+}
+
+impl Deref for AppState {
+    type Target = ApiDeps;
+
+    fn deref(&self) -> &ApiDeps {
+        &self.0
+    }
+}

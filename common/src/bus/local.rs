@@ -1,0 +1,138 @@
+//! The in-process adapter of the bus, for single-node mode: the same subject
+//! semantics as NATS (`*`, `>`), delivered through channels.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{Bus, BusError, BusMessage, Subscription};
+
+#[derive(Debug, Default, Clone)]
+pub struct LocalBus {
+    subscribers: Arc<Mutex<Vec<Subscriber>>>,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    pattern: String,
+    tx: mpsc::UnboundedSender<BusMessage>,
+}
+
+impl LocalBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
+        let mut subscribers = self
+            .subscribers
+            .lock()
+            .map_err(|e| BusError::Publish(e.to_string()))?;
+        // Sending fails only when the subscription was dropped: forget it.
+        subscribers.retain(|s| {
+            !subject_matches(&s.pattern, &subject)
+                || s.tx
+                    .send(BusMessage {
+                        subject: subject.clone(),
+                        payload: payload.clone(),
+                    })
+                    .is_ok()
+        });
+        Ok(())
+    }
+
+    async fn subscribe(&self, subject: String) -> Result<Subscription, BusError> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.subscribers
+            .lock()
+            .map_err(|e| BusError::Subscribe(e.to_string()))?
+            .push(Subscriber {
+                pattern: subject,
+                tx,
+            });
+        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+
+    fn check_ready(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// NATS subject matching: `*` matches exactly one token, a trailing `>` one or more.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    #[test]
+    fn wildcards_match_like_nats() {
+        assert!(subject_matches("kom.room.1.x", "kom.room.1.x"));
+        assert!(subject_matches("kom.room.*.x", "kom.room.1.x"));
+        assert!(subject_matches("kom.>", "kom.room.1.x"));
+        assert!(!subject_matches("kom.>", "kom"));
+        assert!(!subject_matches("kom.room.*", "kom.room.1.x"));
+        assert!(!subject_matches("kom.room.1.x", "kom.room.1"));
+        assert!(!subject_matches("kom.room.2.x", "kom.room.1.x"));
+    }
+
+    #[tokio::test]
+    async fn subscribers_receive_matching_messages_in_order() {
+        let bus = LocalBus::new();
+        let mut room = bus
+            .subscribe("kom.room.1.>".into())
+            .await
+            .expect("subscribe");
+        let mut all = bus.subscribe("kom.>".into()).await.expect("subscribe");
+        for (subject, body) in [
+            ("kom.room.1.a", "1"),
+            ("kom.room.2.a", "2"),
+            ("kom.room.1.b", "3"),
+        ] {
+            bus.publish(subject.into(), Bytes::from(body))
+                .await
+                .expect("publish");
+        }
+        let got: Vec<_> = [room.next().await, room.next().await]
+            .into_iter()
+            .map(|m| m.expect("message").payload)
+            .collect();
+        assert_eq!(got, [Bytes::from("1"), Bytes::from("3")]);
+        for expected in ["1", "2", "3"] {
+            assert_eq!(
+                all.next().await.expect("message").payload,
+                Bytes::from(expected)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn dropped_subscriptions_are_forgotten() {
+        let bus = LocalBus::new();
+        drop(bus.subscribe("a".into()).await.expect("subscribe"));
+        bus.publish("a".into(), Bytes::new())
+            .await
+            .expect("publish");
+        assert!(bus.subscribers.lock().expect("lock").is_empty());
+    }
+}

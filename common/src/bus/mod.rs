@@ -1,0 +1,158 @@
+//! The bus interface: publish/subscribe between services, on NATS subjects
+//! (production) or in process (the embedded single-node default), and the
+//! room events that travel on it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::domain::RoomId;
+
+mod local;
+mod nats;
+
+pub use local::LocalBus;
+pub use nats::NatsBus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS: {0}")]
+    Connect(String),
+    #[error("publish failed: {0}")]
+    Publish(String),
+    #[error("subscribe failed: {0}")]
+    Subscribe(String),
+    #[error("the bus is not connected")]
+    NotConnected,
+}
+
+/// One message as a subscriber receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusMessage {
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// The messages published on a subject (pattern) from subscription on.
+pub type Subscription = Pin<Box<dyn Stream<Item = BusMessage> + Send>>;
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError>;
+    /// Subscribes to a subject; `*` matches one token and `>` the rest, as in NATS.
+    async fn subscribe(&self, subject: String) -> Result<Subscription, BusError>;
+    /// Fails when the bus cannot deliver messages now.
+    fn check_ready(&self) -> Result<(), BusError>;
+}
+
+/// Builds the subjects of ARCHITECTURE.md under a configurable prefix (so
+/// several deployments, or tests, can share one NATS server).
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: Arc<str>,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// `<prefix>.room.<room_id>.<event>`: events for the sockets in one room.
+    pub fn room_event(&self, room_id: RoomId, event: &str) -> String {
+        format!("{}.room.{room_id}.{event}", self.prefix)
+    }
+
+    /// `<prefix>.rooms.room_list_updated`: one subject every gateway listens to.
+    pub fn room_list_updated(&self) -> String {
+        format!("{}.rooms.room_list_updated", self.prefix)
+    }
+}
+
+/// Events the API publishes after a change it has committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// A room was created, edited or deleted: every socket refreshes its list.
+    RoomListUpdated,
+    /// Membership of a room changed.
+    UserListUpdated { room_id: RoomId },
+    /// The owner kicked `user_name`; gateways also drop that user's sockets from the room.
+    UserKicked { room_id: RoomId, user_name: String },
+    /// The room is gone; gateways drop every socket from it.
+    RoomDeleted { room_id: RoomId },
+}
+
+impl RoomEvent {
+    pub fn subject(&self, subjects: &Subjects) -> String {
+        match self {
+            Self::RoomListUpdated => subjects.room_list_updated(),
+            Self::UserListUpdated { room_id } => subjects.room_event(*room_id, "user_list_updated"),
+            Self::UserKicked { room_id, .. } => subjects.room_event(*room_id, "user_kicked"),
+            Self::RoomDeleted { room_id } => subjects.room_event(*room_id, "room_deleted"),
+        }
+    }
+
+    /// The Socket.IO payload of the event, as JSON (empty for events without one).
+    pub fn payload(&self) -> Bytes {
+        match self {
+            Self::UserKicked { user_name, .. } => {
+                Bytes::from(serde_json::json!({ "user_name": user_name }).to_string())
+            }
+            Self::RoomListUpdated | Self::UserListUpdated { .. } | Self::RoomDeleted { .. } => {
+                Bytes::new()
+            }
+        }
+    }
+}
+
+/// Publishes room events; a failure is logged here, once, and not returned:
+/// the change they announce is already committed.
+#[derive(Clone)]
+pub struct Events {
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+}
+
+impl Events {
+    pub fn new(bus: Arc<dyn Bus>, subjects: Subjects) -> Self {
+        Self { bus, subjects }
+    }
+
+    pub async fn publish(&self, event: RoomEvent) {
+        let subject = event.subject(&self.subjects);
+        if let Err(e) = self.bus.publish(subject.clone(), event.payload()).await {
+            tracing::error!(subject, error = %e, "event not published");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_map_to_their_subjects() {
+        let s = Subjects::new("kom");
+        assert_eq!(
+            RoomEvent::RoomListUpdated.subject(&s),
+            "kom.rooms.room_list_updated"
+        );
+        assert_eq!(
+            RoomEvent::UserListUpdated { room_id: 7 }.subject(&s),
+            "kom.room.7.user_list_updated"
+        );
+        let kicked = RoomEvent::UserKicked {
+            room_id: 7,
+            user_name: "bob".into(),
+        };
+        assert_eq!(kicked.subject(&s), "kom.room.7.user_kicked");
+        assert_eq!(
+            kicked.payload(),
+            Bytes::from_static(br#"{"user_name":"bob"}"#)
+        );
+    }
+}

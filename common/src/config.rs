@@ -1,0 +1,298 @@
+//! Configuration shared by the services: command-line options that fall back
+//! to environment variables (the names older Komunikator servers used keep
+//! working), validated once at startup with every problem reported together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use sqlx::mysql::MySqlConnectOptions;
+
+use crate::store::StoreSettings;
+
+/// Collects configuration problems so they can be reported all at once.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<String>);
+
+impl Problems {
+    pub fn push(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
+    }
+
+    pub fn into_result(self) -> Result<(), String> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "invalid configuration:\n  - {}",
+                self.0.join("\n  - ")
+            ))
+        }
+    }
+}
+
+/// Where the HTTP server listens, and which browser origins it accepts.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Address to listen on.
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "0.0.0.0:5000")]
+    pub listen: SocketAddr,
+    /// Browser origins allowed by CORS and the Socket.IO handshake, comma
+    /// separated (e.g. `https://chat.example.com`); `*` allows any origin.
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        default_value = "*",
+        value_delimiter = ','
+    )]
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl HttpArgs {
+    /// `None` when any origin is allowed.
+    pub fn origin_allowlist(&self) -> Option<Vec<String>> {
+        let origins: Vec<String> = self
+            .cors_allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if origins.is_empty() || origins.iter().any(|o| o == "*") {
+            None
+        } else {
+            Some(origins)
+        }
+    }
+
+    pub fn validate(&self, problems: &mut Problems) {
+        for origin in self.origin_allowlist().unwrap_or_default() {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                problems.push(format!(
+                    "CORS_ALLOWED_ORIGINS: `{origin}` is not an origin like https://host[:port]"
+                ));
+            }
+        }
+    }
+}
+
+/// The MySQL/MariaDB database.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Database URL, `mysql://user:password@host:port/name`; takes precedence
+    /// over the DB_* variables. Read from the environment only.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// MySQL/MariaDB host.
+    #[arg(long, env = "DB_HOST")]
+    pub db_host: Option<String>,
+    /// MySQL/MariaDB port.
+    #[arg(long, env = "DB_PORT", default_value_t = 3306)]
+    pub db_port: u16,
+    /// MySQL/MariaDB user.
+    #[arg(long, env = "DB_USER", default_value = "root")]
+    pub db_user: String,
+    /// MySQL/MariaDB password. Read from the environment only.
+    #[arg(long, env = "DB_PASSWORD", hide_env_values = true, default_value = "")]
+    pub db_password: String,
+    /// Database name.
+    #[arg(long, env = "DB_NAME", default_value = "komunikator")]
+    pub db_name: String,
+    /// Connections in the database pool of each process.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+}
+
+impl DbArgs {
+    /// Names of the options that hold secrets: they must come from the
+    /// environment, never from the command line (visible in `ps`).
+    pub const SECRET_IDS: [&'static str; 2] = ["database_url", "db_password"];
+
+    /// True when a MySQL database is configured.
+    pub fn is_set(&self) -> bool {
+        self.database_url.is_some() || self.db_host.is_some()
+    }
+
+    /// The MySQL settings; `None` when no database is configured.
+    pub fn mysql(&self, problems: &mut Problems) -> Option<StoreSettings> {
+        if self.db_max_connections == 0 {
+            problems.push("DB_MAX_CONNECTIONS must be at least 1");
+        }
+        let options = if let Some(url) = &self.database_url {
+            match url.parse::<MySqlConnectOptions>() {
+                Ok(o) => o,
+                Err(_) => {
+                    // The URL holds a password: never echo it.
+                    problems.push("DATABASE_URL is not a valid mysql:// URL");
+                    return None;
+                }
+            }
+        } else {
+            let host = self.db_host.as_deref()?;
+            MySqlConnectOptions::new()
+                .host(host)
+                .port(self.db_port)
+                .username(&self.db_user)
+                .password(&self.db_password)
+                .database(&self.db_name)
+        };
+        Some(StoreSettings::MySql {
+            options,
+            max_connections: self.db_max_connections.max(1),
+        })
+    }
+}
+
+/// Access tokens.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Secret that signs access tokens (HS256); at least 32 bytes recommended.
+    /// Read from the environment only. Required except in single-node mode,
+    /// which generates one and keeps it in the data directory.
+    #[arg(long, env = "JWT_SECRET_KEY", hide_env_values = true)]
+    pub jwt_secret_key: Option<String>,
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, env = "JWT_ACCESS_TOKEN_EXPIRES", default_value_t = 900)]
+    pub jwt_access_token_expires: u64,
+}
+
+impl AuthArgs {
+    pub const SECRET_IDS: [&'static str; 1] = ["jwt_secret_key"];
+
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.jwt_access_token_expires)
+    }
+
+    pub fn validate(&self, required: bool, problems: &mut Problems) {
+        if self.jwt_access_token_expires == 0 {
+            problems.push("JWT_ACCESS_TOKEN_EXPIRES must be at least 1 second");
+        }
+        match &self.jwt_secret_key {
+            None if required => problems.push("JWT_SECRET_KEY is required"),
+            Some(s) if s.trim().is_empty() => problems.push("JWT_SECRET_KEY is empty"),
+            Some(s) if s.len() < 32 => {
+                tracing::warn!(
+                    "JWT_SECRET_KEY is shorter than 32 bytes; use a longer random secret"
+                )
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The broker (NATS).
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL, e.g. `nats://127.0.0.1:4222`.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+}
+
+/// Presence (Redis).
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379`.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// A user without a heartbeat for this long is offline, in milliseconds.
+    #[arg(long, env = "PRESENCE_TIMEOUT_MS", default_value_t = 5000)]
+    pub presence_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    /// The Redis URL may carry a password.
+    pub const SECRET_IDS: [&'static str; 1] = ["redis_url"];
+
+    pub fn presence_timeout(&self) -> Duration {
+        Duration::from_millis(self.presence_timeout_ms)
+    }
+
+    pub fn validate(&self, problems: &mut Problems) {
+        if self.presence_timeout_ms < 100 {
+            problems.push("PRESENCE_TIMEOUT_MS must be at least 100");
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                problems.push("REDIS_URL must start with redis:// or rediss://");
+            }
+        }
+    }
+}
+
+/// Namespacing shared by every service of one deployment.
+#[derive(Debug, Clone, Args)]
+pub struct PrefixArgs {
+    /// Prefix of NATS subjects and Redis keys, so several deployments (or test
+    /// runs) can share one NATS and one Redis.
+    #[arg(long, env = "KOM_PREFIX", default_value = "kom")]
+    pub prefix: String,
+}
+
+impl PrefixArgs {
+    pub fn validate(&self, problems: &mut Problems) {
+        let valid = !self.prefix.is_empty()
+            && self.prefix.split('.').all(|t| {
+                !t.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+        if !valid {
+            problems.push("KOM_PREFIX must be dot-separated tokens of letters, digits, `_` or `-`");
+        }
+    }
+}
+
+/// The data directory of single-node mode.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArgs {
+    /// Directory for the embedded defaults: the SQLite database and the
+    /// generated JWT secret.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+impl DataDirArgs {
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("komunikator.sqlite3")
+    }
+
+    /// The JWT secret kept in the data directory, created on first use.
+    pub fn jwt_secret(&self) -> std::io::Result<String> {
+        ensure_dir(&self.data_dir)?;
+        let path = self.data_dir.join("jwt_secret");
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let secret = crate::random_hex(32);
+        write_private(&path, secret.as_bytes())?;
+        Ok(secret)
+    }
+
+    pub fn ensure(&self) -> std::io::Result<()> {
+        ensure_dir(&self.data_dir)
+    }
+}
+
+fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}

@@ -1,0 +1,180 @@
+//! Domain types shared by every service, and the contract's limits on them.
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
+
+/// Largest id a JSON client can hold exactly (2^53 - 1).
+pub const MAX_ID: i64 = (1 << 53) - 1;
+
+/// Contract limits, in characters (Unicode scalar values).
+pub const USER_NAME_MAX: usize = 48;
+pub const PASSWORD_MAX: usize = 128;
+pub const ROOM_NAME_MAX: usize = 64;
+pub const ACCESS_KEY_MAX: usize = 64;
+pub const MESSAGE_MAX: usize = 1000;
+
+/// Newest messages `chat_history` returns when asked for no `limit`, and the
+/// largest `limit` a client may ask for.
+pub const HISTORY_MAX: u32 = 1000;
+
+pub type RoomId = i64;
+pub type ChatId = i64;
+
+/// A room as the contract shows it. `access_key` is already redacted for the
+/// viewer (see [`Room::visible_to`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Room {
+    pub room_id: RoomId,
+    pub room_name: String,
+    pub room_owner: String,
+    #[serde(serialize_with = "serialize_opt_timestamp")]
+    pub create_date: Option<NaiveDateTime>,
+    pub is_private: bool,
+    pub access_key: Option<String>,
+}
+
+impl Room {
+    /// A private room's key is shown only to its owner.
+    pub fn visible_to(mut self, viewer: Option<&str>) -> Self {
+        if viewer != Some(self.room_owner.as_str()) {
+            self.access_key = None;
+        }
+        self
+    }
+}
+
+/// One membership of the caller, as `GET /user_rooms` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Membership {
+    pub user_name: String,
+    pub room_id: RoomId,
+    pub room_name: String,
+    pub room_owner: String,
+    pub is_private: bool,
+}
+
+/// One entry of `GET /user_list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub user_name: String,
+    pub room_id: RoomId,
+}
+
+/// A persisted chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatMessage {
+    pub chat_id: ChatId,
+    pub room_id: RoomId,
+    pub user_name: String,
+    pub message: String,
+    #[serde(serialize_with = "serialize_opt_timestamp")]
+    pub create_date: Option<NaiveDateTime>,
+}
+
+/// The counters of `GET /user/get_info`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UserInfo {
+    pub message_count: i64,
+    pub private_rooms_owned: i64,
+    pub public_rooms_owned: i64,
+    pub private_rooms_member: i64,
+    pub public_rooms_member: i64,
+}
+
+/// A new room, validated.
+#[derive(Debug, Clone)]
+pub struct NewRoom {
+    pub name: String,
+    pub owner: String,
+    /// `Some` exactly when the room is private.
+    pub access_key: Option<String>,
+}
+
+/// The new settings of an edited room, validated.
+#[derive(Debug, Clone)]
+pub struct RoomEdit {
+    pub room_id: RoomId,
+    pub name: String,
+    /// `Some` exactly when the room becomes (or stays) private.
+    pub access_key: Option<String>,
+}
+
+/// Which slice of a room's history to read; always the newest `limit`
+/// messages below `before`, returned oldest first.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryQuery {
+    pub room_id: RoomId,
+    pub before: Option<ChatId>,
+    pub limit: u32,
+}
+
+/// The current time, at the precision the stores keep (milliseconds).
+pub fn now() -> NaiveDateTime {
+    let now = Utc::now().naive_utc();
+    let millis = now.and_utc().timestamp_millis();
+    DateTime::from_timestamp_millis(millis)
+        .map(|t| t.naive_utc())
+        .unwrap_or(now)
+}
+
+/// RFC 3339 UTC with milliseconds and a `Z`, as the contract requires.
+pub fn format_timestamp(t: &NaiveDateTime) -> String {
+    t.and_utc().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn serialize_opt_timestamp<S: Serializer>(
+    t: &Option<NaiveDateTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&format_timestamp(t)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Number of characters as the contract counts them (Unicode scalar values).
+pub fn char_len(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// True when `s` has no visible content: empty or whitespace only.
+pub fn is_blank(s: &str) -> bool {
+    s.trim().is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_millis_and_z() {
+        let t = DateTime::from_timestamp_millis(1_795_634_424_123)
+            .map(|t| t.naive_utc())
+            .expect("valid");
+        assert_eq!(format_timestamp(&t), "2026-11-24T19:20:24.123Z");
+    }
+
+    #[test]
+    fn char_len_counts_scalar_values_not_bytes() {
+        assert_eq!(char_len("żółw"), 4);
+        assert_eq!(char_len("😀😀"), 2);
+    }
+
+    #[test]
+    fn access_key_is_shown_only_to_the_owner() {
+        let room = Room {
+            room_id: 1,
+            room_name: "r".into(),
+            room_owner: "alice".into(),
+            create_date: None,
+            is_private: true,
+            access_key: Some("k".into()),
+        };
+        assert_eq!(
+            room.clone().visible_to(Some("alice")).access_key.as_deref(),
+            Some("k")
+        );
+        assert_eq!(room.clone().visible_to(Some("bob")).access_key, None);
+        assert_eq!(room.visible_to(None).access_key, None);
+    }
+}

@@ -1,0 +1,24 @@
+//! Code shared by every Komunikator service: configuration, access tokens,
+//! password hashing, domain types, the store/bus/presence interfaces with
+//! their two adapters each, and telemetry.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod domain;
+pub mod ops;
+pub mod password;
+pub mod presence;
+pub mod store;
+pub mod telemetry;
+
+/// `bytes` random bytes from the OS, hex encoded.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // The OS random source does not fail on supported platforms; if it ever
+    // did, a zeroed buffer must not pass silently as a secret.
+    if let Err(e) = getrandom::fill(&mut buf) {
+        panic!("the operating system's random source failed: {e}");
+    }
+    hex::encode(buf)
+}

@@ -1,0 +1,121 @@
+//! The operational endpoints every service serves: `/healthz` (alive),
+//! `/readyz` (its dependencies answer) and `/metrics` (Prometheus).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::presence::Presence;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// What a process depends on; `/readyz` checks each one that is present.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    pub store: Option<Arc<dyn Store>>,
+    pub bus: Option<Arc<dyn Bus>>,
+    pub presence: Option<Arc<dyn Presence>>,
+    /// Cancelled when the process starts shutting down: it then reports not
+    /// ready, so load balancers stop sending it new work while it drains.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+struct OpsState {
+    readiness: Readiness,
+    metrics: Metrics,
+}
+
+/// The router with `/healthz`, `/readyz` and `/metrics`.
+pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(ready))
+        .route("/metrics", get(render_metrics))
+        .with_state(OpsState { readiness, metrics })
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn ready(State(state): State<OpsState>) -> Response {
+    let r = &state.readiness;
+    let mut failed = Vec::new();
+    if r.shutdown.is_cancelled() {
+        failed.push("shutting down");
+    }
+    if let Some(store) = &r.store {
+        if !matches!(
+            tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await,
+            Ok(Ok(()))
+        ) {
+            failed.push("database");
+        }
+    }
+    if let Some(bus) = &r.bus {
+        if bus.check_ready().is_err() {
+            failed.push("nats");
+        }
+    }
+    if let Some(presence) = &r.presence {
+        if !matches!(
+            tokio::time::timeout(CHECK_TIMEOUT, presence.check_ready()).await,
+            Ok(Ok(()))
+        ) {
+            failed.push("redis");
+        }
+    }
+    if failed.is_empty() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        tracing::warn!(?failed, "not ready");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "failed": failed })),
+        )
+            .into_response()
+    }
+}
+
+async fn render_metrics(State(state): State<OpsState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Serves `app` plus the operational endpoints on `listener` until `shutdown`
+/// is cancelled, then lets in-flight requests finish.
+pub async fn serve(
+    app: Router,
+    readiness: Readiness,
+    metrics: Metrics,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<()> {
+    let shutdown = readiness.shutdown.clone();
+    let app =
+        router(readiness, metrics.clone())
+            .merge(app)
+            .layer(axum::middleware::from_fn_with_state(
+                metrics,
+                crate::telemetry::track_http,
+            ));
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,104 @@
+//! The command line: one subcommand per service. Every option falls back to
+//! an environment variable; `--help` is the reference.
+
+use clap::{ArgMatches, Args, Parser, Subcommand};
+use common::config::{
+    AuthArgs, DataDirArgs, DbArgs, HttpArgs, NatsArgs, PrefixArgs, Problems, RedisArgs,
+};
+use common::telemetry::LogArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "komunikator",
+    version,
+    about = "Komunikator: a real-time chat backend (REST + Socket.IO).",
+    long_about = "Komunikator: a real-time chat backend (REST + Socket.IO).\n\n\
+        Run one service per process (api), or every service in one process (all, \
+        the default), which needs no other services: without DB_HOST/DATABASE_URL, \
+        NATS_URL and REDIS_URL it keeps its data in an SQLite file in --data-dir."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The REST API service (needs MySQL, NATS and Redis).
+    Api(ApiCmd),
+    /// Every service in one process, on one port; the default command.
+    All(AllCmd),
+    /// Apply the database migrations and exit.
+    Migrate(MigrateCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct ApiCmd {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub prefix: PrefixArgs,
+    #[command(flatten)]
+    pub api: api::ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AllCmd {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub prefix: PrefixArgs,
+    #[command(flatten)]
+    pub api: api::ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateCmd {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// Refuses secrets given on the command line, where any user can read them
+/// (`ps`); they belong in the environment.
+pub fn check_secrets_from_env(matches: &ArgMatches, problems: &mut Problems) {
+    let Some((_, sub)) = matches.subcommand() else {
+        return;
+    };
+    let secrets = DbArgs::SECRET_IDS
+        .iter()
+        .chain(&AuthArgs::SECRET_IDS)
+        .chain(&RedisArgs::SECRET_IDS);
+    for id in secrets {
+        if sub.ids().any(|i| i.as_str() == *id)
+            && sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        {
+            problems.push(format!(
+                "--{} is a secret: set it in the environment ({}), not on the command line",
+                id.replace('_', "-"),
+                id.to_uppercase()
+            ));
+        }
+    }
+}

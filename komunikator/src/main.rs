@@ -1,0 +1,98 @@
+//! The `komunikator` binary: parses the command line, installs logging and
+//! the signal handler, and wires the services (one per process, or all).
+
+mod cli;
+mod wire;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+use cli::{Cli, Command};
+use common::config::Problems;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let (cli, matches) = parse(std::env::args_os().collect());
+    common::telemetry::init_tracing(&cli.log);
+    let mut problems = Problems::default();
+    cli::check_secrets_from_env(&matches, &mut problems);
+    if let Err(report) = problems.into_result() {
+        eprintln!("komunikator: {report}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("komunikator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    runtime.spawn(cancel_on_signal(shutdown.clone()));
+    let command = cli
+        .command
+        .unwrap_or_else(|| unreachable!("parse() defaults to `all`"));
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Api(cmd) => wire::api(cmd, shutdown).await,
+            Command::All(cmd) => wire::all(cmd, shutdown).await,
+            Command::Migrate(cmd) => wire::migrate(cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(wire::Failure::Config(report)) => {
+            eprintln!("komunikator: {report}");
+            ExitCode::from(2)
+        }
+        Err(wire::Failure::Runtime(e)) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "komunikator stopped with an error"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses the arguments; no subcommand means `all`.
+fn parse(mut args: Vec<OsString>) -> (Cli, clap::ArgMatches) {
+    let matches = Cli::command().get_matches_from(args.clone());
+    if matches.subcommand().is_none() {
+        args.insert(1.min(args.len()), "all".into());
+        return parse(args);
+    }
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => (cli, matches),
+        Err(e) => e.exit(),
+    }
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM: services stop accepting, finish
+/// what is in flight, and the process exits.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+    shutdown.cancel();
+}

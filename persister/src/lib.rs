@@ -1,0 +1,1 @@
+//! The persister: writes chat messages from the broker to MySQL. Arrives with the gateway issue.

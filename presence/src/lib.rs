@@ -1,0 +1,1 @@
+//! The presence service: Redis TTL keys and online/offline events. Arrives with the presence issue.
