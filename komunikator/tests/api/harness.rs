@@ -1,0 +1,510 @@
+//! The one harness of the black-box suite: starts the real `komunikator`
+
+#![allow(dead_code)] // each test uses the helpers it needs
+//! binary on 127.0.0.1 against MariaDB + NATS + Redis (each test with its own
+//! database and subject/key prefix) or against the embedded defaults (each
+//! test with its own data directory), and talks HTTP to it like a client.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, Connection, MySqlConnection};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_komunikator");
+
+/// Configuration variables the harness controls; inherited values are removed.
+const CONFIG_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_NAME",
+    "JWT_SECRET_KEY",
+    "JWT_ACCESS_TOKEN_EXPIRES",
+    "NATS_URL",
+    "REDIS_URL",
+    "KOM_PREFIX",
+    "LISTEN_ADDR",
+    "DATA_DIR",
+    "CORS_ALLOWED_ORIGINS",
+    "PRESENCE_TIMEOUT_MS",
+    "RUST_LOG",
+    "LOG_FORMAT",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `komunikator api` on MariaDB, NATS and Redis.
+    MySql,
+    /// `komunikator all` on the embedded defaults (SQLite, in-process bus and presence).
+    Embedded,
+}
+
+pub fn mysql_server_url() -> String {
+    std::env::var("KOM_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("KOM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("KOM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("random bytes");
+    hex::encode(buf)
+}
+
+/// A fresh MariaDB database, dropped when this value is.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let name = format!("kom_t_{}", random_hex(6));
+        let mut conn = MySqlConnection::connect(&mysql_server_url())
+            .await
+            .expect("connect to MariaDB");
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE DATABASE {name} CHARACTER SET utf8mb4"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+        Self { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", mysql_server_url(), self.name)
+    }
+
+    pub async fn connect(&self) -> MySqlConnection {
+        MySqlConnection::connect(&self.url())
+            .await
+            .expect("connect to test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut conn = MySqlConnection::connect(&mysql_server_url()).await?;
+                sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+                    .execute(&mut conn)
+                    .await?;
+                Ok::<_, sqlx::Error>(())
+            })
+            .map_err(std::io::Error::other)
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Runs `komunikator <args>` to completion; returns (success, output).
+pub async fn run_to_end(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for var in CONFIG_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("LOG_FORMAT", "json");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.kill_on_drop(true).output())
+        .await
+        .expect("command finished within 60 s")
+        .expect("run komunikator");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// Extra settings for a server.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub env: Vec<(&'static str, String)>,
+}
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    pub backend: Backend,
+    pub base: String,
+    /// Prefix of this server's NATS subjects and Redis keys.
+    pub prefix: String,
+    pub secret: String,
+    pub db: Option<TestDb>,
+    pub data_dir: Option<PathBuf>,
+    logs: Arc<Mutex<Vec<String>>>,
+    child: Child,
+    http: reqwest::Client,
+}
+
+/// An HTTP answer: status and JSON body (`Value::Null` when not JSON).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Resp {
+    /// The `error` text of an error body.
+    pub fn error(&self) -> &str {
+        self.body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error in {self:?}"))
+    }
+
+    #[track_caller]
+    pub fn expect(&self, status: u16, error: &str) {
+        assert_eq!((self.status, self.error()), (status, error), "{self:?}");
+    }
+
+    #[track_caller]
+    pub fn expect_message(&self, message: &str) {
+        assert_eq!(
+            (self.status, self.body["message"].as_str()),
+            (200, Some(message)),
+            "{self:?}"
+        );
+    }
+}
+
+/// A registered user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    pub token: String,
+}
+
+impl TestApp {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, options: Options) -> Self {
+        let prefix = format!("t{}", random_hex(6));
+        let mut env: Vec<(&str, String)> = vec![("KOM_PREFIX", prefix.clone())];
+        let (args, secret, db, data_dir) = match backend {
+            Backend::MySql => {
+                let db = TestDb::create().await;
+                let secret = random_hex(32);
+                env.extend([
+                    ("DATABASE_URL", db.url()),
+                    ("JWT_SECRET_KEY", secret.clone()),
+                    ("NATS_URL", nats_url()),
+                    ("REDIS_URL", redis_url()),
+                ]);
+                let (code, out) = run_to_end(&["migrate"], &env).await;
+                assert_eq!(code, Some(0), "migrate failed: {out}");
+                (vec!["api"], secret, Some(db), None)
+            }
+            Backend::Embedded => {
+                let dir = std::env::temp_dir().join(format!("kom-test-{}", random_hex(6)));
+                env.push(("DATA_DIR", dir.display().to_string()));
+                (vec!["all"], String::new(), None, Some(dir))
+            }
+        };
+        env.extend(options.env.iter().cloned());
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args);
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        for var in CONFIG_VARS {
+            cmd.env_remove(var);
+        }
+        cmd.env("LOG_FORMAT", "json");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn komunikator");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let addr = wait_for_listening(&mut child, logs.clone()).await;
+        let secret = match &data_dir {
+            Some(dir) => std::fs::read_to_string(dir.join("jwt_secret")).expect("generated secret"),
+            None => secret,
+        };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        Self {
+            backend,
+            base: format!("http://{addr}"),
+            prefix,
+            secret,
+            db,
+            data_dir,
+            logs,
+            child,
+            http,
+        }
+    }
+
+    /// Everything the server has logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("logs").join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
+        let res = req.send().await.expect("request sent");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.expect("response body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert!(
+            status < 500,
+            "server error {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        Resp {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.send(self.request(reqwest::Method::GET, path, token))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.send(self.request(reqwest::Method::POST, path, token).json(&body))
+            .await
+    }
+
+    /// Registers a user with a unique name starting with `stem`.
+    pub async fn user(&self, stem: &str) -> User {
+        let name = format!("{stem}_{}", random_hex(3));
+        let password = format!("pw-{name}");
+        let res = self
+            .post(
+                "/api/register",
+                None,
+                serde_json::json!({ "user_name": name, "password": password }),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{res:?}");
+        let token = res.body["access_token"].as_str().expect("token").to_owned();
+        User {
+            name,
+            password,
+            token,
+        }
+    }
+
+    /// Creates a room owned by `owner`; private when `key` is given.
+    pub async fn room(&self, owner: &User, name: &str, key: Option<&str>) -> i64 {
+        let res = self
+            .post(
+                "/api/room/create",
+                Some(&owner.token),
+                serde_json::json!({ "room_name": name, "is_private": key.is_some(), "access_key": key }),
+            )
+            .await;
+        res.expect_message("Room created successfully");
+        res.body["room_id"].as_i64().expect("room_id")
+    }
+
+    /// A token signed with this server's secret, with the given claims.
+    pub fn sign(&self, claims: &Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+        .expect("sign token")
+    }
+
+    /// Runs SQL on this server's database, for seeding what no REST call
+    /// writes yet (chat history) and for checking what was stored.
+    pub async fn sql(&self, statement: impl Into<String>) {
+        let statement = AssertSqlSafe(statement.into());
+        match self.backend {
+            Backend::MySql => {
+                let mut conn = self.db.as_ref().expect("db").connect().await;
+                sqlx::raw_sql(statement)
+                    .execute(&mut conn)
+                    .await
+                    .expect("sql");
+            }
+            Backend::Embedded => {
+                let mut conn = self.sqlite().await;
+                sqlx::raw_sql(statement)
+                    .execute(&mut conn)
+                    .await
+                    .expect("sql");
+            }
+        }
+    }
+
+    /// A stored password, read back from the database.
+    pub async fn stored_password(&self, user: &str) -> String {
+        match self.backend {
+            Backend::MySql => {
+                let mut conn = self.db.as_ref().expect("db").connect().await;
+                sqlx::query_scalar("SELECT password FROM users WHERE user_name = ?")
+                    .bind(user)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("stored password")
+            }
+            Backend::Embedded => {
+                let mut conn = self.sqlite().await;
+                sqlx::query_scalar("SELECT password FROM users WHERE user_name = ?")
+                    .bind(user)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("stored password")
+            }
+        }
+    }
+
+    async fn sqlite(&self) -> sqlx::SqliteConnection {
+        let path = self
+            .data_dir
+            .as_ref()
+            .expect("data dir")
+            .join("komunikator.sqlite3");
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .busy_timeout(Duration::from_secs(5));
+        sqlx::SqliteConnection::connect_with(&opts)
+            .await
+            .expect("open sqlite")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exited within 10 s after SIGTERM")
+            .expect("wait");
+        status.code()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Reads the server's log lines until it says where it listens; keeps
+/// collecting them afterwards (so the pipes never fill up).
+async fn wait_for_listening(child: &mut Child, logs: Arc<Mutex<Vec<String>>>) -> String {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    pump(
+        child.stdout.take().expect("stdout"),
+        logs.clone(),
+        tx.clone(),
+    );
+    pump(child.stderr.take().expect("stderr"), logs.clone(), tx);
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = rx.recv().await {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "listening" {
+                    return v["addr"].as_str().map(str::to_owned);
+                }
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(addr)) => addr,
+        _ => panic!(
+            "server did not start:\n{}",
+            logs.lock().expect("logs").join("\n")
+        ),
+    }
+}
+
+fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    reader: R,
+    logs: Arc<Mutex<Vec<String>>>,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            logs.lock().expect("logs").push(line.clone());
+            let _ = tx.send(line);
+        }
+    });
+}
+
+/// Instantiates each scenario `async fn name(backend: Backend)` as two tests:
+/// `mysql::name` (MariaDB + NATS + Redis) and `embedded::name`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod mysql {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::MySql).await
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Embedded).await
+                }
+            )*
+        }
+    };
+}
