@@ -1,9 +1,9 @@
 //! The one harness of the black-box suite: starts the real `komunikator`
-
-#![allow(dead_code)] // each test uses the helpers it needs
 //! binary on 127.0.0.1 against MariaDB + NATS + Redis (each test with its own
 //! database and subject/key prefix) or against the embedded defaults (each
 //! test with its own data directory), and talks HTTP to it like a client.
+
+#![allow(dead_code)] // each test binary uses the helpers it needs
 
 use std::path::PathBuf;
 use std::process::Stdio;
