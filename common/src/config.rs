@@ -110,7 +110,12 @@ impl DbArgs {
 
     /// True when a MySQL database is configured.
     pub fn is_set(&self) -> bool {
-        self.database_url.is_some() || self.db_host.is_some()
+        self.url().is_some() || self.db_host.as_deref().is_some_and(|h| !h.is_empty())
+    }
+
+    /// `DATABASE_URL`; an empty value counts as unset.
+    fn url(&self) -> Option<&str> {
+        self.database_url.as_deref().filter(|u| !u.is_empty())
     }
 
     /// The MySQL settings; `None` when no database is configured.
@@ -118,7 +123,7 @@ impl DbArgs {
         if self.db_max_connections == 0 {
             problems.push("DB_MAX_CONNECTIONS must be at least 1");
         }
-        let options = if let Some(url) = &self.database_url {
+        let options = if let Some(url) = self.url() {
             match url.parse::<MySqlConnectOptions>() {
                 Ok(o) => o,
                 Err(_) => {
@@ -128,13 +133,18 @@ impl DbArgs {
                 }
             }
         } else {
-            let host = self.db_host.as_deref()?;
-            MySqlConnectOptions::new()
+            let host = self.db_host.as_deref().filter(|h| !h.is_empty())?;
+            let options = MySqlConnectOptions::new()
                 .host(host)
                 .port(self.db_port)
                 .username(&self.db_user)
-                .password(&self.db_password)
-                .database(&self.db_name)
+                .database(&self.db_name);
+            // An empty password means none: sending "" is a different login.
+            if self.db_password.is_empty() {
+                options
+            } else {
+                options.password(&self.db_password)
+            }
         };
         Some(StoreSettings::MySql {
             options,

@@ -59,6 +59,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error and its causes, each said once (many errors repeat their source
+/// in their own message).
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if !out.contains(&cause) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
 /// Parses the arguments; no subcommand means `all`.
 fn parse(mut args: Vec<OsString>) -> (Cli, clap::ArgMatches) {
     let matches = Cli::command().get_matches_from(args.clone());

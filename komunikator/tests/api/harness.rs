@@ -143,6 +143,9 @@ pub async fn run_to_end(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, 
 #[derive(Default, Clone)]
 pub struct Options {
     pub env: Vec<(&'static str, String)>,
+    /// Embedded backend: use this data directory and leave it in place
+    /// (for restart tests); by default each server gets a fresh one.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// A running server and what a test needs to talk to it.
@@ -154,6 +157,8 @@ pub struct TestApp {
     pub secret: String,
     pub db: Option<TestDb>,
     pub data_dir: Option<PathBuf>,
+    /// Whether the data directory is removed when the server is dropped.
+    owns_data_dir: bool,
     logs: Arc<Mutex<Vec<String>>>,
     child: Child,
     http: reqwest::Client,
@@ -221,7 +226,9 @@ impl TestApp {
                 (vec!["api"], secret, Some(db), None)
             }
             Backend::Embedded => {
-                let dir = std::env::temp_dir().join(format!("kom-test-{}", random_hex(6)));
+                let dir = options.data_dir.clone().unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("kom-test-{}", random_hex(6)))
+                });
                 env.push(("DATA_DIR", dir.display().to_string()));
                 (vec!["all"], String::new(), None, Some(dir))
             }
@@ -258,6 +265,7 @@ impl TestApp {
             prefix,
             secret,
             db,
+            owns_data_dir: options.data_dir.is_none(),
             data_dir,
             logs,
             child,
@@ -435,7 +443,7 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        if let Some(dir) = &self.data_dir {
+        if let Some(dir) = self.data_dir.as_ref().filter(|_| self.owns_data_dir) {
             let _ = std::fs::remove_dir_all(dir);
         }
     }

@@ -5,3 +5,8 @@
 mod harness;
 
 mod auth;
+mod input;
+mod events;
+mod online;
+mod schema;
+mod config;

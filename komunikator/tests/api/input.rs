@@ -1,0 +1,191 @@
+//! Bad input of every kind gets a 4xx JSON error, never a 5xx or an HTML
+//! page; bodies are limited to 64 KiB; browsers on other origins are allowed.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Backend, Options, TestApp};
+
+const POSTS: &[&str] = &[
+    "/api/register",
+    "/api/login",
+    "/api/user/change_password",
+    "/api/room/join_public",
+    "/api/room/join_private",
+    "/api/room/leave",
+    "/api/room/create",
+    "/api/room/delete",
+    "/api/room/edit",
+    "/api/user_kick",
+];
+
+async fn malformed_json_bodies_are_400_with_a_json_error(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ann = app.user("ann").await;
+    let cases: &[(&str, &str)] = &[
+        ("{bad json", "Request body is not valid JSON"),
+        ("[1, 2]", "Request body must be a JSON object"),
+        ("\"text\"", "Request body must be a JSON object"),
+        ("42", "Request body must be a JSON object"),
+        ("null", "Request body must be a JSON object"),
+        ("{\"a\": 1} trailing", "Request body is not valid JSON"),
+    ];
+    for path in POSTS {
+        for (raw, error) in cases {
+            let req = app
+                .request(reqwest::Method::POST, path, Some(&ann.token))
+                .header("Content-Type", "application/json")
+                .body(raw.to_string());
+            let res = app.send(req).await;
+            res.expect(400, error);
+            let content_type = res.headers.get("content-type").and_then(|v| v.to_str().ok());
+            assert_eq!(content_type, Some("application/json"), "{path}");
+        }
+    }
+}
+
+async fn bodies_are_limited_to_64_kib(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let body_of = |size: usize| {
+        let skeleton = json!({ "user_name": "ann", "password": "pw", "pad": "" }).to_string();
+        let pad = "x".repeat(size - skeleton.len());
+        json!({ "user_name": "ann", "password": "pw", "pad": pad }).to_string()
+    };
+    let at_limit = body_of(64 * 1024);
+    assert_eq!(at_limit.len(), 64 * 1024);
+    let res = app
+        .send(app.request(reqwest::Method::POST, "/api/register", None).body(at_limit))
+        .await;
+    assert_eq!(res.status, 201, "a 64 KiB body is accepted: {res:?}");
+    for size in [64 * 1024 + 1, 1024 * 1024] {
+        let res = app
+            .send(app.request(reqwest::Method::POST, "/api/login", None).body(body_of(size)))
+            .await;
+        res.expect(413, "Request body too large (limit 64 KiB)");
+    }
+}
+
+async fn unknown_paths_and_methods_answer_json(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    app.get("/api/nope", None).await.expect(404, "Not found");
+    app.get("/nope", None).await.expect(404, "Not found");
+    let res = app.send(app.request(reqwest::Method::DELETE, "/api/rooms", None)).await;
+    res.expect(405, "Method not allowed");
+    let res = app.get("/api/register", None).await;
+    res.expect(405, "Method not allowed");
+}
+
+async fn absurd_ids_and_query_values_are_400(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ann = app.user("ann").await;
+    for id in ["abc", "-1", "0", "1.5", "1e3", "9007199254740992", "99999999999999999999999", " 1"] {
+        let res = app.get(&format!("/api/room?room_id={}", urlencode(id)), None).await;
+        assert_eq!(res.status, 400, "room_id={id:?}: {res:?}");
+        assert_eq!(res.error(), "room_id must be a positive integer below 2^53");
+    }
+    for id in [json!(-1), json!(0), json!(1.5), json!(true), json!([1]), json!({}), json!(9007199254740992u64)] {
+        let res = app.post("/api/room/join_public", Some(&ann.token), json!({ "room_id": id })).await;
+        res.expect(400, "room_id must be a positive integer below 2^53");
+    }
+    let res = app.get("/api/room?room_id=9007199254740991", None).await;
+    res.expect(404, "Room not found");
+    let res = app.get("/api/room?room_id=%ZZ", None).await;
+    assert_eq!(res.status, 400, "{res:?}");
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace(' ', "%20")
+}
+
+async fn wrong_field_types_are_400(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ann = app.user("ann").await;
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("/api/room/create", json!({ "room_name": 1 }), "room_name must be a string"),
+        ("/api/room/create", json!({ "room_name": "r", "is_private": "maybe" }), "is_private must be true or false"),
+        ("/api/room/create", json!({ "room_name": "r", "is_private": true, "access_key": 5 }), "access_key must be a string"),
+        ("/api/room/join_private", json!({ "access_key": ["k"] }), "access_key must be a string"),
+        ("/api/user_kick", json!({ "room_id": 1, "user_to_kick": 7 }), "user_to_kick must be a string"),
+        ("/api/user/change_password", json!({ "old_password": 1, "new_password": "x" }), "old_password must be a string"),
+    ];
+    for (path, body, error) in cases {
+        app.post(path, Some(&ann.token), body).await.expect(400, error);
+    }
+}
+
+async fn cors_preflight_allows_any_origin_with_the_authorization_header(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let res = app
+        .send(
+            app.request(reqwest::Method::OPTIONS, "/api/room/create", None)
+                .header("Origin", "https://chat.example.org")
+                .header("Access-Control-Request-Method", "POST")
+                .header("Access-Control-Request-Headers", "authorization,content-type"),
+        )
+        .await;
+    assert_eq!(res.status, 200);
+    let header = |name: &str| res.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_lowercase();
+    assert_eq!(header("access-control-allow-origin"), "*");
+    assert!(header("access-control-allow-headers").contains("authorization"));
+    assert!(header("access-control-allow-methods").contains("post"));
+    let res = app
+        .send(app.request(reqwest::Method::GET, "/api/rooms", None).header("Origin", "https://x.example"))
+        .await;
+    assert_eq!(res.headers.get("access-control-allow-origin").map(|v| v.as_bytes()), Some(&b"*"[..]));
+}
+
+async fn cors_allowlist_admits_only_listed_origins(backend: Backend) {
+    let options = Options {
+        env: vec![("CORS_ALLOWED_ORIGINS", "https://a.example, https://b.example:8443".into())],
+        ..Options::default()
+    };
+    let app = TestApp::start_with(backend, options).await;
+    for (origin, allowed) in
+        [("https://a.example", true), ("https://b.example:8443", true), ("https://evil.example", false)]
+    {
+        let res = app
+            .send(
+                app.request(reqwest::Method::OPTIONS, "/api/rooms", None)
+                    .header("Origin", origin)
+                    .header("Access-Control-Request-Method", "GET"),
+            )
+            .await;
+        let got = res.headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok());
+        assert_eq!(got, allowed.then_some(origin), "{origin}");
+    }
+}
+
+async fn health_readiness_and_metrics_are_served(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    assert_eq!(app.get("/healthz", None).await.body["status"], "ok");
+    assert_eq!(app.get("/readyz", None).await.body["status"], "ready");
+    app.get("/api/rooms", None).await;
+    let metrics = app
+        .send(app.request(reqwest::Method::GET, "/metrics", None))
+        .await;
+    assert_eq!(metrics.status, 200);
+    let text = reqwest::get(app.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    assert!(
+        text.contains(r#"komunikator_http_requests_total{method="GET",route="/api/rooms",status="200"}"#),
+        "{text}"
+    );
+    assert!(text.contains("komunikator_http_request_duration_seconds_bucket"), "{text}");
+}
+
+async fn sigterm_stops_the_server_cleanly(backend: Backend) {
+    let mut app = TestApp::start(backend).await;
+    app.user("ann").await;
+    assert_eq!(app.terminate().await, Some(0));
+    assert!(app.logs().contains("SIGTERM received"), "{}", app.logs());
+}
+
+crate::on_both_stores!(
+    malformed_json_bodies_are_400_with_a_json_error,
+    bodies_are_limited_to_64_kib,
+    unknown_paths_and_methods_answer_json,
+    absurd_ids_and_query_values_are_400,
+    wrong_field_types_are_400,
+    cors_preflight_allows_any_origin_with_the_authorization_header,
+    cors_allowlist_admits_only_listed_origins,
+    health_readiness_and_metrics_are_served,
+    sigterm_stops_the_server_cleanly,
+);

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: makes sure MariaDB, Redis and NATS are
+# installed and running on 127.0.0.1 (installing them with apt-get when
+# missing), then checks formatting and lints, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Reuse one target directory outside the clone, so CI builds incrementally.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/komunikator-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+log() { printf '== %s\n' "$*"; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 60); do port_open "$1" && return 0; sleep 0.5; done
+  echo "$2 did not come up on port $1" >&2
+  return 1
+}
+
+apt_updated=0
+need_package() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "$apt_updated" = 0 ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing $2"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+ensure_mariadb() {
+  if ! port_open 3306; then
+    need_package mariadbd mariadb-server
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+    log "starting MariaDB"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    wait_port 3306 MariaDB
+  fi
+  # Tests log in as root over TCP without a password (a fresh Debian install
+  # only lets root in over the socket).
+  if ! mariadb -uroot -h127.0.0.1 -e 'SELECT 1' >/dev/null 2>&1; then
+    log "allowing root@127.0.0.1 for the tests"
+    mariadb -uroot -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
+      GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; FLUSH PRIVILEGES;"
+  fi
+}
+
+ensure_redis() {
+  port_open 6379 && return 0
+  need_package redis-server redis-server
+  mkdir -p /var/lib/redis /var/log/redis
+  log "starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  wait_port 6379 Redis
+}
+
+ensure_nats() {
+  port_open 4222 && return 0
+  need_package nats-server nats-server
+  mkdir -p /var/lib/nats-server
+  log "starting NATS with JetStream"
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+    -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+  wait_port 4222 NATS
+}
+
+ensure_mariadb
+ensure_redis
+ensure_nats
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --workspace --locked
