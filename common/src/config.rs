@@ -147,7 +147,7 @@ impl DbArgs {
             }
         };
         Some(StoreSettings::MySql {
-            options,
+            options: Box::new(options),
             max_connections: self.db_max_connections.max(1),
         })
     }
@@ -221,10 +221,10 @@ impl RedisArgs {
         if self.presence_timeout_ms < 100 {
             problems.push("PRESENCE_TIMEOUT_MS must be at least 100");
         }
-        if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                problems.push("REDIS_URL must start with redis:// or rediss://");
-            }
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            problems.push("REDIS_URL must start with redis:// or rediss://");
         }
     }
 }

@@ -54,26 +54,20 @@ async fn ready(State(state): State<OpsState>) -> Response {
     if r.shutdown.is_cancelled() {
         failed.push("shutting down");
     }
-    if let Some(store) = &r.store {
-        if !matches!(
-            tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await,
-            Ok(Ok(()))
-        ) {
-            failed.push("database");
-        }
+    if let Some(store) = &r.store
+        && !answers(store.ping()).await
+    {
+        failed.push("database");
     }
-    if let Some(bus) = &r.bus {
-        if bus.check_ready().is_err() {
-            failed.push("nats");
-        }
+    if let Some(bus) = &r.bus
+        && bus.check_ready().is_err()
+    {
+        failed.push("nats");
     }
-    if let Some(presence) = &r.presence {
-        if !matches!(
-            tokio::time::timeout(CHECK_TIMEOUT, presence.check_ready()).await,
-            Ok(Ok(()))
-        ) {
-            failed.push("redis");
-        }
+    if let Some(presence) = &r.presence
+        && !answers(presence.check_ready()).await
+    {
+        failed.push("redis");
     }
     if failed.is_empty() {
         Json(json!({ "status": "ready" })).into_response()
@@ -85,6 +79,11 @@ async fn ready(State(state): State<OpsState>) -> Response {
         )
             .into_response()
     }
+}
+
+/// True when `check` succeeds within [`CHECK_TIMEOUT`].
+async fn answers<E>(check: impl std::future::Future<Output = Result<(), E>>) -> bool {
+    matches!(tokio::time::timeout(CHECK_TIMEOUT, check).await, Ok(Ok(())))
 }
 
 async fn render_metrics(State(state): State<OpsState>) -> Response {

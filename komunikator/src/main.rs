@@ -50,10 +50,7 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(wire::Failure::Runtime(e)) => {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "komunikator stopped with an error"
-            );
+            tracing::error!(error = causes(&e), "komunikator stopped with an error");
             ExitCode::FAILURE
         }
     }

@@ -43,7 +43,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub enum StoreSettings {
     MySql {
-        options: sqlx::mysql::MySqlConnectOptions,
+        options: Box<sqlx::mysql::MySqlConnectOptions>,
         max_connections: u32,
     },
     Sqlite {
@@ -73,7 +73,13 @@ pub async fn connect(settings: &StoreSettings) -> Result<Arc<dyn Store>> {
         StoreSettings::MySql {
             options,
             max_connections,
-        } => Arc::new(MySqlStore::connect(options.clone(), *max_connections).await?),
+        } => Arc::new(
+            MySqlStore::connect(
+                sqlx::mysql::MySqlConnectOptions::clone(options),
+                *max_connections,
+            )
+            .await?,
+        ),
         StoreSettings::Sqlite { path } => Arc::new(SqliteStore::connect(path).await?),
     })
 }

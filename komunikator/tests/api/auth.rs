@@ -30,7 +30,6 @@ async fn register_answers_201_with_a_token_naming_the_user(backend: Backend) {
     assert!(claims["jti"].as_str().is_some_and(|j| j.len() >= 16));
 }
 
-
 async fn register_without_name_or_password_is_400(backend: Backend) {
     let app = TestApp::start(backend).await;
     for body in [
@@ -42,10 +41,14 @@ async fn register_without_name_or_password_is_400(backend: Backend) {
         json!({ "user_name": "ann", "password": "" }),
         json!({ "user_name": null, "password": "pw" }),
     ] {
-        app.post("/api/register", None, body).await.expect(400, "Missing Login or password");
+        app.post("/api/register", None, body)
+            .await
+            .expect(400, "Missing Login or password");
     }
     // No body at all reads as an empty object.
-    let res = app.send(app.request(reqwest::Method::POST, "/api/register", None)).await;
+    let res = app
+        .send(app.request(reqwest::Method::POST, "/api/register", None))
+        .await;
     res.expect(400, "Missing Login or password");
 }
 
@@ -53,9 +56,13 @@ async fn registering_a_taken_name_is_409_in_any_letter_case(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann = app.user("ann").await;
     for name in [ann.name.clone(), ann.name.to_uppercase()] {
-        app.post("/api/register", None, json!({ "user_name": name, "password": "x" }))
-            .await
-            .expect(409, "User Exists");
+        app.post(
+            "/api/register",
+            None,
+            json!({ "user_name": name, "password": "x" }),
+        )
+        .await
+        .expect(409, "User Exists");
     }
 }
 
@@ -64,27 +71,69 @@ async fn user_name_and_password_limits_count_characters(backend: Backend) {
     // 48 two-byte characters: 96 bytes, still within the limit.
     let name48 = "ż".repeat(48);
     let pw128 = "ł".repeat(128);
-    let res = app.post("/api/register", None, json!({ "user_name": name48, "password": pw128 })).await;
+    let res = app
+        .post(
+            "/api/register",
+            None,
+            json!({ "user_name": name48, "password": pw128 }),
+        )
+        .await;
     assert_eq!(res.status, 201, "{res:?}");
-    let res = app.post("/api/login", None, json!({ "user_name": name48, "password": pw128 })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": name48, "password": pw128 }),
+        )
+        .await;
     assert_eq!(res.status, 200, "{res:?}");
 
     let name49 = "ż".repeat(49);
-    let res = app.post("/api/register", None, json!({ "user_name": name49, "password": "pw" })).await;
+    let res = app
+        .post(
+            "/api/register",
+            None,
+            json!({ "user_name": name49, "password": "pw" }),
+        )
+        .await;
     res.expect(400, "user_name must be at most 48 characters");
     let pw129 = "ł".repeat(129);
-    let res = app.post("/api/register", None, json!({ "user_name": "bob", "password": pw129 })).await;
+    let res = app
+        .post(
+            "/api/register",
+            None,
+            json!({ "user_name": "bob", "password": pw129 }),
+        )
+        .await;
     res.expect(400, "password must be at most 128 characters");
-    let res = app.post("/api/login", None, json!({ "user_name": name48, "password": pw129 })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": name48, "password": pw129 }),
+        )
+        .await;
     res.expect(400, "password must be at most 128 characters");
-    let res = app.post("/api/login", None, json!({ "user_name": name49, "password": "pw" })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": name49, "password": "pw" }),
+        )
+        .await;
     res.expect(400, "user_name must be at most 48 characters");
 }
 
 async fn user_names_with_surrounding_spaces_or_control_characters_are_refused(backend: Backend) {
     let app = TestApp::start(backend).await;
     for name in [" ann", "ann ", "an\u{0}n", "an\nn"] {
-        let res = app.post("/api/register", None, json!({ "user_name": name, "password": "pw" })).await;
+        let res = app
+            .post(
+                "/api/register",
+                None,
+                json!({ "user_name": name, "password": "pw" }),
+            )
+            .await;
         assert_eq!(res.status, 400, "{name:?}: {res:?}");
     }
 }
@@ -107,15 +156,38 @@ async fn wrong_types_in_credentials_are_400(backend: Backend) {
 async fn login_returns_a_token_only_for_the_right_password(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann = app.user("ann").await;
-    let res = app.post("/api/login", None, json!({ "user_name": ann.name, "password": ann.password })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": ann.name, "password": ann.password }),
+        )
+        .await;
     assert_eq!(res.status, 200, "{res:?}");
-    assert_eq!(decode_claims(res.body["access_token"].as_str().expect("token"))["sub"], ann.name.as_str());
+    assert_eq!(
+        decode_claims(res.body["access_token"].as_str().expect("token"))["sub"],
+        ann.name.as_str()
+    );
 
-    let res = app.post("/api/login", None, json!({ "user_name": ann.name, "password": "nope" })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": ann.name, "password": "nope" }),
+        )
+        .await;
     res.expect(401, "Invalid user credentials");
-    let res = app.post("/api/login", None, json!({ "user_name": "nobody", "password": "nope" })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": "nobody", "password": "nope" }),
+        )
+        .await;
     res.expect(401, "Invalid user credentials");
-    let res = app.post("/api/login", None, json!({ "user_name": ann.name })).await;
+    let res = app
+        .post("/api/login", None, json!({ "user_name": ann.name }))
+        .await;
     res.expect(400, "Missing Login or password");
 }
 
@@ -123,36 +195,76 @@ async fn login_in_another_letter_case_gets_the_stored_name(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann = app.user("ann").await;
     let upper = ann.name.to_uppercase();
-    let res = app.post("/api/login", None, json!({ "user_name": upper, "password": ann.password })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": upper, "password": ann.password }),
+        )
+        .await;
     assert_eq!(res.status, 200, "{res:?}");
     // The token names the user as stored, so ownership checks stay exact.
-    assert_eq!(decode_claims(res.body["access_token"].as_str().expect("token"))["sub"], ann.name.as_str());
+    assert_eq!(
+        decode_claims(res.body["access_token"].as_str().expect("token"))["sub"],
+        ann.name.as_str()
+    );
 }
 
 async fn passwords_are_stored_as_argon2id_phc_strings(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann = app.user("ann").await;
     let stored = app.stored_password(&ann.name).await;
-    assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stored}");
+    assert!(
+        stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{stored}"
+    );
     assert!(!stored.contains(&ann.password));
 }
 
 async fn legacy_plaintext_password_logs_in_once_and_is_rehashed(backend: Backend) {
     let app = TestApp::start(backend).await;
-    app.sql("INSERT INTO users (user_name, password) VALUES ('olduser', 'plain-old-pw')").await;
-    let res = app.post("/api/login", None, json!({ "user_name": "olduser", "password": "wrong" })).await;
+    app.sql("INSERT INTO users (user_name, password) VALUES ('olduser', 'plain-old-pw')")
+        .await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": "olduser", "password": "wrong" }),
+        )
+        .await;
     res.expect(401, "Invalid user credentials");
     assert_eq!(app.stored_password("olduser").await, "plain-old-pw");
 
-    let res = app.post("/api/login", None, json!({ "user_name": "olduser", "password": "plain-old-pw" })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": "olduser", "password": "plain-old-pw" }),
+        )
+        .await;
     assert_eq!(res.status, 200, "{res:?}");
     let stored = app.stored_password("olduser").await;
-    assert!(stored.starts_with("$argon2id$"), "rehashed on login: {stored}");
+    assert!(
+        stored.starts_with("$argon2id$"),
+        "rehashed on login: {stored}"
+    );
 
-    let res = app.post("/api/login", None, json!({ "user_name": "olduser", "password": "plain-old-pw" })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": "olduser", "password": "plain-old-pw" }),
+        )
+        .await;
     assert_eq!(res.status, 200, "still logs in after the rehash: {res:?}");
     // The stored hash itself is not a password.
-    let res = app.post("/api/login", None, json!({ "user_name": "olduser", "password": stored })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": "olduser", "password": stored }),
+        )
+        .await;
     res.expect(401, "Invalid user credentials");
 }
 
@@ -204,14 +316,26 @@ async fn protected_endpoints_refuse_missing_malformed_expired_and_forged_tokens(
         ("no header", None),
         ("garbage", Some("Bearer not.a.token".into())),
         ("no bearer prefix", Some(valid.clone())),
-        ("expired", Some(format!("Bearer {}", app.sign(&claims_for(&ann.name, -5))))),
-        ("not yet valid", Some(format!("Bearer {}", app.sign(&not_yet)))),
-        ("refresh token", Some(format!("Bearer {}", app.sign(&refresh)))),
+        (
+            "expired",
+            Some(format!("Bearer {}", app.sign(&claims_for(&ann.name, -5)))),
+        ),
+        (
+            "not yet valid",
+            Some(format!("Bearer {}", app.sign(&not_yet))),
+        ),
+        (
+            "refresh token",
+            Some(format!("Bearer {}", app.sign(&refresh))),
+        ),
         ("no exp", Some(format!("Bearer {}", app.sign(&no_exp)))),
         ("other secret", Some(format!("Bearer {other_secret}"))),
         ("HS512", Some(format!("Bearer {hs512}"))),
         ("alg none", Some(format!("Bearer {alg_none}"))),
-        ("unknown user", Some(format!("Bearer {}", app.sign(&claims_for("ghost", 600))))),
+        (
+            "unknown user",
+            Some(format!("Bearer {}", app.sign(&claims_for("ghost", 600)))),
+        ),
     ];
     for (method, path) in PROTECTED {
         let method: reqwest::Method = method.parse().expect("method");
@@ -224,7 +348,12 @@ async fn protected_endpoints_refuse_missing_malformed_expired_and_forged_tokens(
             assert_eq!(res.status, 401, "{path} with {what}: {res:?}");
             assert!(res.body["error"].is_string(), "{res:?}");
         }
-        let res = app.send(app.request(method.clone(), path, Some(&valid)).json(&json!({}))).await;
+        let res = app
+            .send(
+                app.request(method.clone(), path, Some(&valid))
+                    .json(&json!({})),
+            )
+            .await;
         assert_ne!(res.status, 401, "{path} with a valid token: {res:?}");
     }
 }
@@ -233,31 +362,70 @@ async fn changing_the_password_replaces_the_old_one(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann = app.user("ann").await;
     let change = |old: &str, new: &str| json!({ "old_password": old, "new_password": new });
-    let res = app.post("/api/user/change_password", Some(&ann.token), change("wrong", "new-pw")).await;
+    let res = app
+        .post(
+            "/api/user/change_password",
+            Some(&ann.token),
+            change("wrong", "new-pw"),
+        )
+        .await;
     res.expect(401, "Invalid old password");
-    for body in [json!({}), json!({ "old_password": ann.password }), json!({ "new_password": "x" })] {
-        let res = app.post("/api/user/change_password", Some(&ann.token), body).await;
+    for body in [
+        json!({}),
+        json!({ "old_password": ann.password }),
+        json!({ "new_password": "x" }),
+    ] {
+        let res = app
+            .post("/api/user/change_password", Some(&ann.token), body)
+            .await;
         res.expect(400, "Missing password parameter");
     }
     let long = "x".repeat(129);
-    let res = app.post("/api/user/change_password", Some(&ann.token), change(&ann.password, &long)).await;
+    let res = app
+        .post(
+            "/api/user/change_password",
+            Some(&ann.token),
+            change(&ann.password, &long),
+        )
+        .await;
     res.expect(400, "new_password must be at most 128 characters");
     let pw128 = "y".repeat(128);
-    let res = app.post("/api/user/change_password", Some(&ann.token), change(&ann.password, &pw128)).await;
+    let res = app
+        .post(
+            "/api/user/change_password",
+            Some(&ann.token),
+            change(&ann.password, &pw128),
+        )
+        .await;
     res.expect_message("Password changed successfully");
 
     let login = |pw: &str| json!({ "user_name": ann.name, "password": pw });
-    app.post("/api/login", None, login(&ann.password)).await.expect(401, "Invalid user credentials");
-    assert_eq!(app.post("/api/login", None, login(&pw128)).await.status, 200);
-    assert!(app.stored_password(&ann.name).await.starts_with("$argon2id$"));
+    app.post("/api/login", None, login(&ann.password))
+        .await
+        .expect(401, "Invalid user credentials");
+    assert_eq!(
+        app.post("/api/login", None, login(&pw128)).await.status,
+        200
+    );
+    assert!(
+        app.stored_password(&ann.name)
+            .await
+            .starts_with("$argon2id$")
+    );
 }
 
 async fn token_lifetime_is_configurable(backend: Backend) {
-    let options = Options { env: vec![("JWT_ACCESS_TOKEN_EXPIRES", "60".into())], ..Options::default() };
+    let options = Options {
+        env: vec![("JWT_ACCESS_TOKEN_EXPIRES", "60".into())],
+        ..Options::default()
+    };
     let app = TestApp::start_with(backend, options).await;
     let ann = app.user("ann").await;
     let claims = decode_claims(&ann.token);
-    assert_eq!(claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"), 60);
+    assert_eq!(
+        claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"),
+        60
+    );
 }
 
 async fn a_login_flood_does_not_hold_up_other_requests(backend: Backend) {
@@ -275,11 +443,17 @@ async fn a_login_flood_does_not_hold_up_other_requests(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(50)).await;
     for _ in 0..10 {
         assert_eq!(app.get("/api/rooms", None).await.status, 200);
-        assert_eq!(app.get("/api/user_rooms", Some(&ann.token)).await.status, 200);
+        assert_eq!(
+            app.get("/api/user_rooms", Some(&ann.token)).await.status,
+            200
+        );
     }
     // The reads were answered while logins were still waiting for a hasher.
     let pending = logins.iter().filter(|h| !h.is_finished()).count();
-    assert!(pending > 0, "every login finished before the reads: hashing is not bounded");
+    assert!(
+        pending > 0,
+        "every login finished before the reads: hashing is not bounded"
+    );
     for login in logins {
         let res = login.await.expect("join").expect("response");
         assert_eq!(res.status(), 200);
@@ -293,7 +467,11 @@ async fn tokens_keep_working_for_their_user_only(backend: Backend) {
     let room = app.room(&ann, "ann's", None).await;
     // Bob's token cannot act as Ann, whatever names the body carries.
     let res = app
-        .post("/api/room/delete", Some(&bob.token), json!({ "room_id": room, "user_name": ann.name }))
+        .post(
+            "/api/room/delete",
+            Some(&bob.token),
+            json!({ "room_id": room, "user_name": ann.name }),
+        )
         .await;
     res.expect(404, "Room not found");
 }
@@ -302,7 +480,7 @@ async fn tokens_keep_working_for_their_user_only(backend: Backend) {
 fn decode_claims(token: &str) -> serde_json::Value {
     let part = token.split('.').nth(1).expect("claims");
     let mut padded = part.replace('-', "+").replace('_', "/");
-    while padded.len() % 4 != 0 {
+    while !padded.len().is_multiple_of(4) {
         padded.push('=');
     }
     let bytes = base64_decode(&padded);
@@ -325,7 +503,6 @@ fn base64_decode(s: &str) -> Vec<u8> {
     }
     out
 }
-
 
 crate::on_both_stores!(
     register_answers_201_with_a_token_naming_the_user,

@@ -461,10 +461,10 @@ async fn wait_for_listening(child: &mut Child, logs: Arc<Mutex<Vec<String>>>) ->
     pump(child.stderr.take().expect("stderr"), logs.clone(), tx);
     let found = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = rx.recv().await {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "listening" {
-                    return v["addr"].as_str().map(str::to_owned);
-                }
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["message"] == "listening"
+            {
+                return v["addr"].as_str().map(str::to_owned);
             }
         }
         None

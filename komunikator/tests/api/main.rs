@@ -5,8 +5,8 @@
 mod harness;
 
 mod auth;
-mod input;
+mod config;
 mod events;
+mod input;
 mod online;
 mod schema;
-mod config;
