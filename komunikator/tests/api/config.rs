@@ -3,7 +3,9 @@
 
 use serde_json::json;
 
-use crate::harness::{Backend, Options, TestApp, TestDb, nats_url, random_hex, redis_url, run_to_end};
+use crate::harness::{
+    Backend, Options, TestApp, TestDb, nats_url, random_hex, redis_url, run_to_end,
+};
 
 #[tokio::test]
 async fn help_documents_every_option_and_environment_variable() {
@@ -15,13 +17,32 @@ async fn help_documents_every_option_and_environment_variable() {
     let (_, api) = run_to_end(&["api", "--help"], &[]).await;
     let (_, all) = run_to_end(&["all", "--help"], &[]).await;
     for var in [
-        "LISTEN_ADDR", "CORS_ALLOWED_ORIGINS", "DATABASE_URL", "DB_HOST", "DB_PORT", "DB_USER",
-        "DB_PASSWORD", "DB_NAME", "JWT_SECRET_KEY", "JWT_ACCESS_TOKEN_EXPIRES", "NATS_URL",
-        "REDIS_URL", "PRESENCE_TIMEOUT_MS", "KOM_PREFIX", "LOG_FORMAT", "RUST_LOG",
+        "LISTEN_ADDR",
+        "CORS_ALLOWED_ORIGINS",
+        "DATABASE_URL",
+        "DB_HOST",
+        "DB_PORT",
+        "DB_USER",
+        "DB_PASSWORD",
+        "DB_NAME",
+        "JWT_SECRET_KEY",
+        "JWT_ACCESS_TOKEN_EXPIRES",
+        "NATS_URL",
+        "REDIS_URL",
+        "PRESENCE_TIMEOUT_MS",
+        "KOM_PREFIX",
+        "LOG_FORMAT",
+        "RUST_LOG",
         "PASSWORD_HASH_THREADS",
     ] {
-        assert!(api.contains(&format!("env: {var}")), "api --help lacks {var}:\n{api}");
-        assert!(all.contains(&format!("env: {var}")), "all --help lacks {var}:\n{all}");
+        assert!(
+            api.contains(&format!("env: {var}")),
+            "api --help lacks {var}:\n{api}"
+        );
+        assert!(
+            all.contains(&format!("env: {var}")),
+            "all --help lacks {var}:\n{all}"
+        );
     }
     assert!(all.contains("env: DATA_DIR"), "{all}");
 }
@@ -45,7 +66,10 @@ async fn api_without_configuration_reports_every_problem_at_once() {
 async fn secrets_on_the_command_line_are_refused() {
     let (code, out) = run_to_end(&["api", "--jwt-secret-key", "s3cr3t-value"], &[]).await;
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("set it in the environment (JWT_SECRET_KEY)"), "{out}");
+    assert!(
+        out.contains("set it in the environment (JWT_SECRET_KEY)"),
+        "{out}"
+    );
     assert!(!out.contains("s3cr3t-value"), "{out}");
     let (code, out) = run_to_end(&["migrate", "--db-password", "hunter2"], &[]).await;
     assert_eq!(code, Some(2), "{out}");
@@ -64,7 +88,11 @@ async fn legacy_db_variables_configure_the_database() {
     let db = TestDb::create().await;
     let (code, out) = run_to_end(
         &["migrate"],
-        &[("DB_HOST", "127.0.0.1".into()), ("DB_USER", "root".into()), ("DB_NAME", db.name.clone())],
+        &[
+            ("DB_HOST", "127.0.0.1".into()),
+            ("DB_USER", "root".into()),
+            ("DB_NAME", db.name.clone()),
+        ],
     )
     .await;
     assert_eq!(code, Some(0), "{out}");
@@ -87,7 +115,10 @@ async fn legacy_db_variables_configure_the_database() {
     app.user("ann").await;
     // The user landed in the database named by DB_NAME.
     let mut conn = db.connect().await;
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&mut conn).await.expect("count");
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
     assert_eq!(count, 1);
 }
 
@@ -95,14 +126,37 @@ async fn legacy_db_variables_configure_the_database() {
 async fn secrets_never_appear_in_the_logs() {
     let app = TestApp::start(Backend::MySql).await;
     let ann = app.user("ann").await;
-    app.post("/api/login", None, json!({ "user_name": ann.name, "password": ann.password })).await;
-    app.post("/api/login", None, json!({ "user_name": ann.name, "password": "wrong-pw-xyz" })).await;
+    app.post(
+        "/api/login",
+        None,
+        json!({ "user_name": ann.name, "password": ann.password }),
+    )
+    .await;
+    app.post(
+        "/api/login",
+        None,
+        json!({ "user_name": ann.name, "password": "wrong-pw-xyz" }),
+    )
+    .await;
     let logs = app.logs();
-    for secret in [app.secret.as_str(), ann.password.as_str(), "wrong-pw-xyz", ann.token.as_str()] {
+    for secret in [
+        app.secret.as_str(),
+        ann.password.as_str(),
+        "wrong-pw-xyz",
+        ann.token.as_str(),
+    ] {
         assert!(!logs.contains(secret), "a secret was logged:\n{logs}");
     }
     let embedded = TestApp::start(Backend::Embedded).await;
     embedded.user("bob").await;
-    assert!(!embedded.logs().contains(&embedded.secret), "{}", embedded.logs());
-    assert!(embedded.logs().contains("\"store\":\"SQLite at "), "{}", embedded.logs());
+    assert!(
+        !embedded.logs().contains(&embedded.secret),
+        "{}",
+        embedded.logs()
+    );
+    assert!(
+        embedded.logs().contains("\"store\":\"SQLite at "),
+        "{}",
+        embedded.logs()
+    );
 }

@@ -15,8 +15,13 @@ struct Listener {
 
 impl Listener {
     async fn start(app: &TestApp) -> Self {
-        let client = async_nats::connect(nats_url()).await.expect("connect to NATS");
-        let sub = client.subscribe(format!("{}.>", app.prefix)).await.expect("subscribe");
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("connect to NATS");
+        let sub = client
+            .subscribe(format!("{}.>", app.prefix))
+            .await
+            .expect("subscribe");
         client.flush().await.expect("flush");
         Self { sub }
     }
@@ -27,13 +32,20 @@ impl Listener {
             .await
             .expect("an event within 5 s")
             .expect("subscription open");
-        (msg.subject.to_string(), String::from_utf8_lossy(&msg.payload).into_owned())
+        (
+            msg.subject.to_string(),
+            String::from_utf8_lossy(&msg.payload).into_owned(),
+        )
     }
 
     /// Asserts nothing more arrives for a moment.
     async fn silent(&mut self) {
         let extra = tokio::time::timeout(Duration::from_millis(300), self.sub.next()).await;
-        assert!(extra.is_err(), "unexpected event: {:?}", extra.ok().flatten().map(|m| m.subject));
+        assert!(
+            extra.is_err(),
+            "unexpected event: {:?}",
+            extra.ok().flatten().map(|m| m.subject)
+        );
     }
 }
 
@@ -46,38 +58,100 @@ async fn room_changes_publish_their_events_on_nats() {
     let mut events = Listener::start(&app).await;
 
     let room = app.room(&ann, "public", None).await;
-    assert_eq!(events.next().await, (format!("{p}.rooms.room_list_updated"), String::new()));
+    assert_eq!(
+        events.next().await,
+        (format!("{p}.rooms.room_list_updated"), String::new())
+    );
     let private = app.room(&ann, "private", Some("key-1")).await;
-    assert_eq!(events.next().await, (format!("{p}.rooms.room_list_updated"), String::new()));
+    assert_eq!(
+        events.next().await,
+        (format!("{p}.rooms.room_list_updated"), String::new())
+    );
 
-    let res = app.post("/api/room/join_public", Some(&bob.token), json!({ "room_id": room })).await;
+    let res = app
+        .post(
+            "/api/room/join_public",
+            Some(&bob.token),
+            json!({ "room_id": room }),
+        )
+        .await;
     res.expect_message("Joined room successfully");
-    assert_eq!(events.next().await, (format!("{p}.room.{room}.user_list_updated"), String::new()));
+    assert_eq!(
+        events.next().await,
+        (format!("{p}.room.{room}.user_list_updated"), String::new())
+    );
 
-    let res = app.post("/api/room/join_private", Some(&bob.token), json!({ "access_key": "key-1" })).await;
+    let res = app
+        .post(
+            "/api/room/join_private",
+            Some(&bob.token),
+            json!({ "access_key": "key-1" }),
+        )
+        .await;
     res.expect_message("Joined room successfully");
-    assert_eq!(events.next().await, (format!("{p}.room.{private}.user_list_updated"), String::new()));
+    assert_eq!(
+        events.next().await,
+        (
+            format!("{p}.room.{private}.user_list_updated"),
+            String::new()
+        )
+    );
 
-    let res = app.post("/api/room/leave", Some(&bob.token), json!({ "room_id": room })).await;
+    let res = app
+        .post(
+            "/api/room/leave",
+            Some(&bob.token),
+            json!({ "room_id": room }),
+        )
+        .await;
     res.expect_message("Left room successfully");
-    assert_eq!(events.next().await, (format!("{p}.room.{room}.user_list_updated"), String::new()));
+    assert_eq!(
+        events.next().await,
+        (format!("{p}.room.{room}.user_list_updated"), String::new())
+    );
 
     let kick = json!({ "room_id": private, "user_to_kick": bob.name });
-    app.post("/api/user_kick", Some(&ann.token), kick).await.expect_message("User kicked successfully");
-    assert_eq!(events.next().await, (format!("{p}.room.{private}.user_list_updated"), String::new()));
+    app.post("/api/user_kick", Some(&ann.token), kick)
+        .await
+        .expect_message("User kicked successfully");
+    assert_eq!(
+        events.next().await,
+        (
+            format!("{p}.room.{private}.user_list_updated"),
+            String::new()
+        )
+    );
     let (subject, payload) = events.next().await;
     assert_eq!(subject, format!("{p}.room.{private}.user_kicked"));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&payload).expect("json"), json!({ "user_name": bob.name }));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&payload).expect("json"),
+        json!({ "user_name": bob.name })
+    );
 
     let edit = json!({ "room_id": room, "new_name": "renamed", "is_private": false });
-    app.post("/api/room/edit", Some(&ann.token), edit).await.expect_message("Room edited successfully");
-    assert_eq!(events.next().await, (format!("{p}.rooms.room_list_updated"), String::new()));
-
-    app.post("/api/room/delete", Some(&ann.token), json!({ "room_id": room }))
+    app.post("/api/room/edit", Some(&ann.token), edit)
         .await
-        .expect_message("Room deleted successfully");
-    assert_eq!(events.next().await, (format!("{p}.room.{room}.room_deleted"), String::new()));
-    assert_eq!(events.next().await, (format!("{p}.rooms.room_list_updated"), String::new()));
+        .expect_message("Room edited successfully");
+    assert_eq!(
+        events.next().await,
+        (format!("{p}.rooms.room_list_updated"), String::new())
+    );
+
+    app.post(
+        "/api/room/delete",
+        Some(&ann.token),
+        json!({ "room_id": room }),
+    )
+    .await
+    .expect_message("Room deleted successfully");
+    assert_eq!(
+        events.next().await,
+        (format!("{p}.room.{room}.room_deleted"), String::new())
+    );
+    assert_eq!(
+        events.next().await,
+        (format!("{p}.rooms.room_list_updated"), String::new())
+    );
     events.silent().await;
 }
 
@@ -89,10 +163,18 @@ async fn refused_requests_publish_nothing() {
     let room = app.room(&ann, "public", None).await;
     let mut events = Listener::start(&app).await;
     let join = json!({ "room_id": room });
-    app.post("/api/room/join_public", Some(&ann.token), join.clone()).await.expect(400, "User already in room");
-    app.post("/api/room/delete", Some(&bob.token), join.clone()).await.expect(404, "Room not found");
-    app.post("/api/room/leave", Some(&bob.token), join).await.expect(404, "User not in room");
+    app.post("/api/room/join_public", Some(&ann.token), join.clone())
+        .await
+        .expect(400, "User already in room");
+    app.post("/api/room/delete", Some(&bob.token), join.clone())
+        .await
+        .expect(404, "Room not found");
+    app.post("/api/room/leave", Some(&bob.token), join)
+        .await
+        .expect(404, "User not in room");
     let edit = json!({ "room_id": room, "new_name": "x" });
-    app.post("/api/room/edit", Some(&bob.token), edit).await.expect(403, "You are not the owner of this room");
+    app.post("/api/room/edit", Some(&bob.token), edit)
+        .await
+        .expect(403, "You are not the owner of this room");
     events.silent().await;
 }

@@ -37,7 +37,10 @@ async fn malformed_json_bodies_are_400_with_a_json_error(backend: Backend) {
                 .body(raw.to_string());
             let res = app.send(req).await;
             res.expect(400, error);
-            let content_type = res.headers.get("content-type").and_then(|v| v.to_str().ok());
+            let content_type = res
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok());
             assert_eq!(content_type, Some("application/json"), "{path}");
         }
     }
@@ -53,12 +56,18 @@ async fn bodies_are_limited_to_64_kib(backend: Backend) {
     let at_limit = body_of(64 * 1024);
     assert_eq!(at_limit.len(), 64 * 1024);
     let res = app
-        .send(app.request(reqwest::Method::POST, "/api/register", None).body(at_limit))
+        .send(
+            app.request(reqwest::Method::POST, "/api/register", None)
+                .body(at_limit),
+        )
         .await;
     assert_eq!(res.status, 201, "a 64 KiB body is accepted: {res:?}");
     for size in [64 * 1024 + 1, 1024 * 1024] {
         let res = app
-            .send(app.request(reqwest::Method::POST, "/api/login", None).body(body_of(size)))
+            .send(
+                app.request(reqwest::Method::POST, "/api/login", None)
+                    .body(body_of(size)),
+            )
             .await;
         res.expect(413, "Request body too large (limit 64 KiB)");
     }
@@ -68,7 +77,9 @@ async fn unknown_paths_and_methods_answer_json(backend: Backend) {
     let app = TestApp::start(backend).await;
     app.get("/api/nope", None).await.expect(404, "Not found");
     app.get("/nope", None).await.expect(404, "Not found");
-    let res = app.send(app.request(reqwest::Method::DELETE, "/api/rooms", None)).await;
+    let res = app
+        .send(app.request(reqwest::Method::DELETE, "/api/rooms", None))
+        .await;
     res.expect(405, "Method not allowed");
     let res = app.get("/api/register", None).await;
     res.expect(405, "Method not allowed");
@@ -77,13 +88,38 @@ async fn unknown_paths_and_methods_answer_json(backend: Backend) {
 async fn absurd_ids_and_query_values_are_400(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann = app.user("ann").await;
-    for id in ["abc", "-1", "0", "1.5", "1e3", "9007199254740992", "99999999999999999999999", " 1"] {
-        let res = app.get(&format!("/api/room?room_id={}", urlencode(id)), None).await;
+    for id in [
+        "abc",
+        "-1",
+        "0",
+        "1.5",
+        "1e3",
+        "9007199254740992",
+        "99999999999999999999999",
+        " 1",
+    ] {
+        let res = app
+            .get(&format!("/api/room?room_id={}", urlencode(id)), None)
+            .await;
         assert_eq!(res.status, 400, "room_id={id:?}: {res:?}");
         assert_eq!(res.error(), "room_id must be a positive integer below 2^53");
     }
-    for id in [json!(-1), json!(0), json!(1.5), json!(true), json!([1]), json!({}), json!(9007199254740992u64)] {
-        let res = app.post("/api/room/join_public", Some(&ann.token), json!({ "room_id": id })).await;
+    for id in [
+        json!(-1),
+        json!(0),
+        json!(1.5),
+        json!(true),
+        json!([1]),
+        json!({}),
+        json!(9007199254740992u64),
+    ] {
+        let res = app
+            .post(
+                "/api/room/join_public",
+                Some(&ann.token),
+                json!({ "room_id": id }),
+            )
+            .await;
         res.expect(400, "room_id must be a positive integer below 2^53");
     }
     let res = app.get("/api/room?room_id=9007199254740991", None).await;
@@ -100,15 +136,41 @@ async fn wrong_field_types_are_400(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann = app.user("ann").await;
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("/api/room/create", json!({ "room_name": 1 }), "room_name must be a string"),
-        ("/api/room/create", json!({ "room_name": "r", "is_private": "maybe" }), "is_private must be true or false"),
-        ("/api/room/create", json!({ "room_name": "r", "is_private": true, "access_key": 5 }), "access_key must be a string"),
-        ("/api/room/join_private", json!({ "access_key": ["k"] }), "access_key must be a string"),
-        ("/api/user_kick", json!({ "room_id": 1, "user_to_kick": 7 }), "user_to_kick must be a string"),
-        ("/api/user/change_password", json!({ "old_password": 1, "new_password": "x" }), "old_password must be a string"),
+        (
+            "/api/room/create",
+            json!({ "room_name": 1 }),
+            "room_name must be a string",
+        ),
+        (
+            "/api/room/create",
+            json!({ "room_name": "r", "is_private": "maybe" }),
+            "is_private must be true or false",
+        ),
+        (
+            "/api/room/create",
+            json!({ "room_name": "r", "is_private": true, "access_key": 5 }),
+            "access_key must be a string",
+        ),
+        (
+            "/api/room/join_private",
+            json!({ "access_key": ["k"] }),
+            "access_key must be a string",
+        ),
+        (
+            "/api/user_kick",
+            json!({ "room_id": 1, "user_to_kick": 7 }),
+            "user_to_kick must be a string",
+        ),
+        (
+            "/api/user/change_password",
+            json!({ "old_password": 1, "new_password": "x" }),
+            "old_password must be a string",
+        ),
     ];
     for (path, body, error) in cases {
-        app.post(path, Some(&ann.token), body).await.expect(400, error);
+        app.post(path, Some(&ann.token), body)
+            .await
+            .expect(400, error);
     }
 }
 
@@ -119,29 +181,51 @@ async fn cors_preflight_allows_any_origin_with_the_authorization_header(backend:
             app.request(reqwest::Method::OPTIONS, "/api/room/create", None)
                 .header("Origin", "https://chat.example.org")
                 .header("Access-Control-Request-Method", "POST")
-                .header("Access-Control-Request-Headers", "authorization,content-type"),
+                .header(
+                    "Access-Control-Request-Headers",
+                    "authorization,content-type",
+                ),
         )
         .await;
     assert_eq!(res.status, 200);
-    let header = |name: &str| res.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_lowercase();
+    let header = |name: &str| {
+        res.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_lowercase()
+    };
     assert_eq!(header("access-control-allow-origin"), "*");
     assert!(header("access-control-allow-headers").contains("authorization"));
     assert!(header("access-control-allow-methods").contains("post"));
     let res = app
-        .send(app.request(reqwest::Method::GET, "/api/rooms", None).header("Origin", "https://x.example"))
+        .send(
+            app.request(reqwest::Method::GET, "/api/rooms", None)
+                .header("Origin", "https://x.example"),
+        )
         .await;
-    assert_eq!(res.headers.get("access-control-allow-origin").map(|v| v.as_bytes()), Some(&b"*"[..]));
+    assert_eq!(
+        res.headers
+            .get("access-control-allow-origin")
+            .map(|v| v.as_bytes()),
+        Some(&b"*"[..])
+    );
 }
 
 async fn cors_allowlist_admits_only_listed_origins(backend: Backend) {
     let options = Options {
-        env: vec![("CORS_ALLOWED_ORIGINS", "https://a.example, https://b.example:8443".into())],
+        env: vec![(
+            "CORS_ALLOWED_ORIGINS",
+            "https://a.example, https://b.example:8443".into(),
+        )],
         ..Options::default()
     };
     let app = TestApp::start_with(backend, options).await;
-    for (origin, allowed) in
-        [("https://a.example", true), ("https://b.example:8443", true), ("https://evil.example", false)]
-    {
+    for (origin, allowed) in [
+        ("https://a.example", true),
+        ("https://b.example:8443", true),
+        ("https://evil.example", false),
+    ] {
         let res = app
             .send(
                 app.request(reqwest::Method::OPTIONS, "/api/rooms", None)
@@ -149,7 +233,10 @@ async fn cors_allowlist_admits_only_listed_origins(backend: Backend) {
                     .header("Access-Control-Request-Method", "GET"),
             )
             .await;
-        let got = res.headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok());
+        let got = res
+            .headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok());
         assert_eq!(got, allowed.then_some(origin), "{origin}");
     }
 }
@@ -163,12 +250,22 @@ async fn health_readiness_and_metrics_are_served(backend: Backend) {
         .send(app.request(reqwest::Method::GET, "/metrics", None))
         .await;
     assert_eq!(metrics.status, 200);
-    let text = reqwest::get(app.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     assert!(
-        text.contains(r#"komunikator_http_requests_total{method="GET",route="/api/rooms",status="200"}"#),
+        text.contains(
+            r#"komunikator_http_requests_total{method="GET",route="/api/rooms",status="200"}"#
+        ),
         "{text}"
     );
-    assert!(text.contains("komunikator_http_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("komunikator_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
 }
 
 async fn sigterm_stops_the_server_cleanly(backend: Backend) {

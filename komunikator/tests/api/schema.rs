@@ -48,7 +48,10 @@ INSERT INTO chat_history (message_id, room_id, user_name, message, message_date)
 ";
 
 async fn exec(conn: &mut MySqlConnection, sql: &str) {
-    sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(conn).await.expect("sql");
+    sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+        .execute(conn)
+        .await
+        .expect("sql");
 }
 
 /// Columns and indexes of the Komunikator tables, comparable across databases.
@@ -70,8 +73,11 @@ async fn schema_of(conn: &mut MySqlConnection) -> Vec<String> {
     .fetch_all(&mut *conn)
     .await
     .expect("indexes");
-    let mut all: Vec<String> =
-        columns.iter().chain(&indexes).map(|r| r.get::<String, _>("d")).collect();
+    let mut all: Vec<String> = columns
+        .iter()
+        .chain(&indexes)
+        .map(|r| r.get::<String, _>("d"))
+        .collect();
     all.sort();
     all
 }
@@ -94,9 +100,19 @@ async fn an_upgraded_legacy_database_matches_a_fresh_one_and_keeps_every_row() {
     migrate(&fresh).await;
     let upgraded_schema = schema_of(&mut conn).await;
     assert_eq!(upgraded_schema, schema_of(&mut fresh.connect().await).await);
-    assert!(upgraded_schema.iter().any(|c| c == "chat_history message_id bigint(20) NO - auto_increment -"), "{upgraded_schema:#?}");
+    assert!(
+        upgraded_schema
+            .iter()
+            .any(|c| c == "chat_history message_id bigint(20) NO - auto_increment -"),
+        "{upgraded_schema:#?}"
+    );
 
-    for (table, rows) in [("users", 2i64), ("rooms", 2), ("users_room", 3), ("chat_history", 3)] {
+    for (table, rows) in [
+        ("users", 2i64),
+        ("rooms", 2),
+        ("users_room", 3),
+        ("chat_history", 3),
+    ] {
         let count: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
             .fetch_one(&mut conn)
             .await
@@ -113,10 +129,23 @@ async fn the_api_serves_an_upgraded_legacy_database() {
     exec(&mut conn, LEGACY_ROWS).await;
     migrate(&legacy).await;
     let url = legacy.url();
-    let app = TestApp::start_with(Backend::MySql, Options { env: vec![("DATABASE_URL", url)], ..Options::default() }).await;
+    let app = TestApp::start_with(
+        Backend::MySql,
+        Options {
+            env: vec![("DATABASE_URL", url)],
+            ..Options::default()
+        },
+    )
+    .await;
 
     // Old plaintext passwords log in once and are rehashed.
-    let res = app.post("/api/login", None, json!({ "user_name": "alice", "password": "alice-plain" })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": "alice", "password": "alice-plain" }),
+        )
+        .await;
     assert_eq!(res.status, 200, "{res:?}");
     let alice = res.body["access_token"].as_str().expect("token").to_owned();
     let stored: String = sqlx::query_scalar("SELECT password FROM users WHERE user_name = 'alice'")
@@ -144,11 +173,17 @@ async fn the_api_serves_an_upgraded_legacy_database() {
     );
     let secret = app.get("/api/room?room_id=9", Some(&alice)).await;
     assert_eq!(secret.body["access_key"], "sesame");
-    app.get("/api/chat_history?room_id=9", None).await.expect(404, "Room not found");
+    app.get("/api/chat_history?room_id=9", None)
+        .await
+        .expect(404, "Room not found");
 
     // New rooms continue after the old ids.
     let res = app
-        .post("/api/room/create", Some(&alice), json!({ "room_name": "new", "is_private": false }))
+        .post(
+            "/api/room/create",
+            Some(&alice),
+            json!({ "room_name": "new", "is_private": false }),
+        )
         .await;
     assert!(res.body["room_id"].as_i64().expect("room_id") > 9);
 }
@@ -231,11 +266,21 @@ async fn every_query_shape_has_an_index_on_mysql() {
 #[tokio::test]
 async fn every_query_shape_has_an_index_on_sqlite() {
     let app = TestApp::start(Backend::Embedded).await;
-    let path = app.data_dir.as_ref().expect("data dir").join("komunikator.sqlite3");
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display()))
+    let path = app
+        .data_dir
+        .as_ref()
+        .expect("data dir")
+        .join("komunikator.sqlite3");
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        path.display()
+    ))
+    .await
+    .expect("sqlite");
+    sqlx::raw_sql(SAMPLE_ROWS)
+        .execute(&mut conn)
         .await
-        .expect("sqlite");
-    sqlx::raw_sql(SAMPLE_ROWS).execute(&mut conn).await.expect("sample rows");
+        .expect("sample rows");
     for query in QUERY_SHAPES {
         let plan = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {query}")))
             .fetch_all(&mut conn)
@@ -243,7 +288,10 @@ async fn every_query_shape_has_an_index_on_sqlite() {
             .expect("explain");
         for row in plan {
             let detail: String = row.get("detail");
-            assert!(!detail.starts_with("SCAN") || detail.contains("INDEX"), "{query}: {detail}");
+            assert!(
+                !detail.starts_with("SCAN") || detail.contains("INDEX"),
+                "{query}: {detail}"
+            );
         }
     }
 }
@@ -251,7 +299,10 @@ async fn every_query_shape_has_an_index_on_sqlite() {
 #[tokio::test]
 async fn embedded_data_survives_a_restart() {
     let dir = std::env::temp_dir().join(format!("kom-test-{}", random_hex(6)));
-    let options = Options { data_dir: Some(dir.clone()), ..Options::default() };
+    let options = Options {
+        data_dir: Some(dir.clone()),
+        ..Options::default()
+    };
     let mut app = TestApp::start_with(Backend::Embedded, options.clone()).await;
     let ann = app.user("ann").await;
     let room = app.room(&ann, "kept", None).await;
@@ -264,7 +315,13 @@ async fn embedded_data_survives_a_restart() {
     // The token issued before the restart still works.
     let rooms = app.get("/api/user_rooms", Some(&ann.token)).await;
     assert_eq!(rooms.body[0]["room_id"], room);
-    let res = app.post("/api/login", None, json!({ "user_name": ann.name, "password": ann.password })).await;
+    let res = app
+        .post(
+            "/api/login",
+            None,
+            json!({ "user_name": ann.name, "password": ann.password }),
+        )
+        .await;
     assert_eq!(res.status, 200);
     drop(app);
     std::fs::remove_dir_all(dir).expect("cleanup");
