@@ -175,9 +175,11 @@ impl Params {
         let Some(raw) = self.get(name) else {
             return Ok(None);
         };
+        // Digits only: no sign, no spaces.
+        let digits = raw.bytes().all(|b| b.is_ascii_digit());
         raw.parse::<u32>()
             .ok()
-            .filter(|v| range.contains(v))
+            .filter(|v| digits && range.contains(v))
             .map(Some)
             .ok_or_else(|| {
                 ApiError::invalid(format!(

@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_millis_and_z() {
-        let t = DateTime::from_timestamp_millis(1_795_634_424_123)
+        let t = DateTime::from_timestamp_millis(1_795_548_024_123)
             .map(|t| t.naive_utc())
             .expect("valid");
         assert_eq!(format_timestamp(&t), "2026-11-24T19:20:24.123Z");

@@ -79,10 +79,11 @@ pub async fn edit(
     }
     let name = name.ok_or(ApiError::EmptyRoomName)?;
     check_len("new_name", name, ROOM_NAME_MAX)?;
-    let access_key = if is_private.unwrap_or(room.is_private) {
-        Some(access_key(&body, "new_access_key", ApiError::MissingNewAccessKey)?.to_owned())
-    } else {
-        None
+    let access_key = match (is_private, room.access_key) {
+        (Some(false), _) | (None, None) => None,
+        // Privacy not mentioned: a private room keeps its key unless given a new one.
+        (None, Some(current)) if body.text("new_access_key")?.is_none() => Some(current),
+        _ => Some(access_key(&body, "new_access_key", ApiError::MissingNewAccessKey)?.to_owned()),
     };
     let edit = RoomEdit {
         room_id,

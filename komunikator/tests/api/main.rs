@@ -5,8 +5,11 @@
 mod harness;
 
 mod auth;
+mod chat;
 mod config;
 mod events;
 mod input;
+mod members;
 mod online;
+mod rooms;
 mod schema;
