@@ -2,7 +2,6 @@
 //! deleting a room does to its history and memberships.
 
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Connection};
 
 use crate::harness::{Backend, Resp, TestApp, User};
 use crate::rooms::{assert_timestamp, keys};
@@ -41,37 +40,6 @@ fn date(id: i64) -> String {
 fn wire_date(id: i64) -> String {
     let sql = date(id);
     format!("{}Z", sql.replace(' ', "T"))
-}
-
-/// A number read back with SQL from the server's database.
-async fn count(app: &TestApp, statement: &str) -> i64 {
-    let statement = AssertSqlSafe(statement.to_owned());
-    match app.backend {
-        Backend::MySql => {
-            let mut conn = app.db.as_ref().expect("db").connect().await;
-            sqlx::query_scalar(statement)
-                .fetch_one(&mut conn)
-                .await
-                .expect("count")
-        }
-        Backend::Embedded => {
-            let path = app
-                .data_dir
-                .as_ref()
-                .expect("data dir")
-                .join("komunikator.sqlite3");
-            let opts = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(path)
-                .busy_timeout(std::time::Duration::from_secs(5));
-            let mut conn = sqlx::SqliteConnection::connect_with(&opts)
-                .await
-                .expect("open sqlite");
-            sqlx::query_scalar(statement)
-                .fetch_one(&mut conn)
-                .await
-                .expect("count")
-        }
-    }
 }
 
 async fn history(app: &TestApp, query: &str, viewer: Option<&User>) -> Resp {
@@ -400,24 +368,24 @@ async fn deleting_a_room_deletes_its_history_and_memberships(backend: Backend) {
 
     // In the database.
     for table in ["chat_history", "users_room", "rooms"] {
-        let n = count(
-            &app,
-            &format!("SELECT COUNT(*) FROM {table} WHERE room_id = {doomed}"),
-        )
-        .await;
+        let n = app
+            .scalar::<i64>(format!(
+                "SELECT COUNT(*) FROM {table} WHERE room_id = {doomed}"
+            ))
+            .await;
         assert_eq!(n, 0, "{table} rows of the deleted room");
     }
-    let n = count(
-        &app,
-        &format!("SELECT COUNT(*) FROM chat_history WHERE room_id = {kept}"),
-    )
-    .await;
+    let n = app
+        .scalar::<i64>(format!(
+            "SELECT COUNT(*) FROM chat_history WHERE room_id = {kept}"
+        ))
+        .await;
     assert_eq!(n, 1);
-    let n = count(
-        &app,
-        &format!("SELECT COUNT(*) FROM users_room WHERE room_id = {kept}"),
-    )
-    .await;
+    let n = app
+        .scalar::<i64>(format!(
+            "SELECT COUNT(*) FROM users_room WHERE room_id = {kept}"
+        ))
+        .await;
     assert_eq!(n, 2);
 }
 

@@ -139,6 +139,16 @@ pub async fn run_to_end(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, 
     (out.status.code(), text)
 }
 
+/// The environment of `komunikator api` on the real services, with `db`.
+pub fn service_env(db: &TestDb, secret: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", db.url()),
+        ("JWT_SECRET_KEY", secret.to_owned()),
+        ("NATS_URL", nats_url()),
+        ("REDIS_URL", redis_url()),
+    ]
+}
+
 /// Extra settings for a server.
 #[derive(Default, Clone)]
 pub struct Options {
@@ -215,12 +225,7 @@ impl TestApp {
             Backend::MySql => {
                 let db = TestDb::create().await;
                 let secret = random_hex(32);
-                env.extend([
-                    ("DATABASE_URL", db.url()),
-                    ("JWT_SECRET_KEY", secret.clone()),
-                    ("NATS_URL", nats_url()),
-                    ("REDIS_URL", redis_url()),
-                ]);
+                env.extend(service_env(&db, &secret));
                 let (code, out) = run_to_end(&["migrate"], &env).await;
                 assert_eq!(code, Some(0), "migrate failed: {out}");
                 (vec!["api"], secret, Some(db), None)
@@ -388,26 +393,38 @@ impl TestApp {
         }
     }
 
-    /// A stored password, read back from the database.
-    pub async fn stored_password(&self, user: &str) -> String {
+    /// One value read back from this server's database.
+    pub async fn scalar<T>(&self, query: impl Into<String>) -> T
+    where
+        T: Send + Unpin,
+        T: for<'r> sqlx::Decode<'r, sqlx::MySql> + sqlx::Type<sqlx::MySql>,
+        T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    {
+        let query = AssertSqlSafe(query.into());
         match self.backend {
             Backend::MySql => {
                 let mut conn = self.db.as_ref().expect("db").connect().await;
-                sqlx::query_scalar("SELECT password FROM users WHERE user_name = ?")
-                    .bind(user)
+                sqlx::query_scalar(query)
                     .fetch_one(&mut conn)
                     .await
-                    .expect("stored password")
+                    .expect("scalar")
             }
             Backend::Embedded => {
                 let mut conn = self.sqlite().await;
-                sqlx::query_scalar("SELECT password FROM users WHERE user_name = ?")
-                    .bind(user)
+                sqlx::query_scalar(query)
                     .fetch_one(&mut conn)
                     .await
-                    .expect("stored password")
+                    .expect("scalar")
             }
         }
+    }
+
+    /// A stored password, read back from the database.
+    pub async fn stored_password(&self, user: &str) -> String {
+        self.scalar(format!(
+            "SELECT password FROM users WHERE user_name = '{user}'"
+        ))
+        .await
     }
 
     async fn sqlite(&self) -> sqlx::SqliteConnection {

@@ -5,7 +5,7 @@
 use serde_json::json;
 use sqlx::{AssertSqlSafe, MySqlConnection, Row};
 
-use crate::harness::{Backend, Options, TestApp, TestDb, random_hex, run_to_end};
+use crate::harness::{Backend, Options, TestApp, TestDb, random_hex, run_to_end, service_env};
 
 /// The schema older Komunikator servers created (MySQL 8, utf8mb4), as in ARCHITECTURE.md.
 const LEGACY_SCHEMA: &str = "
@@ -191,12 +191,7 @@ async fn the_api_serves_an_upgraded_legacy_database() {
 #[tokio::test]
 async fn the_api_refuses_to_start_without_the_schema() {
     let db = TestDb::create().await;
-    let env = [
-        ("DATABASE_URL", db.url()),
-        ("JWT_SECRET_KEY", random_hex(32)),
-        ("NATS_URL", crate::harness::nats_url()),
-        ("REDIS_URL", crate::harness::redis_url()),
-    ];
+    let env = service_env(&db, &random_hex(32));
     let (code, out) = run_to_end(&["api", "--listen", "127.0.0.1:0"], &env).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("run `komunikator migrate`"), "{out}");
@@ -212,12 +207,7 @@ async fn the_api_refuses_a_schema_newer_than_it_knows() {
          VALUES (99990101000000, 'from the future', 1, x'00', 0)",
     )
     .await;
-    let env = [
-        ("DATABASE_URL", db.url()),
-        ("JWT_SECRET_KEY", random_hex(32)),
-        ("NATS_URL", crate::harness::nats_url()),
-        ("REDIS_URL", crate::harness::redis_url()),
-    ];
+    let env = service_env(&db, &random_hex(32));
     let (code, out) = run_to_end(&["api", "--listen", "127.0.0.1:0"], &env).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("migration 99990101000000"), "{out}");
