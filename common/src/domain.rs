@@ -1,7 +1,7 @@
 //! Domain types shared by every service, and the contract's limits on them.
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Largest id a JSON client can hold exactly (2^53 - 1).
 pub const MAX_ID: i64 = (1 << 53) - 1;
@@ -71,6 +71,32 @@ pub struct ChatMessage {
     pub create_date: Option<NaiveDateTime>,
 }
 
+/// A chat message accepted by a gateway, before the broker (or the embedded
+/// store) has given it its `chat_id`. This is the payload on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatDraft {
+    pub room_id: RoomId,
+    pub user_name: String,
+    pub message: String,
+    #[serde(
+        serialize_with = "serialize_timestamp",
+        deserialize_with = "deserialize_timestamp"
+    )]
+    pub create_date: NaiveDateTime,
+}
+
+impl ChatDraft {
+    pub fn with_id(self, chat_id: ChatId) -> ChatMessage {
+        ChatMessage {
+            chat_id,
+            room_id: self.room_id,
+            user_name: self.user_name,
+            message: self.message,
+            create_date: Some(self.create_date),
+        }
+    }
+}
+
 /// The counters of `GET /user/get_info`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct UserInfo {
@@ -122,6 +148,17 @@ pub fn format_timestamp(t: &NaiveDateTime) -> String {
     t.and_utc().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+fn serialize_timestamp<S: Serializer>(t: &NaiveDateTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_timestamp(t))
+}
+
+fn deserialize_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDateTime, D::Error> {
+    let text = String::deserialize(d)?;
+    DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.naive_utc())
+        .map_err(serde::de::Error::custom)
+}
+
 fn serialize_opt_timestamp<S: Serializer>(
     t: &Option<NaiveDateTime>,
     s: S,
@@ -152,6 +189,25 @@ mod tests {
             .map(|t| t.naive_utc())
             .expect("valid");
         assert_eq!(format_timestamp(&t), "2026-11-24T19:20:24.123Z");
+    }
+
+    #[test]
+    fn chat_drafts_round_trip_through_json() {
+        let draft = ChatDraft {
+            room_id: 3,
+            user_name: "ann".into(),
+            message: "hi 😀".into(),
+            create_date: now(),
+        };
+        let json = serde_json::to_string(&draft).expect("json");
+        assert!(
+            json.contains(&format_timestamp(&draft.create_date)),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<ChatDraft>(&json).expect("parse"),
+            draft
+        );
     }
 
     #[test]

@@ -66,6 +66,12 @@ pub struct Metrics {
     http_seconds: Family<HttpLabels, Histogram>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -78,8 +84,14 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// A registry with the HTTP metrics; `extend` registers a service's own.
-    pub fn new(extend: impl FnOnce(&mut Registry)) -> Self {
+    /// A registry with the HTTP metrics only.
+    pub fn new() -> Self {
+        Self::with(|_| ()).0
+    }
+
+    /// A registry with the HTTP metrics and a service's own, which `extend`
+    /// registers and returns.
+    pub fn with<T>(extend: impl FnOnce(&mut Registry) -> T) -> (Self, T) {
         let mut registry = Registry::with_prefix("komunikator");
         let http_requests = Family::<HttpLabels, Counter>::default();
         let http_seconds =
@@ -94,12 +106,15 @@ impl Metrics {
             "Time to answer an HTTP request",
             http_seconds.clone(),
         );
-        extend(&mut registry);
-        Self {
-            registry: Arc::new(registry),
-            http_requests,
-            http_seconds,
-        }
+        let extension = extend(&mut registry);
+        (
+            Self {
+                registry: Arc::new(registry),
+                http_requests,
+                http_seconds,
+            },
+            extension,
+        )
     }
 
     /// The OpenMetrics text exposition.

@@ -1,1 +1,136 @@
-//! The Socket.IO gateway. Arrives with the gateway issue; the crate exists so the workspace has its final shape.
+//! The Socket.IO gateway (CONTRACT.md, "Socket.IO"): authenticates sockets
+//! with the access token, handles `join`/`leave`/`message`/`watchdog`,
+//! appends chat messages to the bus and fans out what the bus delivers to
+//! its local sockets. It holds no state another replica needs.
+
+mod handlers;
+mod hub;
+mod payload;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use common::auth::Tokens;
+use common::bus::{Bus, Subjects};
+use common::store::Store;
+use futures_util::StreamExt;
+use socketioxide::SocketIo;
+use socketioxide::layer::SocketIoLayer;
+use tokio_util::sync::CancellationToken;
+
+pub use payload::Refusal;
+pub use session::RateLimit;
+
+/// Options of the gateway.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Chat messages one socket may send per second on average; 0 is unlimited.
+    #[arg(long, env = "MESSAGE_RATE_LIMIT", default_value_t = 20)]
+    pub message_rate_limit: u32,
+    /// Chat messages one socket may send in a burst.
+    #[arg(long, env = "MESSAGE_RATE_BURST", default_value_t = 40)]
+    pub message_rate_burst: u32,
+}
+
+/// What the gateway needs from the rest of the process.
+pub struct GatewayDeps {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub subjects: Subjects,
+    pub tokens: Tokens,
+    /// `None` accepts sockets from any origin.
+    pub allowed_origins: Option<Vec<String>>,
+    pub rate: RateLimit,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Bus(#[from] common::bus::BusError),
+}
+
+/// A running gateway: its shared state, behind the Socket.IO handlers.
+pub struct Gateway {
+    io: SocketIo,
+    deps: GatewayDeps,
+    hub: hub::Hub,
+    /// When each user's last heartbeat was forwarded, for coalescing.
+    heartbeats: Mutex<HashMap<String, Instant>>,
+}
+
+/// Builds the gateway: the tower layer that serves `/socket.io/`, and the
+/// gateway, whose [`Gateway::run`] must be driven until shutdown.
+pub fn build(deps: GatewayDeps) -> (SocketIoLayer, Arc<Gateway>) {
+    let (layer, io) = SocketIo::builder().build_layer();
+    let hub = hub::Hub::new(io.clone(), deps.bus.clone(), deps.subjects.clone());
+    let gateway = Arc::new(Gateway {
+        io: io.clone(),
+        deps,
+        hub,
+        heartbeats: Mutex::default(),
+    });
+    handlers::register(&io, gateway.clone());
+    (layer, gateway)
+}
+
+/// How often rooms without local sockets are unsubscribed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+impl Gateway {
+    /// Delivers `room_list_updated` to every socket and keeps room
+    /// subscriptions tidy until `shutdown`; then disconnects every socket, so
+    /// clients reconnect to another replica.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), GatewayError> {
+        let mut room_lists = self
+            .deps
+            .bus
+            .subscribe(self.deps.subjects.room_list_updated())
+            .await?;
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                update = room_lists.next() => {
+                    if update.is_none() {
+                        tracing::error!("room list subscription ended");
+                        break;
+                    }
+                    if let Err(e) = self.io.emit("room_list_updated", &hub::NO_ARGS).await {
+                        tracing::warn!(error = %e, "room_list_updated not delivered to every socket");
+                    }
+                }
+                _ = sweep.tick() => {
+                    self.hub.sweep().await;
+                    self.forget_old_heartbeats();
+                }
+            }
+        }
+        tracing::info!(sockets = self.io.sockets().len(), "closing every socket");
+        self.io.close().await;
+        Ok(())
+    }
+
+    /// True at most once per [`session::HEARTBEAT_INTERVAL`] per user.
+    fn should_forward_heartbeat(&self, user: &str) -> bool {
+        let Ok(mut last) = self.heartbeats.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        match last.get(user) {
+            Some(at) if now.duration_since(*at) < session::HEARTBEAT_INTERVAL => false,
+            _ => {
+                last.insert(user.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    fn forget_old_heartbeats(&self) {
+        if let Ok(mut last) = self.heartbeats.lock() {
+            last.retain(|_, at| at.elapsed() < session::HEARTBEAT_INTERVAL * 2);
+        }
+    }
+}

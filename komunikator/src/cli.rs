@@ -28,6 +28,10 @@ pub struct Cli {
 pub enum Command {
     /// The REST API service (needs MySQL, NATS and Redis).
     Api(ApiCmd),
+    /// The Socket.IO gateway (needs MySQL and NATS); run several behind a load balancer.
+    Gateway(GatewayCmd),
+    /// Writes chat messages from NATS JetStream to MySQL; replicas share the work.
+    Persister(PersisterCmd),
     /// Every service in one process, on one port; the default command.
     All(AllCmd),
     /// Apply the database migrations and exit.
@@ -53,6 +57,37 @@ pub struct ApiCmd {
 }
 
 #[derive(Debug, Args)]
+pub struct GatewayCmd {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub prefix: PrefixArgs,
+    #[command(flatten)]
+    pub gateway: gateway::GatewayArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PersisterCmd {
+    /// Health and metrics only.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub prefix: PrefixArgs,
+    #[command(flatten)]
+    pub persister: persister::PersisterArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct AllCmd {
     #[command(flatten)]
     pub http: HttpArgs,
@@ -70,6 +105,10 @@ pub struct AllCmd {
     pub prefix: PrefixArgs,
     #[command(flatten)]
     pub api: api::ApiArgs,
+    #[command(flatten)]
+    pub gateway: gateway::GatewayArgs,
+    #[command(flatten)]
+    pub persister: persister::PersisterArgs,
 }
 
 #[derive(Debug, Args)]

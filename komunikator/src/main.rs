@@ -39,6 +39,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match command {
             Command::Api(cmd) => wire::api(cmd, shutdown).await,
+            Command::Gateway(cmd) => wire::gateway(cmd, shutdown).await,
+            Command::Persister(cmd) => wire::persister(cmd, shutdown).await,
             Command::All(cmd) => wire::all(cmd, shutdown).await,
             Command::Migrate(cmd) => wire::migrate(cmd).await,
         }

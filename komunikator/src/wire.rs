@@ -1,12 +1,15 @@
 //! Wiring: builds each service's dependencies from the configuration (real
-//! adapters, or the embedded ones in single-node mode) and runs it.
+//! adapters, or the embedded ones in single-node mode) and runs it. In
+//! `all`, the first service that fails stops the process.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
 use common::auth::Tokens;
 use common::bus::{Bus, Events, LocalBus, NatsBus, Subjects};
-use common::config::{AuthArgs, HttpArgs, Problems};
+use common::config::{AuthArgs, DbArgs, HttpArgs, Problems};
 use common::ops::Readiness;
 use common::password::Passwords;
 use common::presence::{LocalPresence, Presence, RedisPresence};
@@ -14,7 +17,7 @@ use common::store::{self, Store, StoreSettings};
 use common::telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AllCmd, ApiCmd, MigrateCmd};
+use crate::cli::{AllCmd, ApiCmd, GatewayCmd, MigrateCmd, PersisterCmd};
 
 /// Why a command stopped: bad configuration (exit code 2) or a runtime error.
 #[derive(Debug)]
@@ -29,12 +32,7 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// The three adapters a process runs on.
-struct Backends {
-    store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
-    presence: Arc<dyn Presence>,
-}
+type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 pub async fn api(cmd: ApiCmd, shutdown: CancellationToken) -> Result<(), Failure> {
     let mut problems = Problems::default();
@@ -42,50 +40,107 @@ pub async fn api(cmd: ApiCmd, shutdown: CancellationToken) -> Result<(), Failure
     cmd.auth.validate(true, &mut problems);
     cmd.redis.validate(&mut problems);
     cmd.prefix.validate(&mut problems);
-    let settings = cmd.db.mysql(&mut problems);
-    if !cmd.db.is_set() {
-        problems.push("DB_HOST or DATABASE_URL is required");
-    }
-    if cmd.nats.nats_url.is_none() {
-        problems.push("NATS_URL is required");
-    }
-    if cmd.redis.redis_url.is_none() {
-        problems.push("REDIS_URL is required");
-    }
+    let settings = require_mysql(&cmd.db, &mut problems);
+    let nats_url = require(&cmd.nats.nats_url, "NATS_URL", &mut problems);
+    let redis_url = require(&cmd.redis.redis_url, "REDIS_URL", &mut problems);
     problems.into_result().map_err(Failure::Config)?;
-    let (Some(settings), Some(nats_url), Some(redis_url), Some(secret)) = (
-        settings,
-        &cmd.nats.nats_url,
-        &cmd.redis.redis_url,
-        &cmd.auth.jwt_secret_key,
-    ) else {
-        unreachable!("validated above");
-    };
+    let subjects = Subjects::new(&cmd.prefix.prefix);
 
     let store = open_store(&settings).await?;
     store
         .check_schema()
         .await
         .context("checking the database schema")?;
-    let backends = Backends {
-        store,
-        bus: Arc::new(
-            NatsBus::connect(nats_url, "komunikator-api")
-                .await
-                .context("connecting to NATS")?,
-        ),
-        presence: Arc::new(
-            RedisPresence::connect(redis_url, &cmd.prefix.prefix).context("configuring Redis")?,
-        ),
-    };
-    serve_api(
-        backends,
-        secret,
+    let bus: Arc<dyn Bus> = Arc::new(connect_nats(&nats_url, "komunikator-api", &subjects).await?);
+    let presence: Arc<dyn Presence> = Arc::new(
+        RedisPresence::connect(&redis_url, &cmd.prefix.prefix).context("configuring Redis")?,
+    );
+    let secret = cmd.auth.jwt_secret_key.clone().unwrap_or_default();
+    let app = api_router(
+        &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http,
+    );
+    let readiness = readiness(Some(store), Some(bus), Some(presence), &shutdown);
+    serve(app, readiness, Metrics::new(), &cmd.http, vec![]).await
+}
+
+pub async fn gateway(cmd: GatewayCmd, shutdown: CancellationToken) -> Result<(), Failure> {
+    let mut problems = Problems::default();
+    cmd.http.validate(&mut problems);
+    cmd.auth.validate(true, &mut problems);
+    cmd.prefix.validate(&mut problems);
+    let settings = require_mysql(&cmd.db, &mut problems);
+    let nats_url = require(&cmd.nats.nats_url, "NATS_URL", &mut problems);
+    problems.into_result().map_err(Failure::Config)?;
+    let subjects = Subjects::new(&cmd.prefix.prefix);
+
+    let store = open_store(&settings).await?;
+    store
+        .check_schema()
+        .await
+        .context("checking the database schema")?;
+    let nats = connect_nats(&nats_url, "komunikator-gateway", &subjects).await?;
+    nats.ensure_chat_stream(
+        store
+            .max_chat_id()
+            .await
+            .context("reading the largest chat id")?,
+    )
+    .await
+    .context("setting up the chat stream")?;
+    let bus: Arc<dyn Bus> = Arc::new(nats);
+    let secret = cmd.auth.jwt_secret_key.clone().unwrap_or_default();
+    let deps = gateway_deps(
+        &store,
+        &bus,
+        &subjects,
+        &secret,
         &cmd.auth,
-        &cmd.api,
+        &cmd.gateway,
         &cmd.http,
-        &cmd.prefix.prefix,
-        shutdown,
+    );
+    let (layer, gateway) = gateway::build(deps);
+    let run = gateway_task(gateway, &shutdown);
+    let readiness = readiness(Some(store), Some(bus), None, &shutdown);
+    serve(
+        axum::Router::new().layer(layer),
+        readiness,
+        Metrics::new(),
+        &cmd.http,
+        vec![run],
+    )
+    .await
+}
+
+pub async fn persister(cmd: PersisterCmd, shutdown: CancellationToken) -> Result<(), Failure> {
+    let mut problems = Problems::default();
+    cmd.http.validate(&mut problems);
+    cmd.prefix.validate(&mut problems);
+    let settings = require_mysql(&cmd.db, &mut problems);
+    let nats_url = require(&cmd.nats.nats_url, "NATS_URL", &mut problems);
+    problems.into_result().map_err(Failure::Config)?;
+    let subjects = Subjects::new(&cmd.prefix.prefix);
+
+    let store = open_store(&settings).await?;
+    store
+        .check_schema()
+        .await
+        .context("checking the database schema")?;
+    let nats = connect_nats(&nats_url, "komunikator-persister", &subjects).await?;
+    let (metrics, persister_metrics) = Metrics::with(persister::PersisterMetrics::new);
+    let run = persister_task(
+        nats.clone(),
+        store.clone(),
+        cmd.persister.clone(),
+        persister_metrics,
+        &shutdown,
+    );
+    let readiness = readiness(Some(store), Some(Arc::new(nats)), None, &shutdown);
+    serve(
+        axum::Router::new(),
+        readiness,
+        metrics,
+        &cmd.http,
+        vec![run],
     )
     .await
 }
@@ -106,6 +161,7 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
         problems.push("JWT_SECRET_KEY is required when the data lives in MySQL");
     }
     problems.into_result().map_err(Failure::Config)?;
+    let subjects = Subjects::new(&cmd.prefix.prefix);
 
     if matches!(settings, StoreSettings::Sqlite { .. }) {
         cmd.data.ensure().with_context(|| {
@@ -124,13 +180,30 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
     };
     let store = open_store(&settings).await?;
     store.migrate().await.context("migrating the database")?;
+
+    let mut tasks = Vec::new();
+    let (metrics, persister_metrics) = Metrics::with(persister::PersisterMetrics::new);
     let bus: Arc<dyn Bus> = match &cmd.nats.nats_url {
-        Some(url) => Arc::new(
-            NatsBus::connect(url, "komunikator-all")
-                .await
-                .context("connecting to NATS")?,
-        ),
-        None => Arc::new(LocalBus::new()),
+        Some(url) => {
+            let nats = connect_nats(url, "komunikator-all", &subjects).await?;
+            tasks.push(persister_task(
+                nats.clone(),
+                store.clone(),
+                cmd.persister.clone(),
+                persister_metrics,
+                &shutdown,
+            ));
+            nats.ensure_chat_stream(
+                store
+                    .max_chat_id()
+                    .await
+                    .context("reading the largest chat id")?,
+            )
+            .await
+            .context("setting up the chat stream")?;
+            Arc::new(nats)
+        }
+        None => Arc::new(LocalBus::new(store.clone(), subjects.clone())),
     };
     let presence: Arc<dyn Presence> = match &cmd.redis.redis_url {
         Some(url) => {
@@ -145,21 +218,23 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
         data_dir = %cmd.data.data_dir.display(),
         "starting every service in one process"
     );
-    let backends = Backends {
-        store,
-        bus,
-        presence,
-    };
-    serve_api(
-        backends,
+    let deps = gateway_deps(
+        &store,
+        &bus,
+        &subjects,
         &secret,
         &cmd.auth,
-        &cmd.api,
+        &cmd.gateway,
         &cmd.http,
-        &cmd.prefix.prefix,
-        shutdown,
+    );
+    let (layer, gateway) = gateway::build(deps);
+    tasks.push(gateway_task(gateway, &shutdown));
+    let app = api_router(
+        &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http,
     )
-    .await
+    .layer(layer);
+    let readiness = readiness(Some(store), Some(bus), Some(presence), &shutdown);
+    serve(app, readiness, metrics, &cmd.http, tasks).await
 }
 
 pub async fn migrate(cmd: MigrateCmd) -> Result<(), Failure> {
@@ -184,42 +259,152 @@ pub async fn migrate(cmd: MigrateCmd) -> Result<(), Failure> {
     Ok(())
 }
 
+fn require_mysql(db: &DbArgs, problems: &mut Problems) -> StoreSettings {
+    let settings = db.mysql(problems);
+    if !db.is_set() {
+        problems.push("DB_HOST or DATABASE_URL is required");
+    }
+    // Unused when a problem was pushed: the caller stops before connecting.
+    settings.unwrap_or(StoreSettings::Sqlite {
+        path: Default::default(),
+    })
+}
+
+fn require(value: &Option<String>, name: &str, problems: &mut Problems) -> String {
+    if value.is_none() {
+        problems.push(format!("{name} is required"));
+    }
+    value.clone().unwrap_or_default()
+}
+
 async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
     store::connect(settings)
         .await
         .with_context(|| format!("opening the store ({settings:?})"))
 }
 
-async fn serve_api(
-    backends: Backends,
+async fn connect_nats(url: &str, name: &str, subjects: &Subjects) -> anyhow::Result<NatsBus> {
+    NatsBus::connect(url, name, subjects.clone())
+        .await
+        .context("connecting to NATS")
+}
+
+#[allow(clippy::too_many_arguments)] // one call per wiring; a struct would only rename them
+fn api_router(
+    store: &Arc<dyn Store>,
+    bus: &Arc<dyn Bus>,
+    presence: &Arc<dyn Presence>,
+    subjects: &Subjects,
     secret: &str,
     auth: &AuthArgs,
     api_args: &api::ApiArgs,
     http: &HttpArgs,
-    prefix: &str,
-    shutdown: CancellationToken,
-) -> Result<(), Failure> {
-    let listener = tokio::net::TcpListener::bind(http.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", http.listen))?;
+) -> axum::Router {
     let state = api::AppState::new(api::ApiDeps {
-        store: backends.store.clone(),
-        events: Events::new(backends.bus.clone(), Subjects::new(prefix)),
-        presence: backends.presence.clone(),
+        store: store.clone(),
+        events: Events::new(bus.clone(), subjects.clone()),
+        presence: presence.clone(),
         tokens: Tokens::new(secret.as_bytes(), auth.token_ttl()),
         passwords: Passwords::new(api_args.hash_threads(), api_args.password_hash_queue),
     });
-    let readiness = Readiness {
-        store: Some(backends.store),
-        bus: Some(backends.bus),
-        presence: Some(backends.presence),
-        shutdown,
-    };
-    let origins = http.origin_allowlist();
-    let app = api::router(state, origins.as_deref());
-    common::ops::serve(app, readiness, Metrics::new(|_| {}), listener)
+    api::router(state, http.origin_allowlist().as_deref())
+}
+
+fn gateway_deps(
+    store: &Arc<dyn Store>,
+    bus: &Arc<dyn Bus>,
+    subjects: &Subjects,
+    secret: &str,
+    auth: &AuthArgs,
+    args: &gateway::GatewayArgs,
+    http: &HttpArgs,
+) -> gateway::GatewayDeps {
+    gateway::GatewayDeps {
+        store: store.clone(),
+        bus: bus.clone(),
+        subjects: subjects.clone(),
+        tokens: Tokens::new(secret.as_bytes(), auth.token_ttl()),
+        allowed_origins: http.origin_allowlist(),
+        rate: gateway::RateLimit {
+            per_second: args.message_rate_limit,
+            burst: args.message_rate_burst,
+        },
+    }
+}
+
+fn gateway_task(gateway: Arc<gateway::Gateway>, shutdown: &CancellationToken) -> Task {
+    let shutdown = shutdown.clone();
+    Box::pin(async move { gateway.run(shutdown).await.context("gateway") })
+}
+
+fn persister_task(
+    nats: NatsBus,
+    store: Arc<dyn Store>,
+    args: persister::PersisterArgs,
+    metrics: persister::PersisterMetrics,
+    shutdown: &CancellationToken,
+) -> Task {
+    let shutdown = shutdown.clone();
+    Box::pin(async move {
+        persister::run(&nats, store, &args, metrics, shutdown)
+            .await
+            .context("persister")
+    })
+}
+
+fn readiness(
+    store: Option<Arc<dyn Store>>,
+    bus: Option<Arc<dyn Bus>>,
+    presence: Option<Arc<dyn Presence>>,
+    shutdown: &CancellationToken,
+) -> Readiness {
+    Readiness {
+        store,
+        bus,
+        presence,
+        shutdown: shutdown.clone(),
+    }
+}
+
+/// Serves HTTP and runs the background `tasks` until shutdown; the first of
+/// them to fail (or to end early) stops everything with its error.
+async fn serve(
+    app: axum::Router,
+    readiness: Readiness,
+    metrics: Metrics,
+    http: &HttpArgs,
+    tasks: Vec<Task>,
+) -> Result<(), Failure> {
+    let shutdown = readiness.shutdown.clone();
+    let listener = tokio::net::TcpListener::bind(http.listen)
         .await
-        .context("serving HTTP")?;
-    tracing::info!("stopped");
-    Ok(())
+        .with_context(|| format!("cannot listen on {}", http.listen))?;
+    let server: Task = Box::pin(async move {
+        common::ops::serve(app, readiness, metrics, listener)
+            .await
+            .context("serving HTTP")
+    });
+    let mut running: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = std::iter::once(server)
+        .chain(tasks)
+        .map(tokio::spawn)
+        .collect();
+    let mut failure = None;
+    while !running.is_empty() {
+        let (done, _, rest) = futures_util::future::select_all(running).await;
+        running = rest;
+        let outcome = done.context("a service panicked").and_then(|r| r);
+        if let Err(e) = outcome {
+            failure.get_or_insert(e);
+        }
+        // Whatever ends first (a failure, or the server after a signal)
+        // stops the others.
+        shutdown.cancel();
+    }
+    match failure {
+        Some(e) => Err(Failure::Runtime(e)),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
 }

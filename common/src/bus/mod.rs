@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::domain::RoomId;
+use crate::domain::{ChatDraft, ChatId, RoomId};
 
 mod local;
 mod nats;
@@ -27,6 +27,10 @@ pub enum BusError {
     Subscribe(String),
     #[error("the bus is not connected")]
     NotConnected,
+    #[error("the message was not stored: {0}")]
+    Append(String),
+    #[error("cannot set up the chat stream: {0}")]
+    Stream(String),
 }
 
 /// One message as a subscriber receives it.
@@ -34,6 +38,9 @@ pub enum BusError {
 pub struct BusMessage {
     pub subject: String,
     pub payload: Bytes,
+    /// The `chat_id` of a chat message (the broker's stream sequence, or the
+    /// embedded store's id); `None` for other events.
+    pub sequence: Option<ChatId>,
 }
 
 /// The messages published on a subject (pattern) from subscription on.
@@ -46,6 +53,11 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribe(&self, subject: String) -> Result<Subscription, BusError>;
     /// Fails when the bus cannot deliver messages now.
     fn check_ready(&self) -> Result<(), BusError>;
+    /// Stores a chat message durably and returns its `chat_id`. Only then is
+    /// it delivered on [`Subjects::new_message`], with that id as `sequence`,
+    /// so "seen live" implies "stored", and every subscriber sees one room's
+    /// messages in `chat_id` order.
+    async fn append_chat(&self, draft: &ChatDraft) -> Result<ChatId, BusError>;
 }
 
 /// Builds the subjects of ARCHITECTURE.md under a configurable prefix (so
@@ -67,9 +79,49 @@ impl Subjects {
         format!("{}.room.{room_id}.{event}", self.prefix)
     }
 
+    /// `<prefix>.room.<room_id>.>`: everything gateways deliver to one room.
+    pub fn room_events(&self, room_id: RoomId) -> String {
+        format!("{}.room.{room_id}.>", self.prefix)
+    }
+
+    /// `<prefix>.room.<room_id>.new_message`: stored chat messages, live.
+    pub fn new_message(&self, room_id: RoomId) -> String {
+        self.room_event(room_id, "new_message")
+    }
+
     /// `<prefix>.rooms.room_list_updated`: one subject every gateway listens to.
     pub fn room_list_updated(&self) -> String {
         format!("{}.rooms.room_list_updated", self.prefix)
+    }
+
+    /// `<prefix>.chat.<room_id>`: the JetStream subject a message is appended to.
+    pub fn chat(&self, room_id: RoomId) -> String {
+        format!("{}.chat.{room_id}", self.prefix)
+    }
+
+    /// `<prefix>.presence.heartbeat`: coalesced heartbeats, gateway to presence.
+    pub fn heartbeats(&self) -> String {
+        format!("{}.presence.heartbeat", self.prefix)
+    }
+
+    /// The JetStream stream of chat messages: `<PREFIX>_CHAT`.
+    pub fn chat_stream(&self) -> String {
+        let prefix: String = self
+            .prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{prefix}_CHAT")
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 }
 

@@ -1,29 +1,98 @@
-//! The NATS adapter of the bus (core NATS subjects).
+//! The NATS adapter of the bus: core NATS subjects for events, and a
+//! JetStream stream for chat messages, whose sequence is the `chat_id`.
 
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{Bus, BusError, BusMessage, Subscription};
+use super::{Bus, BusError, BusMessage, Subjects, Subscription};
+use crate::domain::{ChatDraft, ChatId};
+
+/// How long a publish may wait for JetStream's ack, and how often it is
+/// retried (with the same `Nats-Msg-Id`, so a retry is stored once).
+const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
+const APPEND_ATTEMPTS: u32 = 3;
+
+/// Chat messages stay in the stream this long after being stored, as a
+/// replay window; MySQL holds them for good once the persister has run.
+const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
+    jetstream: jetstream::Context,
+    subjects: Subjects,
 }
 
 impl NatsBus {
     /// Connects to `url`; fails at once when the server is unreachable.
-    pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
+    pub async fn connect(url: &str, name: &str, subjects: Subjects) -> Result<Self, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name(name)
             .connect(url)
             .await
             .map_err(|e| BusError::Connect(e.to_string()))?;
-        Ok(Self { client })
+        let mut jetstream = jetstream::new(client.clone());
+        jetstream.set_timeout(APPEND_TIMEOUT);
+        Ok(Self {
+            client,
+            jetstream,
+            subjects,
+        })
     }
 
     pub fn client(&self) -> &async_nats::Client {
         &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// Creates the chat stream if it does not exist, republishing every
+    /// stored message to its room's `new_message` subject. On an empty stream
+    /// the next sequence is set above `floor` (the largest id already in the
+    /// database), so ids of an existing database are never reused.
+    pub async fn ensure_chat_stream(&self, floor: ChatId) -> Result<stream::Stream, BusError> {
+        let p = self.subjects.prefix();
+        let config = stream::Config {
+            name: self.subjects.chat_stream(),
+            subjects: vec![format!("{p}.chat.*")],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            max_age: STREAM_MAX_AGE,
+            duplicate_window: Duration::from_secs(120),
+            republish: Some(stream::Republish {
+                source: format!("{p}.chat.*"),
+                destination: format!("{p}.room.{{{{wildcard(1)}}}}.new_message"),
+                headers_only: false,
+            }),
+            ..Default::default()
+        };
+        let err = |e: &dyn std::fmt::Display| BusError::Stream(e.to_string());
+        let mut stream = self
+            .jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| err(&e))?;
+        let state = stream.info().await.map_err(|e| err(&e))?.state.clone();
+        let floor = u64::try_from(floor).unwrap_or(0);
+        if state.messages == 0 && state.last_sequence < floor {
+            stream
+                .purge()
+                .sequence(floor + 1)
+                .await
+                .map_err(|e| err(&e))?;
+            tracing::info!(
+                next_chat_id = floor + 1,
+                "chat stream starts above the stored ids"
+            );
+        }
+        Ok(stream)
     }
 }
 
@@ -42,7 +111,14 @@ impl Bus for NatsBus {
             .subscribe(subject)
             .await
             .map_err(|e| BusError::Subscribe(e.to_string()))?;
+        // The server has the subscription once a round trip completes: only
+        // then is nothing published afterwards missed.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BusError::Subscribe(e.to_string()))?;
         Ok(Box::pin(sub.map(|m| BusMessage {
+            sequence: m.headers.as_ref().and_then(sequence_header),
             subject: m.subject.to_string(),
             payload: m.payload,
         })))
@@ -54,4 +130,38 @@ impl Bus for NatsBus {
             _ => Err(BusError::NotConnected),
         }
     }
+
+    async fn append_chat(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
+        let payload =
+            Bytes::from(serde_json::to_vec(draft).map_err(|e| BusError::Append(e.to_string()))?);
+        let msg_id = crate::random_hex(12);
+        let mut last_error = String::new();
+        for attempt in 1..=APPEND_ATTEMPTS {
+            let publish = PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&msg_id);
+            let acked = async {
+                self.jetstream
+                    .send_publish(self.subjects.chat(draft.room_id), publish)
+                    .await?
+                    .await
+            };
+            match acked.await {
+                Ok(ack) => {
+                    return i64::try_from(ack.sequence)
+                        .map_err(|e| BusError::Append(e.to_string()));
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "chat message not acknowledged, retrying");
+                    last_error = e.to_string();
+                }
+            }
+        }
+        Err(BusError::Append(last_error))
+    }
+}
+
+/// The stream sequence JetStream's RePublish puts on a message.
+fn sequence_header(headers: &HeaderMap) -> Option<ChatId> {
+    headers.get("Nats-Sequence")?.as_str().parse().ok()
 }

@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use chrono::NaiveDateTime;
 
 use crate::domain::{
-    ChatMessage, HistoryQuery, Member, Membership, NewRoom, Room, RoomEdit, RoomId, UserInfo,
+    ChatDraft, ChatId, ChatMessage, HistoryQuery, Member, Membership, NewRoom, Room, RoomEdit,
+    RoomId, UserInfo,
 };
 
 #[macro_use]
@@ -125,6 +126,16 @@ pub trait Store: Send + Sync + 'static {
     async fn members(&self, room_id: RoomId) -> Result<Vec<Member>>;
 
     async fn history(&self, query: HistoryQuery) -> Result<Vec<ChatMessage>>;
+
+    /// Stores one message and returns the id the store gave it (single-node
+    /// mode, where the store assigns chat ids); `Missing` when the room is gone.
+    async fn append_message(&self, draft: &ChatDraft) -> Result<ChatId>;
+    /// Stores messages that already have their `chat_id` (from the broker),
+    /// in one transaction. Idempotent: a message stored before is skipped.
+    /// Messages of rooms deleted meanwhile are dropped. Returns rows inserted.
+    async fn insert_messages(&self, batch: &[ChatMessage]) -> Result<u64>;
+    /// The largest `chat_id` stored (0 when there is none).
+    async fn max_chat_id(&self) -> Result<ChatId>;
 }
 
 /// A `rooms` row. Older databases allow NULL in several columns.

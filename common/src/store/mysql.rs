@@ -12,6 +12,11 @@ pub struct MySqlStore {
 }
 
 impl MySqlStore {
+    /// Skips rows whose `message_id` is stored already (and, on MySQL, rows
+    /// whose room was deleted between the check and the insert).
+    const INSERT_IGNORE_MESSAGES: &'static str = "INSERT IGNORE INTO chat_history \
+        (message_id, room_id, user_name, message, message_date) ";
+
     pub(super) const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/mysql");
 
     pub async fn connect(

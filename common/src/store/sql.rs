@@ -325,6 +325,65 @@ macro_rules! sql_store {
                 rows.reverse();
                 Ok(rows.into_iter().map(Into::into).collect())
             }
+
+            async fn append_message(
+                &self,
+                draft: &$crate::domain::ChatDraft,
+            ) -> $crate::store::Result<$crate::domain::ChatId> {
+                let done = sqlx::query(
+                    "INSERT INTO chat_history (room_id, user_name, message, message_date) \
+                     VALUES (?, ?, ?, ?)",
+                )
+                .bind(draft.room_id)
+                .bind(&draft.user_name)
+                .bind(&draft.message)
+                .bind(draft.create_date)
+                .execute(self.writer())
+                .await
+                .map_err($crate::store::on_unique_violation)?;
+                Ok(Self::last_insert_id(&done))
+            }
+
+            async fn insert_messages(
+                &self,
+                batch: &[$crate::domain::ChatMessage],
+            ) -> $crate::store::Result<u64> {
+                if batch.is_empty() {
+                    return Ok(0);
+                }
+                let mut tx = self.writer().begin().await?;
+                let mut rooms: Vec<i64> = batch.iter().map(|m| m.room_id).collect();
+                rooms.sort_unstable();
+                rooms.dedup();
+                let mut query = sqlx::QueryBuilder::new("SELECT room_id FROM rooms WHERE room_id IN (");
+                let mut ids = query.separated(", ");
+                for room in &rooms {
+                    ids.push_bind(*room);
+                }
+                ids.push_unseparated(")");
+                let live: Vec<i64> = query.build_query_scalar().fetch_all(&mut *tx).await?;
+                let rows = batch.iter().filter(|m| live.contains(&m.room_id));
+                let mut inserted = 0;
+                if rows.clone().next().is_some() {
+                    let mut insert = sqlx::QueryBuilder::new(Self::INSERT_IGNORE_MESSAGES);
+                    insert.push_values(rows, |mut row, m| {
+                        row.push_bind(m.chat_id)
+                            .push_bind(m.room_id)
+                            .push_bind(&m.user_name)
+                            .push_bind(&m.message)
+                            .push_bind(m.create_date);
+                    });
+                    inserted = insert.build().execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+
+            async fn max_chat_id(&self) -> $crate::store::Result<$crate::domain::ChatId> {
+                Ok(sqlx::query_scalar("SELECT COALESCE(MAX(message_id), 0) FROM chat_history")
+                    .fetch_one(self.reader())
+                    .await?)
+            }
         }
     };
 }

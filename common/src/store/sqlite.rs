@@ -19,6 +19,10 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Skips rows whose `message_id` is stored already.
+    const INSERT_IGNORE_MESSAGES: &'static str = "INSERT OR IGNORE INTO chat_history \
+        (message_id, room_id, user_name, message, message_date) ";
+
     pub(super) const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
     pub async fn connect(path: &Path) -> super::Result<Self> {

@@ -158,19 +158,110 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
 }
 
-/// A running server and what a test needs to talk to it.
+/// One running `komunikator` process.
+pub struct Service {
+    /// `http://127.0.0.1:<port>`
+    pub url: String,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    logs: Arc<Mutex<Vec<String>>>,
+    /// The tasks copying stdout and stderr into `logs`; done at EOF.
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+    child: Child,
+}
+
+impl Service {
+    /// Starts `komunikator <args> --listen <listen>` and waits until it listens.
+    pub async fn spawn(args: &[&str], env: &[(&'static str, String)], listen: &str) -> Service {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args).args(["--listen", listen]);
+        for var in CONFIG_VARS {
+            cmd.env_remove(var);
+        }
+        cmd.env("LOG_FORMAT", "json");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn komunikator");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr, pumps) = wait_for_listening(&mut child, logs.clone()).await;
+        Service {
+            url: format!("http://{addr}"),
+            args,
+            env: env.to_vec(),
+            logs,
+            pumps,
+            child,
+        }
+    }
+
+    /// Everything the process has logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("logs").join("\n")
+    }
+
+    /// SIGKILL: the process dies at once, mid-work.
+    pub async fn kill9(&mut self) {
+        self.child.start_kill().expect("kill");
+        self.child.wait().await.expect("wait");
+        self.drain_logs().await;
+    }
+
+    /// Waits until every line the exited process wrote is in `logs`.
+    async fn drain_logs(&mut self) {
+        for pump in self.pumps.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exited within 10 s after SIGTERM")
+            .expect("wait");
+        self.drain_logs().await;
+        status.code()
+    }
+
+    /// Starts the same command again on the same address (after a kill).
+    pub async fn restart(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let listen = self.url.trim_start_matches("http://").to_owned();
+        *self = Service::spawn(&args, &self.env, &listen).await;
+    }
+}
+
+/// A running deployment and what a test needs to talk to it: on the
+/// embedded backend one `all` process; on MariaDB the separate services
+/// `api`, `gateway` and `persister` (more gateways on demand).
 pub struct TestApp {
     pub backend: Backend,
+    /// The REST API's base URL.
     pub base: String,
-    /// Prefix of this server's NATS subjects and Redis keys.
+    /// Prefix of this deployment's NATS subjects and Redis keys.
     pub prefix: String,
     pub secret: String,
     pub db: Option<TestDb>,
     pub data_dir: Option<PathBuf>,
     /// Whether the data directory is removed when the server is dropped.
     owns_data_dir: bool,
-    logs: Arc<Mutex<Vec<String>>>,
-    child: Child,
+    /// `api` (MariaDB) or `all` (embedded).
+    pub main: Service,
+    /// Gateway processes (MariaDB only; the embedded `all` serves sockets itself).
+    pub gateways: Vec<Service>,
+    pub persister: Option<Service>,
+    env: Vec<(&'static str, String)>,
     http: reqwest::Client,
 }
 
@@ -220,41 +311,41 @@ impl TestApp {
 
     pub async fn start_with(backend: Backend, options: Options) -> Self {
         let prefix = format!("t{}", random_hex(6));
-        let mut env: Vec<(&str, String)> = vec![("KOM_PREFIX", prefix.clone())];
-        let (args, secret, db, data_dir) = match backend {
+        let mut env: Vec<(&'static str, String)> = vec![("KOM_PREFIX", prefix.clone())];
+        let (secret, db, data_dir) = match backend {
             Backend::MySql => {
                 let db = TestDb::create().await;
                 let secret = random_hex(32);
                 env.extend(service_env(&db, &secret));
-                let (code, out) = run_to_end(&["migrate"], &env).await;
-                assert_eq!(code, Some(0), "migrate failed: {out}");
-                (vec!["api"], secret, Some(db), None)
+                (secret, Some(db), None)
             }
             Backend::Embedded => {
                 let dir = options.data_dir.clone().unwrap_or_else(|| {
                     std::env::temp_dir().join(format!("kom-test-{}", random_hex(6)))
                 });
                 env.push(("DATA_DIR", dir.display().to_string()));
-                (vec!["all"], String::new(), None, Some(dir))
+                (String::new(), None, Some(dir))
             }
         };
         env.extend(options.env.iter().cloned());
-        let mut cmd = Command::new(BIN);
-        cmd.args(&args);
-        cmd.args(["--listen", "127.0.0.1:0"]);
-        for var in CONFIG_VARS {
-            cmd.env_remove(var);
-        }
-        cmd.env("LOG_FORMAT", "json");
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn komunikator");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let addr = wait_for_listening(&mut child, logs.clone()).await;
+        let (main, gateways, persister) = match backend {
+            Backend::MySql => {
+                let (code, out) = run_to_end(&["migrate"], &env).await;
+                assert_eq!(code, Some(0), "migrate failed: {out}");
+                let any = "127.0.0.1:0";
+                let (main, gateway, persister) = tokio::join!(
+                    Service::spawn(&["api"], &env, any),
+                    Service::spawn(&["gateway"], &env, any),
+                    Service::spawn(&["persister"], &env, any),
+                );
+                (main, vec![gateway], Some(persister))
+            }
+            Backend::Embedded => (
+                Service::spawn(&["all"], &env, "127.0.0.1:0").await,
+                vec![],
+                None,
+            ),
+        };
         let secret = match &data_dir {
             Some(dir) => std::fs::read_to_string(dir.join("jwt_secret")).expect("generated secret"),
             None => secret,
@@ -266,21 +357,58 @@ impl TestApp {
             .expect("http client");
         Self {
             backend,
-            base: format!("http://{addr}"),
+            base: main.url.clone(),
             prefix,
             secret,
             db,
             owns_data_dir: options.data_dir.is_none(),
             data_dir,
-            logs,
-            child,
+            main,
+            gateways,
+            persister,
+            env,
             http,
         }
     }
 
-    /// Everything the server has logged so far.
+    /// Starts one more gateway process (MariaDB backend); returns its index.
+    pub async fn add_gateway(&mut self) -> usize {
+        assert_eq!(
+            self.backend,
+            Backend::MySql,
+            "the embedded backend has one process"
+        );
+        self.gateways
+            .push(Service::spawn(&["gateway"], &self.env, "127.0.0.1:0").await);
+        self.gateways.len() - 1
+    }
+
+    /// The base URL of gateway `i` (the `all` process on the embedded backend).
+    pub fn gateway_url(&self, i: usize) -> &str {
+        match self.backend {
+            Backend::MySql => &self.gateways[i].url,
+            Backend::Embedded => &self.main.url,
+        }
+    }
+
+    /// A socket of `user` on the first gateway, authenticated by its token.
+    pub async fn socket(&self, user: &User) -> crate::sio::Socket {
+        self.socket_on(0, user).await
+    }
+
+    /// A socket of `user` on gateway `i`.
+    pub async fn socket_on(&self, i: usize, user: &User) -> crate::sio::Socket {
+        crate::sio::Socket::connect(self.gateway_url(i), crate::sio::Auth::Payload(&user.token))
+            .await
+            .expect("socket connects")
+    }
+
+    /// Everything every process of the deployment has logged so far.
     pub fn logs(&self) -> String {
-        self.logs.lock().expect("logs").join("\n")
+        let services = std::iter::once(&self.main)
+            .chain(&self.gateways)
+            .chain(&self.persister);
+        services.map(Service::logs).collect::<Vec<_>>().join("\n")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -441,25 +569,18 @@ impl TestApp {
             .expect("open sqlite")
     }
 
-    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    /// Sends SIGTERM to every process and waits for them to exit; returns
+    /// the main process's exit code (each must exit).
     pub async fn terminate(&mut self) -> Option<i32> {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .expect("exited within 10 s after SIGTERM")
-            .expect("wait");
-        status.code()
+        for service in self.gateways.iter_mut().chain(&mut self.persister) {
+            assert_eq!(service.terminate().await, Some(0), "{}", service.logs());
+        }
+        self.main.terminate().await
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
         if let Some(dir) = self.data_dir.as_ref().filter(|_| self.owns_data_dir) {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -468,14 +589,17 @@ impl Drop for TestApp {
 
 /// Reads the server's log lines until it says where it listens; keeps
 /// collecting them afterwards (so the pipes never fill up).
-async fn wait_for_listening(child: &mut Child, logs: Arc<Mutex<Vec<String>>>) -> String {
+async fn wait_for_listening(
+    child: &mut Child,
+    logs: Arc<Mutex<Vec<String>>>,
+) -> (String, Vec<tokio::task::JoinHandle<()>>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    pump(
-        child.stdout.take().expect("stdout"),
-        logs.clone(),
-        tx.clone(),
-    );
-    pump(child.stderr.take().expect("stderr"), logs.clone(), tx);
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let pumps = vec![
+        pump(stdout, logs.clone(), tx.clone()),
+        pump(stderr, logs.clone(), tx),
+    ];
     let found = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = rx.recv().await {
             if let Ok(v) = serde_json::from_str::<Value>(&line)
@@ -488,7 +612,7 @@ async fn wait_for_listening(child: &mut Child, logs: Arc<Mutex<Vec<String>>>) ->
     })
     .await;
     match found {
-        Ok(Some(addr)) => addr,
+        Ok(Some(addr)) => (addr, pumps),
         _ => panic!(
             "server did not start:\n{}",
             logs.lock().expect("logs").join("\n")
@@ -500,14 +624,14 @@ fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     reader: R,
     logs: Arc<Mutex<Vec<String>>>,
     tx: tokio::sync::mpsc::UnboundedSender<String>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             logs.lock().expect("logs").push(line.clone());
             let _ = tx.send(line);
         }
-    });
+    })
 }
 
 /// Instantiates each scenario `async fn name(backend: Backend)` as two tests:

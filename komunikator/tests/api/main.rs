@@ -3,6 +3,7 @@
 //! (`embedded::`).
 
 mod harness;
+mod sio;
 
 mod auth;
 mod chat;

@@ -1,0 +1,283 @@
+//! One handler per client event, plus the connect middleware that
+//! authenticates the socket. A refused event gets an `error` event (and a
+//! refused acknowledgement when the client asked for one); the socket stays usable.
+
+use std::sync::Arc;
+
+use common::bus::BusError;
+use common::domain::{ChatDraft, now};
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+
+use crate::Gateway;
+use crate::hub::{room_key, session};
+use crate::payload::{Heartbeat, MessageRequest, Refusal, RoomRequest};
+use crate::session::Session;
+
+/// The connect error a client sees; its text is sent as is, so it says
+/// nothing about why a token failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("Origin not allowed")]
+    Origin,
+}
+
+pub fn register(io: &SocketIo, gateway: Arc<Gateway>) {
+    let authenticate = {
+        let gateway = gateway.clone();
+        move |socket: SocketRef, TryData(auth): TryData<Value>| {
+            let gateway = gateway.clone();
+            async move { gateway.authenticate(&socket, auth.ok()).await }
+        }
+    };
+    let connected = move |socket: SocketRef| {
+        let gateway = gateway.clone();
+        async move { gateway.attach(&socket) }
+    };
+    io.ns("/", connected.with(authenticate));
+}
+
+impl Gateway {
+    /// Connect middleware: the origin must be allowed and the token valid,
+    /// taken from `auth: {token}`, the `Authorization` header or `?token=`.
+    async fn authenticate(
+        &self,
+        socket: &SocketRef,
+        auth: Option<Value>,
+    ) -> Result<(), ConnectError> {
+        let parts = socket.req_parts();
+        if let Some(allowed) = &self.deps.allowed_origins {
+            let origin = parts.headers.get("origin").and_then(|o| o.to_str().ok());
+            if origin.is_some_and(|o| !allowed.iter().any(|a| a == o.trim_end_matches('/'))) {
+                return Err(ConnectError::Origin);
+            }
+        }
+        let from_auth = auth
+            .as_ref()
+            .and_then(|a| a["token"].as_str())
+            .map(str::to_owned);
+        let from_header = parts
+            .headers
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let from_query = parts.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(str::to_owned)
+        });
+        let token = from_auth
+            .or(from_header)
+            .or(from_query)
+            .ok_or(ConnectError::Unauthorized)?;
+        let user = self
+            .deps
+            .tokens
+            .verify(token.trim())
+            .map_err(|_| ConnectError::Unauthorized)?;
+        let stored = match self.deps.store.user_name(&user).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Err(ConnectError::Unauthorized),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the user of a socket");
+                return Err(ConnectError::Unauthorized);
+            }
+        };
+        socket
+            .extensions
+            .insert(Arc::new(Session::new(stored, self.deps.rate)));
+        Ok(())
+    }
+
+    /// Registers the event handlers of an authenticated socket.
+    fn attach(self: &Arc<Self>, socket: &SocketRef) {
+        let Some(connected) = session(socket) else {
+            tracing::error!("socket connected without a session");
+            return;
+        };
+        tracing::debug!(user = connected.user, sid = %socket.id, "socket connected");
+        for event in ["join", "leave", "message", "watchdog"] {
+            let gateway = self.clone();
+            socket.on(
+                event,
+                move |socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+                    let gateway = gateway.clone();
+                    async move {
+                        let Some(session) = session(&socket) else {
+                            return;
+                        };
+                        let payload = data.ok();
+                        let result = match event {
+                            "join" => gateway
+                                .join(&socket, &session, payload.as_ref())
+                                .await
+                                .map(|()| None),
+                            "leave" => gateway
+                                .leave(&socket, &session, payload.as_ref())
+                                .await
+                                .map(|()| None),
+                            "message" => gateway
+                                .message(&socket, &session, payload.as_ref())
+                                .await
+                                .map(Some),
+                            _ => gateway
+                                .watchdog(&session, payload.as_ref())
+                                .await
+                                .map(|()| None),
+                        };
+                        answer(&socket, ack, event, result);
+                    }
+                },
+            );
+        }
+    }
+
+    async fn join(
+        &self,
+        socket: &SocketRef,
+        session: &Session,
+        payload: Option<&Value>,
+    ) -> Result<(), Refusal> {
+        let request = RoomRequest::parse(payload)?;
+        session.check_name(request.user_name.as_deref())?;
+        let room_id = request.room_id;
+        let room = self.deps.store.room(room_id).await.map_err(unavailable)?;
+        let room = room.ok_or(Refusal::JoinFailed)?;
+        if room.is_private
+            && room.room_owner != session.user
+            && self
+                .deps
+                .store
+                .member(room_id, &session.user)
+                .await
+                .map_err(unavailable)?
+                .is_none()
+        {
+            return Err(Refusal::JoinFailed);
+        }
+        self.hub.subscribe(room_id).await.map_err(unavailable)?;
+        socket.join(room_key(room_id));
+        let event = json!({ "user_name": session.user, "room_id": room_id });
+        self.publish_room_event(room_id, "user_joined", &event)
+            .await;
+        Ok(())
+    }
+
+    async fn leave(
+        &self,
+        socket: &SocketRef,
+        session: &Session,
+        payload: Option<&Value>,
+    ) -> Result<(), Refusal> {
+        let request = RoomRequest::parse(payload)?;
+        session.check_name(request.user_name.as_deref())?;
+        let key = room_key(request.room_id);
+        if socket.rooms().iter().any(|r| *r == key) {
+            socket.leave(key);
+            let event = json!({ "user_name": session.user, "room_id": request.room_id });
+            self.publish_room_event(request.room_id, "user_left", &event)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn message(
+        &self,
+        socket: &SocketRef,
+        session: &Session,
+        payload: Option<&Value>,
+    ) -> Result<Value, Refusal> {
+        let request = MessageRequest::parse(payload)?;
+        session.check_name(request.user_name.as_deref())?;
+        let key = room_key(request.room_id);
+        if !socket.rooms().iter().any(|r| *r == key) {
+            return Err(Refusal::JoinFailed);
+        }
+        session.take_message()?;
+        let draft = ChatDraft {
+            room_id: request.room_id,
+            user_name: session.user.clone(),
+            message: request.message,
+            create_date: now(),
+        };
+        let chat_id = self
+            .deps
+            .bus
+            .append_chat(&draft)
+            .await
+            .map_err(unavailable)?;
+        Ok(json!({ "chat_id": chat_id }))
+    }
+
+    async fn watchdog(&self, session: &Session, payload: Option<&Value>) -> Result<(), Refusal> {
+        let heartbeat = Heartbeat::parse(payload)?;
+        session.check_name(Some(&heartbeat.user_name))?;
+        if self.should_forward_heartbeat(&session.user) {
+            let body = json!({ "user_name": session.user }).to_string();
+            self.deps
+                .bus
+                .publish(self.deps.subjects.heartbeats(), body.into())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn publish_room_event(&self, room_id: common::domain::RoomId, event: &str, body: &Value) {
+        let subject = self.deps.subjects.room_event(room_id, event);
+        if let Err(e) = self
+            .deps
+            .bus
+            .publish(subject, body.to_string().into())
+            .await
+        {
+            tracing::error!(room_id, event, error = %e, "room event not published");
+        }
+    }
+}
+
+/// Logs a dependency failure once, here, and refuses the event with code 8.
+fn unavailable(e: impl Into<UnavailableCause>) -> Refusal {
+    let UnavailableCause(detail) = e.into();
+    tracing::error!(error = %detail, "event failed on a dependency");
+    Refusal::Unavailable
+}
+
+struct UnavailableCause(String);
+
+impl From<BusError> for UnavailableCause {
+    fn from(e: BusError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<common::store::StoreError> for UnavailableCause {
+    fn from(e: common::store::StoreError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Sends the outcome: the acknowledgement (when asked for) and, for a
+/// refusal, the `error` event.
+fn answer(socket: &SocketRef, ack: AckSender, event: &str, result: Result<Option<Value>, Refusal>) {
+    let sent = match result {
+        Ok(Some(body)) => ack.send(&body),
+        Ok(None) => Ok(()),
+        Err(refusal) => {
+            tracing::debug!(event, code = refusal.code(), "event refused");
+            let body = refusal.body();
+            if let Err(e) = socket.emit("error", &body) {
+                tracing::debug!(error = %e, "error event not sent");
+            }
+            ack.send(&json!({ "error": body.message, "code": body.code }))
+        }
+    };
+    if let Err(e) = sent {
+        tracing::debug!(event, error = %e, "acknowledgement not sent (socket closed)");
+    }
+}

@@ -1,0 +1,275 @@
+//! Client payloads, parsed at the edge into typed requests. Anything that
+//! does not fit becomes a [`Refusal`] with its contract error code here, in
+//! one place, so handlers only see well-formed requests.
+
+use common::domain::{MAX_ID, MESSAGE_MAX, RoomId, char_len, is_blank};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Why an event was refused: the `error` event's `{message, code}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    MessageTooLong,
+    MissingMessage,
+    MissingRoom,
+    MissingUserName,
+    JoinFailed,
+    Forbidden,
+    RateLimited,
+    Invalid,
+    /// A dependency (database, broker) failed; the client may retry. Not in
+    /// the older servers' list: they had no such failure to report.
+    Unavailable,
+}
+
+/// The body of an `error` event, and of a refused acknowledgement.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub message: &'static str,
+    pub code: u8,
+}
+
+impl Refusal {
+    pub fn code(self) -> u8 {
+        match self {
+            Self::MessageTooLong => 1,
+            Self::MissingMessage => 2,
+            Self::MissingRoom | Self::MissingUserName => 3,
+            Self::JoinFailed => 4,
+            Self::Forbidden => 5,
+            Self::RateLimited => 6,
+            Self::Invalid => 7,
+            Self::Unavailable => 8,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::MessageTooLong => "Message is too long",
+            Self::MissingMessage => "Missing message",
+            Self::MissingRoom => "Missing user_name or room_id",
+            Self::MissingUserName => "Missing user_name",
+            Self::JoinFailed => "Join failed",
+            Self::Forbidden => "Forbidden",
+            Self::RateLimited => "Rate limited",
+            Self::Invalid => "Invalid payload",
+            Self::Unavailable => "Service unavailable, try again",
+        }
+    }
+
+    pub fn body(self) -> ErrorBody {
+        ErrorBody {
+            message: self.message(),
+            code: self.code(),
+        }
+    }
+}
+
+/// `join` and `leave`: `{room_id, user_name}`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RoomRequest {
+    pub room_id: RoomId,
+    pub user_name: Option<String>,
+}
+
+/// `message`: `{room_id, user_name, message}`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MessageRequest {
+    pub room_id: RoomId,
+    pub user_name: Option<String>,
+    pub message: String,
+}
+
+/// `watchdog`: `{user_name}`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub user_name: String,
+}
+
+impl RoomRequest {
+    pub fn parse(payload: Option<&Value>) -> Result<Self, Refusal> {
+        let map = object(payload)?;
+        Ok(Self {
+            room_id: room_id(map)?,
+            user_name: user_name(map)?,
+        })
+    }
+}
+
+impl MessageRequest {
+    pub fn parse(payload: Option<&Value>) -> Result<Self, Refusal> {
+        let map = object(payload)?;
+        let room_id = room_id(map)?;
+        let user_name = user_name(map)?;
+        let message = match map.get("message") {
+            None | Some(Value::Null) => return Err(Refusal::MissingMessage),
+            Some(Value::String(m)) if is_blank(m) => return Err(Refusal::MissingMessage),
+            Some(Value::String(m)) if char_len(m) > MESSAGE_MAX => {
+                return Err(Refusal::MessageTooLong);
+            }
+            Some(Value::String(m)) => m.clone(),
+            Some(_) => return Err(Refusal::Invalid),
+        };
+        Ok(Self {
+            room_id,
+            user_name,
+            message,
+        })
+    }
+}
+
+impl Heartbeat {
+    pub fn parse(payload: Option<&Value>) -> Result<Self, Refusal> {
+        let map = object(payload)?;
+        match user_name(map)? {
+            Some(user_name) => Ok(Self { user_name }),
+            None => Err(Refusal::MissingUserName),
+        }
+    }
+}
+
+fn object(payload: Option<&Value>) -> Result<&Map<String, Value>, Refusal> {
+    match payload {
+        Some(Value::Object(map)) => Ok(map),
+        _ => Err(Refusal::Invalid),
+    }
+}
+
+/// A room id, as a JSON integer or a numeric string. A well-typed id that
+/// cannot name a room (0, negative, beyond 2^53) is an unknown room.
+fn room_id(map: &Map<String, Value>) -> Result<RoomId, Refusal> {
+    let id = match map.get("room_id") {
+        None | Some(Value::Null) => return Err(Refusal::MissingRoom),
+        Some(Value::String(s)) if s.is_empty() => return Err(Refusal::MissingRoom),
+        Some(Value::String(s)) if s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse::<i64>().map_err(|_| Refusal::JoinFailed)?
+        }
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
+            n.as_i64().ok_or(Refusal::JoinFailed)?
+        }
+        Some(_) => return Err(Refusal::Invalid),
+    };
+    if (1..=MAX_ID).contains(&id) {
+        Ok(id)
+    } else {
+        Err(Refusal::JoinFailed)
+    }
+}
+
+fn user_name(map: &Map<String, Value>) -> Result<Option<String>, Refusal> {
+    match map.get("user_name") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Refusal::Invalid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn message(v: Value) -> Result<MessageRequest, Refusal> {
+        MessageRequest::parse(Some(&v))
+    }
+
+    #[test]
+    fn payloads_that_are_not_objects_are_invalid() {
+        for v in [json!("x"), json!(1), json!([1]), json!(null)] {
+            assert_eq!(RoomRequest::parse(Some(&v)), Err(Refusal::Invalid));
+        }
+        assert_eq!(RoomRequest::parse(None), Err(Refusal::Invalid));
+    }
+
+    #[test]
+    fn room_ids_are_integers_or_numeric_strings() {
+        let parse =
+            |id: Value| RoomRequest::parse(Some(&json!({ "room_id": id }))).map(|r| r.room_id);
+        assert_eq!(parse(json!(5)), Ok(5));
+        assert_eq!(parse(json!("5")), Ok(5));
+        assert_eq!(parse(json!(null)), Err(Refusal::MissingRoom));
+        assert_eq!(parse(json!("")), Err(Refusal::MissingRoom));
+        assert_eq!(parse(json!(1.5)), Err(Refusal::Invalid));
+        assert_eq!(parse(json!("abc")), Err(Refusal::Invalid));
+        assert_eq!(parse(json!(true)), Err(Refusal::Invalid));
+        assert_eq!(parse(json!(0)), Err(Refusal::JoinFailed));
+        assert_eq!(parse(json!(-3)), Err(Refusal::JoinFailed));
+        assert_eq!(
+            parse(json!(9_007_199_254_740_992_u64)),
+            Err(Refusal::JoinFailed)
+        );
+    }
+
+    #[test]
+    fn messages_are_limited_to_1000_characters() {
+        let at_limit = "ż".repeat(1000);
+        assert_eq!(
+            message(json!({ "room_id": 1, "message": at_limit })).map(|m| m.message),
+            Ok(at_limit)
+        );
+        let over = "ż".repeat(1001);
+        assert_eq!(
+            message(json!({ "room_id": 1, "message": over })),
+            Err(Refusal::MessageTooLong)
+        );
+        assert_eq!(
+            message(json!({ "room_id": 1, "message": " " })),
+            Err(Refusal::MissingMessage)
+        );
+        assert_eq!(
+            message(json!({ "room_id": 1 })),
+            Err(Refusal::MissingMessage)
+        );
+        assert_eq!(
+            message(json!({ "room_id": 1, "message": 5 })),
+            Err(Refusal::Invalid)
+        );
+        assert_eq!(
+            message(json!({ "message": "x" })),
+            Err(Refusal::MissingRoom)
+        );
+    }
+
+    #[test]
+    fn watchdog_needs_a_user_name() {
+        assert_eq!(
+            Heartbeat::parse(Some(&json!({}))),
+            Err(Refusal::MissingUserName)
+        );
+        assert_eq!(
+            Heartbeat::parse(Some(&json!({ "user_name": 3 }))),
+            Err(Refusal::Invalid)
+        );
+        assert_eq!(
+            Heartbeat::parse(Some(&json!({ "user_name": "ann" }))),
+            Ok(Heartbeat {
+                user_name: "ann".into()
+            })
+        );
+    }
+
+    #[test]
+    fn error_codes_and_texts_match_the_contract() {
+        let all = [
+            (Refusal::MessageTooLong, 1, "Message is too long"),
+            (Refusal::MissingMessage, 2, "Missing message"),
+            (Refusal::MissingRoom, 3, "Missing user_name or room_id"),
+            (Refusal::MissingUserName, 3, "Missing user_name"),
+            (Refusal::JoinFailed, 4, "Join failed"),
+            (Refusal::Forbidden, 5, "Forbidden"),
+            (Refusal::RateLimited, 6, "Rate limited"),
+            (Refusal::Invalid, 7, "Invalid payload"),
+        ];
+        for (refusal, code, text) in all {
+            assert_eq!(
+                refusal.body(),
+                ErrorBody {
+                    message: text,
+                    code
+                }
+            );
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! What a gateway knows about one socket: who it is (from the token, never
+//! from a payload) and how fast it may send.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::payload::Refusal;
+
+/// One authenticated socket.
+#[derive(Debug)]
+pub struct Session {
+    pub user: String,
+    bucket: Mutex<TokenBucket>,
+}
+
+impl Session {
+    pub fn new(user: String, rate: RateLimit) -> Self {
+        Self {
+            user,
+            bucket: Mutex::new(TokenBucket::new(rate, Instant::now())),
+        }
+    }
+
+    /// A `user_name` in a payload must name the socket's own user. Names
+    /// compare case-insensitively, as the database compares them.
+    pub fn check_name(&self, claimed: Option<&str>) -> Result<(), Refusal> {
+        match claimed {
+            Some(name) if name.to_lowercase() != self.user.to_lowercase() => {
+                Err(Refusal::Forbidden)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Spends one message from the socket's allowance.
+    pub fn take_message(&self) -> Result<(), Refusal> {
+        let mut bucket = self.bucket.lock().map_err(|_| Refusal::Unavailable)?;
+        if bucket.take(Instant::now()) {
+            Ok(())
+        } else {
+            Err(Refusal::RateLimited)
+        }
+    }
+}
+
+/// Messages per second a socket may send on average, and in a burst.
+/// `per_second == 0` means unlimited.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug)]
+struct TokenBucket {
+    rate: RateLimit,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: RateLimit, now: Instant) -> Self {
+        Self {
+            rate,
+            tokens: f64::from(rate.burst.max(1)),
+            at: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        if self.rate.per_second == 0 {
+            return true;
+        }
+        let refill =
+            now.saturating_duration_since(self.at).as_secs_f64() * f64::from(self.rate.per_second);
+        self.tokens = (self.tokens + refill).min(f64::from(self.rate.burst.max(1)));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Heartbeats forwarded per user at most once per this interval per gateway.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(
+            RateLimit {
+                per_second: 10,
+                burst: 3,
+            },
+            t0,
+        );
+        assert!(b.take(t0) && b.take(t0) && b.take(t0));
+        assert!(!b.take(t0));
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn zero_rate_is_unlimited() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(
+            RateLimit {
+                per_second: 0,
+                burst: 0,
+            },
+            t0,
+        );
+        assert!((0..10_000).all(|_| b.take(t0)));
+    }
+
+    #[test]
+    fn claimed_names_must_be_the_socket_user() {
+        let s = Session::new(
+            "Ann".into(),
+            RateLimit {
+                per_second: 0,
+                burst: 0,
+            },
+        );
+        assert_eq!(s.check_name(None), Ok(()));
+        assert_eq!(s.check_name(Some("ann")), Ok(()));
+        assert_eq!(s.check_name(Some("bob")), Err(Refusal::Forbidden));
+    }
+}

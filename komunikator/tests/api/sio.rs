@@ -1,0 +1,221 @@
+//! A minimal Socket.IO v5 client (Engine.IO v4 over WebSocket) for the
+//! black-box suite: connect with a token, emit, emit with an ack, and wait
+//! for events. Compatibility with real clients is checked separately with
+//! python-socketio (`compat.rs`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// How long a test waits for an expected event.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// One connected socket.
+pub struct Socket {
+    out: mpsc::UnboundedSender<String>,
+    events: mpsc::UnboundedReceiver<(String, Value)>,
+    /// Events received while waiting for another one.
+    backlog: VecDeque<(String, Value)>,
+    acks: Acks,
+    next_ack: AtomicU64,
+}
+
+/// How a socket presents its token.
+pub enum Auth<'a> {
+    Payload(&'a str),
+    Header(&'a str),
+    Query(&'a str),
+    None,
+}
+
+impl Socket {
+    /// Connects to the default namespace; `Err` holds the connect error's message.
+    pub async fn connect(base: &str, auth: Auth<'_>) -> Result<Socket, String> {
+        Self::connect_with(base, auth, &[]).await
+    }
+
+    pub async fn connect_with(
+        base: &str,
+        auth: Auth<'_>,
+        headers: &[(&str, &str)],
+    ) -> Result<Socket, String> {
+        let mut url = format!(
+            "{}/socket.io/?EIO=4&transport=websocket",
+            base.replace("http://", "ws://")
+        );
+        if let Auth::Query(token) = auth {
+            url.push_str(&format!("&token={token}"));
+        }
+        let mut request = url.into_client_request().expect("request");
+        if let Auth::Header(token) = auth {
+            request.headers_mut().insert(
+                "Authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        for (name, value) in headers {
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .expect("header name");
+            request
+                .headers_mut()
+                .insert(name, value.parse().expect("header"));
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sink, mut stream) = ws.split();
+        let open = next_text(&mut stream).await.ok_or("no open packet")?;
+        assert!(open.starts_with('0'), "engine.io open packet: {open}");
+        let connect = match auth {
+            Auth::Payload(token) => format!("40{}", serde_json::json!({ "token": token })),
+            _ => "40".to_owned(),
+        };
+        sink.send(Message::text(connect))
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = next_text(&mut stream).await.ok_or("no connect answer")?;
+        if let Some(error) = answer.strip_prefix("44") {
+            let body: Value = serde_json::from_str(error).unwrap_or(Value::Null);
+            return Err(body["message"].as_str().unwrap_or(error).to_owned());
+        }
+        assert!(answer.starts_with("40"), "connect answer: {answer}");
+
+        let (out, mut outgoing) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(text) = outgoing.recv().await {
+                if sink.send(Message::text(text)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let acks: Acks = Arc::default();
+        let reader_acks = acks.clone();
+        let pong = out.clone();
+        tokio::spawn(async move {
+            while let Some(text) = next_text(&mut stream).await {
+                if text == "2" {
+                    let _ = pong.send("3".into());
+                } else if let Some(event) = text.strip_prefix("42") {
+                    if let Ok(Value::Array(mut items)) = serde_json::from_str::<Value>(event) {
+                        let name = items
+                            .first()
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        let arg = if items.len() > 1 {
+                            items.swap_remove(1)
+                        } else {
+                            Value::Null
+                        };
+                        let _ = events_tx.send((name, arg));
+                    }
+                } else if let Some(ack) = text.strip_prefix("43") {
+                    let split = ack.find('[').unwrap_or(ack.len());
+                    let id: u64 = ack[..split].parse().unwrap_or(u64::MAX);
+                    let body: Value = serde_json::from_str(&ack[split..]).unwrap_or(Value::Null);
+                    let waiter = reader_acks.lock().expect("acks").remove(&id);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(body.get(0).cloned().unwrap_or(Value::Null));
+                    }
+                } else if text.starts_with("41") || text.starts_with('1') {
+                    let _ = events_tx.send(("disconnect".into(), Value::Null));
+                }
+            }
+            let _ = events_tx.send(("disconnect".into(), Value::Null));
+        });
+        Ok(Socket {
+            out,
+            events,
+            backlog: VecDeque::new(),
+            acks,
+            next_ack: AtomicU64::new(1),
+        })
+    }
+
+    /// Sends an event with one argument.
+    pub fn emit(&self, event: &str, data: Value) {
+        self.send_raw(format!("42{}", serde_json::json!([event, data])));
+    }
+
+    /// Sends a raw Socket.IO packet (for malformed-input tests).
+    pub fn send_raw(&self, packet: String) {
+        self.out.send(packet).expect("socket open");
+    }
+
+    /// Sends an event and waits for its acknowledgement.
+    pub async fn emit_with_ack(&self, event: &str, data: Value) -> Value {
+        let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.acks.lock().expect("acks").insert(id, tx);
+        self.send_raw(format!("42{id}{}", serde_json::json!([event, data])));
+        tokio::time::timeout(WAIT, rx)
+            .await
+            .expect("ack within 5 s")
+            .expect("ack")
+    }
+
+    /// The next `event`, within [`WAIT`]; other events are kept for later.
+    pub async fn expect(&mut self, event: &str) -> Value {
+        self.try_expect(event, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no `{event}` within {WAIT:?}"))
+    }
+
+    /// The next `event` within `wait`, if any.
+    pub async fn try_expect(&mut self, event: &str, wait: Duration) -> Option<Value> {
+        if let Some(i) = self.backlog.iter().position(|(name, _)| name == event) {
+            return self.backlog.remove(i).map(|(_, v)| v);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some((name, value))) if name == event => return Some(value),
+                Ok(Some(other)) => self.backlog.push_back(other),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Asserts no `event` arrives within `wait`.
+    pub async fn expect_none(&mut self, event: &str, wait: Duration) {
+        if let Some(v) = self.try_expect(event, wait).await {
+            panic!("unexpected `{event}`: {v}");
+        }
+    }
+
+    /// Joins a room and waits until the socket sees its own `user_joined`.
+    pub async fn join(&mut self, room_id: i64) {
+        self.emit("join", serde_json::json!({ "room_id": room_id }));
+        loop {
+            let joined = self.expect("user_joined").await;
+            if joined["room_id"] == room_id {
+                return;
+            }
+        }
+    }
+}
+
+async fn next_text<S>(stream: &mut S) -> Option<String>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    while let Some(message) = stream.next().await {
+        match message {
+            Ok(Message::Text(text)) => return Some(text.to_string()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+    None
+}
