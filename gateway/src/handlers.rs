@@ -27,16 +27,19 @@ pub enum ConnectError {
 }
 
 pub fn register(io: &SocketIo, gateway: Arc<Gateway>) {
-    let authenticate = {
+    // Event handlers are registered by the middleware, which completes before
+    // socketioxide acknowledges the connection: the connect handler runs only
+    // after the ack, and an event sent right after connecting would find none.
+    let authenticate = move |socket: SocketRef, TryData(auth): TryData<Value>| {
         let gateway = gateway.clone();
-        move |socket: SocketRef, TryData(auth): TryData<Value>| {
-            let gateway = gateway.clone();
-            async move { gateway.authenticate(&socket, auth.ok()).await }
+        async move {
+            gateway.authenticate(&socket, auth.ok()).await?;
+            gateway.attach(&socket);
+            Ok::<(), ConnectError>(())
         }
     };
-    let connected = move |socket: SocketRef| {
-        let gateway = gateway.clone();
-        async move { gateway.attach(&socket) }
+    let connected = async |socket: SocketRef| {
+        tracing::debug!(sid = %socket.id, "socket connected");
     };
     io.ns("/", connected.with(authenticate));
 }
@@ -96,11 +99,6 @@ impl Gateway {
 
     /// Registers the event handlers of an authenticated socket.
     fn attach(self: &Arc<Self>, socket: &SocketRef) {
-        let Some(connected) = session(socket) else {
-            tracing::error!("socket connected without a session");
-            return;
-        };
-        tracing::debug!(user = connected.user, sid = %socket.id, "socket connected");
         for event in ["join", "leave", "message", "watchdog"] {
             let gateway = self.clone();
             socket.on(
@@ -160,8 +158,13 @@ impl Gateway {
         {
             return Err(Refusal::JoinFailed);
         }
-        self.hub.subscribe(room_id).await.map_err(unavailable)?;
+        // In the room before subscribing: the sweeper never drops the
+        // subscription of a room that has a local socket.
         socket.join(room_key(room_id));
+        if let Err(e) = self.hub.subscribe(room_id).await {
+            socket.leave(room_key(room_id));
+            return Err(unavailable(e));
+        }
         let event = json!({ "user_name": session.user, "room_id": room_id });
         self.publish_room_event(room_id, "user_joined", &event)
             .await;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::bus::{Bus, BusError, BusMessage, Subjects};
+use common::bus::{Bus, BusError, BusMessage, Subjects, Subscription};
 use common::domain::{ChatDraft, RoomId};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -12,7 +12,9 @@ use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
+use crate::sequencer::Sequencer;
 use crate::session::Session;
 
 /// Emitted for events that carry no payload: a zero-length tuple, so the
@@ -53,12 +55,7 @@ impl Hub {
             .subscribe(self.subjects.room_events(room_id))
             .await?;
         let io = self.io.clone();
-        let task = tokio::spawn(async move {
-            let mut subscription = subscription;
-            while let Some(message) = subscription.next().await {
-                deliver(&io, room_id, message).await;
-            }
-        });
+        let task = tokio::spawn(forward(io, room_id, subscription));
         rooms.insert(room_id, task);
         tracing::debug!(room_id, "subscribed to room");
         Ok(())
@@ -76,6 +73,32 @@ impl Hub {
             }
             keep
         });
+    }
+}
+
+/// Emits a room's bus messages to its local sockets, chat messages in
+/// `chat_id` order.
+async fn forward(io: SocketIo, room_id: RoomId, mut subscription: Subscription) {
+    let mut sequencer = Sequencer::default();
+    loop {
+        let ready = tokio::select! {
+            message = subscription.next() => match message {
+                Some(message) => sequencer.push(message, Instant::now()),
+                None => break,
+            },
+            () = sleep_until(sequencer.deadline()) => sequencer.flush(),
+        };
+        for message in ready {
+            deliver(&io, room_id, message).await;
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -6,6 +6,7 @@
 mod handlers;
 mod hub;
 mod payload;
+mod sequencer;
 mod session;
 
 use std::collections::HashMap;

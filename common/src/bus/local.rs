@@ -66,6 +66,7 @@ impl Bus for LocalBus {
             subject,
             payload,
             sequence: None,
+            previous: None,
         })
     }
 
@@ -103,6 +104,8 @@ impl Bus for LocalBus {
             subject: self.subjects.new_message(draft.room_id),
             payload,
             sequence: Some(chat_id),
+            // Appends are serialised and delivered under one lock: in order.
+            previous: None,
         })?;
         Ok(chat_id)
     }

@@ -41,6 +41,10 @@ pub struct BusMessage {
     /// The `chat_id` of a chat message (the broker's stream sequence, or the
     /// embedded store's id); `None` for other events.
     pub sequence: Option<ChatId>,
+    /// The `chat_id` of the room's previous message (0 for its first), when
+    /// the bus may deliver out of order and says so; `None` when it delivers
+    /// in order anyway.
+    pub previous: Option<ChatId>,
 }
 
 /// The messages published on a subject (pattern) from subscription on.

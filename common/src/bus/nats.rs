@@ -117,10 +117,19 @@ impl Bus for NatsBus {
             .flush()
             .await
             .map_err(|e| BusError::Subscribe(e.to_string()))?;
-        Ok(Box::pin(sub.map(|m| BusMessage {
-            sequence: m.headers.as_ref().and_then(sequence_header),
-            subject: m.subject.to_string(),
-            payload: m.payload,
+        Ok(Box::pin(sub.map(|m| {
+            BusMessage {
+                sequence: m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| number_header(h, "Nats-Sequence")),
+                previous: m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| number_header(h, "Nats-Last-Sequence")),
+                subject: m.subject.to_string(),
+                payload: m.payload,
+            }
         })))
     }
 
@@ -161,7 +170,11 @@ impl Bus for NatsBus {
     }
 }
 
-/// The stream sequence JetStream's RePublish puts on a message.
-fn sequence_header(headers: &HeaderMap) -> Option<ChatId> {
-    headers.get("Nats-Sequence")?.as_str().parse().ok()
+/// A sequence JetStream's RePublish puts on a message: its own
+/// (`Nats-Sequence`) and that of the previous message on the same subject,
+/// that is in the same room (`Nats-Last-Sequence`). RePublish can deliver a
+/// room's messages out of order when several connections publish at once
+/// (seen on NATS 2.9.10); the second lets subscribers restore the order.
+fn number_header(headers: &HeaderMap, name: &str) -> Option<ChatId> {
+    headers.get(name)?.as_str().parse().ok()
 }

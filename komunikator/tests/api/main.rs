@@ -8,6 +8,7 @@ mod sio;
 mod auth;
 mod chat;
 mod config;
+mod durability;
 mod events;
 mod input;
 mod members;

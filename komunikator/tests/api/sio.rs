@@ -83,7 +83,17 @@ impl Socket {
         sink.send(Message::text(connect))
             .await
             .map_err(|e| e.to_string())?;
-        let answer = next_text(&mut stream).await.ok_or("no connect answer")?;
+        // Engine.IO pings ("2") may come first: answer them while waiting.
+        let answer = loop {
+            let text = next_text(&mut stream).await.ok_or("no connect answer")?;
+            if text == "2" {
+                sink.send(Message::text("3"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else {
+                break text;
+            }
+        };
         if let Some(error) = answer.strip_prefix("44") {
             let body: Value = serde_json::from_str(error).unwrap_or(Value::Null);
             return Err(body["message"].as_str().unwrap_or(error).to_owned());

@@ -1,0 +1,337 @@
+//! The durable message path on MariaDB + NATS JetStream, with the services
+//! as separate processes: one order for everyone, nothing acknowledged is
+//! lost when a persister or gateway dies, nothing is stored twice.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Backend, Options, TestApp, TestDb, User, random_hex, run_to_end};
+use crate::sio::Socket;
+
+/// Sockets may send as fast as the test wants.
+fn unlimited() -> Options {
+    Options {
+        env: vec![("MESSAGE_RATE_LIMIT", "0".into())],
+        ..Options::default()
+    }
+}
+
+/// Every `chat_id` of a room's stored history (at most the newest 1000).
+async fn history_ids(app: &TestApp, room: i64) -> Vec<i64> {
+    let res = app
+        .get(&format!("/api/chat_history?room_id={room}"), None)
+        .await;
+    res.body
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|m| m["chat_id"].as_i64().expect("id"))
+        .collect()
+}
+
+/// Waits until the stored history of `room` holds `n` messages (the persister
+/// writes asynchronously); returns its ids.
+async fn wait_for_history(app: &TestApp, room: i64, n: usize) -> Vec<i64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ids = history_ids(app, room).await;
+        if ids.len() >= n || tokio::time::Instant::now() > deadline {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The ids of the next `n` `new_message` events a socket receives.
+async fn received_ids(socket: &mut Socket, n: usize) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(n);
+    while ids.len() < n {
+        let message = socket.expect("new_message").await;
+        ids.push(message["chat_id"].as_i64().expect("chat_id"));
+    }
+    ids
+}
+
+async fn member(app: &TestApp, user: &User, room: i64) {
+    app.post(
+        "/api/room/join_public",
+        Some(&user.token),
+        json!({ "room_id": room }),
+    )
+    .await
+    .expect_message("Joined room successfully");
+}
+
+/// Sends `count` messages, one after the other, each waiting for its ack.
+async fn send_acked(
+    socket: &Socket,
+    room: i64,
+    tag: impl std::fmt::Display,
+    count: usize,
+) -> Vec<i64> {
+    let mut acked = Vec::with_capacity(count);
+    for i in 0..count {
+        let ack = socket
+            .emit_with_ack(
+                "message",
+                json!({ "room_id": room, "message": format!("{tag} {i}") }),
+            )
+            .await;
+        acked.push(
+            ack["chat_id"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("not acked: {ack}")),
+        );
+    }
+    acked
+}
+
+#[tokio::test]
+async fn every_member_sees_every_message_once_in_one_order_across_two_gateways() {
+    let mut app = TestApp::start_with(Backend::MySql, unlimited()).await;
+    app.add_gateway().await;
+    let owner = app.user("own").await;
+    let room = app.room(&owner, "busy", None).await;
+    let mut users = vec![owner];
+    for i in 0..3 {
+        let user = app.user(&format!("u{i}")).await;
+        member(&app, &user, room).await;
+        users.push(user);
+    }
+    let mut sockets = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let mut socket = app.socket_on(i % 2, user).await;
+        socket.join(room).await;
+        sockets.push(socket);
+    }
+    // Every socket sends 25 messages at once; 100 in all, from both gateways.
+    let per_socket = 25;
+    let senders = sockets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| send_acked(s, room, format!("s{i}"), per_socket));
+    let acked: BTreeSet<i64> = futures_util::future::join_all(senders)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        acked.len(),
+        sockets.len() * per_socket,
+        "every message acked with its own id"
+    );
+
+    let total = acked.len();
+    let mut orders = Vec::new();
+    for socket in &mut sockets {
+        let ids = received_ids(socket, total).await;
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "chat_id strictly increasing: {ids:?}"
+        );
+        socket
+            .expect_none("new_message", Duration::from_millis(300))
+            .await;
+        orders.push(ids);
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "every socket saw the same order"
+    );
+    assert_eq!(orders[0].iter().copied().collect::<BTreeSet<_>>(), acked);
+    let stored = wait_for_history(&app, room, total).await;
+    assert_eq!(
+        stored, orders[0],
+        "history holds exactly the live messages, in order"
+    );
+}
+
+#[tokio::test]
+async fn acked_messages_survive_a_persister_kill_exactly_once() {
+    let mut app = TestApp::start_with(Backend::MySql, unlimited()).await;
+    let ann = app.user("ann").await;
+    let room = app.room(&ann, "durable", None).await;
+    let mut socket = app.socket(&ann).await;
+    socket.join(room).await;
+
+    let first = send_acked(&socket, room, "before", 100).await;
+    // Kill the persister in the middle of its work, keep chatting, restart it.
+    let mut persister = app.persister.take().expect("persister");
+    let sending = send_acked(&socket, room, "during", 200);
+    let killing = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        persister.kill9().await;
+    };
+    let (during, ()) = tokio::join!(sending, killing);
+    let after = send_acked(&socket, room, "after", 100).await;
+    persister.restart().await;
+    app.persister = Some(persister);
+
+    let acked: Vec<i64> = first.into_iter().chain(during).chain(after).collect();
+    let stored = wait_for_history(&app, room, acked.len()).await;
+    assert_eq!(
+        stored, acked,
+        "MySQL holds exactly the acked messages, once each, in order"
+    );
+    let rows: i64 = app
+        .scalar(format!(
+            "SELECT COUNT(*) FROM chat_history WHERE room_id = {room}"
+        ))
+        .await;
+    assert_eq!(rows, 400);
+    assert_eq!(
+        received_ids(&mut socket, 400).await,
+        acked,
+        "and every one was delivered live"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_gateway_loses_nothing_acked_while_others_keep_chatting() {
+    let mut app = TestApp::start_with(Backend::MySql, unlimited()).await;
+    app.add_gateway().await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&ann, "resilient", None).await;
+    member(&app, &bob, room).await;
+    let mut on_first = app.socket_on(0, &ann).await;
+    let mut on_second = app.socket_on(1, &bob).await;
+    on_first.join(room).await;
+    on_second.join(room).await;
+
+    let before = send_acked(&on_first, room, "ann", 20).await;
+    let mut gateway = app.gateways.remove(0);
+    let chatting = send_acked(&on_second, room, "bob", 150);
+    let restarting = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gateway.kill9().await;
+        gateway.restart().await;
+    };
+    let (during, ()) = tokio::join!(chatting, restarting);
+    app.gateways.insert(0, gateway);
+
+    // Ann reconnects to the restarted gateway and goes on.
+    let mut ann_again = app.socket_on(0, &ann).await;
+    ann_again.join(room).await;
+    let after = send_acked(&ann_again, room, "ann again", 20).await;
+
+    let acked: Vec<i64> = before
+        .iter()
+        .chain(&during)
+        .chain(&after)
+        .copied()
+        .collect();
+    assert_eq!(
+        received_ids(&mut on_second, acked.len()).await,
+        acked,
+        "bob saw everything"
+    );
+    assert_eq!(
+        wait_for_history(&app, room, acked.len()).await,
+        acked,
+        "everything acked is stored"
+    );
+    drop(on_first);
+}
+
+#[tokio::test]
+async fn chat_ids_continue_above_the_ids_of_an_existing_database() {
+    let db = TestDb::create().await;
+    let (code, out) = run_to_end(&["migrate"], &[("DATABASE_URL", db.url())]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let mut conn = db.connect().await;
+    sqlx::raw_sql(
+        "INSERT INTO users VALUES ('old', 'x');
+         INSERT INTO rooms (room_id, room_name, room_owner, is_private) VALUES (3, 'old', 'old', 0);
+         INSERT INTO chat_history (message_id, room_id, user_name, message)
+             VALUES (70000, 3, 'old', 'from the old server');",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("seed");
+    let options = Options {
+        env: vec![
+            ("DATABASE_URL", db.url()),
+            ("MESSAGE_RATE_LIMIT", "0".into()),
+        ],
+        ..Options::default()
+    };
+    let app = TestApp::start_with(Backend::MySql, options).await;
+    let ann = app.user("ann").await;
+    member(&app, &ann, 3).await;
+    let mut socket = app.socket(&ann).await;
+    socket.emit("join", json!({ "room_id": 3 }));
+    if socket
+        .try_expect("user_joined", Duration::from_secs(5))
+        .await
+        .is_none()
+    {
+        let error = socket.try_expect("error", Duration::from_millis(10)).await;
+        panic!("join failed: {error:?}\n{}", app.logs());
+    }
+    let acked = send_acked(&socket, 3, "new", 2).await;
+    assert_eq!(acked, [70001, 70002]);
+    assert_eq!(wait_for_history(&app, 3, 3).await, [70000, 70001, 70002]);
+}
+
+/// Publishes a raw chat message to the stream, as a gateway does.
+async fn publish_raw(
+    app: &TestApp,
+    room: i64,
+    msg_id: &str,
+    body: Value,
+) -> async_nats::jetstream::publish::PublishAck {
+    let client = async_nats::connect(crate::harness::nats_url())
+        .await
+        .expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    js.publish_with_headers(
+        format!("{}.chat.{room}", app.prefix),
+        headers,
+        body.to_string().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack")
+}
+
+#[tokio::test]
+async fn a_retried_publish_is_stored_once_and_a_deleted_rooms_message_is_dropped() {
+    let app = TestApp::start(Backend::MySql).await;
+    let ann = app.user("ann").await;
+    let room = app.room(&ann, "r", None).await;
+    let gone = app.room(&ann, "gone", None).await;
+    app.post(
+        "/api/room/delete",
+        Some(&ann.token),
+        json!({ "room_id": gone }),
+    )
+    .await
+    .expect_message("Room deleted successfully");
+    let body = |room: i64, text: &str| {
+        json!({ "room_id": room, "user_name": ann.name, "message": text,
+                "create_date": "2026-11-24T19:20:24.123Z" })
+    };
+    let id = random_hex(8);
+    let first = publish_raw(&app, room, &id, body(room, "once")).await;
+    let retry = publish_raw(&app, room, &id, body(room, "once")).await;
+    assert!(retry.duplicate, "the broker recognises the retry");
+    assert_eq!(retry.sequence, first.sequence);
+    // A message for a deleted room is dropped by the persister, not retried
+    // forever: the message after it is stored.
+    publish_raw(&app, gone, &random_hex(8), body(gone, "orphan")).await;
+    let last = publish_raw(&app, room, &random_hex(8), body(room, "after")).await;
+    let stored = wait_for_history(&app, room, 2).await;
+    assert_eq!(stored, [first.sequence as i64, last.sequence as i64]);
+    let orphans: i64 = app
+        .scalar(format!(
+            "SELECT COUNT(*) FROM chat_history WHERE room_id = {gone}"
+        ))
+        .await;
+    assert_eq!(orphans, 0);
+}
