@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: makes sure MariaDB, Redis and NATS are
 # installed and running on 127.0.0.1 (installing them with apt-get when
-# missing), then checks formatting and lints, then runs every test.
+# missing) and python-socketio is in a venv, then checks formatting and
+# lints, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,9 +69,21 @@ ensure_nats() {
   wait_port 4222 NATS
 }
 
+# The compatibility tests drive the server with python-socketio 5.x.
+ensure_python_client() {
+  local venv="${KOM_TEST_VENV:-$HOME/.cache/komunikator-venv}"
+  if ! "$venv/bin/python" -c 'import socketio, requests, websocket' 2>/dev/null; then
+    log "installing python-socketio into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "python-socketio[client]>=5,<6"
+  fi
+  export KOM_TEST_PYTHON="$venv/bin/python"
+}
+
 ensure_mariadb
 ensure_redis
 ensure_nats
+ensure_python_client
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -7,6 +7,7 @@ mod sio;
 
 mod auth;
 mod chat;
+mod compat;
 mod config;
 mod durability;
 mod events;

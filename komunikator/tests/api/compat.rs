@@ -1,0 +1,54 @@
+//! Protocol compatibility: an unmodified python-socketio 5.x client (code
+//! nobody here wrote) connects with the default transports (long-polling,
+//! then the upgrade to WebSocket) and WebSocket only, and chats.
+
+use std::path::PathBuf;
+
+use crate::harness::{Backend, TestApp};
+
+/// The Python with python-socketio installed (`scripts/test.sh` makes it).
+fn python() -> PathBuf {
+    match std::env::var_os("KOM_TEST_PYTHON") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+            .join(".cache/komunikator-venv/bin/python"),
+    }
+}
+
+async fn run_client(app: &TestApp, transport: &str) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/compat/socketio_client.py"
+    );
+    let output = tokio::process::Command::new(python())
+        .args([script, &app.base, app.gateway_url(0), transport])
+        .env("NO_PROXY", "*")
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (run scripts/test.sh)",
+                python().display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "python-socketio client failed:\n{}{}\nserver logs:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        app.logs()
+    );
+}
+
+async fn python_socketio_chats_over_polling_then_websocket(backend: Backend) {
+    run_client(&TestApp::start(backend).await, "default").await;
+}
+
+async fn python_socketio_chats_over_websocket_only(backend: Backend) {
+    run_client(&TestApp::start(backend).await, "websocket").await;
+}
+
+crate::on_both_stores!(
+    python_socketio_chats_over_polling_then_websocket,
+    python_socketio_chats_over_websocket_only,
+);

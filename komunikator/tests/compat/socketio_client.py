@@ -1,0 +1,116 @@
+"""Drives a Komunikator deployment with the unmodified python-socketio 5.x
+client, as existing script clients do. Exits 0 when every check passes.
+
+usage: socketio_client.py API_URL GATEWAY_URL TRANSPORT   (TRANSPORT: default | websocket)
+"""
+import sys
+import threading
+import time
+import uuid
+
+import requests
+import socketio
+
+API, GATEWAY, TRANSPORT = sys.argv[1:4]
+TRANSPORTS = None if TRANSPORT == "default" else [TRANSPORT]
+WAIT = 5
+
+
+def register(stem):
+    name = f"{stem}_{uuid.uuid4().hex[:6]}"
+    r = requests.post(f"{API}/api/register", json={"user_name": name, "password": "pw"})
+    assert r.status_code == 201, r.text
+    return name, r.json()["access_token"]
+
+
+class Client:
+    """A python-socketio client recording every event it receives."""
+
+    def __init__(self, token):
+        self.events = []
+        self.cond = threading.Condition()
+        self.sio = socketio.Client(reconnection=False)
+        self.sio.on("*", self._record)
+        # Zero-argument handlers must work for events without payload.
+        self.sio.on("room_list_updated", lambda: self._record("room_list_updated"))
+        self.sio.on("user_list_updated", lambda: self._record("user_list_updated"))
+        self.sio.connect(GATEWAY, auth={"token": token}, transports=TRANSPORTS, wait_timeout=WAIT)
+
+    def _record(self, event, *args):
+        with self.cond:
+            self.events.append((event, args[0] if args else None))
+            self.cond.notify_all()
+
+    def wait_for(self, event, check=lambda payload: True):
+        deadline = time.time() + WAIT
+        with self.cond:
+            while True:
+                for i, (name, payload) in enumerate(self.events):
+                    if name == event and check(payload):
+                        del self.events[i]
+                        return payload
+                left = deadline - time.time()
+                assert left > 0, f"no {event} within {WAIT}s; got {self.events}"
+                self.cond.wait(left)
+
+
+def main():
+    ann, ann_token = register("ann")
+    bob, bob_token = register("bob")
+    headers = {"Authorization": f"Bearer {ann_token}"}
+    room = requests.post(f"{API}/api/room/create", headers=headers,
+                         json={"room_name": "compat", "is_private": False}).json()["room_id"]
+    requests.post(f"{API}/api/room/join_public", headers={"Authorization": f"Bearer {bob_token}"},
+                  json={"room_id": room})
+
+    a, b = Client(ann_token), Client(bob_token)
+    if TRANSPORT == "default":
+        # Long-polling first, then the upgrade to WebSocket.
+        deadline = time.time() + WAIT
+        while a.sio.transport() != "websocket" and time.time() < deadline:
+            time.sleep(0.05)
+        assert a.sio.transport() == "websocket", a.sio.transport()
+
+    a.sio.emit("join", {"room_id": room, "user_name": ann})
+    a.wait_for("user_joined", lambda p: p == {"user_name": ann, "room_id": room})
+    b.sio.emit("join", {"room_id": room, "user_name": bob})
+    a.wait_for("user_joined", lambda p: p["user_name"] == bob)
+    b.wait_for("user_joined", lambda p: p["user_name"] == bob)
+
+    ack = a.sio.call("message", {"room_id": room, "user_name": ann, "message": "zażółć 😀"}, timeout=WAIT)
+    assert set(ack) == {"chat_id"}, ack
+    for client in (a, b):
+        m = client.wait_for("new_message")
+        assert m["chat_id"] == ack["chat_id"] and m["user_name"] == ann, m
+        assert m["message"] == "zażółć 😀" and m["room_id"] == room, m
+        assert m["create_date"].endswith("Z"), m
+
+    # A refused event: the error event and a refused acknowledgement.
+    refused = b.sio.call("message", {"room_id": room, "user_name": ann, "message": "spoof"}, timeout=WAIT)
+    assert refused == {"error": "Forbidden", "code": 5}, refused
+    assert b.wait_for("error") == {"message": "Forbidden", "code": 5}
+    b.sio.emit("message", "not an object")
+    assert b.wait_for("error") == {"message": "Invalid payload", "code": 7}
+
+    b.sio.emit("watchdog", {"user_name": bob})
+    requests.post(f"{API}/api/room/create", headers=headers, json={"room_name": "another"})
+    a.wait_for("room_list_updated")
+    b.wait_for("room_list_updated")
+
+    b.sio.emit("leave", {"room_id": room, "user_name": bob})
+    a.wait_for("user_left", lambda p: p == {"user_name": bob, "room_id": room})
+
+    # Without a token the connection is refused.
+    try:
+        socketio.Client(reconnection=False).connect(GATEWAY, transports=TRANSPORTS, wait_timeout=WAIT)
+        raise AssertionError("connected without a token")
+    except socketio.exceptions.ConnectionError:
+        pass
+
+    a.sio.disconnect()
+    b.sio.disconnect()
+    print("python-socketio compatibility: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
