@@ -36,7 +36,7 @@ impl Sequencer {
             return vec![];
         }
         self.held.insert(id, (previous, message));
-        let mut ready = self.release_chain();
+        let ready = self.release_chain();
         if self.held.is_empty() {
             self.deadline = None;
         } else {

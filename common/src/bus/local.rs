@@ -142,16 +142,6 @@ mod tests {
         assert!(!subject_matches("kom.room.2.x", "kom.room.1.x"));
     }
 
-    async fn bus() -> (LocalBus, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("kom-unit-{}", crate::random_hex(6)));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let store = crate::store::SqliteStore::connect(&dir.join("db.sqlite3"))
-            .await
-            .expect("store");
-        store.migrate().await.expect("migrate");
-        (LocalBus::new(Arc::new(store), Subjects::new("kom")), dir)
-    }
-
     /// A bus on a fresh SQLite store; the directory is removed on drop.
     struct TestBus {
         bus: LocalBus,

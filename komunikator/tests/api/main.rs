@@ -16,3 +16,4 @@ mod members;
 mod online;
 mod rooms;
 mod schema;
+mod sockets;
