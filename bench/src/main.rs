@@ -28,6 +28,19 @@ struct Cli {
 enum Scenario {
     /// R rooms × U users over the given gateways, S senders per room.
     Chat(ChatArgs),
+    /// Time from a message's live delivery to its appearance in chat_history.
+    PersistLag(PersistLagArgs),
+}
+
+#[derive(Args)]
+struct PersistLagArgs {
+    #[arg(long, default_value = "http://127.0.0.1:5000")]
+    api: String,
+    #[arg(long, default_value = "http://127.0.0.1:5000")]
+    gateway: String,
+    /// Messages to time, one after another.
+    #[arg(long, default_value_t = 200)]
+    messages: usize,
 }
 
 #[derive(Args)]
@@ -55,7 +68,56 @@ struct ChatArgs {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Chat(args) => chat(args).await,
+        Scenario::PersistLag(args) => persist_lag(args).await,
     }
+}
+
+async fn persist_lag(args: PersistLagArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let mut b = [0u8; 3];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let user = register(&http, &args.api, &format!("lag{}", hex::encode(b))).await?;
+    let created = post(
+        &http,
+        &args.api,
+        "/api/room/create",
+        &user.token,
+        json!({ "room_name": "lag" }),
+    )
+    .await?;
+    let room = created["room_id"].as_i64().context("room_id")?;
+    let mut socket = sio::Socket::connect(&args.gateway, sio::Auth::Payload(&user.token))
+        .await
+        .map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+    socket.join(room).await;
+    let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for i in 0..args.messages {
+        socket.emit(
+            "message",
+            json!({ "room_id": room, "message": format!("lag {i}") }),
+        );
+        let live = socket.expect("new_message").await;
+        let seen = Instant::now();
+        let chat_id = live["chat_id"].as_i64().context("chat_id")?;
+        loop {
+            let url = format!("{}/api/chat_history?room_id={room}&limit=1", args.api);
+            let newest: Value = http.get(url).send().await?.json().await?;
+            if newest[0]["chat_id"].as_i64() == Some(chat_id) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lag.record((seen.elapsed().as_micros() as u64).max(1))?;
+    }
+    let ms = |q: f64| lag.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "persist-lag over {} messages: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        args.messages,
+        ms(0.5),
+        ms(0.99),
+        lag.max() as f64 / 1000.0
+    );
+    Ok(())
 }
 
 struct User {

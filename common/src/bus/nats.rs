@@ -74,11 +74,7 @@ impl NatsBus {
             ..Default::default()
         };
         let err = |e: &dyn std::fmt::Display| BusError::Stream(e.to_string());
-        let mut stream = self
-            .jetstream
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| err(&e))?;
+        let mut stream = self.get_or_create_stream(config).await?;
         let state = stream.info().await.map_err(|e| err(&e))?.state.clone();
         let floor = u64::try_from(floor).unwrap_or(0);
         if state.messages == 0 && state.last_sequence < floor {
@@ -93,6 +89,28 @@ impl NatsBus {
             );
         }
         Ok(stream)
+    }
+
+    /// Several processes (gateways, persisters) create the stream at start.
+    /// When two do at once, NATS 2.9 may refuse the second ("subjects
+    /// overlap") although the stream now exists: then it is fetched.
+    async fn get_or_create_stream(
+        &self,
+        config: stream::Config,
+    ) -> Result<stream::Stream, BusError> {
+        let name = config.name.clone();
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            match self.jetstream.get_or_create_stream(config.clone()).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last_error = e.to_string(),
+            }
+            if let Ok(stream) = self.jetstream.get_stream(&name).await {
+                return Ok(stream);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(BusError::Stream(last_error))
     }
 }
 

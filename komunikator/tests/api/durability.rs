@@ -335,3 +335,47 @@ async fn a_retried_publish_is_stored_once_and_a_deleted_rooms_message_is_dropped
         .await;
     assert_eq!(orphans, 0);
 }
+
+#[tokio::test]
+async fn two_persister_replicas_share_the_work_and_store_each_message_once() {
+    let mut app = TestApp::start_with(Backend::MySql, unlimited()).await;
+    let second = crate::harness::Service::spawn(&["persister"], &app.env(), "127.0.0.1:0").await;
+    let ann = app.user("ann").await;
+    let room = app.room(&ann, "shared work", None).await;
+    let mut socket = app.socket(&ann).await;
+    socket.join(room).await;
+    let acked = send_acked(&socket, room, "m", 300).await;
+    assert_eq!(wait_for_history(&app, room, acked.len()).await, acked);
+    // Both replicas took part, and together inserted each message once.
+    let counter = |metrics: &str, name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let first_url = app.persister.as_ref().expect("persister").url.clone();
+    let (mut rows, mut consumed) = (Vec::new(), Vec::new());
+    for url in [first_url, second.url.clone()] {
+        let text = reqwest::get(format!("{url}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        rows.push(counter(&text, "komunikator_persister_rows_inserted_total"));
+        consumed.push(counter(&text, "komunikator_persister_messages_total"));
+    }
+    assert_eq!(
+        rows.iter().sum::<f64>(),
+        300.0,
+        "rows inserted per replica: {rows:?}"
+    );
+    assert!(
+        consumed.iter().all(|n| *n > 0.0),
+        "messages consumed per replica: {consumed:?}"
+    );
+    app.persister.as_mut().expect("persister").terminate().await;
+    drop(second);
+}

@@ -371,6 +371,11 @@ impl TestApp {
         }
     }
 
+    /// The environment every process of this deployment runs with.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        self.env.clone()
+    }
+
     /// Starts one more gateway process (MariaDB backend); returns its index.
     pub async fn add_gateway(&mut self) -> usize {
         assert_eq!(
@@ -581,6 +586,25 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        if self.backend == Backend::MySql {
+            // The deployment's chat stream would otherwise stay on the NATS server.
+            let stream = format!("{}_CHAT", self.prefix.to_uppercase());
+            let cleanup = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let client = async_nats::connect(nats_url())
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(&stream)
+                        .await;
+                    Ok::<_, std::io::Error>(())
+                })
+            });
+            let _ = cleanup.join();
+        }
         if let Some(dir) = self.data_dir.as_ref().filter(|_| self.owns_data_dir) {
             let _ = std::fs::remove_dir_all(dir);
         }
