@@ -180,7 +180,7 @@ impl Gateway {
         let request = RoomRequest::parse(payload)?;
         session.check_name(request.user_name.as_deref())?;
         let key = room_key(request.room_id);
-        if socket.rooms().iter().any(|r| *r == key) {
+        if in_room(socket, &key) {
             socket.leave(key);
             let event = json!({ "user_name": session.user, "room_id": request.room_id });
             self.publish_room_event(request.room_id, "user_left", &event)
@@ -198,7 +198,7 @@ impl Gateway {
         let request = MessageRequest::parse(payload)?;
         session.check_name(request.user_name.as_deref())?;
         let key = room_key(request.room_id);
-        if !socket.rooms().iter().any(|r| *r == key) {
+        if !in_room(socket, &key) {
             return Err(Refusal::JoinFailed);
         }
         session.take_message()?;
@@ -242,6 +242,10 @@ impl Gateway {
             tracing::error!(room_id, event, error = %e, "room event not published");
         }
     }
+}
+
+fn in_room(socket: &SocketRef, key: &str) -> bool {
+    socket.rooms().iter().any(|r| r == key)
 }
 
 /// Logs a dependency failure once, here, and refuses the event with code 8.

@@ -46,11 +46,7 @@ pub async fn api(cmd: ApiCmd, shutdown: CancellationToken) -> Result<(), Failure
     problems.into_result().map_err(Failure::Config)?;
     let subjects = Subjects::new(&cmd.prefix.prefix);
 
-    let store = open_store(&settings).await?;
-    store
-        .check_schema()
-        .await
-        .context("checking the database schema")?;
+    let store = open_current_store(&settings).await?;
     let bus: Arc<dyn Bus> = Arc::new(connect_nats(&nats_url, "komunikator-api", &subjects).await?);
     let presence: Arc<dyn Presence> = Arc::new(
         RedisPresence::connect(&redis_url, &cmd.prefix.prefix).context("configuring Redis")?,
@@ -73,11 +69,7 @@ pub async fn gateway(cmd: GatewayCmd, shutdown: CancellationToken) -> Result<(),
     problems.into_result().map_err(Failure::Config)?;
     let subjects = Subjects::new(&cmd.prefix.prefix);
 
-    let store = open_store(&settings).await?;
-    store
-        .check_schema()
-        .await
-        .context("checking the database schema")?;
+    let store = open_current_store(&settings).await?;
     let nats = connect_nats(&nats_url, "komunikator-gateway", &subjects).await?;
     nats.ensure_chat_stream(
         store
@@ -120,11 +112,7 @@ pub async fn persister(cmd: PersisterCmd, shutdown: CancellationToken) -> Result
     problems.into_result().map_err(Failure::Config)?;
     let subjects = Subjects::new(&cmd.prefix.prefix);
 
-    let store = open_store(&settings).await?;
-    store
-        .check_schema()
-        .await
-        .context("checking the database schema")?;
+    let store = open_current_store(&settings).await?;
     let nats = connect_nats(&nats_url, "komunikator-persister", &subjects).await?;
     let (metrics, persister_metrics) = Metrics::with(persister::PersisterMetrics::new);
     let run = persister_task(
@@ -275,6 +263,16 @@ fn require(value: &Option<String>, name: &str, problems: &mut Problems) -> Strin
         problems.push(format!("{name} is required"));
     }
     value.clone().unwrap_or_default()
+}
+
+/// The store of a separate service: the schema must already be migrated.
+async fn open_current_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
+    let store = open_store(settings).await?;
+    store
+        .check_schema()
+        .await
+        .context("checking the database schema")?;
+    Ok(store)
 }
 
 async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
