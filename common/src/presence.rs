@@ -1,10 +1,11 @@
-//! The presence interface: who is online. Redis TTL keys in production, an
-//! in-process table in single-node mode. A user is online while their key
-//! (refreshed by heartbeats) has not lapsed.
+//! The presence interface: who is online. A heartbeat keeps a user online
+//! for the presence timeout; each transition (online, offline) is reported
+//! to exactly one caller, however many presence replicas share the state.
+//! Redis in production, an in-process table in single-node mode.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -16,20 +17,41 @@ pub enum PresenceError {
     Poisoned,
 }
 
+/// What a heartbeat changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The user was online already.
+    Kept,
+    /// The user was offline: now online.
+    CameOnline,
+    /// The user's timeout had passed without anyone reporting it yet: the
+    /// user went offline, and is online again.
+    Returned,
+}
+
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
+    /// Records a heartbeat `user`'s client sent at `at_ms` (Unix time, ms):
+    /// the user stays online until `at_ms` + the presence timeout.
+    async fn heartbeat(&self, user: &str, at_ms: i64) -> Result<Beat, PresenceError>;
+    /// Users whose timeout has passed, each reported to one caller only.
+    async fn expire(&self) -> Result<Vec<String>, PresenceError>;
     /// The subset of `users` that is online now, in the given order.
     async fn online_among(&self, users: Vec<String>) -> Result<Vec<String>, PresenceError>;
     /// Fails when the presence store does not answer.
     async fn check_ready(&self) -> Result<(), PresenceError>;
 }
 
-/// Presence in Redis: one key `<prefix>:online:<user>` per online user, with
-/// a TTL of the presence timeout.
+/// Presence in Redis: one key `<prefix>:online:<user>` per online user with
+/// a TTL of the presence timeout (read by `GET /users/online`), and a sorted
+/// set `<prefix>:presence` of deadlines, which makes lapse detection exact
+/// (keyspace notifications are late and lost when nobody listens). Both are
+/// changed only by Lua scripts, atomically, on Redis's clock.
 #[derive(Clone)]
 pub struct RedisPresence {
     pool: deadpool_redis::Pool,
     prefix: Arc<str>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -43,14 +65,49 @@ impl std::fmt::Debug for RedisPresence {
 /// Keys are read in slices of this many, so one call never blocks Redis long.
 const MGET_CHUNK: usize = 512;
 
+/// Users expired per script call.
+const EXPIRE_BATCH: usize = 1000;
+
+/// KEYS: online key, deadlines. ARGV: deadline (ms), user.
+/// Returns 0 (kept), 1 (came online), 2 (lapsed, then back) or 3 (stale:
+/// the deadline has passed already, nothing changed).
+const HEARTBEAT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = tonumber(ARGV[1])
+if deadline <= now then return 3 end
+local previous = redis.call('ZSCORE', KEYS[2], ARGV[2])
+if previous and tonumber(previous) > now then
+  local kept = math.max(tonumber(previous), deadline)
+  redis.call('ZADD', KEYS[2], kept, ARGV[2])
+  redis.call('SET', KEYS[1], '1', 'PX', kept - now)
+  return 0
+end
+redis.call('ZADD', KEYS[2], deadline, ARGV[2])
+redis.call('SET', KEYS[1], '1', 'PX', deadline - now)
+if previous then return 2 end
+return 1
+";
+
+/// KEYS: deadlines. ARGV: most users to return. Removes and returns the
+/// users whose deadline has passed.
+const EXPIRE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, user in ipairs(users) do redis.call('ZREM', KEYS[1], user) end
+return users
+";
+
 impl RedisPresence {
-    pub fn connect(url: &str, prefix: &str) -> Result<Self, PresenceError> {
+    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, PresenceError> {
         let pool = deadpool_redis::Config::from_url(url)
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             .map_err(|e| PresenceError::Redis(e.to_string()))?;
         Ok(Self {
             pool,
             prefix: prefix.into(),
+            timeout,
         })
     }
 
@@ -59,16 +116,50 @@ impl RedisPresence {
         format!("{}:online:{user}", self.prefix)
     }
 
-    async fn connection(&self) -> Result<deadpool_redis::Connection, PresenceError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| PresenceError::Redis(e.to_string()))
+    fn deadlines_key(&self) -> String {
+        format!("{}:presence", self.prefix)
     }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection, PresenceError> {
+        self.pool.get().await.map_err(redis_error)
+    }
+}
+
+fn redis_error(e: impl std::fmt::Display) -> PresenceError {
+    PresenceError::Redis(e.to_string())
 }
 
 #[async_trait]
 impl Presence for RedisPresence {
+    async fn heartbeat(&self, user: &str, at_ms: i64) -> Result<Beat, PresenceError> {
+        let mut conn = self.connection().await?;
+        let timeout = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX / 2);
+        let outcome: i64 = redis::Script::new(HEARTBEAT_SCRIPT)
+            .key(self.online_key(user))
+            .key(self.deadlines_key())
+            .arg(at_ms.saturating_add(timeout))
+            .arg(user)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(match outcome {
+            1 => Beat::CameOnline,
+            2 => Beat::Returned,
+            // 0: still online; 3: a stale heartbeat, nothing changed.
+            _ => Beat::Kept,
+        })
+    }
+
+    async fn expire(&self) -> Result<Vec<String>, PresenceError> {
+        let mut conn = self.connection().await?;
+        redis::Script::new(EXPIRE_SCRIPT)
+            .key(self.deadlines_key())
+            .arg(EXPIRE_BATCH)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)
+    }
+
     async fn online_among(&self, users: Vec<String>) -> Result<Vec<String>, PresenceError> {
         let mut conn = self.connection().await?;
         let mut online = Vec::new();
@@ -78,7 +169,7 @@ impl Presence for RedisPresence {
                 .arg(&keys)
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| PresenceError::Redis(e.to_string()))?;
+                .map_err(redis_error)?;
             online.extend(
                 chunk
                     .iter()
@@ -96,34 +187,64 @@ impl Presence for RedisPresence {
             .query_async::<String>(&mut conn)
             .await
             .map(drop)
-            .map_err(|e| PresenceError::Redis(e.to_string()))
+            .map_err(redis_error)
     }
 }
 
-/// Presence in process memory, for single-node mode.
+/// Presence in process memory, for single-node mode. Deadlines are Unix
+/// times in milliseconds, like the heartbeats'.
 #[derive(Debug, Clone)]
 pub struct LocalPresence {
-    timeout: Duration,
-    deadlines: Arc<Mutex<HashMap<String, Instant>>>,
+    timeout_ms: i64,
+    deadlines: Arc<Mutex<HashMap<String, i64>>>,
+}
+
+/// The current Unix time in milliseconds.
+pub fn unix_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 impl LocalPresence {
     pub fn new(timeout: Duration) -> Self {
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2);
         Self {
-            timeout,
+            timeout_ms,
             deadlines: Arc::default(),
         }
     }
 
-    /// Records a heartbeat; true when the user was offline until now.
-    pub fn heartbeat(&self, user: &str, now: Instant) -> Result<bool, PresenceError> {
+    fn beat_at(&self, user: &str, at_ms: i64, now: i64) -> Result<Beat, PresenceError> {
+        let deadline = at_ms.saturating_add(self.timeout_ms);
+        if deadline <= now {
+            return Ok(Beat::Kept);
+        }
         let mut deadlines = self.deadlines.lock().map_err(|_| PresenceError::Poisoned)?;
-        let was_online = deadlines.get(user).is_some_and(|d| *d > now);
-        deadlines.insert(user.to_owned(), now + self.timeout);
-        Ok(!was_online)
+        let beat = match deadlines.get(user).copied() {
+            None => Beat::CameOnline,
+            Some(previous) if previous <= now => Beat::Returned,
+            Some(previous) => {
+                deadlines.insert(user.to_owned(), previous.max(deadline));
+                return Ok(Beat::Kept);
+            }
+        };
+        deadlines.insert(user.to_owned(), deadline);
+        Ok(beat)
     }
 
-    fn online_at(&self, users: Vec<String>, now: Instant) -> Result<Vec<String>, PresenceError> {
+    fn expire_at(&self, now: i64) -> Result<Vec<String>, PresenceError> {
+        let mut deadlines = self.deadlines.lock().map_err(|_| PresenceError::Poisoned)?;
+        let lapsed: Vec<String> = deadlines
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for user in &lapsed {
+            deadlines.remove(user);
+        }
+        Ok(lapsed)
+    }
+
+    fn online_at(&self, users: Vec<String>, now: i64) -> Result<Vec<String>, PresenceError> {
         let deadlines = self.deadlines.lock().map_err(|_| PresenceError::Poisoned)?;
         Ok(users
             .into_iter()
@@ -134,8 +255,16 @@ impl LocalPresence {
 
 #[async_trait]
 impl Presence for LocalPresence {
+    async fn heartbeat(&self, user: &str, at_ms: i64) -> Result<Beat, PresenceError> {
+        self.beat_at(user, at_ms, unix_ms())
+    }
+
+    async fn expire(&self) -> Result<Vec<String>, PresenceError> {
+        self.expire_at(unix_ms())
+    }
+
     async fn online_among(&self, users: Vec<String>) -> Result<Vec<String>, PresenceError> {
-        self.online_at(users, Instant::now())
+        self.online_at(users, unix_ms())
     }
 
     async fn check_ready(&self) -> Result<(), PresenceError> {
@@ -147,27 +276,55 @@ impl Presence for LocalPresence {
 mod tests {
     use super::*;
 
+    const S: i64 = 1000;
+
     #[test]
     fn users_are_online_until_their_timeout_lapses() {
         let p = LocalPresence::new(Duration::from_secs(5));
-        let t0 = Instant::now();
-        assert_eq!(p.heartbeat("ann", t0).ok(), Some(true));
-        assert_eq!(
-            p.heartbeat("ann", t0 + Duration::from_secs(1)).ok(),
-            Some(false)
-        );
+        let t0 = 1_000_000;
+        assert_eq!(p.beat_at("ann", t0, t0).ok(), Some(Beat::CameOnline));
+        assert_eq!(p.beat_at("ann", t0 + S, t0 + S).ok(), Some(Beat::Kept));
         let users = || vec!["ann".to_owned(), "bob".to_owned()];
         assert_eq!(
-            p.online_at(users(), t0 + Duration::from_secs(5)).ok(),
+            p.online_at(users(), t0 + 5 * S).ok(),
             Some(vec!["ann".into()])
         );
+        assert_eq!(p.expire_at(t0 + 5 * S).ok(), Some(vec![]));
+        assert_eq!(p.online_at(users(), t0 + 6 * S).ok(), Some(vec![]));
+        assert_eq!(p.expire_at(t0 + 6 * S).ok(), Some(vec!["ann".to_owned()]));
+        assert_eq!(p.expire_at(t0 + 6 * S).ok(), Some(vec![]), "reported once");
         assert_eq!(
-            p.online_at(users(), t0 + Duration::from_secs(6)).ok(),
-            Some(vec![])
+            p.beat_at("ann", t0 + 7 * S, t0 + 7 * S).ok(),
+            Some(Beat::CameOnline)
         );
+    }
+
+    #[test]
+    fn a_heartbeat_after_an_unreported_lapse_is_a_return() {
+        let p = LocalPresence::new(Duration::from_secs(5));
+        let t0 = 1_000_000;
+        p.beat_at("ann", t0, t0).ok();
         assert_eq!(
-            p.heartbeat("ann", t0 + Duration::from_secs(7)).ok(),
-            Some(true)
+            p.beat_at("ann", t0 + 9 * S, t0 + 9 * S).ok(),
+            Some(Beat::Returned)
+        );
+        assert_eq!(p.expire_at(t0 + 10 * S).ok(), Some(vec![]));
+    }
+
+    #[test]
+    fn deadlines_follow_the_latest_heartbeat_sent_not_the_latest_received() {
+        let p = LocalPresence::new(Duration::from_secs(5));
+        let t0 = 1_000_000;
+        p.beat_at("ann", t0 + 2 * S, t0 + 2 * S).ok();
+        // An older heartbeat forwarded late by another gateway changes nothing.
+        assert_eq!(p.beat_at("ann", t0, t0 + 2 * S).ok(), Some(Beat::Kept));
+        assert_eq!(p.expire_at(t0 + 6 * S).ok(), Some(vec![]));
+        assert_eq!(p.expire_at(t0 + 7 * S).ok(), Some(vec!["ann".to_owned()]));
+        // A heartbeat whose deadline has passed already changes nothing either.
+        assert_eq!(p.beat_at("ann", t0, t0 + 8 * S).ok(), Some(Beat::Kept));
+        assert_eq!(
+            p.online_at(vec!["ann".into()], t0 + 8 * S).ok(),
+            Some(vec![])
         );
     }
 }

@@ -220,13 +220,8 @@ impl Gateway {
     async fn watchdog(&self, session: &Session, payload: Option<&Value>) -> Result<(), Refusal> {
         let heartbeat = Heartbeat::parse(payload)?;
         session.check_name(Some(&heartbeat.user_name))?;
-        if self.should_forward_heartbeat(&session.user) {
-            let body = json!({ "user_name": session.user }).to_string();
-            self.deps
-                .bus
-                .publish(self.deps.subjects.heartbeats(), body.into())
-                .await
-                .map_err(unavailable)?;
+        if let Some(at) = self.coalesce_heartbeat(&session.user, common::presence::unix_ms()) {
+            self.forward_heartbeat(&session.user, at).await;
         }
         Ok(())
     }

@@ -58,8 +58,16 @@ pub struct Gateway {
     io: SocketIo,
     deps: GatewayDeps,
     hub: hub::Hub,
-    /// When each user's last heartbeat was forwarded, for coalescing.
-    heartbeats: Mutex<HashMap<String, Instant>>,
+    /// Heartbeat coalescing state per user.
+    heartbeats: Mutex<HashMap<String, Coalesced>>,
+}
+
+/// A user's heartbeats on this gateway: when one was last forwarded, and the
+/// newest one held back since (its client time, Unix ms).
+#[derive(Debug)]
+struct Coalesced {
+    forwarded: Instant,
+    held: Option<i64>,
 }
 
 /// Builds the gateway: the tower layer that serves `/socket.io/`, and the
@@ -80,6 +88,9 @@ pub fn build(deps: GatewayDeps) -> (SocketIoLayer, Arc<Gateway>) {
 /// How often rooms without local sockets are unsubscribed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How often held-back heartbeats are checked for forwarding.
+const HEARTBEAT_FLUSH: Duration = Duration::from_millis(100);
+
 impl Gateway {
     /// Delivers `room_list_updated` to every socket and keeps room
     /// subscriptions tidy until `shutdown`; then disconnects every socket, so
@@ -91,6 +102,7 @@ impl Gateway {
             .subscribe(self.deps.subjects.room_list_updated())
             .await?;
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        let mut flush = tokio::time::interval(HEARTBEAT_FLUSH);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -103,9 +115,11 @@ impl Gateway {
                         tracing::warn!(error = %e, "room_list_updated not delivered to every socket");
                     }
                 }
-                _ = sweep.tick() => {
-                    self.hub.sweep().await;
-                    self.forget_old_heartbeats();
+                _ = sweep.tick() => self.hub.sweep().await,
+                _ = flush.tick() => {
+                    for (user, at) in self.due_heartbeats() {
+                        self.forward_heartbeat(&user, at).await;
+                    }
                 }
             }
         }
@@ -114,24 +128,64 @@ impl Gateway {
         Ok(())
     }
 
-    /// True at most once per [`session::HEARTBEAT_INTERVAL`] per user.
-    fn should_forward_heartbeat(&self, user: &str) -> bool {
-        let Ok(mut last) = self.heartbeats.lock() else {
-            return true;
+    /// Coalesces a heartbeat: `Some(at)` to forward now (the first in an
+    /// interval), `None` when it is held back. The newest held-back one is
+    /// forwarded by [`Gateway::due_heartbeats`] once the interval has passed,
+    /// so presence always learns of a client's latest heartbeat, at most one
+    /// interval late, and with the time the client sent it.
+    fn coalesce_heartbeat(&self, user: &str, at: i64) -> Option<i64> {
+        let Ok(mut users) = self.heartbeats.lock() else {
+            return Some(at);
         };
         let now = Instant::now();
-        match last.get(user) {
-            Some(at) if now.duration_since(*at) < session::HEARTBEAT_INTERVAL => false,
+        match users.get_mut(user) {
+            Some(c) if now.duration_since(c.forwarded) < session::HEARTBEAT_INTERVAL => {
+                c.held = Some(at);
+                None
+            }
             _ => {
-                last.insert(user.to_owned(), now);
-                true
+                users.insert(
+                    user.to_owned(),
+                    Coalesced {
+                        forwarded: now,
+                        held: None,
+                    },
+                );
+                Some(at)
             }
         }
     }
 
-    fn forget_old_heartbeats(&self) {
-        if let Ok(mut last) = self.heartbeats.lock() {
-            last.retain(|_, at| at.elapsed() < session::HEARTBEAT_INTERVAL * 2);
+    /// Held-back heartbeats whose interval has passed; forgets idle users.
+    fn due_heartbeats(&self) -> Vec<(String, i64)> {
+        let Ok(mut users) = self.heartbeats.lock() else {
+            return vec![];
+        };
+        let now = Instant::now();
+        let mut due = Vec::new();
+        users.retain(|user, c| {
+            let elapsed = now.duration_since(c.forwarded);
+            if elapsed >= session::HEARTBEAT_INTERVAL
+                && let Some(at) = c.held.take()
+            {
+                c.forwarded = now;
+                due.push((user.clone(), at));
+                return true;
+            }
+            elapsed < session::HEARTBEAT_INTERVAL * 2
+        });
+        due
+    }
+
+    async fn forward_heartbeat(&self, user: &str, at: i64) {
+        let body = serde_json::json!({ "user_name": user, "at": at }).to_string();
+        if let Err(e) = self
+            .deps
+            .bus
+            .publish(self.deps.subjects.heartbeats(), body.into())
+            .await
+        {
+            tracing::error!(user, error = %e, "heartbeat not forwarded");
         }
     }
 }

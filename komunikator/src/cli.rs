@@ -32,6 +32,8 @@ pub enum Command {
     Gateway(GatewayCmd),
     /// Writes chat messages from NATS JetStream to MySQL; replicas share the work.
     Persister(PersisterCmd),
+    /// Turns heartbeats into online/offline events (needs MySQL, NATS and Redis).
+    Presence(PresenceCmd),
     /// Every service in one process, on one port; the default command.
     All(AllCmd),
     /// Apply the database migrations and exit.
@@ -85,6 +87,21 @@ pub struct PersisterCmd {
     pub prefix: PrefixArgs,
     #[command(flatten)]
     pub persister: persister::PersisterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PresenceCmd {
+    /// Health and metrics only.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub prefix: PrefixArgs,
 }
 
 #[derive(Debug, Args)]

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             Command::Api(cmd) => wire::api(cmd, shutdown).await,
             Command::Gateway(cmd) => wire::gateway(cmd, shutdown).await,
             Command::Persister(cmd) => wire::persister(cmd, shutdown).await,
+            Command::Presence(cmd) => wire::presence(cmd, shutdown).await,
             Command::All(cmd) => wire::all(cmd, shutdown).await,
             Command::Migrate(cmd) => wire::migrate(cmd).await,
         }

@@ -17,7 +17,7 @@ use common::store::{self, Store, StoreSettings};
 use common::telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AllCmd, ApiCmd, GatewayCmd, MigrateCmd, PersisterCmd};
+use crate::cli::{AllCmd, ApiCmd, GatewayCmd, MigrateCmd, PersisterCmd, PresenceCmd};
 
 /// Why a command stopped: bad configuration (exit code 2) or a runtime error.
 #[derive(Debug)]
@@ -49,7 +49,8 @@ pub async fn api(cmd: ApiCmd, shutdown: CancellationToken) -> Result<(), Failure
     let store = open_current_store(&settings).await?;
     let bus: Arc<dyn Bus> = Arc::new(connect_nats(&nats_url, "komunikator-api", &subjects).await?);
     let presence: Arc<dyn Presence> = Arc::new(
-        RedisPresence::connect(&redis_url, &cmd.prefix.prefix).context("configuring Redis")?,
+        RedisPresence::connect(&redis_url, &cmd.prefix.prefix, cmd.redis.presence_timeout())
+            .context("configuring Redis")?,
     );
     let secret = cmd.auth.jwt_secret_key.clone().unwrap_or_default();
     let app = api_router(
@@ -133,6 +134,44 @@ pub async fn persister(cmd: PersisterCmd, shutdown: CancellationToken) -> Result
     .await
 }
 
+pub async fn presence(cmd: PresenceCmd, shutdown: CancellationToken) -> Result<(), Failure> {
+    let mut problems = Problems::default();
+    cmd.http.validate(&mut problems);
+    cmd.redis.validate(&mut problems);
+    cmd.prefix.validate(&mut problems);
+    let settings = require_mysql(&cmd.db, &mut problems);
+    let nats_url = require(&cmd.nats.nats_url, "NATS_URL", &mut problems);
+    let redis_url = require(&cmd.redis.redis_url, "REDIS_URL", &mut problems);
+    problems.into_result().map_err(Failure::Config)?;
+    let subjects = Subjects::new(&cmd.prefix.prefix);
+
+    let store = open_current_store(&settings).await?;
+    let bus: Arc<dyn Bus> =
+        Arc::new(connect_nats(&nats_url, "komunikator-presence", &subjects).await?);
+    let presence: Arc<dyn Presence> = Arc::new(
+        RedisPresence::connect(&redis_url, &cmd.prefix.prefix, cmd.redis.presence_timeout())
+            .context("configuring Redis")?,
+    );
+    let (metrics, presence_metrics) = Metrics::with(presence::PresenceMetrics::new);
+    let run = presence_task(
+        &store,
+        &bus,
+        &presence,
+        &subjects,
+        presence_metrics,
+        &shutdown,
+    );
+    let readiness = readiness(Some(store), Some(bus), Some(presence), &shutdown);
+    serve(
+        axum::Router::new(),
+        readiness,
+        metrics,
+        &cmd.http,
+        vec![run],
+    )
+    .await
+}
+
 pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure> {
     let mut problems = Problems::default();
     cmd.http.validate(&mut problems);
@@ -170,7 +209,12 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
     store.migrate().await.context("migrating the database")?;
 
     let mut tasks = Vec::new();
-    let (metrics, persister_metrics) = Metrics::with(persister::PersisterMetrics::new);
+    let (metrics, (persister_metrics, presence_metrics)) = Metrics::with(|r| {
+        (
+            persister::PersisterMetrics::new(r),
+            presence::PresenceMetrics::new(r),
+        )
+    });
     let bus: Arc<dyn Bus> = match &cmd.nats.nats_url {
         Some(url) => {
             let nats = connect_nats(url, "komunikator-all", &subjects).await?;
@@ -194,9 +238,10 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
         None => Arc::new(LocalBus::new(store.clone(), subjects.clone())),
     };
     let presence: Arc<dyn Presence> = match &cmd.redis.redis_url {
-        Some(url) => {
-            Arc::new(RedisPresence::connect(url, &cmd.prefix.prefix).context("configuring Redis")?)
-        }
+        Some(url) => Arc::new(
+            RedisPresence::connect(url, &cmd.prefix.prefix, cmd.redis.presence_timeout())
+                .context("configuring Redis")?,
+        ),
         None => Arc::new(LocalPresence::new(cmd.redis.presence_timeout())),
     };
     tracing::info!(
@@ -217,6 +262,14 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
     );
     let (layer, gateway) = gateway::build(deps);
     tasks.push(gateway_task(gateway, &shutdown));
+    tasks.push(presence_task(
+        &store,
+        &bus,
+        &presence,
+        &subjects,
+        presence_metrics,
+        &shutdown,
+    ));
     let app = api_router(
         &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http,
     )
@@ -347,6 +400,28 @@ fn persister_task(
         persister::run(&nats, store, &args, metrics, shutdown)
             .await
             .context("persister")
+    })
+}
+
+fn presence_task(
+    store: &Arc<dyn Store>,
+    bus: &Arc<dyn Bus>,
+    presence: &Arc<dyn Presence>,
+    subjects: &Subjects,
+    metrics: presence::PresenceMetrics,
+    shutdown: &CancellationToken,
+) -> Task {
+    let deps = presence::PresenceDeps {
+        presence: presence.clone(),
+        store: store.clone(),
+        bus: bus.clone(),
+        subjects: subjects.clone(),
+    };
+    let shutdown = shutdown.clone();
+    Box::pin(async move {
+        presence::run(deps, metrics, shutdown)
+            .await
+            .context("presence")
     })
 }
 

@@ -84,6 +84,15 @@ impl Bus for LocalBus {
         })))
     }
 
+    async fn subscribe_queue(
+        &self,
+        subject: String,
+        _group: String,
+    ) -> Result<Subscription, BusError> {
+        // One process: its one member of the group gets every message.
+        self.subscribe(subject).await
+    }
+
     fn check_ready(&self) -> Result<(), BusError> {
         Ok(())
     }

@@ -55,6 +55,13 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError>;
     /// Subscribes to a subject; `*` matches one token and `>` the rest, as in NATS.
     async fn subscribe(&self, subject: String) -> Result<Subscription, BusError>;
+    /// Subscribes as a member of `group`: each message goes to one member
+    /// (replicas of a service share the work).
+    async fn subscribe_queue(
+        &self,
+        subject: String,
+        group: String,
+    ) -> Result<Subscription, BusError>;
     /// Fails when the bus cannot deliver messages now.
     fn check_ready(&self) -> Result<(), BusError>;
     /// Stores a chat message durably and returns its `chat_id`. Only then is

@@ -124,11 +124,37 @@ impl Bus for NatsBus {
     }
 
     async fn subscribe(&self, subject: String) -> Result<Subscription, BusError> {
-        let sub = self
-            .client
-            .subscribe(subject)
-            .await
-            .map_err(|e| BusError::Subscribe(e.to_string()))?;
+        let sub = self.client.subscribe(subject).await;
+        self.ready_subscription(sub).await
+    }
+
+    async fn subscribe_queue(
+        &self,
+        subject: String,
+        group: String,
+    ) -> Result<Subscription, BusError> {
+        let sub = self.client.queue_subscribe(subject, group).await;
+        self.ready_subscription(sub).await
+    }
+
+    fn check_ready(&self) -> Result<(), BusError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(BusError::NotConnected),
+        }
+    }
+
+    async fn append_chat(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
+        self.append(draft).await
+    }
+}
+
+impl NatsBus {
+    async fn ready_subscription(
+        &self,
+        sub: Result<async_nats::Subscriber, async_nats::SubscribeError>,
+    ) -> Result<Subscription, BusError> {
+        let sub = sub.map_err(|e| BusError::Subscribe(e.to_string()))?;
         // The server has the subscription once a round trip completes: only
         // then is nothing published afterwards missed.
         self.client
@@ -151,14 +177,7 @@ impl Bus for NatsBus {
         })))
     }
 
-    fn check_ready(&self) -> Result<(), BusError> {
-        match self.client.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            _ => Err(BusError::NotConnected),
-        }
-    }
-
-    async fn append_chat(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
+    async fn append(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
         let payload =
             Bytes::from(serde_json::to_vec(draft).map_err(|e| BusError::Append(e.to_string()))?);
         let msg_id = crate::random_hex(12);

@@ -261,6 +261,7 @@ pub struct TestApp {
     /// Gateway processes (MariaDB only; the embedded `all` serves sockets itself).
     pub gateways: Vec<Service>,
     pub persister: Option<Service>,
+    pub presence: Option<Service>,
     env: Vec<(&'static str, String)>,
     http: reqwest::Client,
 }
@@ -328,21 +329,23 @@ impl TestApp {
             }
         };
         env.extend(options.env.iter().cloned());
-        let (main, gateways, persister) = match backend {
+        let (main, gateways, persister, presence) = match backend {
             Backend::MySql => {
                 let (code, out) = run_to_end(&["migrate"], &env).await;
                 assert_eq!(code, Some(0), "migrate failed: {out}");
                 let any = "127.0.0.1:0";
-                let (main, gateway, persister) = tokio::join!(
+                let (main, gateway, persister, presence) = tokio::join!(
                     Service::spawn(&["api"], &env, any),
                     Service::spawn(&["gateway"], &env, any),
                     Service::spawn(&["persister"], &env, any),
+                    Service::spawn(&["presence"], &env, any),
                 );
-                (main, vec![gateway], Some(persister))
+                (main, vec![gateway], Some(persister), Some(presence))
             }
             Backend::Embedded => (
                 Service::spawn(&["all"], &env, "127.0.0.1:0").await,
                 vec![],
+                None,
                 None,
             ),
         };
@@ -366,6 +369,7 @@ impl TestApp {
             main,
             gateways,
             persister,
+            presence,
             env,
             http,
         }
@@ -412,7 +416,8 @@ impl TestApp {
     pub fn logs(&self) -> String {
         let services = std::iter::once(&self.main)
             .chain(&self.gateways)
-            .chain(&self.persister);
+            .chain(&self.persister)
+            .chain(&self.presence);
         services.map(Service::logs).collect::<Vec<_>>().join("\n")
     }
 
@@ -577,7 +582,12 @@ impl TestApp {
     /// Sends SIGTERM to every process and waits for them to exit; returns
     /// the main process's exit code (each must exit).
     pub async fn terminate(&mut self) -> Option<i32> {
-        for service in self.gateways.iter_mut().chain(&mut self.persister) {
+        let others = self
+            .gateways
+            .iter_mut()
+            .chain(&mut self.persister)
+            .chain(&mut self.presence);
+        for service in others {
             assert_eq!(service.terminate().await, Some(0), "{}", service.logs());
         }
         self.main.terminate().await

@@ -14,6 +14,7 @@ mod events;
 mod input;
 mod members;
 mod online;
+mod presence;
 mod rooms;
 mod schema;
 mod sockets;

@@ -1,0 +1,318 @@
+//! Presence: `watchdog` heartbeats bring a user online in every room they
+//! are a member of; silence for the presence timeout takes them offline,
+//! exactly once per transition, however many presence replicas run.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::harness::{Backend, Options, Service, TestApp, User, nats_url};
+use crate::sio::Socket;
+
+const TIMEOUT_MS: u64 = 2000;
+
+fn short_timeout() -> Options {
+    Options {
+        env: vec![("PRESENCE_TIMEOUT_MS", TIMEOUT_MS.to_string())],
+        ..Options::default()
+    }
+}
+
+/// A room owned by `owner` with `members` joined over REST.
+async fn room_with(app: &TestApp, owner: &User, members: &[&User]) -> i64 {
+    let room = app.room(owner, "presence", None).await;
+    for member in members {
+        app.post(
+            "/api/room/join_public",
+            Some(&member.token),
+            json!({ "room_id": room }),
+        )
+        .await
+        .expect_message("Joined room successfully");
+    }
+    room
+}
+
+fn beat(socket: &Socket, user: &User) {
+    socket.emit("watchdog", json!({ "user_name": user.name }));
+}
+
+/// Heartbeats every 300 ms for `period`; returns when the last was sent.
+async fn heartbeat_for(socket: &Socket, user: &User, period: Duration) -> Instant {
+    let until = Instant::now() + period;
+    loop {
+        beat(socket, user);
+        let sent = Instant::now();
+        if sent >= until {
+            return sent;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn online_list(app: &TestApp, user: &User) -> serde_json::Value {
+    app.get("/api/users/online", Some(&user.token)).await.body
+}
+
+async fn heartbeats_bring_a_user_online_and_silence_takes_them_offline(backend: Backend) {
+    let app = TestApp::start_with(backend, short_timeout()).await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    let room = room_with(&app, &ann, &[&bob]).await;
+    let mut watcher = app.socket(&bob).await;
+    watcher.join(room).await;
+    let ann_socket = app.socket(&ann).await;
+
+    beat(&ann_socket, &ann);
+    assert_eq!(
+        watcher.expect("user_online").await,
+        json!({ "user_name": ann.name })
+    );
+    assert_eq!(online_list(&app, &bob).await, json!([ann.name]));
+
+    // Steady heartbeats, 10 a second and then some: no offline, no second online.
+    let last = heartbeat_for(&ann_socket, &ann, Duration::from_millis(3 * TIMEOUT_MS / 2)).await;
+    watcher
+        .expect_none("user_offline", Duration::from_millis(10))
+        .await;
+    watcher
+        .expect_none("user_online", Duration::from_millis(10))
+        .await;
+
+    let offline = watcher.expect("user_offline").await;
+    let after = last.elapsed();
+    assert_eq!(offline, json!({ "user_name": ann.name }));
+    let timeout = Duration::from_millis(TIMEOUT_MS);
+    assert!(
+        after >= timeout - Duration::from_millis(50),
+        "offline too early: {after:?}"
+    );
+    assert!(
+        after <= timeout + Duration::from_secs(1),
+        "offline too late: {after:?}"
+    );
+    assert_eq!(online_list(&app, &bob).await, json!([]));
+    watcher
+        .expect_none("user_offline", Duration::from_millis(500))
+        .await;
+
+    // Back again: online once more.
+    beat(&ann_socket, &ann);
+    assert_eq!(
+        watcher.expect("user_online").await,
+        json!({ "user_name": ann.name })
+    );
+}
+
+async fn presence_events_go_only_to_the_rooms_the_user_is_a_member_of(backend: Backend) {
+    let app = TestApp::start_with(backend, short_timeout()).await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    let eve = app.user("eve").await;
+    let shared = room_with(&app, &ann, &[&bob]).await;
+    let elsewhere = room_with(&app, &eve, &[]).await;
+    let private = app.room(&eve, "secret", Some("key")).await;
+    let mut in_shared = app.socket(&bob).await;
+    in_shared.join(shared).await;
+    let mut in_other = app.socket(&eve).await;
+    in_other.join(elsewhere).await;
+    in_other.join(private).await;
+
+    let ann_socket = app.socket(&ann).await;
+    beat(&ann_socket, &ann);
+    in_shared.expect("user_online").await;
+    in_other
+        .expect_none("user_online", Duration::from_millis(500))
+        .await;
+    assert_eq!(
+        online_list(&app, &eve).await,
+        json!([]),
+        "eve shares no room with ann"
+    );
+
+    // Joining a private room by key brings presence events there from then on.
+    app.post(
+        "/api/room/join_private",
+        Some(&ann.token),
+        json!({ "access_key": "key" }),
+    )
+    .await
+    .expect_message("Joined room successfully");
+    // Leaving stops them in that room.
+    app.post(
+        "/api/room/leave",
+        Some(&ann.token),
+        json!({ "room_id": shared }),
+    )
+    .await
+    .expect_message("Left room successfully");
+    let offline = in_other.expect("user_offline").await;
+    assert_eq!(offline, json!({ "user_name": ann.name }));
+    in_shared
+        .expect_none("user_offline", Duration::from_millis(300))
+        .await;
+}
+
+async fn malformed_watchdogs_are_refused_and_break_nothing(backend: Backend) {
+    let app = TestApp::start_with(backend, short_timeout()).await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    let room = room_with(&app, &ann, &[&bob]).await;
+    let mut watcher = app.socket(&bob).await;
+    watcher.join(room).await;
+    let mut ann_socket = app.socket(&ann).await;
+    for bad in [
+        json!("ann"),
+        json!(7),
+        json!({}),
+        json!({ "user_name": 3 }),
+        json!({ "user_name": bob.name }),
+    ] {
+        ann_socket.emit("watchdog", bad.clone());
+        let refused = ann_socket.try_expect("error", Duration::from_secs(5)).await;
+        assert!(
+            refused.is_some(),
+            "no error for watchdog {bad}:\n{}",
+            app.logs()
+        );
+    }
+    ann_socket.send_raw("42[\"watchdog\"]".into());
+    ann_socket.expect("error").await;
+    watcher
+        .expect_none("user_online", Duration::from_millis(300))
+        .await;
+    beat(&ann_socket, &ann);
+    assert_eq!(
+        watcher.expect("user_online").await,
+        json!({ "user_name": ann.name })
+    );
+}
+
+crate::on_both_stores!(
+    heartbeats_bring_a_user_online_and_silence_takes_them_offline,
+    presence_events_go_only_to_the_rooms_the_user_is_a_member_of,
+    malformed_watchdogs_are_refused_and_break_nothing,
+);
+
+/// Counts the `event`s a socket receives within `wait`.
+async fn count(socket: &mut Socket, event: &str, wait: Duration) -> usize {
+    let deadline = Instant::now() + wait;
+    let mut n = 0;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if socket.try_expect(event, left).await.is_none() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_gateway_forwards_at_most_one_heartbeat_per_user_per_second() {
+    let app = TestApp::start(Backend::MySql).await;
+    let ann = app.user("ann").await;
+    let client = async_nats::connect(nats_url()).await.expect("nats");
+    let mut forwarded = client
+        .subscribe(format!("{}.presence.heartbeat", app.prefix))
+        .await
+        .expect("sub");
+    client.flush().await.expect("flush");
+    let socket = app.socket(&ann).await;
+    let started = Instant::now();
+    for _ in 0..50 {
+        beat(&socket, &ann);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 50 heartbeats in about a second: the first at once, the newest held
+    // back one after the interval, and no more.
+    let mut n = 0;
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(1500), forwarded.next()).await
+    {
+        n += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        (1..=3).contains(&n),
+        "{n} heartbeats forwarded in {elapsed:.1} s"
+    );
+}
+
+#[tokio::test]
+async fn two_presence_replicas_announce_each_transition_once() {
+    let mut app = TestApp::start_with(Backend::MySql, short_timeout()).await;
+    let second = Service::spawn(&["presence"], &app.env(), "127.0.0.1:0").await;
+    app.add_gateway().await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    let room = room_with(&app, &ann, &[&bob]).await;
+    let mut watcher = app.socket(&bob).await;
+    watcher.join(room).await;
+    // Heartbeats through both gateways reach both replicas.
+    let first = app.socket_on(0, &ann).await;
+    let other = app.socket_on(1, &ann).await;
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        beat(&first, &ann);
+        beat(&other, &ann);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        count(&mut watcher, "user_online", Duration::from_millis(100)).await,
+        1
+    );
+    let offline = count(
+        &mut watcher,
+        "user_offline",
+        Duration::from_millis(TIMEOUT_MS + 1500),
+    )
+    .await;
+    assert_eq!(offline, 1, "one offline event");
+    assert_eq!(
+        count(&mut watcher, "user_online", Duration::from_millis(10)).await,
+        0
+    );
+    drop(second);
+}
+
+#[tokio::test]
+async fn killing_presence_during_steady_heartbeats_causes_no_offline_storm() {
+    let mut app = TestApp::start_with(Backend::MySql, short_timeout()).await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    let room = room_with(&app, &ann, &[&bob]).await;
+    let mut watcher = app.socket(&bob).await;
+    watcher.join(room).await;
+    let ann_socket = app.socket(&ann).await;
+    beat(&ann_socket, &ann);
+    watcher.expect("user_online").await;
+
+    let mut presence = app.presence.take().expect("presence");
+    let heartbeats = heartbeat_for(&ann_socket, &ann, Duration::from_millis(2 * TIMEOUT_MS));
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        presence.kill9().await;
+        tokio::time::sleep(Duration::from_millis(TIMEOUT_MS / 4)).await;
+        presence.restart().await;
+    };
+    let (last, ()) = tokio::join!(heartbeats, restart);
+    app.presence = Some(presence);
+    let early = last.elapsed();
+    watcher
+        .expect_none("user_online", Duration::from_millis(10))
+        .await;
+    watcher
+        .expect_none("user_offline", Duration::from_millis(10))
+        .await;
+    // And the offline after the real silence is not missed.
+    let offline = watcher.expect("user_offline").await;
+    assert_eq!(offline, json!({ "user_name": ann.name }));
+    assert!(
+        last.elapsed() >= Duration::from_millis(TIMEOUT_MS) - early.min(Duration::from_millis(50))
+    );
+    assert_eq!(
+        count(&mut watcher, "user_offline", Duration::from_millis(500)).await,
+        0
+    );
+}
