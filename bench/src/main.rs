@@ -30,6 +30,27 @@ enum Scenario {
     Chat(ChatArgs),
     /// Time from a message's live delivery to its appearance in chat_history.
     PersistLag(PersistLagArgs),
+    /// Heartbeats of N simulated users, straight to the presence service over NATS.
+    Presence(PresenceArgs),
+}
+
+#[derive(Args)]
+struct PresenceArgs {
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// The deployment's KOM_PREFIX.
+    #[arg(long, default_value = "kom")]
+    prefix: String,
+    /// The presence service's base URL, for its metrics.
+    #[arg(long, default_value = "http://127.0.0.1:5000")]
+    presence: String,
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+    /// Heartbeats per second, in total (each user beats at rate/users Hz).
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
 }
 
 #[derive(Args)]
@@ -69,7 +90,78 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Chat(args) => chat(args).await,
         Scenario::PersistLag(args) => persist_lag(args).await,
+        Scenario::Presence(args) => presence(args).await,
     }
+}
+
+/// The value of a counter in a Prometheus text exposition.
+async fn counter(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name))
+        .context("no such counter")?;
+    Ok(line.rsplit(' ').next().context("no value")?.parse()?)
+}
+
+async fn presence(args: PresenceArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let nats = async_nats::connect(&args.nats).await?;
+    let subject = format!("{}.presence.heartbeat", args.prefix);
+    let metric = "komunikator_presence_heartbeats_total";
+    let before = counter(&http, &args.presence, metric).await?;
+    let epoch = Instant::now();
+    let total = args.rate * args.seconds;
+    // Publish in 1 ms slices, each with its share of the rate.
+    let per_ms = (args.rate as f64 / 1000.0).max(1.0);
+    let mut sent = 0u64;
+    let mut slice = 0u64;
+    while sent < total {
+        slice += 1;
+        let due = ((slice as f64 * per_ms) as u64).min(total);
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis();
+        while sent < due {
+            let body = json!({ "user_name": format!("pu{}", sent % args.users), "at": at as i64 });
+            nats.publish(subject.clone(), body.to_string().into())
+                .await?;
+            sent += 1;
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(
+            epoch + Duration::from_millis(slice),
+        ))
+        .await;
+    }
+    nats.flush().await?;
+    let sending = epoch.elapsed().as_secs_f64();
+    // Wait until the service has caught up (or stopped making progress).
+    let mut last = -1.0;
+    let processed = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = counter(&http, &args.presence, metric).await? - before;
+        if now >= total as f64 || now == last {
+            break now;
+        }
+        last = now;
+    };
+    let elapsed = epoch.elapsed().as_secs_f64();
+    println!(
+        "presence {} users, {} heartbeats/s offered for {:.1} s: {:.0} processed ({:.1}%), {:.0} heartbeats/s absorbed over {:.1} s",
+        args.users,
+        args.rate,
+        sending,
+        processed,
+        100.0 * processed / total as f64,
+        processed / elapsed,
+        elapsed
+    );
+    Ok(())
 }
 
 async fn persist_lag(args: PersistLagArgs) -> anyhow::Result<()> {

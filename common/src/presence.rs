@@ -31,9 +31,10 @@ pub enum Beat {
 
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// Records a heartbeat `user`'s client sent at `at_ms` (Unix time, ms):
-    /// the user stays online until `at_ms` + the presence timeout.
-    async fn heartbeat(&self, user: &str, at_ms: i64) -> Result<Beat, PresenceError>;
+    /// Records heartbeats: `(user, at_ms)`, sent by the user's client at
+    /// `at_ms` (Unix time, ms); the user stays online until `at_ms` + the
+    /// presence timeout. Returns what each changed, in order.
+    async fn heartbeats(&self, beats: &[(String, i64)]) -> Result<Vec<Beat>, PresenceError>;
     /// Users whose timeout has passed, each reported to one caller only.
     async fn expire(&self) -> Result<Vec<String>, PresenceError>;
     /// The subset of `users` that is online now, in the given order.
@@ -68,25 +69,36 @@ const MGET_CHUNK: usize = 512;
 /// Users expired per script call.
 const EXPIRE_BATCH: usize = 1000;
 
-/// KEYS: online key, deadlines. ARGV: deadline (ms), user.
-/// Returns 0 (kept), 1 (came online), 2 (lapsed, then back) or 3 (stale:
-/// the deadline has passed already, nothing changed).
-const HEARTBEAT_SCRIPT: &str = r"
+/// KEYS: deadlines. ARGV: online-key prefix, then (user, deadline ms)
+/// pairs. For each pair returns 0 (kept), 1 (came online), 2 (lapsed, then
+/// back) or 3 (stale: its deadline has passed already, nothing changed).
+/// One call records a whole batch: one round trip, however many users.
+/// (The online keys are derived here, not passed as KEYS: standalone Redis.)
+const HEARTBEATS_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local deadline = tonumber(ARGV[1])
-if deadline <= now then return 3 end
-local previous = redis.call('ZSCORE', KEYS[2], ARGV[2])
-if previous and tonumber(previous) > now then
-  local kept = math.max(tonumber(previous), deadline)
-  redis.call('ZADD', KEYS[2], kept, ARGV[2])
-  redis.call('SET', KEYS[1], '1', 'PX', kept - now)
-  return 0
+local out = {}
+for i = 2, #ARGV, 2 do
+  local user = ARGV[i]
+  local deadline = tonumber(ARGV[i + 1])
+  local key = ARGV[1] .. user
+  if deadline <= now then
+    out[#out + 1] = 3
+  else
+    local previous = redis.call('ZSCORE', KEYS[1], user)
+    if previous and tonumber(previous) > now then
+      local kept = math.max(tonumber(previous), deadline)
+      redis.call('ZADD', KEYS[1], kept, user)
+      redis.call('SET', key, '1', 'PX', kept - now)
+      out[#out + 1] = 0
+    else
+      redis.call('ZADD', KEYS[1], deadline, user)
+      redis.call('SET', key, '1', 'PX', deadline - now)
+      out[#out + 1] = previous and 2 or 1
+    end
+  end
 end
-redis.call('ZADD', KEYS[2], deadline, ARGV[2])
-redis.call('SET', KEYS[1], '1', 'PX', deadline - now)
-if previous then return 2 end
-return 1
+return out
 ";
 
 /// KEYS: deadlines. ARGV: most users to return. Removes and returns the
@@ -131,23 +143,31 @@ fn redis_error(e: impl std::fmt::Display) -> PresenceError {
 
 #[async_trait]
 impl Presence for RedisPresence {
-    async fn heartbeat(&self, user: &str, at_ms: i64) -> Result<Beat, PresenceError> {
-        let mut conn = self.connection().await?;
+    async fn heartbeats(&self, beats: &[(String, i64)]) -> Result<Vec<Beat>, PresenceError> {
+        if beats.is_empty() {
+            return Ok(vec![]);
+        }
         let timeout = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX / 2);
-        let outcome: i64 = redis::Script::new(HEARTBEAT_SCRIPT)
-            .key(self.online_key(user))
-            .key(self.deadlines_key())
-            .arg(at_ms.saturating_add(timeout))
-            .arg(user)
+        let script = redis::Script::new(HEARTBEATS_SCRIPT);
+        let mut invocation = script.key(self.deadlines_key());
+        invocation.arg(self.online_key(""));
+        for (user, at_ms) in beats {
+            invocation.arg(user).arg(at_ms.saturating_add(timeout));
+        }
+        let mut conn = self.connection().await?;
+        let outcomes: Vec<i64> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        Ok(match outcome {
-            1 => Beat::CameOnline,
-            2 => Beat::Returned,
-            // 0: still online; 3: a stale heartbeat, nothing changed.
-            _ => Beat::Kept,
-        })
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                1 => Beat::CameOnline,
+                2 => Beat::Returned,
+                // 0: still online; 3: a stale heartbeat, nothing changed.
+                _ => Beat::Kept,
+            })
+            .collect())
     }
 
     async fn expire(&self) -> Result<Vec<String>, PresenceError> {
@@ -255,8 +275,12 @@ impl LocalPresence {
 
 #[async_trait]
 impl Presence for LocalPresence {
-    async fn heartbeat(&self, user: &str, at_ms: i64) -> Result<Beat, PresenceError> {
-        self.beat_at(user, at_ms, unix_ms())
+    async fn heartbeats(&self, beats: &[(String, i64)]) -> Result<Vec<Beat>, PresenceError> {
+        let now = unix_ms();
+        beats
+            .iter()
+            .map(|(user, at_ms)| self.beat_at(user, *at_ms, now))
+            .collect()
     }
 
     async fn expire(&self) -> Result<Vec<String>, PresenceError> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::bus::{Bus, BusError, Subjects};
 use common::presence::{Beat, Presence};
 use common::store::{Store, StoreError};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -24,6 +24,9 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The queue group presence replicas share heartbeats in.
 pub const QUEUE_GROUP: &str = "presence";
+
+/// Most heartbeats recorded in one call to the presence store.
+const BATCH_MAX: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceServiceError {
@@ -99,16 +102,28 @@ pub async fn run(
         tokio::select! {
             () = shutdown.cancelled() => break,
             heartbeat = heartbeats.next() => {
-                let Some(heartbeat) = heartbeat else {
+                let Some(first) = heartbeat else {
                     return Err(PresenceServiceError::SubscriptionEnded);
                 };
-                match serde_json::from_slice::<HeartbeatBody>(&heartbeat.payload) {
-                    Ok(body) => {
-                        let at = body.at.unwrap_or_else(common::presence::unix_ms);
-                        beat(&deps, &metrics, &body.user_name, at).await;
+                // Whatever else has arrived meanwhile goes in the same batch.
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MAX {
+                    match heartbeats.next().now_or_never() {
+                        Some(Some(next)) => batch.push(next),
+                        _ => break,
                     }
-                    Err(e) => tracing::warn!(error = %e, "malformed heartbeat ignored"),
                 }
+                let beats: Vec<(String, i64)> = batch
+                    .iter()
+                    .filter_map(|m| match serde_json::from_slice::<HeartbeatBody>(&m.payload) {
+                        Ok(body) => Some((body.user_name, body.at.unwrap_or_else(common::presence::unix_ms))),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "malformed heartbeat ignored");
+                            None
+                        }
+                    })
+                    .collect();
+                record(&deps, &metrics, &beats).await;
             }
             _ = sweep.tick() => lapse(&deps, &metrics).await,
         }
@@ -117,55 +132,88 @@ pub async fn run(
     Ok(())
 }
 
-async fn beat(deps: &PresenceDeps, metrics: &PresenceMetrics, user: &str, at: i64) {
-    metrics.heartbeats.inc();
-    match deps.presence.heartbeat(user, at).await {
-        Ok(Beat::Kept) => {}
-        Ok(Beat::CameOnline) => announce(deps, metrics, user, true).await,
-        Ok(Beat::Returned) => {
-            announce(deps, metrics, user, false).await;
-            announce(deps, metrics, user, true).await;
+async fn record(deps: &PresenceDeps, metrics: &PresenceMetrics, beats: &[(String, i64)]) {
+    metrics.heartbeats.inc_by(beats.len() as u64);
+    let outcomes = match deps.presence.heartbeats(beats).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            tracing::error!(heartbeats = beats.len(), error = %e, "heartbeats not recorded");
+            return;
         }
-        Err(e) => tracing::error!(user, error = %e, "heartbeat not recorded"),
+    };
+    let mut changes = Vec::new();
+    for ((user, _), outcome) in beats.iter().zip(outcomes) {
+        match outcome {
+            Beat::Kept => {}
+            Beat::CameOnline => changes.push((user.clone(), Event::Online)),
+            Beat::Returned => {
+                changes.push((user.clone(), Event::Offline));
+                changes.push((user.clone(), Event::Online));
+            }
+        }
     }
+    announce(deps, metrics, changes).await;
 }
 
 async fn lapse(deps: &PresenceDeps, metrics: &PresenceMetrics) {
     match deps.presence.expire().await {
         Ok(users) => {
-            for user in users {
-                announce(deps, metrics, &user, false).await;
-            }
+            let changes = users
+                .into_iter()
+                .map(|user| (user, Event::Offline))
+                .collect();
+            announce(deps, metrics, changes).await;
         }
         Err(e) => tracing::error!(error = %e, "lapsed users not read"),
     }
 }
 
-/// Emits `user_online`/`user_offline` to every room the user is a member of now.
-async fn announce(deps: &PresenceDeps, metrics: &PresenceMetrics, user: &str, online: bool) {
-    let (event, counter) = if online {
-        ("user_online", &metrics.online)
-    } else {
-        ("user_offline", &metrics.offline)
-    };
-    counter.inc();
-    let rooms = match deps.store.memberships(user).await {
-        Ok(rooms) => rooms,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Online,
+    Offline,
+}
+
+/// Emits each change to every room its user is a member of now, in order;
+/// the rooms of all the users are read in one query.
+async fn announce(deps: &PresenceDeps, metrics: &PresenceMetrics, changes: Vec<(String, Event)>) {
+    if changes.is_empty() {
+        return;
+    }
+    let mut users: Vec<String> = changes.iter().map(|(user, _)| user.clone()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let memberships = match deps.store.rooms_of(&users).await {
+        Ok(memberships) => memberships,
         Err(e) => {
-            report(user, event, &e);
+            report(changes.len(), &e);
             return;
         }
     };
-    let body = serde_json::json!({ "user_name": user }).to_string();
-    for room in rooms {
-        let subject = deps.subjects.room_event(room.room_id, event);
-        if let Err(e) = deps.bus.publish(subject, body.clone().into()).await {
-            tracing::error!(user, event, room_id = room.room_id, error = %e, "presence event not published");
+    let mut rooms: std::collections::HashMap<&str, Vec<i64>> = std::collections::HashMap::new();
+    for (user, room_id) in &memberships {
+        rooms.entry(user.as_str()).or_default().push(*room_id);
+    }
+    for (user, event) in &changes {
+        let (name, counter) = match event {
+            Event::Online => ("user_online", &metrics.online),
+            Event::Offline => ("user_offline", &metrics.offline),
+        };
+        counter.inc();
+        let body = bytes_of(user);
+        for room_id in rooms.get(user.as_str()).into_iter().flatten() {
+            let subject = deps.subjects.room_event(*room_id, name);
+            if let Err(e) = deps.bus.publish(subject, body.clone()).await {
+                tracing::error!(user, event = name, room_id, error = %e, "presence event not published");
+            }
         }
     }
-    tracing::debug!(user, event, "presence changed");
 }
 
-fn report(user: &str, event: &str, e: &StoreError) {
-    tracing::error!(user, event, error = %e, "rooms of the user not read; presence event lost");
+fn bytes_of(user: &str) -> bytes::Bytes {
+    serde_json::json!({ "user_name": user }).to_string().into()
+}
+
+fn report(changes: usize, e: &StoreError) {
+    tracing::error!(changes, error = %e, "rooms of the users not read; presence events lost");
 }

@@ -123,6 +123,8 @@ pub trait Store: Send + Sync + 'static {
     /// False when the user was not a member.
     async fn remove_member(&self, room_id: RoomId, user: &str) -> Result<bool>;
     async fn memberships(&self, user: &str) -> Result<Vec<Membership>>;
+    /// `(user, room_id)` for every membership of the given users.
+    async fn rooms_of(&self, users: &[String]) -> Result<Vec<(String, RoomId)>>;
     async fn members(&self, room_id: RoomId) -> Result<Vec<Member>>;
 
     async fn history(&self, query: HistoryQuery) -> Result<Vec<ChatMessage>>;

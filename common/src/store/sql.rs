@@ -289,6 +289,31 @@ macro_rules! sql_store {
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
+            async fn rooms_of(
+                &self,
+                users: &[String],
+            ) -> $crate::store::Result<Vec<(String, $crate::domain::RoomId)>> {
+                let mut rooms = Vec::new();
+                // Bounded IN lists: well below every placeholder limit.
+                for chunk in users.chunks(1000) {
+                    let mut query = sqlx::QueryBuilder::new(
+                        "SELECT user_name, room_id FROM users_room WHERE user_name IN (",
+                    );
+                    let mut names = query.separated(", ");
+                    for user in chunk {
+                        names.push_bind(user);
+                    }
+                    names.push_unseparated(")");
+                    rooms.extend(
+                        query
+                            .build_query_as::<(String, i64)>()
+                            .fetch_all(self.reader())
+                            .await?,
+                    );
+                }
+                Ok(rooms)
+            }
+
             async fn members(
                 &self,
                 room_id: $crate::domain::RoomId,
