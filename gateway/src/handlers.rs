@@ -99,6 +99,12 @@ impl Gateway {
 
     /// Registers the event handlers of an authenticated socket.
     fn attach(self: &Arc<Self>, socket: &SocketRef) {
+        self.deps.metrics.sockets.inc();
+        let sockets = self.deps.metrics.sockets.clone();
+        socket.on_disconnect(move || {
+            sockets.dec();
+            async {}
+        });
         for event in ["join", "leave", "message", "watchdog"] {
             let gateway = self.clone();
             socket.on(
@@ -128,6 +134,7 @@ impl Gateway {
                                 .await
                                 .map(|()| None),
                         };
+                        gateway.count(event, &result);
                         answer(&socket, ack, event, result);
                     }
                 },
@@ -208,12 +215,17 @@ impl Gateway {
             message: request.message,
             create_date: now(),
         };
+        let started = std::time::Instant::now();
         let chat_id = self
             .deps
             .bus
             .append_chat(&draft)
             .await
             .map_err(unavailable)?;
+        self.deps
+            .metrics
+            .append_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(json!({ "chat_id": chat_id }))
     }
 
@@ -224,6 +236,23 @@ impl Gateway {
             self.forward_heartbeat(&session.user, at).await;
         }
         Ok(())
+    }
+
+    fn count<T>(&self, event: &str, result: &Result<T, Refusal>) {
+        let metrics = &self.deps.metrics;
+        metrics
+            .events
+            .get_or_create(&crate::metrics::EventLabels {
+                event: event.to_owned(),
+            })
+            .inc();
+        if let Err(refusal) = result {
+            let labels = crate::metrics::RefusalLabels {
+                event: event.to_owned(),
+                code: refusal.code(),
+            };
+            metrics.refusals.get_or_create(&labels).inc();
+        }
     }
 
     async fn publish_room_event(&self, room_id: common::domain::RoomId, event: &str, body: &Value) {

@@ -5,6 +5,7 @@
 
 mod handlers;
 mod hub;
+mod metrics;
 mod payload;
 mod sequencer;
 mod session;
@@ -22,6 +23,7 @@ use socketioxide::SocketIo;
 use socketioxide::layer::SocketIoLayer;
 use tokio_util::sync::CancellationToken;
 
+pub use metrics::GatewayMetrics;
 pub use payload::Refusal;
 pub use session::RateLimit;
 
@@ -45,6 +47,7 @@ pub struct GatewayDeps {
     /// `None` accepts sockets from any origin.
     pub allowed_origins: Option<Vec<String>>,
     pub rate: RateLimit,
+    pub metrics: GatewayMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -82,6 +82,7 @@ pub async fn gateway(cmd: GatewayCmd, shutdown: CancellationToken) -> Result<(),
     .context("setting up the chat stream")?;
     let bus: Arc<dyn Bus> = Arc::new(nats);
     let secret = cmd.auth.jwt_secret_key.clone().unwrap_or_default();
+    let (metrics, gateway_metrics) = Metrics::with(gateway::GatewayMetrics::new);
     let deps = gateway_deps(
         &store,
         &bus,
@@ -90,6 +91,7 @@ pub async fn gateway(cmd: GatewayCmd, shutdown: CancellationToken) -> Result<(),
         &cmd.auth,
         &cmd.gateway,
         &cmd.http,
+        gateway_metrics,
     );
     let (layer, gateway) = gateway::build(deps);
     let run = gateway_task(gateway, &shutdown);
@@ -97,7 +99,7 @@ pub async fn gateway(cmd: GatewayCmd, shutdown: CancellationToken) -> Result<(),
     serve(
         axum::Router::new().layer(layer),
         readiness,
-        Metrics::new(),
+        metrics,
         &cmd.http,
         vec![run],
     )
@@ -209,10 +211,11 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
     store.migrate().await.context("migrating the database")?;
 
     let mut tasks = Vec::new();
-    let (metrics, (persister_metrics, presence_metrics)) = Metrics::with(|r| {
+    let (metrics, (persister_metrics, presence_metrics, gateway_metrics)) = Metrics::with(|r| {
         (
             persister::PersisterMetrics::new(r),
             presence::PresenceMetrics::new(r),
+            gateway::GatewayMetrics::new(r),
         )
     });
     let bus: Arc<dyn Bus> = match &cmd.nats.nats_url {
@@ -259,6 +262,7 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
         &cmd.auth,
         &cmd.gateway,
         &cmd.http,
+        gateway_metrics,
     );
     let (layer, gateway) = gateway::build(deps);
     tasks.push(gateway_task(gateway, &shutdown));
@@ -361,6 +365,7 @@ fn api_router(
     api::router(state, http.origin_allowlist().as_deref())
 }
 
+#[allow(clippy::too_many_arguments)] // one call per wiring; a struct would only rename them
 fn gateway_deps(
     store: &Arc<dyn Store>,
     bus: &Arc<dyn Bus>,
@@ -369,6 +374,7 @@ fn gateway_deps(
     auth: &AuthArgs,
     args: &gateway::GatewayArgs,
     http: &HttpArgs,
+    metrics: gateway::GatewayMetrics,
 ) -> gateway::GatewayDeps {
     gateway::GatewayDeps {
         store: store.clone(),
@@ -380,6 +386,7 @@ fn gateway_deps(
             per_second: args.message_rate_limit,
             burst: args.message_rate_burst,
         },
+        metrics,
     }
 }
 

@@ -379,3 +379,33 @@ async fn two_persister_replicas_share_the_work_and_store_each_message_once() {
     app.persister.as_mut().expect("persister").terminate().await;
     drop(second);
 }
+
+#[tokio::test]
+async fn the_gateway_exports_socket_metrics() {
+    let app = TestApp::start(Backend::MySql).await;
+    let ann = app.user("ann").await;
+    let room = app.room(&ann, "metered", None).await;
+    let mut socket = app.socket(&ann).await;
+    socket.join(room).await;
+    send_acked(&socket, room, "m", 2).await;
+    socket.emit("message", json!("not an object"));
+    socket.expect("error").await;
+    let url = format!("{}/metrics", app.gateway_url(0));
+    let text = reqwest::get(url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "komunikator_gateway_sockets 1",
+        r#"komunikator_gateway_events_total{event="message"} 3"#,
+        r#"komunikator_gateway_refusals_total{event="message",code="7"} 1"#,
+        "komunikator_gateway_append_seconds_count 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+}

@@ -1,0 +1,61 @@
+//! The gateway's own metrics, next to the HTTP ones every service has.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub event: String,
+    pub code: u8,
+}
+
+/// Registered once per process; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GatewayMetrics {
+    pub sockets: Gauge,
+    pub events: Family<EventLabels, Counter>,
+    pub refusals: Family<RefusalLabels, Counter>,
+    /// Time for the broker (or embedded store) to store a chat message.
+    pub append_seconds: Histogram,
+}
+
+impl GatewayMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            sockets: Gauge::default(),
+            events: Family::default(),
+            refusals: Family::default(),
+            append_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+        };
+        registry.register(
+            "gateway_sockets",
+            "Connected sockets",
+            metrics.sockets.clone(),
+        );
+        registry.register(
+            "gateway_events",
+            "Client events handled",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "gateway_refusals",
+            "Client events refused, by code",
+            metrics.refusals.clone(),
+        );
+        registry.register(
+            "gateway_append_seconds",
+            "Time to store a chat message durably",
+            metrics.append_seconds.clone(),
+        );
+        metrics
+    }
+}
