@@ -69,13 +69,14 @@ ensure_nats() {
   wait_port 4222 NATS
 }
 
-# The compatibility tests drive the server with python-socketio 5.x.
+# The compatibility tests drive the server with python-socketio 5.x; the
+# deployment files are checked with PyYAML.
 ensure_python_client() {
   local venv="${KOM_TEST_VENV:-$HOME/.cache/komunikator-venv}"
-  if ! "$venv/bin/python" -c 'import socketio, requests, websocket' 2>/dev/null; then
-    log "installing python-socketio into $venv"
+  if ! "$venv/bin/python" -c 'import socketio, requests, websocket, yaml' 2>/dev/null; then
+    log "installing python-socketio and PyYAML into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "python-socketio[client]>=5,<6"
+    "$venv/bin/pip" install -q "python-socketio[client]>=5,<6" "PyYAML>=6,<7"
   fi
   export KOM_TEST_PYTHON="$venv/bin/python"
 }
@@ -93,6 +94,8 @@ log "cargo test"
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$out"
+log "deployment files"
+"$KOM_TEST_PYTHON" deploy/validate.py "$CARGO_TARGET_DIR/debug/komunikator"
 # One closing line for the whole run (cargo ends on the empty doc-test summary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$out"

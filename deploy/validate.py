@@ -1,0 +1,105 @@
+"""Static checks of the deployment files (no Docker engine or cluster here):
+the YAML parses, every reference resolves, and every command and setting
+they use is one the komunikator binary documents in its --help.
+
+usage: validate.py PATH_TO_KOMUNIKATOR_BINARY
+"""
+import pathlib
+import re
+import subprocess
+import sys
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BINARY = sys.argv[1]
+checks = 0
+failures = []
+
+
+def check(ok, what):
+    global checks
+    checks += 1
+    if not ok:
+        failures.append(what)
+
+
+def help_text(*args):
+    return subprocess.run([BINARY, *args, "--help"], capture_output=True, text=True, check=True).stdout
+
+
+commands = set(re.findall(r"^  (\w+)\s", help_text(), re.M)) - {"help"}
+check({"api", "gateway", "persister", "presence", "migrate", "all"} <= commands, f"commands: {commands}")
+env_vars = set()
+for command in commands:
+    env_vars |= set(re.findall(r"env: (\w+)", help_text(command)))
+
+# Kubernetes
+k8s = ROOT / "deploy" / "k8s"
+kustomization = yaml.safe_load((k8s / "kustomization.yaml").read_text())
+docs = []
+for resource in kustomization["resources"]:
+    path = k8s / resource
+    check(path.exists(), f"kustomization lists missing {resource}")
+    docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+listed = set(kustomization["resources"])
+for path in k8s.glob("*.yaml"):
+    if path.name not in listed and path.name not in {"kustomization.yaml", "secret.example.yaml"}:
+        failures.append(f"{path.name} is not in kustomization.yaml")
+secret = yaml.safe_load((k8s / "secret.example.yaml").read_text())
+by_kind = {}
+for doc in docs + [secret]:
+    check(all(k in doc for k in ("apiVersion", "kind", "metadata")), f"incomplete document {doc}")
+    by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+
+for key in list(by_kind["ConfigMap"]["komunikator"]["data"]) + list(secret["stringData"]):
+    check(key in env_vars, f"k8s setting {key} is not a komunikator option")
+
+deployments = by_kind["Deployment"]
+for name, deployment in deployments.items():
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    check(deployment["spec"]["selector"]["matchLabels"].items() <= labels.items(), f"{name}: selector")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    check(container["args"][0] in commands, f"{name}: unknown command {container['args']}")
+    check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{name}: liveness probe")
+    check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{name}: readiness probe")
+    check("resources" in container, f"{name}: resources")
+job = by_kind["Job"]["komunikator-migrate"]["spec"]["template"]["spec"]["containers"][0]
+check(job["args"] == ["migrate"], "migrate job runs `komunikator migrate`")
+
+
+def selects(selector, deployment):
+    return selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+for name, service in by_kind["Service"].items():
+    check(any(selects(service["spec"]["selector"], d) for d in deployments.values()), f"service {name} selects nothing")
+for name, hpa in by_kind["HorizontalPodAutoscaler"].items():
+    check(hpa["spec"]["scaleTargetRef"]["name"] in deployments, f"hpa {name} target")
+for name, pdb in by_kind["PodDisruptionBudget"].items():
+    check(any(selects(pdb["spec"]["selector"]["matchLabels"], d) for d in deployments.values()), f"pdb {name}")
+for rule in by_kind["Ingress"]["komunikator"]["spec"]["rules"]:
+    for path in rule["http"]["paths"]:
+        check(path["backend"]["service"]["name"] in by_kind["Service"], f"ingress backend {path}")
+paths = {p["path"]: p["backend"]["service"]["name"] for r in by_kind["Ingress"]["komunikator"]["spec"]["rules"] for p in r["http"]["paths"]}
+check(paths.get("/socket.io") == "komunikator-gateway" and paths.get("/api") == "komunikator-api", f"ingress routes {paths}")
+
+# docker compose
+compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+services = compose["services"]
+for name, service in services.items():
+    for dependency in service.get("depends_on", {}):
+        check(dependency in services, f"compose {name} depends on unknown {dependency}")
+    if service.get("image") == "komunikator:local":
+        check(service["command"][0] in commands, f"compose {name}: unknown command")
+        for key in service["environment"]:
+            check(key in env_vars, f"compose setting {key} is not a komunikator option")
+check(sum(1 for s in services.values() if s.get("command") == ["gateway"]) >= 2, "two gateways")
+nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+for host in re.findall(r"server (\w+):\d+;", nginx):
+    check(host in services, f"nginx upstream {host} is not a compose service")
+
+if failures:
+    print("deploy files: " + "; ".join(failures))
+    sys.exit(1)
+print(f"deploy files: {checks} checks passed")
