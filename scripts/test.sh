@@ -81,10 +81,24 @@ ensure_python_client() {
   export KOM_TEST_PYTHON="$venv/bin/python"
 }
 
+# The browser test drives Debian's Chromium with playwright-core.
+ensure_browser() {
+  [ -x /usr/bin/chromium ] || need_package /usr/bin/chromium chromium
+  command -v node >/dev/null 2>&1 || need_package node nodejs
+  command -v npm >/dev/null 2>&1 || need_package npm npm
+  export KOM_NODE_DIR="${KOM_NODE_DIR:-$HOME/.cache/komunikator-node}"
+  if [ ! -d "$KOM_NODE_DIR/node_modules/playwright-core" ]; then
+    log "installing playwright-core into $KOM_NODE_DIR"
+    mkdir -p "$KOM_NODE_DIR"
+    (cd "$KOM_NODE_DIR" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund playwright-core@1)
+  fi
+}
+
 ensure_mariadb
 ensure_redis
 ensure_nats
 ensure_python_client
+ensure_browser
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -96,6 +110,11 @@ trap 'rm -f "$out"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$out"
 log "deployment files"
 "$KOM_TEST_PYTHON" deploy/validate.py "$CARGO_TARGET_DIR/debug/komunikator"
+log "browser test (screenshots in $CARGO_TARGET_DIR/browser-artifacts)"
+browser=0
+node komunikator/tests/browser/e2e.mjs "$CARGO_TARGET_DIR/debug/komunikator" \
+  "$CARGO_TARGET_DIR/browser-artifacts" || browser=1
 # One closing line for the whole run (cargo ends on the empty doc-test summary).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+awk -v bf="$browser" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p + 1 - bf, f + bf }' "$out"
+exit "$browser"

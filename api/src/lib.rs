@@ -7,6 +7,7 @@ mod extract;
 mod router;
 mod routes;
 mod state;
+mod web;
 
 use clap::Args;
 

@@ -38,6 +38,7 @@ pub fn router(state: AppState, allowed_origins: Option<&[String]>) -> Router {
         .route("/api/user_rooms", get(members::user_rooms))
         .route("/api/user_list", get(members::user_list))
         .route("/api/chat_history", get(chat::history))
+        .merge(crate::web::routes())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

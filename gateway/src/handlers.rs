@@ -10,11 +10,24 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
+use tokio::sync::mpsc;
 
 use crate::Gateway;
 use crate::hub::{room_key, session};
 use crate::payload::{Heartbeat, MessageRequest, Refusal, RoomRequest};
 use crate::session::Session;
+
+/// Events of one socket waiting to be handled; beyond this many, new ones
+/// are refused (code 6) instead of queueing without bound.
+const EVENT_QUEUE: usize = 256;
+
+/// One client event, queued for its socket's worker.
+struct Queued {
+    event: &'static str,
+    socket: SocketRef,
+    payload: Option<Value>,
+    ack: AckSender,
+}
 
 /// The connect error a client sees; its text is sent as is, so it says
 /// nothing about why a token failed.
@@ -98,6 +111,11 @@ impl Gateway {
     }
 
     /// Registers the event handlers of an authenticated socket.
+    ///
+    /// socketioxide runs every event in a task of its own, so two events of
+    /// one socket could be handled out of order (a `message` right after its
+    /// `join` refused as "not joined"). The handlers therefore only queue the
+    /// event, in arrival order, and one worker per socket handles the queue.
     fn attach(self: &Arc<Self>, socket: &SocketRef) {
         self.deps.metrics.sockets.inc();
         let sockets = self.deps.metrics.sockets.clone();
@@ -105,41 +123,54 @@ impl Gateway {
             sockets.dec();
             async {}
         });
+        let (queue, mut events) = mpsc::channel::<Queued>(EVENT_QUEUE);
+        let gateway = self.clone();
+        // Ends when the socket is gone: its handlers, holding the senders, are dropped.
+        tokio::spawn(async move {
+            while let Some(queued) = events.recv().await {
+                gateway.handle(queued).await;
+            }
+        });
         for event in ["join", "leave", "message", "watchdog"] {
-            let gateway = self.clone();
+            let queue = queue.clone();
             socket.on(
                 event,
                 move |socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
-                    let gateway = gateway.clone();
-                    async move {
-                        let Some(session) = session(&socket) else {
-                            return;
-                        };
-                        let payload = data.ok();
-                        let result = match event {
-                            "join" => gateway
-                                .join(&socket, &session, payload.as_ref())
-                                .await
-                                .map(|()| None),
-                            "leave" => gateway
-                                .leave(&socket, &session, payload.as_ref())
-                                .await
-                                .map(|()| None),
-                            "message" => gateway
-                                .message(&socket, &session, payload.as_ref())
-                                .await
-                                .map(Some),
-                            _ => gateway
-                                .watchdog(&session, payload.as_ref())
-                                .await
-                                .map(|()| None),
-                        };
-                        gateway.count(event, &result);
-                        answer(&socket, ack, event, result);
+                    // Runs synchronously, in arrival order: only the queueing.
+                    let queued = Queued {
+                        event,
+                        socket,
+                        payload: data.ok(),
+                        ack,
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(q)) = queue.try_send(queued) {
+                        answer(&q.socket, q.ack, event, Err(Refusal::RateLimited));
                     }
+                    async {}
                 },
             );
         }
+    }
+
+    async fn handle(&self, queued: Queued) {
+        let Queued {
+            event,
+            socket,
+            payload,
+            ack,
+        } = queued;
+        let Some(session) = session(&socket) else {
+            return;
+        };
+        let payload = payload.as_ref();
+        let result = match event {
+            "join" => self.join(&socket, &session, payload).await.map(|()| None),
+            "leave" => self.leave(&socket, &session, payload).await.map(|()| None),
+            "message" => self.message(&socket, &session, payload).await.map(Some),
+            _ => self.watchdog(&session, payload).await.map(|()| None),
+        };
+        self.count(event, &result);
+        answer(&socket, ack, event, result);
     }
 
     async fn join(

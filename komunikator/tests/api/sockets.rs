@@ -1148,7 +1148,43 @@ async fn sockets_in_another_room_do_not_get_its_messages_or_joins(backend: Backe
         .await;
 }
 
+/// A client may send `message` right after `join` without waiting: one
+/// socket's events are handled in the order it sent them.
+async fn events_of_one_socket_are_handled_in_the_order_sent(backend: Backend) {
+    let options = Options {
+        env: vec![("MESSAGE_RATE_LIMIT", "0".into())],
+        ..Options::default()
+    };
+    let app = TestApp::start_with(backend, options).await;
+    let ann = app.user("ann").await;
+    let socket = app.socket(&ann).await;
+    for round in 0..20 {
+        let room = app.room(&ann, &format!("r{round}"), None).await;
+        socket.emit("join", json!({ "room_id": room }));
+        let ack = socket
+            .emit_with_ack(
+                "message",
+                json!({ "room_id": room, "message": "right away" }),
+            )
+            .await;
+        assert!(ack["chat_id"].is_i64(), "round {round}: {ack}");
+        socket.emit("leave", json!({ "room_id": room }));
+        let refused = socket
+            .emit_with_ack(
+                "message",
+                json!({ "room_id": room, "message": "after leaving" }),
+            )
+            .await;
+        assert_eq!(
+            refused,
+            json!({ "error": "Join failed", "code": 4 }),
+            "round {round}"
+        );
+    }
+}
+
 crate::on_both_stores!(
+    events_of_one_socket_are_handled_in_the_order_sent,
     a_token_in_the_auth_payload_the_header_or_the_query_connects,
     sockets_without_a_valid_token_are_refused,
     an_origin_allowlist_refuses_other_origins,

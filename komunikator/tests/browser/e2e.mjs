@@ -1,0 +1,147 @@
+// End-to-end test of the web client in headless Chromium: two users in two
+// browser contexts against `komunikator all` on the embedded defaults.
+// usage: KOM_NODE_DIR=DIR node e2e.mjs KOMUNIKATOR_BINARY ARTIFACT_DIR
+// Needs playwright-core installed in DIR/node_modules and /usr/bin/chromium;
+// scripts/test.sh installs both.
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { createRequire } from "node:module";
+
+// ES modules ignore NODE_PATH: resolve playwright-core from KOM_NODE_DIR.
+const require = createRequire(join(process.env.KOM_NODE_DIR || process.cwd(), "index.js"));
+const { chromium } = require("playwright-core");
+
+const [binary, artifacts] = process.argv.slice(2);
+mkdirSync(artifacts, { recursive: true });
+const dataDir = mkdtempSync(join(tmpdir(), "kom-browser-"));
+const env = { ...process.env, LOG_FORMAT: "json", DATA_DIR: dataDir };
+for (const v of ["DATABASE_URL", "DB_HOST", "NATS_URL", "REDIS_URL", "JWT_SECRET_KEY", "LISTEN_ADDR"]) delete env[v];
+
+const server = spawn(binary, ["all", "--listen", "127.0.0.1:0"], { env, stdio: ["ignore", "pipe", "inherit"] });
+const base = await new Promise((resolve, reject) => {
+  const timer = setTimeout(() => reject(new Error("server did not start")), 20000);
+  createInterface({ input: server.stdout }).on("line", (line) => {
+    try {
+      const entry = JSON.parse(line);
+      if (entry.message === "listening") {
+        clearTimeout(timer);
+        resolve(`http://${entry.addr}`);
+      }
+    } catch { /* not a log line */ }
+  });
+});
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+let step = 0;
+const shot = async (page, name) => page.screenshot({ path: join(artifacts, `${String(++step).padStart(2, "0")}-${name}.png`), fullPage: true });
+const id = (page, testId) => page.getByTestId(testId);
+const run = Math.random().toString(16).slice(2, 8);
+
+async function user(name) {
+  const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[${name}] page error:`, e.message));
+  await page.goto(base);
+  await id(page, "login-user").fill(name);
+  await id(page, "login-password").fill(`pw-${name}`);
+  await id(page, "register-button").click();
+  await id(page, "current-user").filter({ hasText: name }).waitFor();
+  return page;
+}
+
+async function openMyRoom(page, roomName) {
+  await id(page, "my-room").filter({ hasText: roomName }).first().click();
+  await id(page, "room-title").filter({ hasText: roomName }).waitFor();
+}
+
+async function send(page, text) {
+  await id(page, "message-input").fill(text);
+  await id(page, "send-button").click();
+}
+
+async function seesMessage(page, author, text) {
+  await id(page, "message").filter({ has: id(page, "message-text").filter({ hasText: text }) })
+    .filter({ has: id(page, "message-user").filter({ hasText: author }) }).first().waitFor();
+}
+
+let failed = null;
+try {
+  const alice = `alice_${run}`;
+  const bob = `bob_${run}`;
+  const a = await user(alice);
+  const b = await user(bob);
+  await shot(a, "registered");
+
+  // A wrong password is refused with the API's message.
+  const c = await (await browser.newContext()).newPage();
+  await c.goto(base);
+  await id(c, "login-user").fill(alice);
+  await id(c, "login-password").fill("wrong");
+  await id(c, "login-button").click();
+  await id(c, "auth-error").filter({ hasText: "Invalid user credentials" }).waitFor();
+
+  // Alice creates a public room; Bob sees it live and joins.
+  const lobby = `lobby ${run}`;
+  await id(a, "new-room-name").fill(lobby);
+  await id(a, "create-room-button").click();
+  await openMyRoom(a, lobby);
+  const listed = id(b, "public-room").filter({ hasText: lobby });
+  await listed.waitFor();
+  await listed.getByTestId("join-room").click();
+  await openMyRoom(b, lobby);
+
+  // Messages flow both ways, live.
+  await send(a, "hello from alice");
+  await seesMessage(b, alice, "hello from alice");
+  await send(b, "hi alice, bob here");
+  await seesMessage(a, bob, "hi alice, bob here");
+  await seesMessage(a, alice, "hello from alice");
+
+  // Presence: each sees the other online.
+  await id(a, "member").and(a.locator(`[data-user="${bob}"][data-online="true"]`)).waitFor({ timeout: 15000 });
+  await id(b, "member").and(b.locator(`[data-user="${alice}"][data-online="true"]`)).waitFor({ timeout: 15000 });
+  await shot(a, "chat-alice");
+  await shot(b, "chat-bob");
+
+  // A private room, joined by key.
+  const secret = `secret ${run}`;
+  await id(a, "new-room-name").fill(secret);
+  await id(a, "new-room-private").check();
+  await id(a, "new-room-key").fill(`key-${run}`);
+  await id(a, "create-room-button").click();
+  await openMyRoom(a, secret);
+  await id(a, "room-key").filter({ hasText: `key-${run}` }).waitFor();
+  await id(b, "join-key").fill(`key-${run}`);
+  await id(b, "join-private-button").click();
+  await openMyRoom(b, secret);
+  await send(b, "in the secret room");
+  await seesMessage(a, bob, "in the secret room");
+  await shot(a, "private-room");
+
+  // The owner kicks Bob: Bob's view updates at once.
+  await id(a, "member").and(a.locator(`[data-user="${bob}"]`)).getByTestId("kick").click();
+  await id(b, "app-error").filter({ hasText: "removed" }).waitFor();
+  await id(b, "my-room").filter({ hasText: secret }).waitFor({ state: "detached" });
+  await id(a, "member").and(a.locator(`[data-user="${bob}"]`)).waitFor({ state: "detached" });
+  await shot(b, "kicked");
+} catch (e) {
+  failed = e;
+  console.error(e);
+  for (const context of browser.contexts()) {
+    for (const page of context.pages()) await shot(page, "failure").catch(() => {});
+  }
+} finally {
+  await browser.close();
+  server.kill("SIGTERM");
+  rmSync(dataDir, { recursive: true, force: true });
+}
+console.log(`screenshots in ${artifacts}`);
+console.log(failed ? "browser: 0 passed, 1 failed" : "browser: 1 passed, 0 failed");
+process.exit(failed ? 1 : 0);
