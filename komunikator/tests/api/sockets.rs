@@ -869,6 +869,11 @@ async fn room_list_updated_reaches_every_socket_on_create_edit_and_delete(backen
     let mut a = app.socket(&ann).await;
     let mut b = app.socket(&bob).await; // in no room
     a.join(lobby).await;
+    // The lobby's own `room_list_updated` may still be on its way (a busy
+    // machine): let it arrive before counting.
+    for s in [&mut a, &mut b] {
+        while s.try_expect("room_list_updated", QUIET).await.is_some() {}
+    }
 
     let room = app.room(&bob, "new", None).await;
     for s in [&mut a, &mut b] {
