@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// How long a test waits for an expected event.
-pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test waits for an expected event: generous, as a saturated
+/// two-core machine can starve the servers for seconds.
+pub const WAIT: Duration = Duration::from_secs(10);
 
 type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
@@ -171,15 +172,19 @@ impl Socket {
         self.send_raw(format!("42{id}{}", serde_json::json!([event, data])));
         tokio::time::timeout(WAIT, rx)
             .await
-            .expect("ack within 5 s")
+            .expect("ack within WAIT")
             .expect("ack")
     }
 
     /// The next `event`, within [`WAIT`]; other events are kept for later.
     pub async fn expect(&mut self, event: &str) -> Value {
-        self.try_expect(event, WAIT)
-            .await
-            .unwrap_or_else(|| panic!("no `{event}` within {WAIT:?}"))
+        match self.try_expect(event, WAIT).await {
+            Some(value) => value,
+            None => panic!(
+                "no `{event}` within {WAIT:?}; received meanwhile: {:?}",
+                self.backlog
+            ),
+        }
     }
 
     /// The next `event` within `wait`, if any.
