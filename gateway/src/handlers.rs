@@ -128,6 +128,7 @@ impl Gateway {
         // Ends when the socket is gone: its handlers, holding the senders, are dropped.
         tokio::spawn(async move {
             while let Some(queued) = events.recv().await {
+                wait_until_connected(&queued.socket).await;
                 gateway.handle(queued).await;
             }
         });
@@ -296,6 +297,19 @@ impl Gateway {
         {
             tracing::error!(room_id, event, error = %e, "room event not published");
         }
+    }
+}
+
+/// socketioxide sends the connect acknowledgement a moment before it marks
+/// the socket connected, and drops what is emitted to a socket not marked
+/// yet. A client may send an event as soon as it has the acknowledgement:
+/// its answer must wait for the mark, or an `error` event would be lost.
+async fn wait_until_connected(socket: &SocketRef) {
+    for _ in 0..200 {
+        if socket.connected() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 

@@ -240,6 +240,25 @@ async fn an_event_sent_right_after_connecting_is_handled(backend: Backend) {
     assert_eq!(lost, 0, "{lost} of 20 first events lost");
 }
 
+/// The `error` answering a first event is emitted to the socket itself, which
+/// socketioxide marks connected only just after acknowledging the connection:
+/// an answer sent in between must not be dropped.
+async fn a_refusal_of_the_first_event_after_connecting_is_not_lost(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ann = app.user("ann").await;
+    let connections = (0..30).map(|_| async {
+        let mut sock = app.socket(&ann).await;
+        sock.emit("watchdog", json!("not an object"));
+        sock.try_expect("error", Duration::from_secs(3)).await
+    });
+    let answers = futures_util::future::join_all(connections).await;
+    let lost = answers.iter().filter(|a| a.is_none()).count();
+    assert_eq!(lost, 0, "{lost} of 30 first refusals lost");
+    for answer in answers.into_iter().flatten() {
+        assert_eq!(answer, refusal("Invalid payload", 7));
+    }
+}
+
 // --- join -----------------------------------------------------------------
 
 async fn join_announces_the_joiner_to_the_whole_room_including_the_joiner(backend: Backend) {
@@ -1189,6 +1208,7 @@ async fn events_of_one_socket_are_handled_in_the_order_sent(backend: Backend) {
 }
 
 crate::on_both_stores!(
+    a_refusal_of_the_first_event_after_connecting_is_not_lost,
     events_of_one_socket_are_handled_in_the_order_sent,
     a_token_in_the_auth_payload_the_header_or_the_query_connects,
     sockets_without_a_valid_token_are_refused,
