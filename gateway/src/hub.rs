@@ -106,7 +106,9 @@ async fn sleep_until(deadline: Option<Instant>) {
 async fn deliver(io: &SocketIo, room_id: RoomId, message: BusMessage) {
     let key = room_key(room_id);
     let event = message.subject.rsplit('.').next().unwrap_or_default();
-    let payload: Value = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
+    // Parsed only by the events that forward it: chat messages, the hot
+    // path, are parsed once, into their own type.
+    let payload = || serde_json::from_slice::<Value>(&message.payload).unwrap_or(Value::Null);
     let sent = match event {
         "new_message" => {
             let draft = serde_json::from_slice::<ChatDraft>(&message.payload);
@@ -123,16 +125,14 @@ async fn deliver(io: &SocketIo, room_id: RoomId, message: BusMessage) {
             }
         }
         "user_joined" | "user_left" | "user_online" | "user_offline" => {
-            io.to(key).emit(event, &payload).await
+            io.to(key).emit(event, &payload()).await
         }
         "user_list_updated" => io.to(key).emit(event, &NO_ARGS).await,
         "user_kicked" => {
+            let payload = payload();
             let sent = io.to(key.clone()).emit(event, &payload).await;
-            let kicked = payload["user_name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_lowercase();
-            remove_sockets(io, &key, |s| s.user.to_lowercase() == kicked);
+            let kicked = payload["user_name"].as_str().unwrap_or_default();
+            remove_sockets(io, &key, |s| s.is(kicked));
             sent
         }
         "room_deleted" => {

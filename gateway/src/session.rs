@@ -10,12 +10,15 @@ use crate::payload::Refusal;
 #[derive(Debug)]
 pub struct Session {
     pub user: String,
+    /// `user` case-folded once, for the comparisons made on every event.
+    folded: String,
     bucket: Mutex<TokenBucket>,
 }
 
 impl Session {
     pub fn new(user: String, rate: RateLimit) -> Self {
         Self {
+            folded: user.to_lowercase(),
             user,
             bucket: Mutex::new(TokenBucket::new(rate, Instant::now())),
         }
@@ -25,11 +28,14 @@ impl Session {
     /// compare case-insensitively, as the database compares them.
     pub fn check_name(&self, claimed: Option<&str>) -> Result<(), Refusal> {
         match claimed {
-            Some(name) if name.to_lowercase() != self.user.to_lowercase() => {
-                Err(Refusal::Forbidden)
-            }
+            Some(name) if !self.is(name) => Err(Refusal::Forbidden),
             _ => Ok(()),
         }
+    }
+
+    /// True when `name` names this socket's user (in any letter case).
+    pub fn is(&self, name: &str) -> bool {
+        name == self.user || name.to_lowercase() == self.folded
     }
 
     /// Spends one message from the socket's allowance.
