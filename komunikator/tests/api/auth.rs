@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::harness::{Backend, Options, TestApp, User};
+use crate::harness::{Backend, Options, TestApp, User, claims_for};
 
 async fn register_answers_201_with_a_token_naming_the_user(backend: Backend) {
     let app = TestApp::start(backend).await;
@@ -282,11 +282,6 @@ const PROTECTED: &[(&str, &str)] = &[
     ("GET", "/api/user_rooms"),
     ("POST", "/api/user_kick"),
 ];
-
-fn claims_for(user: &str, from_now: i64) -> Value {
-    let now = chrono::Utc::now().timestamp();
-    json!({ "sub": user, "iat": now, "nbf": now, "exp": now + from_now, "jti": "x", "type": "access" })
-}
 
 async fn protected_endpoints_refuse_missing_malformed_expired_and_forged_tokens(backend: Backend) {
     let app = TestApp::start(backend).await;

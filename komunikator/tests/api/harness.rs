@@ -64,6 +64,14 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// The claims of a well-formed access token for `user`, expiring
+/// `from_now` seconds from now (negative: expired). Sign with [`TestApp::sign`].
+pub fn claims_for(user: &str, from_now: i64) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    serde_json::json!({ "sub": user, "iat": now, "nbf": now, "exp": now + from_now,
+                        "jti": random_hex(8), "type": "access" })
+}
+
 /// A fresh MariaDB database, dropped when this value is.
 pub struct TestDb {
     pub name: String,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, Options, TestApp, User};
+use crate::harness::{Backend, Options, TestApp, User, claims_for};
 use crate::rooms::assert_timestamp;
 use crate::sio::{Auth, Socket};
 
@@ -17,12 +17,6 @@ const QUIET: Duration = Duration::from_millis(500);
 /// The body of an `error` event.
 fn refusal(message: &str, code: u8) -> Value {
     json!({ "message": message, "code": code })
-}
-
-fn claims_for(user: &str, from_now: i64) -> Value {
-    let now = chrono::Utc::now().timestamp();
-    let jti = crate::harness::random_hex(8);
-    json!({ "sub": user, "iat": now, "nbf": now, "exp": now + from_now, "jti": jti, "type": "access" })
 }
 
 /// Connects with `auth` and returns the connect error's message.
