@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use common::auth::Tokens;
 use common::bus::{Bus, Events, LocalBus, NatsBus, Subjects};
-use common::config::{AuthArgs, DbArgs, HttpArgs, Problems};
+use common::config::{AuthArgs, DbArgs, HttpArgs, PrefixArgs, Problems, RedisArgs};
 use common::ops::Readiness;
 use common::password::Passwords;
 use common::presence::{LocalPresence, Presence, RedisPresence};
@@ -48,10 +48,8 @@ pub async fn api(cmd: ApiCmd, shutdown: CancellationToken) -> Result<(), Failure
 
     let store = open_current_store(&settings).await?;
     let bus: Arc<dyn Bus> = Arc::new(connect_nats(&nats_url, "komunikator-api", &subjects).await?);
-    let presence: Arc<dyn Presence> = Arc::new(
-        RedisPresence::connect(&redis_url, &cmd.prefix.prefix, cmd.redis.presence_timeout())
-            .context("configuring Redis")?,
-    );
+    let presence: Arc<dyn Presence> =
+        Arc::new(redis_presence(&redis_url, &cmd.prefix, &cmd.redis)?);
     let secret = cmd.auth.jwt_secret_key.clone().unwrap_or_default();
     let app = api_router(
         &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http,
@@ -72,14 +70,7 @@ pub async fn gateway(cmd: GatewayCmd, shutdown: CancellationToken) -> Result<(),
 
     let store = open_current_store(&settings).await?;
     let nats = connect_nats(&nats_url, "komunikator-gateway", &subjects).await?;
-    nats.ensure_chat_stream(
-        store
-            .max_chat_id()
-            .await
-            .context("reading the largest chat id")?,
-    )
-    .await
-    .context("setting up the chat stream")?;
+    ensure_chat_stream(&nats, &store).await?;
     let bus: Arc<dyn Bus> = Arc::new(nats);
     let secret = cmd.auth.jwt_secret_key.clone().unwrap_or_default();
     let (metrics, gateway_metrics) = Metrics::with(gateway::GatewayMetrics::new);
@@ -150,10 +141,8 @@ pub async fn presence(cmd: PresenceCmd, shutdown: CancellationToken) -> Result<(
     let store = open_current_store(&settings).await?;
     let bus: Arc<dyn Bus> =
         Arc::new(connect_nats(&nats_url, "komunikator-presence", &subjects).await?);
-    let presence: Arc<dyn Presence> = Arc::new(
-        RedisPresence::connect(&redis_url, &cmd.prefix.prefix, cmd.redis.presence_timeout())
-            .context("configuring Redis")?,
-    );
+    let presence: Arc<dyn Presence> =
+        Arc::new(redis_presence(&redis_url, &cmd.prefix, &cmd.redis)?);
     let (metrics, presence_metrics) = Metrics::with(presence::PresenceMetrics::new);
     let run = presence_task(
         &store,
@@ -228,23 +217,13 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
                 persister_metrics,
                 &shutdown,
             ));
-            nats.ensure_chat_stream(
-                store
-                    .max_chat_id()
-                    .await
-                    .context("reading the largest chat id")?,
-            )
-            .await
-            .context("setting up the chat stream")?;
+            ensure_chat_stream(&nats, &store).await?;
             Arc::new(nats)
         }
         None => Arc::new(LocalBus::new(store.clone(), subjects.clone())),
     };
     let presence: Arc<dyn Presence> = match &cmd.redis.redis_url {
-        Some(url) => Arc::new(
-            RedisPresence::connect(url, &cmd.prefix.prefix, cmd.redis.presence_timeout())
-                .context("configuring Redis")?,
-        ),
+        Some(url) => Arc::new(redis_presence(url, &cmd.prefix, &cmd.redis)?),
         None => Arc::new(LocalPresence::new(cmd.redis.presence_timeout())),
     };
     tracing::info!(
@@ -336,6 +315,27 @@ async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> 
     store::connect(settings)
         .await
         .with_context(|| format!("opening the store ({settings:?})"))
+}
+
+/// The chat stream, set up to start above the ids already stored.
+async fn ensure_chat_stream(nats: &NatsBus, store: &Arc<dyn Store>) -> anyhow::Result<()> {
+    let floor = store
+        .max_chat_id()
+        .await
+        .context("reading the largest chat id")?;
+    nats.ensure_chat_stream(floor)
+        .await
+        .context("setting up the chat stream")?;
+    Ok(())
+}
+
+fn redis_presence(
+    url: &str,
+    prefix: &PrefixArgs,
+    redis: &RedisArgs,
+) -> anyhow::Result<RedisPresence> {
+    RedisPresence::connect(url, &prefix.prefix, redis.presence_timeout())
+        .context("configuring Redis")
 }
 
 async fn connect_nats(url: &str, name: &str, subjects: &Subjects) -> anyhow::Result<NatsBus> {
