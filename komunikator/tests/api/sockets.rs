@@ -1201,7 +1201,30 @@ async fn events_of_one_socket_are_handled_in_the_order_sent(backend: Backend) {
     }
 }
 
+/// Only private rooms need a membership: anyone may watch a public room.
+async fn a_public_room_can_be_joined_without_a_membership(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ann = app.user("ann").await;
+    let eve = app.user("eve").await;
+    let room = app.room(&ann, "open", None).await;
+    let mut watcher = app.socket(&eve).await;
+    watcher.join(room).await;
+    let mut a = app.socket(&ann).await;
+    a.join(room).await;
+    let chat_id = send(&a, room, "for everyone").await;
+    assert_eq!(watcher.expect("new_message").await["chat_id"], chat_id);
+    let members = app
+        .get(&format!("/api/user_list?room_id={room}"), None)
+        .await;
+    assert_eq!(
+        members.body,
+        json!([{ "user_name": ann.name, "room_id": room }]),
+        "eve is no member"
+    );
+}
+
 crate::on_both_stores!(
+    a_public_room_can_be_joined_without_a_membership,
     a_refusal_of_the_first_event_after_connecting_is_not_lost,
     events_of_one_socket_are_handled_in_the_order_sent,
     a_token_in_the_auth_payload_the_header_or_the_query_connects,
