@@ -153,7 +153,7 @@ impl Gateway {
         }
     }
 
-    async fn handle(&self, queued: Queued) {
+    async fn handle(self: &Arc<Self>, queued: Queued) {
         let Queued {
             event,
             socket,
@@ -167,7 +167,20 @@ impl Gateway {
         let result = match event {
             "join" => self.join(&socket, &session, payload).await.map(|()| None),
             "leave" => self.leave(&socket, &session, payload).await.map(|()| None),
-            "message" => self.message(&socket, &session, payload).await.map(Some),
+            "message" => match self.begin_message(&socket, &session, payload).await {
+                // Stored in the background: the socket's next events (and
+                // messages) go on while this one waits for its acknowledgement.
+                Ok(stored) => {
+                    let gateway = self.clone();
+                    tokio::spawn(async move {
+                        let result = stored.await;
+                        gateway.count(event, &result);
+                        answer(&socket, ack, event, result.map(Some));
+                    });
+                    return;
+                }
+                Err(refusal) => Err(refusal),
+            },
             _ => self.watchdog(&session, payload).await.map(|()| None),
         };
         self.count(event, &result);
@@ -228,12 +241,15 @@ impl Gateway {
         Ok(())
     }
 
-    async fn message(
+    /// Checks a chat message and starts storing it, in the socket's event
+    /// order; the returned future resolves once it is stored. At most
+    /// [`Session::MAX_PENDING_APPENDS`] of a socket's messages are pending.
+    async fn begin_message(
         &self,
         socket: &SocketRef,
         session: &Session,
         payload: Option<&Value>,
-    ) -> Result<Value, Refusal> {
+    ) -> Result<impl Future<Output = Result<Value, Refusal>> + Send + 'static, Refusal> {
         let request = MessageRequest::parse(payload)?;
         session.check_name(request.user_name.as_deref())?;
         let key = room_key(request.room_id);
@@ -241,6 +257,7 @@ impl Gateway {
             return Err(Refusal::JoinFailed);
         }
         session.take_message()?;
+        let permit = session.pending_append().await?;
         let draft = ChatDraft {
             room_id: request.room_id,
             user_name: session.user.clone(),
@@ -248,17 +265,19 @@ impl Gateway {
             create_date: now(),
         };
         let started = std::time::Instant::now();
-        let chat_id = self
+        let pending = self
             .deps
             .bus
-            .append_chat(&draft)
+            .begin_append(&draft)
             .await
             .map_err(unavailable)?;
-        self.deps
-            .metrics
-            .append_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(json!({ "chat_id": chat_id }))
+        let append_seconds = self.deps.metrics.append_seconds.clone();
+        Ok(async move {
+            let chat_id = pending.await.map_err(unavailable)?;
+            drop(permit);
+            append_seconds.observe(started.elapsed().as_secs_f64());
+            Ok(json!({ "chat_id": chat_id }))
+        })
     }
 
     async fn watchdog(&self, session: &Session, payload: Option<&Value>) -> Result<(), Refusal> {

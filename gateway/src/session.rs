@@ -1,8 +1,10 @@
 //! What a gateway knows about one socket: who it is (from the token, never
 //! from a payload) and how fast it may send.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::payload::Refusal;
 
@@ -13,6 +15,8 @@ pub struct Session {
     /// `user` case-folded once, for the comparisons made on every event.
     folded: String,
     bucket: Mutex<TokenBucket>,
+    /// Permits for messages sent but not yet stored.
+    appends: Arc<Semaphore>,
 }
 
 impl Session {
@@ -21,7 +25,21 @@ impl Session {
             folded: user.to_lowercase(),
             user,
             bucket: Mutex::new(TokenBucket::new(rate, Instant::now())),
+            appends: Arc::new(Semaphore::new(Self::MAX_PENDING_APPENDS)),
         }
+    }
+
+    /// A socket's messages waiting to be stored at once, at most; the next
+    /// waits (and the socket's queue fills behind it).
+    pub const MAX_PENDING_APPENDS: usize = 64;
+
+    /// Waits for room among the socket's pending messages.
+    pub async fn pending_append(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        self.appends
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Refusal::Unavailable)
     }
 
     /// A `user_name` in a payload must name the socket's own user. Names

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{Bus, BusError, BusMessage, Subjects, Subscription};
+use super::{Bus, BusError, BusMessage, PendingAppend, Subjects, Subscription};
 use crate::domain::{ChatDraft, ChatId};
 use crate::store::{Store, StoreError};
 
@@ -97,7 +97,16 @@ impl Bus for LocalBus {
         Ok(())
     }
 
-    async fn append_chat(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
+    /// The embedded bus stores the message at once (appends are serialised
+    /// by the single SQLite writer anyway).
+    async fn begin_append(&self, draft: &ChatDraft) -> Result<PendingAppend, BusError> {
+        let stored = self.append_now(draft).await;
+        Ok(Box::pin(std::future::ready(stored)))
+    }
+}
+
+impl LocalBus {
+    async fn append_now(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
         let payload =
             Bytes::from(serde_json::to_vec(draft).map_err(|e| BusError::Append(e.to_string()))?);
         let _order = self.append.lock().await;

@@ -64,12 +64,23 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<Subscription, BusError>;
     /// Fails when the bus cannot deliver messages now.
     fn check_ready(&self) -> Result<(), BusError>;
-    /// Stores a chat message durably and returns its `chat_id`. Only then is
-    /// it delivered on [`Subjects::new_message`], with that id as `sequence`,
-    /// so "seen live" implies "stored", and every subscriber sees one room's
-    /// messages in `chat_id` order.
-    async fn append_chat(&self, draft: &ChatDraft) -> Result<ChatId, BusError>;
+    /// Starts storing a chat message durably. Messages started one after
+    /// another are stored in that order; the returned future resolves to the
+    /// message's `chat_id` once it is stored, and many may be pending at once
+    /// (a socket's messages are pipelined, not sent one round trip apart).
+    /// Only once stored is a message delivered on [`Subjects::new_message`],
+    /// with that id as `sequence`, so "seen live" implies "stored", and every
+    /// subscriber sees one room's messages in `chat_id` order.
+    async fn begin_append(&self, draft: &ChatDraft) -> Result<PendingAppend, BusError>;
+
+    /// Stores a chat message durably and returns its `chat_id`.
+    async fn append_chat(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
+        self.begin_append(draft).await?.await
+    }
 }
+
+/// A chat message on its way to durable storage.
+pub type PendingAppend = Pin<Box<dyn Future<Output = Result<ChatId, BusError>> + Send>>;
 
 /// Builds the subjects of ARCHITECTURE.md under a configurable prefix (so
 /// several deployments, or tests, can share one NATS server).

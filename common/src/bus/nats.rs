@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{Bus, BusError, BusMessage, Subjects, Subscription};
+use super::{Bus, BusError, BusMessage, PendingAppend, Subjects, Subscription};
 use crate::domain::{ChatDraft, ChatId};
 
 /// How long a publish may wait for JetStream's ack, and how often it is
@@ -144,8 +144,8 @@ impl Bus for NatsBus {
         }
     }
 
-    async fn append_chat(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
-        self.append(draft).await
+    async fn begin_append(&self, draft: &ChatDraft) -> Result<PendingAppend, BusError> {
+        self.begin(draft).await
     }
 }
 
@@ -177,34 +177,53 @@ impl NatsBus {
         })))
     }
 
-    async fn append(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
+    /// Publishes the message now, so that one caller's messages reach the
+    /// stream in order, and returns the wait for its acknowledgement. A
+    /// message not acknowledged is published again with the same
+    /// `Nats-Msg-Id`, so the stream stores it once however often it is sent.
+    async fn begin(&self, draft: &ChatDraft) -> Result<PendingAppend, BusError> {
         let payload =
             Bytes::from(serde_json::to_vec(draft).map_err(|e| BusError::Append(e.to_string()))?);
         let msg_id = crate::random_hex(12);
-        let mut last_error = String::new();
-        for attempt in 1..=APPEND_ATTEMPTS {
-            let publish = PublishMessage::build()
+        let subject = self.subjects.chat(draft.room_id);
+        let publish = move |payload: &Bytes| {
+            PublishMessage::build()
                 .payload(payload.clone())
-                .message_id(&msg_id);
-            let acked = async {
-                self.jetstream
-                    .send_publish(self.subjects.chat(draft.room_id), publish)
-                    .await?
-                    .await
+                .message_id(&msg_id)
+        };
+        let first = self
+            .jetstream
+            .send_publish(subject.clone(), publish(&payload))
+            .await;
+        let jetstream = self.jetstream.clone();
+        Ok(Box::pin(async move {
+            let mut last_error = match first {
+                Ok(ack) => match ack.await {
+                    Ok(ack) => return chat_id(ack.sequence),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
             };
-            match acked.await {
-                Ok(ack) => {
-                    return i64::try_from(ack.sequence)
-                        .map_err(|e| BusError::Append(e.to_string()));
-                }
-                Err(e) => {
-                    tracing::warn!(attempt, error = %e, "chat message not acknowledged, retrying");
-                    last_error = e.to_string();
+            for attempt in 2..=APPEND_ATTEMPTS {
+                tracing::warn!(attempt, error = %last_error, "chat message not acknowledged, retrying");
+                let acked = async {
+                    jetstream
+                        .send_publish(subject.clone(), publish(&payload))
+                        .await?
+                        .await
+                };
+                match acked.await {
+                    Ok(ack) => return chat_id(ack.sequence),
+                    Err(e) => last_error = e.to_string(),
                 }
             }
-        }
-        Err(BusError::Append(last_error))
+            Err(BusError::Append(last_error))
+        }))
     }
+}
+
+fn chat_id(sequence: u64) -> Result<ChatId, BusError> {
+    ChatId::try_from(sequence).map_err(|e| BusError::Append(e.to_string()))
 }
 
 /// A sequence JetStream's RePublish puts on a message: its own
