@@ -74,6 +74,8 @@ case "$cmd" in
     if [ "$mode" = all ]; then
       data="$dir/data-$tag"
       {
+        # Nothing of a distributed deployment sourced before may leak in.
+        echo "unset DATABASE_URL JWT_SECRET_KEY KOM_PREFIX NATS_URL REDIS_URL KOM_BENCH_DB"
         echo "export DATA_DIR=$data KOM_BENCH_DATA=$data"
         echo "export API=http://127.0.0.1:6000 GATEWAYS=http://127.0.0.1:6000 GATEWAY=http://127.0.0.1:6000 PRESENCE=http://127.0.0.1:6000"
       } >>"$dir/env"
@@ -85,6 +87,7 @@ case "$cmd" in
     else
       db="kom_bench_$tag"
       {
+        echo "unset DATA_DIR KOM_BENCH_DATA"
         echo "export DATABASE_URL=mysql://root@127.0.0.1:3306/$db KOM_BENCH_DB=$db"
         echo "export JWT_SECRET_KEY=$secret KOM_PREFIX=b$tag"
         echo "export NATS_URL=nats://127.0.0.1:4222 REDIS_URL=redis://127.0.0.1:6379"

@@ -50,8 +50,21 @@ run() {
 
 complete='r["delivery_ratio"] == 1 and r["errors"] == {} and r["persisted"]["missing"] == 0 and r["acked"] == r["sent"] > 0'
 
-# shellcheck disable=SC1090
-. "$(bench/cluster.sh start "$bin" distributed)"
+# deploy <mode>: starts a fresh deployment and sources its settings.
+deploy() {
+  local env_file
+  if env_file="$(bench/cluster.sh start "$bin" "$1")"; then
+    # shellcheck disable=SC1090
+    . "$env_file"
+  else
+    echo "smoke $1 deployment: FAILED to start"
+    tail -n 5 "$KOM_BENCH_DIR"/*.log || true
+    failed=$((failed + 1))
+    return 1
+  fi
+}
+
+if deploy distributed; then
 run chat "$complete and r['latency_ms']['count'] == r['delivered']" \
   chat --api "$API" --gateways "$GATEWAYS" --rooms 2 --users 4 --senders 2 --rate 100 --seconds 2
 run chat-max "$complete and len(r['steps']) == 2 and r['best_passing_rate'] is not None" \
@@ -67,12 +80,14 @@ run rest 'r["rooms"]["requests"]["ok"] > 0 and r["rooms"]["requests"]["errors"] 
   rest --api "$API" --rooms 5 --concurrency 4 --seconds 1 --logins 2 --probe-rate 50
 run persist-lag 'r["lag_ms"]["count"] == 5' \
   persist-lag --api "$API" --gateway "$GATEWAY" --messages 5
+fi
 
-. "$(bench/cluster.sh start "$bin" all)"
+if deploy all; then
 run all-chat "$complete" \
   chat --api "$API" --gateways "$GATEWAYS" --rooms 2 --users 3 --rate 50 --seconds 2
 run all-idle 'r["connected"] == 100 and r["presence"]["correct"]' \
   idle --gateway "$GATEWAY" --presence "$PRESENCE" --connections 100 --seconds 1
+fi
 
 echo "bench smoke: $passed passed, $failed failed"
 [ "$failed" = 0 ]
