@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
-use tokio::sync::mpsc;
 
 use crate::Gateway;
 use crate::hub::{room_key, session};
@@ -20,6 +19,29 @@ use crate::session::Session;
 /// Events of one socket waiting to be handled; beyond this many, new ones
 /// are refused (code 6) instead of queueing without bound.
 const EVENT_QUEUE: usize = 256;
+
+/// A socket's events waiting to be handled, and whether a worker is
+/// handling them.
+#[derive(Default)]
+struct EventQueue {
+    state: std::sync::Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    pending: std::collections::VecDeque<Queued>,
+    running: bool,
+}
+
+impl EventQueue {
+    /// The next event to handle; `None` (and the worker stops) when there is none.
+    fn next(&self) -> Option<Queued> {
+        let mut state = self.state.lock().ok()?;
+        let next = state.pending.pop_front();
+        state.running = next.is_some();
+        next
+    }
+}
 
 /// One client event, queued for its socket's worker.
 struct Queued {
@@ -115,7 +137,9 @@ impl Gateway {
     /// socketioxide runs every event in a task of its own, so two events of
     /// one socket could be handled out of order (a `message` right after its
     /// `join` refused as "not joined"). The handlers therefore only queue the
-    /// event, in arrival order, and one worker per socket handles the queue.
+    /// event, in arrival order, and a worker handles the queue; it runs only
+    /// while the queue has events, so an idle socket costs no task and no
+    /// channel.
     fn attach(self: &Arc<Self>, socket: &SocketRef) {
         self.deps.metrics.sockets.inc();
         let sockets = self.deps.metrics.sockets.clone();
@@ -123,17 +147,10 @@ impl Gateway {
             sockets.dec();
             async {}
         });
-        let (queue, mut events) = mpsc::channel::<Queued>(EVENT_QUEUE);
-        let gateway = self.clone();
-        // Ends when the socket is gone: its handlers, holding the senders, are dropped.
-        tokio::spawn(async move {
-            while let Some(queued) = events.recv().await {
-                wait_until_connected(&queued.socket).await;
-                gateway.handle(queued).await;
-            }
-        });
+        let queue = Arc::new(EventQueue::default());
         for event in ["join", "leave", "message", "watchdog"] {
             let queue = queue.clone();
+            let gateway = self.clone();
             socket.on(
                 event,
                 move |socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
@@ -144,12 +161,42 @@ impl Gateway {
                         payload: data.ok(),
                         ack,
                     };
-                    if let Err(mpsc::error::TrySendError::Full(q)) = queue.try_send(queued) {
-                        answer(&q.socket, q.ack, event, Err(Refusal::RateLimited));
-                    }
+                    gateway.enqueue(&queue, queued);
                     async {}
                 },
             );
+        }
+    }
+
+    /// Queues one event, starting the socket's worker if it is not running;
+    /// beyond [`EVENT_QUEUE`] waiting events the new one is refused (code 6).
+    fn enqueue(self: &Arc<Self>, queue: &Arc<EventQueue>, queued: Queued) {
+        let start = {
+            let Ok(mut state) = queue.state.lock() else {
+                return;
+            };
+            if state.pending.len() >= EVENT_QUEUE {
+                drop(state);
+                answer(
+                    &queued.socket,
+                    queued.ack,
+                    queued.event,
+                    Err(Refusal::RateLimited),
+                );
+                return;
+            }
+            state.pending.push_back(queued);
+            !std::mem::replace(&mut state.running, true)
+        };
+        if start {
+            let gateway = self.clone();
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                while let Some(queued) = queue.next() {
+                    wait_until_connected(&queued.socket).await;
+                    gateway.handle(queued).await;
+                }
+            });
         }
     }
 

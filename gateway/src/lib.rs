@@ -73,10 +73,17 @@ struct Coalesced {
     held: Option<i64>,
 }
 
+/// Bytes read at a time from a WebSocket (socketioxide's default is 4 KiB):
+/// client frames are small, and every idle connection holds this buffer.
+const WS_READ_BUFFER: usize = 1024;
+
 /// Builds the gateway: the tower layer that serves `/socket.io/`, and the
-/// gateway, whose [`Gateway::run`] must be driven until shutdown.
+/// gateway, whose [`Gateway::run`] must be driven until shutdown. Mount the
+/// layer with [`mount`].
 pub fn build(deps: GatewayDeps) -> (SocketIoLayer, Arc<Gateway>) {
-    let (layer, io) = SocketIo::builder().build_layer();
+    let (layer, io) = SocketIo::builder()
+        .ws_read_buffer_size(WS_READ_BUFFER)
+        .build_layer();
     let hub = hub::Hub::new(io.clone(), deps.bus.clone(), deps.subjects.clone());
     let gateway = Arc::new(Gateway {
         io: io.clone(),
@@ -86,6 +93,37 @@ pub fn build(deps: GatewayDeps) -> (SocketIoLayer, Arc<Gateway>) {
     });
     handlers::register(&io, gateway.clone());
     (layer, gateway)
+}
+
+/// Serves `/socket.io/` in front of `router`.
+pub fn mount(router: axum::Router, layer: SocketIoLayer) -> axum::Router {
+    router
+        .layer(layer)
+        .layer(axum::middleware::from_fn(detach_request))
+}
+
+/// hyper parses a request's URI and header values as slices of the
+/// connection's read buffer (8 KiB and more), and socketioxide keeps every
+/// socket's request parts for its lifetime: so each connection held that
+/// whole buffer. Copying the few bytes out lets it go (measured: about
+/// 16 KiB less per idle connection).
+async fn detach_request(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let headers = std::mem::take(request.headers_mut());
+    let copied = request.headers_mut();
+    copied.reserve(headers.len());
+    for (name, value) in &headers {
+        let mut fresh = axum::http::HeaderValue::from_bytes(value.as_bytes())
+            .unwrap_or_else(|_| value.clone());
+        fresh.set_sensitive(value.is_sensitive());
+        copied.append(name.clone(), fresh);
+    }
+    if let Ok(uri) = request.uri().to_string().parse() {
+        *request.uri_mut() = uri;
+    }
+    next.run(request).await
 }
 
 /// How often rooms without local sockets are unsubscribed.

@@ -88,7 +88,7 @@ pub async fn gateway(cmd: GatewayCmd, shutdown: CancellationToken) -> Result<(),
     let run = gateway_task(gateway, &shutdown);
     let readiness = readiness(Some(store), Some(bus), None, &shutdown);
     serve(
-        axum::Router::new().layer(layer),
+        gateway::mount(axum::Router::new(), layer),
         readiness,
         metrics,
         &cmd.http,
@@ -253,10 +253,12 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
         presence_metrics,
         &shutdown,
     ));
-    let app = api_router(
-        &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http,
-    )
-    .layer(layer);
+    let app = gateway::mount(
+        api_router(
+            &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http,
+        ),
+        layer,
+    );
     let readiness = readiness(Some(store), Some(bus), Some(presence), &shutdown);
     serve(app, readiness, metrics, &cmd.http, tasks).await
 }
