@@ -115,8 +115,8 @@ async fn detach_request(
     let copied = request.headers_mut();
     copied.reserve(headers.len());
     for (name, value) in &headers {
-        let mut fresh = axum::http::HeaderValue::from_bytes(value.as_bytes())
-            .unwrap_or_else(|_| value.clone());
+        let mut fresh =
+            axum::http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
         fresh.set_sensitive(value.is_sensitive());
         copied.append(name.clone(), fresh);
     }
