@@ -4,6 +4,7 @@
 
 mod error;
 mod extract;
+pub mod room_list;
 mod router;
 mod routes;
 mod state;

@@ -16,6 +16,8 @@ pub struct ApiDeps {
     pub presence: Arc<dyn Presence>,
     pub tokens: Tokens,
     pub passwords: Passwords,
+    /// The serialised public room list (see [`crate::room_list`]).
+    pub room_list: crate::room_list::RoomList,
 }
 
 #[derive(Clone)]

@@ -51,11 +51,11 @@ pub async fn api(cmd: ApiCmd, shutdown: CancellationToken) -> Result<(), Failure
     let presence: Arc<dyn Presence> =
         Arc::new(redis_presence(&redis_url, &cmd.prefix, &cmd.redis)?);
     let secret = cmd.auth.jwt_secret_key.clone().unwrap_or_default();
-    let app = api_router(
-        &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http,
+    let (app, watch) = api_router(
+        &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http, &shutdown,
     );
     let readiness = readiness(Some(store), Some(bus), Some(presence), &shutdown);
-    serve(app, readiness, Metrics::new(), &cmd.http, vec![]).await
+    serve(app, readiness, Metrics::new(), &cmd.http, vec![watch]).await
 }
 
 pub async fn gateway(cmd: GatewayCmd, shutdown: CancellationToken) -> Result<(), Failure> {
@@ -253,12 +253,11 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
         presence_metrics,
         &shutdown,
     ));
-    let app = gateway::mount(
-        api_router(
-            &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http,
-        ),
-        layer,
+    let (api, watch) = api_router(
+        &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http, &shutdown,
     );
+    tasks.push(watch);
+    let app = gateway::mount(api, layer);
     let readiness = readiness(Some(store), Some(bus), Some(presence), &shutdown);
     serve(app, readiness, metrics, &cmd.http, tasks).await
 }
@@ -356,15 +355,26 @@ fn api_router(
     auth: &AuthArgs,
     api_args: &api::ApiArgs,
     http: &HttpArgs,
-) -> axum::Router {
+    shutdown: &CancellationToken,
+) -> (axum::Router, Task) {
     let state = api::AppState::new(api::ApiDeps {
         store: store.clone(),
         events: Events::new(bus.clone(), subjects.clone()),
         presence: presence.clone(),
         tokens: Tokens::new(secret.as_bytes(), auth.token_ttl()),
         passwords: Passwords::new(api_args.hash_threads(), api_args.password_hash_queue),
+        room_list: api::room_list::RoomList::default(),
     });
-    api::router(state, http.origin_allowlist().as_deref())
+    let router = api::router(state.clone(), http.origin_allowlist().as_deref());
+    let (bus, subjects, shutdown) = (bus.clone(), subjects.clone(), shutdown.clone());
+    let watch: Task = Box::pin(async move {
+        state
+            .room_list
+            .watch(bus.as_ref(), &subjects, shutdown)
+            .await
+            .context("watching room list changes")
+    });
+    (router, watch)
 }
 
 #[allow(clippy::too_many_arguments)] // one call per wiring; a struct would only rename them

@@ -2,6 +2,9 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use common::bus::RoomEvent;
 use common::domain::{ACCESS_KEY_MAX, NewRoom, ROOM_NAME_MAX, Room, RoomEdit, now};
 use common::store::StoreError;
@@ -12,11 +15,32 @@ use crate::error::ApiError;
 use crate::extract::{Body, Caller, Params, check_len};
 use crate::state::AppState;
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<Room>>, ApiError> {
-    let rooms = state.store.public_rooms().await?;
-    Ok(Json(
-        rooms.into_iter().map(|r| r.visible_to(None)).collect(),
-    ))
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let body = match state.room_list.get() {
+        Ok(body) => body,
+        Err(generation) => {
+            let rooms: Vec<Room> = state
+                .store
+                .public_rooms()
+                .await?
+                .into_iter()
+                .map(|r| r.visible_to(None))
+                .collect();
+            let body = Bytes::from(
+                serde_json::to_vec(&rooms).map_err(|e| ApiError::Internal(e.to_string()))?,
+            );
+            state.room_list.keep(generation, body.clone());
+            body
+        }
+    };
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// A room was created, edited or deleted: this replica's room list copy goes
+/// before the answer, every replica's on the event.
+async fn room_list_changed(state: &AppState) {
+    state.room_list.changed();
+    state.events.publish(RoomEvent::RoomListUpdated).await;
 }
 
 pub async fn get(
@@ -59,7 +83,7 @@ pub async fn create(
         other => other?,
     };
     tracing::info!(room_id, owner = room.owner, "room created");
-    state.events.publish(RoomEvent::RoomListUpdated).await;
+    room_list_changed(&state).await;
     Ok(Json(
         json!({ "message": "Room created successfully", "room_id": room_id }),
     ))
@@ -95,7 +119,7 @@ pub async fn edit(
         other => other?,
     }
     tracing::info!(room_id, "room edited");
-    state.events.publish(RoomEvent::RoomListUpdated).await;
+    room_list_changed(&state).await;
     Ok(message("Room edited successfully"))
 }
 
@@ -119,6 +143,6 @@ pub async fn delete(
         .events
         .publish(RoomEvent::RoomDeleted { room_id })
         .await;
-    state.events.publish(RoomEvent::RoomListUpdated).await;
+    room_list_changed(&state).await;
     Ok(message("Room deleted successfully"))
 }

@@ -15,6 +15,7 @@ mod input;
 mod members;
 mod online;
 mod presence;
+mod room_list;
 mod rooms;
 mod schema;
 mod sockets;

@@ -1,0 +1,83 @@
+//! `GET /api/rooms` is answered from a copy: every create, edit and delete
+//! must show in the next list, on the replica that made the change at once
+//! and on the others by the time a client hears `room_list_updated`.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Backend, Service, TestApp};
+
+crate::on_both_stores!(the_list_follows_every_change_at_once);
+
+/// The names of the listed rooms, from the API at `base`.
+async fn names(base: &str) -> Vec<String> {
+    let rooms: Vec<Value> = reqwest::get(format!("{base}/api/rooms"))
+        .await
+        .expect("GET /api/rooms")
+        .json()
+        .await
+        .expect("JSON list");
+    rooms
+        .iter()
+        .filter_map(|r| r["room_name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn the_list_follows_every_change_at_once(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let owner = app.user("lister").await;
+    for _ in 0..3 {
+        assert!(names(&app.base).await.is_empty());
+    }
+    let room = app.room(&owner, "first", None).await;
+    assert_eq!(names(&app.base).await, ["first"]);
+    app.post(
+        "/api/room/edit",
+        Some(&owner.token),
+        json!({ "room_id": room, "new_name": "renamed" }),
+    )
+    .await
+    .expect_message("Room edited successfully");
+    assert_eq!(names(&app.base).await, ["renamed"]);
+    app.post(
+        "/api/room/edit",
+        Some(&owner.token),
+        json!({ "room_id": room, "new_name": "hidden", "is_private": true, "new_access_key": "k" }),
+    )
+    .await
+    .expect_message("Room edited successfully");
+    assert!(
+        names(&app.base).await.is_empty(),
+        "a private room is not listed"
+    );
+    let other = app.room(&owner, "second", None).await;
+    assert_eq!(names(&app.base).await, ["second"]);
+    app.post(
+        "/api/room/delete",
+        Some(&owner.token),
+        json!({ "room_id": other }),
+    )
+    .await
+    .expect_message("Room deleted successfully");
+    assert!(names(&app.base).await.is_empty());
+}
+
+#[tokio::test]
+async fn another_replica_lists_a_change_by_the_time_a_socket_hears_of_it() {
+    let app = TestApp::start(Backend::MySql).await;
+    let other = Service::spawn(&["api"], &app.env(), "127.0.0.1:0").await;
+    let owner = app.user("replicas").await;
+    let mut socket = app.socket(&owner).await;
+    for round in 0..5 {
+        // The other replica holds a copy of the list...
+        let before = names(&other.url).await;
+        assert_eq!(names(&other.url).await, before);
+        // ...when this one creates a room.
+        let name = format!("room {round}");
+        app.room(&owner, &name, None).await;
+        socket.expect("room_list_updated").await;
+        assert!(
+            names(&other.url).await.contains(&name),
+            "round {round}: the other replica still lists {before:?}"
+        );
+    }
+}
