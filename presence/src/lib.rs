@@ -6,12 +6,15 @@
 //! transitions are decided atomically by the presence store, so a replica
 //! that dies or restarts causes no storm and misses nothing.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::bus::{Bus, BusError, Subjects};
 use common::presence::{Beat, Presence};
 use common::store::{Store, StoreError};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -27,6 +30,9 @@ pub const QUEUE_GROUP: &str = "presence";
 
 /// Most heartbeats recorded in one call to the presence store.
 const BATCH_MAX: usize = 1000;
+
+/// Batches being recorded at once.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceServiceError {
@@ -97,11 +103,20 @@ pub async fn run(
         .await?;
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Batches recorded at once: while one waits for Redis (or for the
+    // database, when many users come online together) the next ones are
+    // read, so the subscription never backs up. The scripts are atomic and
+    // keep the later deadline, so batches may complete in any order.
+    // The sweep runs among them too: awaited on its own, it could wait for
+    // a Redis connection that only the batches (not polled meanwhile) hold.
+    let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
+        FuturesUnordered::new();
     tracing::info!("presence running");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            heartbeat = heartbeats.next() => {
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            heartbeat = heartbeats.next(), if in_flight.len() < BATCHES_IN_FLIGHT => {
                 let Some(first) = heartbeat else {
                     return Err(PresenceServiceError::SubscriptionEnded);
                 };
@@ -123,18 +138,20 @@ pub async fn run(
                         }
                     })
                     .collect();
-                record(&deps, &metrics, &beats).await;
+                in_flight.push(Box::pin(record(&deps, &metrics, beats)));
             }
-            _ = sweep.tick() => lapse(&deps, &metrics).await,
+            _ = sweep.tick() => in_flight.push(Box::pin(lapse(&deps, &metrics))),
         }
     }
+    // Heartbeats already taken from the bus are recorded before stopping.
+    while in_flight.next().await.is_some() {}
     tracing::info!("presence stopped");
     Ok(())
 }
 
-async fn record(deps: &PresenceDeps, metrics: &PresenceMetrics, beats: &[(String, i64)]) {
+async fn record(deps: &PresenceDeps, metrics: &PresenceMetrics, beats: Vec<(String, i64)>) {
     metrics.heartbeats.inc_by(beats.len() as u64);
-    let outcomes = match deps.presence.heartbeats(beats).await {
+    let outcomes = match deps.presence.heartbeats(&beats).await {
         Ok(outcomes) => outcomes,
         Err(e) => {
             tracing::error!(heartbeats = beats.len(), error = %e, "heartbeats not recorded");
