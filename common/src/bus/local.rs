@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Bus, BusError, BusMessage, PendingAppend, Subjects, Subscription};
 use crate::domain::{ChatDraft, ChatId};
@@ -14,17 +14,24 @@ use crate::store::{Store, StoreError};
 
 #[derive(Clone)]
 pub struct LocalBus {
-    subscribers: Arc<Mutex<Vec<Subscriber>>>,
-    store: Arc<dyn Store>,
-    subjects: Subjects,
-    /// Appends are serialised so that delivery order is id order.
-    append: Arc<tokio::sync::Mutex<()>>,
+    delivery: Arc<Deliverer>,
+    /// Chat messages for the writer task, in the order they were started.
+    appends: mpsc::UnboundedSender<Append>,
+}
+
+/// Most chat messages written in one transaction.
+const APPEND_BATCH_MAX: usize = 256;
+
+/// A chat message waiting for the writer.
+struct Append {
+    draft: ChatDraft,
+    done: oneshot::Sender<Result<ChatId, BusError>>,
 }
 
 impl std::fmt::Debug for LocalBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalBus")
-            .field("subjects", &self.subjects)
+            .field("subjects", &self.delivery.subjects)
             .finish_non_exhaustive()
     }
 }
@@ -37,15 +44,29 @@ struct Subscriber {
 
 impl LocalBus {
     /// A bus that stores chat messages in `store` before delivering them.
+    /// Must be created inside a Tokio runtime: it starts the writer task.
     pub fn new(store: Arc<dyn Store>, subjects: Subjects) -> Self {
-        Self {
-            subscribers: Arc::default(),
-            store,
+        let (appends, queue) = mpsc::unbounded_channel();
+        let delivery = Arc::new(Deliverer {
+            subscribers: Mutex::default(),
             subjects,
-            append: Arc::default(),
-        }
+        });
+        tokio::spawn(write(store, delivery.clone(), queue));
+        Self { delivery, appends }
     }
 
+    fn deliver(&self, message: BusMessage) -> Result<(), BusError> {
+        self.delivery.deliver(message)
+    }
+}
+
+/// Hands messages to the matching subscribers.
+struct Deliverer {
+    subscribers: Mutex<Vec<Subscriber>>,
+    subjects: Subjects,
+}
+
+impl Deliverer {
     fn deliver(&self, message: BusMessage) -> Result<(), BusError> {
         let mut subscribers = self
             .subscribers
@@ -72,7 +93,8 @@ impl Bus for LocalBus {
 
     async fn subscribe(&self, subject: String) -> Result<Subscription, BusError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        self.subscribers
+        self.delivery
+            .subscribers
             .lock()
             .map_err(|e| BusError::Subscribe(e.to_string()))?
             .push(Subscriber {
@@ -97,35 +119,67 @@ impl Bus for LocalBus {
         Ok(())
     }
 
-    /// The embedded bus stores the message at once (appends are serialised
-    /// by the single SQLite writer anyway).
+    /// Queues the message for the writer, which stores whatever is waiting
+    /// in one transaction (group commit) and delivers each in id order.
     async fn begin_append(&self, draft: &ChatDraft) -> Result<PendingAppend, BusError> {
-        let stored = self.append_now(draft).await;
-        Ok(Box::pin(std::future::ready(stored)))
+        let (done, stored) = oneshot::channel();
+        self.appends
+            .send(Append {
+                draft: draft.clone(),
+                done,
+            })
+            .map_err(|_| BusError::NotConnected)?;
+        Ok(Box::pin(async move {
+            stored.await.map_err(|_| BusError::NotConnected)?
+        }))
     }
 }
 
-impl LocalBus {
-    async fn append_now(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
+/// The writer: stores queued chat messages a batch at a time, then delivers
+/// them and answers their senders. Ends when the bus is dropped.
+async fn write(
+    store: Arc<dyn Store>,
+    deliverer: Arc<Deliverer>,
+    mut queue: mpsc::UnboundedReceiver<Append>,
+) {
+    let mut batch = Vec::with_capacity(APPEND_BATCH_MAX);
+    while queue.recv_many(&mut batch, APPEND_BATCH_MAX).await > 0 {
+        let drafts: Vec<ChatDraft> = batch.iter().map(|a| a.draft.clone()).collect();
+        match store.append_messages(&drafts).await {
+            Ok(ids) => {
+                for (append, id) in batch.drain(..).zip(ids) {
+                    let outcome = id
+                        .map_err(|e| match e {
+                            StoreError::Missing => {
+                                BusError::Append("the room no longer exists".into())
+                            }
+                            e => BusError::Append(e.to_string()),
+                        })
+                        .and_then(|id| deliverer.deliver_chat(&append.draft, id).map(|()| id));
+                    let _ = append.done.send(outcome);
+                }
+            }
+            Err(e) => {
+                for append in batch.drain(..) {
+                    let _ = append.done.send(Err(BusError::Append(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+impl Deliverer {
+    /// A stored chat message, to its room's subscribers; one writer
+    /// delivers in id order.
+    fn deliver_chat(&self, draft: &ChatDraft, chat_id: ChatId) -> Result<(), BusError> {
         let payload =
             Bytes::from(serde_json::to_vec(draft).map_err(|e| BusError::Append(e.to_string()))?);
-        let _order = self.append.lock().await;
-        let chat_id = self
-            .store
-            .append_message(draft)
-            .await
-            .map_err(|e| match e {
-                StoreError::Missing => BusError::Append("the room no longer exists".into()),
-                e => BusError::Append(e.to_string()),
-            })?;
         self.deliver(BusMessage {
             subject: self.subjects.new_message(draft.room_id),
             payload,
             sequence: Some(chat_id),
-            // Appends are serialised and delivered under one lock: in order.
             previous: None,
-        })?;
-        Ok(chat_id)
+        })
     }
 }
 
@@ -163,6 +217,7 @@ mod tests {
     /// A bus on a fresh SQLite store; the directory is removed on drop.
     struct TestBus {
         bus: LocalBus,
+        store: Arc<dyn Store>,
         dir: std::path::PathBuf,
     }
 
@@ -179,8 +234,10 @@ mod tests {
             .await
             .expect("store");
         store.migrate().await.expect("migrate");
+        let store: Arc<dyn Store> = Arc::new(store);
         TestBus {
-            bus: LocalBus::new(Arc::new(store), Subjects::new("kom")),
+            bus: LocalBus::new(store.clone(), Subjects::new("kom")),
+            store,
             dir,
         }
     }
@@ -225,13 +282,13 @@ mod tests {
             .publish("a".into(), Bytes::new())
             .await
             .expect("publish");
-        assert!(t.bus.subscribers.lock().expect("lock").is_empty());
+        assert!(t.bus.delivery.subscribers.lock().expect("lock").is_empty());
     }
 
     #[tokio::test]
     async fn chat_messages_are_stored_before_delivery_with_their_id() {
         let t = test_bus().await;
-        let store = t.bus.store.clone();
+        let store = t.store.clone();
         let mut room = t
             .bus
             .subscribe("kom.room.1.>".into())
@@ -273,5 +330,60 @@ mod tests {
             store.history(query).await.expect("history"),
             vec![draft.with_id(id)]
         );
+    }
+
+    #[tokio::test]
+    async fn pipelined_messages_are_stored_together_in_order_and_fail_alone() {
+        let t = test_bus().await;
+        t.store.create_user("ann", "x").await.expect("user");
+        let new_room = crate::domain::NewRoom {
+            name: "r".into(),
+            owner: "ann".into(),
+            access_key: None,
+        };
+        let room = t
+            .store
+            .create_room(&new_room, crate::domain::now())
+            .await
+            .expect("room");
+        let mut live = t
+            .bus
+            .subscribe("kom.room.*.new_message".into())
+            .await
+            .expect("subscribe");
+        // 300 messages started before any is awaited; every tenth to a room
+        // that does not exist.
+        let mut pending = Vec::new();
+        for i in 0..300 {
+            let draft = ChatDraft {
+                room_id: if i % 10 == 9 { room + 1 } else { room },
+                user_name: "ann".into(),
+                message: format!("m{i}"),
+                create_date: crate::domain::now(),
+            };
+            pending.push(t.bus.begin_append(&draft).await.expect("started"));
+        }
+        let mut ids = Vec::new();
+        for (i, stored) in pending.into_iter().enumerate() {
+            match stored.await {
+                Ok(id) => ids.push(id),
+                Err(e) => assert_eq!(i % 10, 9, "message {i} failed: {e}"),
+            }
+        }
+        assert_eq!(ids.len(), 270);
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids follow the start order"
+        );
+        for id in &ids {
+            let delivered = live.next().await.expect("delivered");
+            assert_eq!(delivered.sequence, Some(*id), "delivered in id order");
+        }
+        let query = crate::domain::HistoryQuery {
+            room_id: room,
+            before: None,
+            limit: 1000,
+        };
+        assert_eq!(t.store.history(query).await.expect("history").len(), 270);
     }
 }

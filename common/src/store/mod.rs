@@ -136,6 +136,9 @@ pub trait Store: Send + Sync + 'static {
     /// in one transaction. Idempotent: a message stored before is skipped.
     /// Messages of rooms deleted meanwhile are dropped. Returns rows inserted.
     async fn insert_messages(&self, batch: &[ChatMessage]) -> Result<u64>;
+    /// Appends several chat messages in one transaction, ids given in
+    /// order; a message whose room is gone fails alone (`Missing`).
+    async fn append_messages(&self, drafts: &[ChatDraft]) -> Result<Vec<Result<ChatId>>>;
     /// The largest `chat_id` stored (0 when there is none).
     async fn max_chat_id(&self) -> Result<ChatId>;
 }

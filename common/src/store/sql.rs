@@ -369,6 +369,36 @@ macro_rules! sql_store {
                 Ok(Self::last_insert_id(&done))
             }
 
+            async fn append_messages(
+                &self,
+                drafts: &[$crate::domain::ChatDraft],
+            ) -> $crate::store::Result<Vec<$crate::store::Result<$crate::domain::ChatId>>> {
+                let mut tx = self.writer().begin().await?;
+                let mut ids = Vec::with_capacity(drafts.len());
+                for draft in drafts {
+                    let done = sqlx::query(
+                        "INSERT INTO chat_history (room_id, user_name, message, message_date) \
+                         VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(draft.room_id)
+                    .bind(&draft.user_name)
+                    .bind(&draft.message)
+                    .bind(draft.create_date)
+                    .execute(&mut *tx)
+                    .await;
+                    ids.push(match done {
+                        Ok(done) => Ok(Self::last_insert_id(&done)),
+                        Err(e) => match $crate::store::on_unique_violation(e) {
+                            $crate::store::StoreError::Missing => Err($crate::store::StoreError::Missing),
+                            // Anything but a missing room fails the whole batch.
+                            e => return Err(e),
+                        },
+                    });
+                }
+                tx.commit().await?;
+                Ok(ids)
+            }
+
             async fn insert_messages(
                 &self,
                 batch: &[$crate::domain::ChatMessage],
