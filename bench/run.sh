@@ -5,14 +5,14 @@
 #
 #   bench/run.sh <bin-dir> [name ...]     e.g. bench/run.sh target/release chat fanout
 #
-# Names: rest chat chat-max fanout idle presence all-chat all-chat-max (default: all).
+# Names: rest chat chat-max fanout fanout-max idle presence all-chat all-chat-max (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin="$(cd "${1:?bin dir, e.g. target/release}" && pwd)"
 shift
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(rest chat chat-max fanout idle presence all-chat all-chat-max)
+[ ${#names[@]} -gt 0 ] || names=(rest chat chat-max fanout fanout-max idle presence all-chat all-chat-max)
 runs="${RUNS:-3}"
 results="${KOM_BENCH_RESULTS:-bench/results}"
 mkdir -p "$results"
@@ -26,6 +26,7 @@ scenario() {
     rest) echo "distributed rest --api \$API --rooms 50 --concurrency 32 --seconds 10 --logins 16 --probe-rate 200" ;;
     chat) echo "distributed chat --api \$API --gateways \$GATEWAYS --rooms 10 --users 10 --senders 2 --rate 8000 --seconds 10" ;;
     chat-max) echo "distributed chat --api \$API --gateways \$GATEWAYS --rooms 10 --users 10 --senders 2 --rate 4000 --step 1.2 --seconds 5 --max" ;;
+    fanout-max) echo "distributed fanout --api \$API --gateways \$GATEWAYS --users 1000 --senders 1 --rate 100 --step 1.2 --seconds 5 --max" ;;
     fanout) echo "distributed fanout --api \$API --gateways \$GATEWAYS --users 1000 --senders 1 --rate 150 --seconds 10" ;;
     idle) echo "distributed idle --gateway \$GATEWAY --api \$API --presence \$PRESENCE --connections ${IDLE_CONNECTIONS:-19000} --sources 4 --connect-rate 4000 --seconds 20 --check-offline 5000" ;;
     presence) echo "distributed presence --presence \$PRESENCE --users 100000 --seconds 10" ;;

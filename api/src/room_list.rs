@@ -1,119 +1,111 @@
 //! `GET /api/rooms`, the hottest read (every client fetches it again on each
-//! `room_list_updated`), answered from a serialised copy until a room is
-//! created, edited or deleted. This replica drops its copy itself before it
-//! answers such a change; the other replicas drop theirs when the change's
-//! `room_list_updated` reaches them on the bus, which is before it can reach
-//! a client through a gateway. A copy is never used longer than
-//! [`MAX_AGE`], so a missed event costs at most that much staleness.
+//! `room_list_updated`), answered from a serialised copy while the room list
+//! has not changed. Changes bump a counter shared by every replica (Redis;
+//! in the embedded mode, the process's own) *before* `room_list_updated` is
+//! published, and a copy is served only while the counter still has the
+//! value read before the copy was made: so a client that heard of a change
+//! never gets a list from before it, from any replica. Without the counter
+//! (Redis down) the list is read from the store every time.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::bus::{Bus, Subjects};
-use futures_util::StreamExt;
-use tokio_util::sync::CancellationToken;
+use common::counter::SharedCounter;
 
-/// Longest a copy is served.
-pub const MAX_AGE: Duration = Duration::from_secs(1);
+/// Longest a copy is served even while the counter stands still: a bound
+/// for a change whose bump was lost.
+pub const MAX_AGE: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Default)]
 pub struct RoomList {
-    /// Copies are kept only while changes are being watched.
-    watching: AtomicBool,
-    state: Mutex<Copy>,
+    version: Arc<dyn SharedCounter>,
+    copy: Mutex<Option<Copy>>,
 }
 
-#[derive(Debug, Default)]
 struct Copy {
-    /// Bumped by every change, so a list read before a change is not kept after it.
-    generation: u64,
-    body: Option<(Bytes, Instant)>,
+    version: u64,
+    body: Bytes,
+    made: Instant,
+}
+
+impl std::fmt::Debug for RoomList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomList").finish_non_exhaustive()
+    }
 }
 
 impl RoomList {
-    /// The current copy, if fresh, else the generation to pass to [`Self::keep`].
-    pub fn get(&self) -> Result<Bytes, u64> {
-        let state = self.state.lock().map_err(|_| 0u64)?;
-        match &state.body {
-            Some((body, at)) if at.elapsed() < MAX_AGE => Ok(body.clone()),
-            _ => Err(state.generation),
+    pub fn new(version: Arc<dyn SharedCounter>) -> Self {
+        Self {
+            version,
+            copy: Mutex::default(),
         }
     }
 
-    /// Keeps `body`, read from the store at `generation`, unless a change came since.
-    pub fn keep(&self, generation: u64, body: Bytes) {
-        if !self.watching.load(Ordering::Acquire) {
-            return;
-        }
-        if let Ok(mut state) = self.state.lock()
-            && state.generation == generation
-        {
-            state.body = Some((body, Instant::now()));
-        }
-    }
-
-    /// A room was created, edited or deleted.
-    pub fn changed(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            state.generation += 1;
-            state.body = None;
-        }
-    }
-
-    /// Drops the copy whenever any replica announces a change, until
-    /// `shutdown`; copies are kept only while this runs.
-    pub async fn watch(
-        &self,
-        bus: &dyn Bus,
-        subjects: &Subjects,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let mut changes = bus.subscribe(subjects.room_list_updated()).await?;
-        self.changed();
-        self.watching.store(true, Ordering::Release);
-        let ended = loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break None,
-                change = changes.next() => match change {
-                    Some(_) => self.changed(),
-                    None => break Some(()),
-                },
+    /// The current version of the list; `None` when it cannot be known
+    /// (then nothing is served from, or kept in, the copy).
+    pub async fn version(&self) -> Option<u64> {
+        match self.version.get().await {
+            Ok(version) => Some(version),
+            Err(e) => {
+                tracing::warn!(error = %e, "room list read from the store");
+                None
             }
-        };
-        self.watching.store(false, Ordering::Release);
-        self.changed();
-        match ended {
-            Some(()) => anyhow::bail!("the room list subscription ended"),
-            None => Ok(()),
+        }
+    }
+
+    /// The copy, if it was made at `version` and is not too old.
+    pub fn get(&self, version: u64) -> Option<Bytes> {
+        let copy = self.copy.lock().ok()?;
+        copy.as_ref()
+            .filter(|c| c.version == version && c.made.elapsed() < MAX_AGE)
+            .map(|c| c.body.clone())
+    }
+
+    /// Keeps `body`, read from the store after `version` was read.
+    pub fn keep(&self, version: u64, body: Bytes) {
+        if let Ok(mut copy) = self.copy.lock() {
+            *copy = Some(Copy {
+                version,
+                body,
+                made: Instant::now(),
+            });
+        }
+    }
+
+    /// A room was created, edited or deleted (and the change is stored):
+    /// every replica's copy is out of date from now on.
+    pub async fn changed(&self) {
+        if let Ok(mut copy) = self.copy.lock() {
+            *copy = None;
+        }
+        if let Err(e) = self.version.bump().await {
+            tracing::error!(error = %e, "room list change not announced to the other replicas");
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use common::counter::LocalCounter;
+
     use super::*;
 
-    #[test]
-    fn a_copy_is_kept_only_while_watching_and_until_a_change() {
-        let list = RoomList::default();
-        let generation = list.get().expect_err("empty");
-        list.keep(generation, Bytes::from_static(b"[]"));
-        assert!(list.get().is_err(), "not watching: nothing kept");
-
-        list.watching.store(true, Ordering::Release);
-        let generation = list.get().expect_err("empty");
-        list.keep(generation, Bytes::from_static(b"[1]"));
-        assert_eq!(list.get().ok(), Some(Bytes::from_static(b"[1]")));
-
-        // A list read before a change is not kept after it.
-        let generation = {
-            list.changed();
-            list.get().expect_err("dropped")
-        };
-        list.changed();
-        list.keep(generation, Bytes::from_static(b"[stale]"));
-        assert!(list.get().is_err());
+    #[tokio::test]
+    async fn a_copy_is_served_only_at_the_version_it_was_made_at() {
+        let list = RoomList::new(Arc::new(LocalCounter::default()));
+        let before = list.version().await.expect("version");
+        assert!(list.get(before).is_none());
+        list.keep(before, Bytes::from_static(b"[1]"));
+        assert_eq!(list.get(before), Some(Bytes::from_static(b"[1]")));
+        // Another replica's change: only the counter moves.
+        list.version.bump().await.expect("bump");
+        let after = list.version().await.expect("version");
+        assert_ne!(before, after);
+        assert!(list.get(after).is_none());
+        // This replica's change drops the copy at once.
+        list.keep(after, Bytes::from_static(b"[2]"));
+        list.changed().await;
+        assert!(list.get(after).is_none());
     }
 }

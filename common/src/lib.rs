@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod counter;
 pub mod domain;
 pub mod ops;
 pub mod password;

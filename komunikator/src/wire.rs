@@ -10,6 +10,7 @@ use anyhow::Context;
 use common::auth::Tokens;
 use common::bus::{Bus, Events, LocalBus, NatsBus, Subjects};
 use common::config::{AuthArgs, DbArgs, HttpArgs, PrefixArgs, Problems, RedisArgs};
+use common::counter::{Coalesced, LocalCounter, RedisCounter, SharedCounter};
 use common::ops::Readiness;
 use common::password::Passwords;
 use common::presence::{LocalPresence, Presence, RedisPresence};
@@ -51,11 +52,20 @@ pub async fn api(cmd: ApiCmd, shutdown: CancellationToken) -> Result<(), Failure
     let presence: Arc<dyn Presence> =
         Arc::new(redis_presence(&redis_url, &cmd.prefix, &cmd.redis)?);
     let secret = cmd.auth.jwt_secret_key.clone().unwrap_or_default();
-    let (app, watch) = api_router(
-        &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http, &shutdown,
+    let room_list_version = Arc::new(room_list_version(&redis_url, &cmd.prefix)?);
+    let app = api_router(
+        &store,
+        &bus,
+        &presence,
+        &subjects,
+        &secret,
+        &cmd.auth,
+        &cmd.api,
+        &cmd.http,
+        room_list_version,
     );
     let readiness = readiness(Some(store), Some(bus), Some(presence), &shutdown);
-    serve(app, readiness, Metrics::new(), &cmd.http, vec![watch]).await
+    serve(app, readiness, Metrics::new(), &cmd.http, vec![]).await
 }
 
 pub async fn gateway(cmd: GatewayCmd, shutdown: CancellationToken) -> Result<(), Failure> {
@@ -226,6 +236,11 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
         Some(url) => Arc::new(redis_presence(url, &cmd.prefix, &cmd.redis)?),
         None => Arc::new(LocalPresence::new(cmd.redis.presence_timeout())),
     };
+    // With Redis, several `all` processes may serve one deployment.
+    let room_list_version: Arc<dyn SharedCounter> = match &cmd.redis.redis_url {
+        Some(url) => Arc::new(room_list_version(url, &cmd.prefix)?),
+        None => Arc::new(LocalCounter::default()),
+    };
     tracing::info!(
         store = ?settings,
         bus = if cmd.nats.nats_url.is_some() { "NATS" } else { "in-process" },
@@ -253,10 +268,17 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
         presence_metrics,
         &shutdown,
     ));
-    let (api, watch) = api_router(
-        &store, &bus, &presence, &subjects, &secret, &cmd.auth, &cmd.api, &cmd.http, &shutdown,
+    let api = api_router(
+        &store,
+        &bus,
+        &presence,
+        &subjects,
+        &secret,
+        &cmd.auth,
+        &cmd.api,
+        &cmd.http,
+        room_list_version,
     );
-    tasks.push(watch);
     let app = gateway::mount(api, layer);
     let readiness = readiness(Some(store), Some(bus), Some(presence), &shutdown);
     serve(app, readiness, metrics, &cmd.http, tasks).await
@@ -339,6 +361,14 @@ fn redis_presence(
         .context("configuring Redis")
 }
 
+/// The version of the public room list, shared by the API replicas; one
+/// Redis read at a time serves every request waiting for it.
+fn room_list_version(url: &str, prefix: &PrefixArgs) -> anyhow::Result<Coalesced> {
+    let counter = RedisCounter::connect(url, format!("{}:room_list_version", prefix.prefix))
+        .context("configuring Redis")?;
+    Ok(Coalesced::new(Arc::new(counter)))
+}
+
 async fn connect_nats(url: &str, name: &str, subjects: &Subjects) -> anyhow::Result<NatsBus> {
     NatsBus::connect(url, name, subjects.clone())
         .await
@@ -355,26 +385,17 @@ fn api_router(
     auth: &AuthArgs,
     api_args: &api::ApiArgs,
     http: &HttpArgs,
-    shutdown: &CancellationToken,
-) -> (axum::Router, Task) {
+    room_list_version: Arc<dyn SharedCounter>,
+) -> axum::Router {
     let state = api::AppState::new(api::ApiDeps {
         store: store.clone(),
         events: Events::new(bus.clone(), subjects.clone()),
         presence: presence.clone(),
         tokens: Tokens::new(secret.as_bytes(), auth.token_ttl()),
         passwords: Passwords::new(api_args.hash_threads(), api_args.password_hash_queue),
-        room_list: api::room_list::RoomList::default(),
+        room_list: api::room_list::RoomList::new(room_list_version),
     });
-    let router = api::router(state.clone(), http.origin_allowlist().as_deref());
-    let (bus, subjects, shutdown) = (bus.clone(), subjects.clone(), shutdown.clone());
-    let watch: Task = Box::pin(async move {
-        state
-            .room_list
-            .watch(bus.as_ref(), &subjects, shutdown)
-            .await
-            .context("watching room list changes")
-    });
-    (router, watch)
+    api::router(state, http.origin_allowlist().as_deref())
 }
 
 #[allow(clippy::too_many_arguments)] // one call per wiring; a struct would only rename them

@@ -16,9 +16,10 @@ use crate::extract::{Body, Caller, Params, check_len};
 use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let body = match state.room_list.get() {
-        Ok(body) => body,
-        Err(generation) => {
+    let version = state.room_list.version().await;
+    let body = match version.and_then(|v| state.room_list.get(v)) {
+        Some(body) => body,
+        None => {
             let rooms: Vec<Room> = state
                 .store
                 .public_rooms()
@@ -29,17 +30,19 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
             let body = Bytes::from(
                 serde_json::to_vec(&rooms).map_err(|e| ApiError::Internal(e.to_string()))?,
             );
-            state.room_list.keep(generation, body.clone());
+            if let Some(version) = version {
+                state.room_list.keep(version, body.clone());
+            }
             body
         }
     };
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// A room was created, edited or deleted: this replica's room list copy goes
-/// before the answer, every replica's on the event.
+/// A room was created, edited or deleted: every replica's room list copy is
+/// out of date before anyone hears of it.
 async fn room_list_changed(state: &AppState) {
-    state.room_list.changed();
+    state.room_list.changed().await;
     state.events.publish(RoomEvent::RoomListUpdated).await;
 }
 
