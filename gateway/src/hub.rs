@@ -7,9 +7,11 @@ use std::sync::Arc;
 use common::bus::{Bus, BusError, BusMessage, Subjects, Subscription};
 use common::domain::{ChatDraft, RoomId};
 use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
+use socketioxide::{SendError, SocketError};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -30,15 +32,22 @@ pub struct Hub {
     io: SocketIo,
     bus: Arc<dyn Bus>,
     subjects: Subjects,
+    slow_consumers: Counter,
     rooms: Mutex<HashMap<RoomId, JoinHandle<()>>>,
 }
 
 impl Hub {
-    pub fn new(io: SocketIo, bus: Arc<dyn Bus>, subjects: Subjects) -> Self {
+    pub fn new(
+        io: SocketIo,
+        bus: Arc<dyn Bus>,
+        subjects: Subjects,
+        slow_consumers: Counter,
+    ) -> Self {
         Self {
             io,
             bus,
             subjects,
+            slow_consumers,
             rooms: Mutex::default(),
         }
     }
@@ -54,8 +63,13 @@ impl Hub {
             .bus
             .subscribe(self.subjects.room_events(room_id))
             .await?;
-        let io = self.io.clone();
-        let task = tokio::spawn(forward(io, room_id, subscription));
+        let room = Room {
+            io: self.io.clone(),
+            key: room_key(room_id),
+            room_id,
+            slow_consumers: self.slow_consumers.clone(),
+        };
+        let task = tokio::spawn(forward(room, subscription));
         rooms.insert(room_id, task);
         tracing::debug!(room_id, "subscribed to room");
         Ok(())
@@ -76,9 +90,17 @@ impl Hub {
     }
 }
 
+/// A room's local sockets, as the forwarding task sees them.
+struct Room {
+    io: SocketIo,
+    key: String,
+    room_id: RoomId,
+    slow_consumers: Counter,
+}
+
 /// Emits a room's bus messages to its local sockets, chat messages in
 /// `chat_id` order.
-async fn forward(io: SocketIo, room_id: RoomId, mut subscription: Subscription) {
+async fn forward(room: Room, mut subscription: Subscription) {
     let mut sequencer = Sequencer::default();
     loop {
         let ready = tokio::select! {
@@ -89,7 +111,7 @@ async fn forward(io: SocketIo, room_id: RoomId, mut subscription: Subscription) 
             () = sleep_until(sequencer.deadline()) => sequencer.flush(),
         };
         for message in ready {
-            deliver(&io, room_id, message).await;
+            room.deliver(message);
         }
     }
 }
@@ -102,47 +124,68 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Emits one bus message to the room's local sockets.
-async fn deliver(io: &SocketIo, room_id: RoomId, message: BusMessage) {
-    let key = room_key(room_id);
-    let event = message.subject.rsplit('.').next().unwrap_or_default();
-    // Parsed only by the events that forward it: chat messages, the hot
-    // path, are parsed once, into their own type.
-    let payload = || serde_json::from_slice::<Value>(&message.payload).unwrap_or(Value::Null);
-    let sent = match event {
-        "new_message" => {
-            let draft = serde_json::from_slice::<ChatDraft>(&message.payload);
-            match (draft, message.sequence) {
-                (Ok(draft), Some(chat_id)) => {
-                    io.to(key)
-                        .emit("new_message", &draft.with_id(chat_id))
-                        .await
+impl Room {
+    /// Emits one bus message to the room's local sockets.
+    fn deliver(&self, message: BusMessage) {
+        let event = message.subject.rsplit('.').next().unwrap_or_default();
+        // Parsed only by the events that forward it: chat messages, the hot
+        // path, are parsed once, into their own type.
+        let payload = || serde_json::from_slice::<Value>(&message.payload).unwrap_or(Value::Null);
+        match event {
+            "new_message" => {
+                let draft = serde_json::from_slice::<ChatDraft>(&message.payload);
+                match (draft, message.sequence) {
+                    (Ok(draft), Some(chat_id)) => self.emit("new_message", &draft.with_id(chat_id)),
+                    _ => tracing::warn!(
+                        room_id = self.room_id,
+                        "chat message without id or body dropped"
+                    ),
                 }
-                _ => {
-                    tracing::warn!(room_id, "chat message without id or body dropped");
-                    return;
+            }
+            "user_joined" | "user_left" | "user_online" | "user_offline" => {
+                self.emit(event, &payload());
+            }
+            "user_list_updated" => self.emit(event, &NO_ARGS),
+            "user_kicked" => {
+                let payload = payload();
+                self.emit(event, &payload);
+                let kicked = payload["user_name"].as_str().unwrap_or_default();
+                remove_sockets(&self.io, &self.key, |s| s.is(kicked));
+            }
+            "room_deleted" => remove_sockets(&self.io, &self.key, |_| true),
+            _ => {}
+        }
+    }
+
+    /// Emits to every local socket of the room. A socket whose send buffer
+    /// is full (its client stopped reading) would silently miss this event
+    /// and keep a gap; it is disconnected instead, so its client reconnects
+    /// and reloads what it missed.
+    fn emit<T: serde::Serialize + ?Sized>(&self, event: &str, data: &T) {
+        // Serialised once; each socket's packet only copies the text.
+        let data = match serde_json::value::to_raw_value(data) {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::error!(room_id = self.room_id, event, error = %e, "event not serialisable");
+                return;
+            }
+        };
+        for socket in self.io.within(self.key.clone()).sockets() {
+            match socket.emit(event, &data) {
+                Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                    self.slow_consumers.inc();
+                    tracing::warn!(sid = %socket.id, room_id = self.room_id, event,
+                        "socket not reading what is sent to it: disconnected");
+                    if let Err(e) = socket.disconnect() {
+                        tracing::debug!(error = %e, "slow socket already gone");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(room_id = self.room_id, event, error = %e, "event not delivered")
                 }
             }
         }
-        "user_joined" | "user_left" | "user_online" | "user_offline" => {
-            io.to(key).emit(event, &payload()).await
-        }
-        "user_list_updated" => io.to(key).emit(event, &NO_ARGS).await,
-        "user_kicked" => {
-            let payload = payload();
-            let sent = io.to(key.clone()).emit(event, &payload).await;
-            let kicked = payload["user_name"].as_str().unwrap_or_default();
-            remove_sockets(io, &key, |s| s.is(kicked));
-            sent
-        }
-        "room_deleted" => {
-            remove_sockets(io, &key, |_| true);
-            Ok(())
-        }
-        _ => Ok(()),
-    };
-    if let Err(e) = sent {
-        tracing::warn!(room_id, event, error = %e, "event not delivered to every socket");
     }
 }
 

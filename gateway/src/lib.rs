@@ -77,14 +77,25 @@ struct Coalesced {
 /// client frames are small, and every idle connection holds this buffer.
 const WS_READ_BUFFER: usize = 1024;
 
+/// Packets a socket may have waiting to be written (socketioxide's default
+/// is 128): room for bursts, allocated only when used. A socket that falls
+/// further behind is disconnected (see `hub`).
+const SEND_BUFFER: usize = 1024;
+
 /// Builds the gateway: the tower layer that serves `/socket.io/`, and the
 /// gateway, whose [`Gateway::run`] must be driven until shutdown. Mount the
 /// layer with [`mount`].
 pub fn build(deps: GatewayDeps) -> (SocketIoLayer, Arc<Gateway>) {
     let (layer, io) = SocketIo::builder()
         .ws_read_buffer_size(WS_READ_BUFFER)
+        .max_buffer_size(SEND_BUFFER)
         .build_layer();
-    let hub = hub::Hub::new(io.clone(), deps.bus.clone(), deps.subjects.clone());
+    let hub = hub::Hub::new(
+        io.clone(),
+        deps.bus.clone(),
+        deps.subjects.clone(),
+        deps.metrics.slow_consumers.clone(),
+    );
     let gateway = Arc::new(Gateway {
         io: io.clone(),
         deps,

@@ -26,6 +26,8 @@ pub struct GatewayMetrics {
     pub refusals: Family<RefusalLabels, Counter>,
     /// Time for the broker (or embedded store) to store a chat message.
     pub append_seconds: Histogram,
+    /// Sockets disconnected because their send buffer was full.
+    pub slow_consumers: Counter,
 }
 
 impl GatewayMetrics {
@@ -35,6 +37,7 @@ impl GatewayMetrics {
             events: Family::default(),
             refusals: Family::default(),
             append_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            slow_consumers: Counter::default(),
         };
         registry.register(
             "gateway_sockets",
@@ -55,6 +58,11 @@ impl GatewayMetrics {
             "gateway_append_seconds",
             "Time to store a chat message durably",
             metrics.append_seconds.clone(),
+        );
+        registry.register(
+            "gateway_slow_consumers",
+            "Sockets disconnected because they did not read what was sent to them",
+            metrics.slow_consumers.clone(),
         );
         metrics
     }
