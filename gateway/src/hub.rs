@@ -177,14 +177,30 @@ impl Room {
                     self.slow_consumers.inc();
                     tracing::warn!(sid = %socket.id, room_id = self.room_id, event,
                         "socket not reading what is sent to it: disconnected");
-                    if let Err(e) = socket.disconnect() {
-                        tracing::debug!(error = %e, "slow socket already gone");
-                    }
+                    // Nothing more is queued behind the gap...
+                    socket.leave_all();
+                    tokio::spawn(disconnect_when_possible(socket));
                 }
                 Err(e) => {
                     tracing::warn!(room_id = self.room_id, event, error = %e, "event not delivered")
                 }
             }
+        }
+    }
+}
+
+/// Disconnects a socket whose send buffer is full. socketioxide refuses to
+/// while the buffer has no room for the disconnect packet, so this retries:
+/// as soon as the client reads again it gets what was queued, then the
+/// disconnect (and reconnects and reloads). A client that never reads again
+/// is closed by the Engine.IO ping timeout.
+async fn disconnect_when_possible(socket: SocketRef) {
+    for _ in 0..600 {
+        match socket.clone().disconnect() {
+            Err(SocketError::InternalChannelFull) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok(()) | Err(SocketError::Closed) => return,
         }
     }
 }

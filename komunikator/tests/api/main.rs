@@ -18,4 +18,5 @@ mod presence;
 mod room_list;
 mod rooms;
 mod schema;
+mod slow;
 mod sockets;
