@@ -67,7 +67,8 @@ impl std::fmt::Debug for RedisPresence {
 const MGET_CHUNK: usize = 512;
 
 /// Users expired per script call.
-const EXPIRE_BATCH: usize = 1000;
+/// Most lapsed users one `expire` returns.
+pub const EXPIRE_BATCH: usize = 1000;
 
 /// KEYS: deadlines. ARGV: online-key prefix, then (user, deadline ms)
 /// pairs. For each pair returns 0 (kept), 1 (came online), 2 (lapsed, then

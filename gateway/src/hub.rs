@@ -145,7 +145,9 @@ impl Room {
             "user_joined" | "user_left" | "user_online" | "user_offline" => {
                 self.emit(event, &payload());
             }
-            "user_list_updated" => self.emit(event, &NO_ARGS),
+            // Not through `emit`: a payload of no arguments must stay a
+            // tuple for socketioxide, not become the JSON text `[]`.
+            "user_list_updated" => self.send(event, &NO_ARGS),
             "user_kicked" => {
                 let payload = payload();
                 self.emit(event, &payload);
@@ -157,21 +159,24 @@ impl Room {
         }
     }
 
-    /// Emits to every local socket of the room. A socket whose send buffer
+    /// Emits to every local socket of the room (see [`Self::send`]).
+    fn emit<T: serde::Serialize + ?Sized>(&self, event: &str, data: &T) {
+        // Serialised once; each socket's packet only copies the text.
+        match serde_json::value::to_raw_value(data) {
+            Ok(data) => self.send(event, &*data),
+            Err(e) => {
+                tracing::error!(room_id = self.room_id, event, error = %e, "event not serialisable");
+            }
+        }
+    }
+
+    /// Sends to every local socket of the room. A socket whose send buffer
     /// is full (its client stopped reading) would silently miss this event
     /// and keep a gap; it is disconnected instead, so its client reconnects
     /// and reloads what it missed.
-    fn emit<T: serde::Serialize + ?Sized>(&self, event: &str, data: &T) {
-        // Serialised once; each socket's packet only copies the text.
-        let data = match serde_json::value::to_raw_value(data) {
-            Ok(data) => data,
-            Err(e) => {
-                tracing::error!(room_id = self.room_id, event, error = %e, "event not serialisable");
-                return;
-            }
-        };
+    fn send<T: serde::Serialize + ?Sized>(&self, event: &str, data: &T) {
         for socket in self.io.within(self.key.clone()).sockets() {
-            match socket.emit(event, &data) {
+            match socket.emit(event, data) {
                 Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                     self.slow_consumers.inc();

@@ -172,16 +172,28 @@ async fn record(deps: &PresenceDeps, metrics: &PresenceMetrics, beats: Vec<(Stri
     announce(deps, metrics, changes).await;
 }
 
+/// Announces every user whose timeout has passed: a batch at a time until
+/// a batch comes back short, so that many users lapsing together (a gateway
+/// gone) are all announced in this sweep, not one batch per sweep.
 async fn lapse(deps: &PresenceDeps, metrics: &PresenceMetrics) {
-    match deps.presence.expire().await {
-        Ok(users) => {
-            let changes = users
-                .into_iter()
-                .map(|user| (user, Event::Offline))
-                .collect();
-            announce(deps, metrics, changes).await;
+    loop {
+        match deps.presence.expire().await {
+            Ok(users) => {
+                let full = users.len() >= common::presence::EXPIRE_BATCH;
+                let changes = users
+                    .into_iter()
+                    .map(|user| (user, Event::Offline))
+                    .collect();
+                announce(deps, metrics, changes).await;
+                if !full {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "lapsed users not read");
+                return;
+            }
         }
-        Err(e) => tracing::error!(error = %e, "lapsed users not read"),
     }
 }
 
