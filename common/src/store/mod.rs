@@ -129,15 +129,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn history(&self, query: HistoryQuery) -> Result<Vec<ChatMessage>>;
 
-    /// Stores one message and returns the id the store gave it (single-node
-    /// mode, where the store assigns chat ids); `Missing` when the room is gone.
-    async fn append_message(&self, draft: &ChatDraft) -> Result<ChatId>;
     /// Stores messages that already have their `chat_id` (from the broker),
     /// in one transaction. Idempotent: a message stored before is skipped.
     /// Messages of rooms deleted meanwhile are dropped. Returns rows inserted.
     async fn insert_messages(&self, batch: &[ChatMessage]) -> Result<u64>;
-    /// Appends several chat messages in one transaction, ids given in
-    /// order; a message whose room is gone fails alone (`Missing`).
+    /// Stores messages in one transaction and returns the ids the store gave
+    /// them, in order (single-node mode, where the store assigns chat ids);
+    /// a message whose room is gone fails alone (`Missing`).
     async fn append_messages(&self, drafts: &[ChatDraft]) -> Result<Vec<Result<ChatId>>>;
     /// The largest `chat_id` stored (0 when there is none).
     async fn max_chat_id(&self) -> Result<ChatId>;

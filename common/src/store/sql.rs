@@ -351,24 +351,6 @@ macro_rules! sql_store {
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
-            async fn append_message(
-                &self,
-                draft: &$crate::domain::ChatDraft,
-            ) -> $crate::store::Result<$crate::domain::ChatId> {
-                let done = sqlx::query(
-                    "INSERT INTO chat_history (room_id, user_name, message, message_date) \
-                     VALUES (?, ?, ?, ?)",
-                )
-                .bind(draft.room_id)
-                .bind(&draft.user_name)
-                .bind(&draft.message)
-                .bind(draft.create_date)
-                .execute(self.writer())
-                .await
-                .map_err($crate::store::on_unique_violation)?;
-                Ok(Self::last_insert_id(&done))
-            }
-
             async fn append_messages(
                 &self,
                 drafts: &[$crate::domain::ChatDraft],
