@@ -144,10 +144,11 @@ async fn write(
 ) {
     let mut batch = Vec::with_capacity(APPEND_BATCH_MAX);
     while queue.recv_many(&mut batch, APPEND_BATCH_MAX).await > 0 {
-        let drafts: Vec<ChatDraft> = batch.iter().map(|a| a.draft.clone()).collect();
+        let (drafts, senders): (Vec<ChatDraft>, Vec<_>) =
+            batch.drain(..).map(|a| (a.draft, a.done)).unzip();
         match store.append_messages(&drafts).await {
             Ok(ids) => {
-                for (append, id) in batch.drain(..).zip(ids) {
+                for ((draft, done), id) in drafts.iter().zip(senders).zip(ids) {
                     let outcome = id
                         .map_err(|e| match e {
                             StoreError::Missing => {
@@ -155,13 +156,13 @@ async fn write(
                             }
                             e => BusError::Append(e.to_string()),
                         })
-                        .and_then(|id| deliverer.deliver_chat(&append.draft, id).map(|()| id));
-                    let _ = append.done.send(outcome);
+                        .and_then(|id| deliverer.deliver_chat(draft, id).map(|()| id));
+                    let _ = done.send(outcome);
                 }
             }
             Err(e) => {
-                for append in batch.drain(..) {
-                    let _ = append.done.send(Err(BusError::Append(e.to_string())));
+                for done in senders {
+                    let _ = done.send(Err(BusError::Append(e.to_string())));
                 }
             }
         }
