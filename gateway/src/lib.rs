@@ -106,6 +106,9 @@ pub fn build(deps: GatewayDeps) -> (SocketIoLayer, Arc<Gateway>) {
     (layer, gateway)
 }
 
+/// Where socketioxide serves (its default request path).
+const SOCKET_IO_PATH: &str = "/socket.io";
+
 /// Serves `/socket.io/` in front of `router`.
 pub fn mount(router: axum::Router, layer: SocketIoLayer) -> axum::Router {
     router
@@ -122,6 +125,10 @@ async fn detach_request(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    // Other requests (the API, in `komunikator all`) keep nothing: no copy.
+    if !request.uri().path().starts_with(SOCKET_IO_PATH) {
+        return next.run(request).await;
+    }
     let headers = std::mem::take(request.headers_mut());
     let copied = request.headers_mut();
     copied.reserve(headers.len());
