@@ -184,31 +184,11 @@ pub async fn rest(args: RestArgs) -> anyhow::Result<()> {
     // Phase 1: GET /api/rooms back to back on every connection.
     let meter = Meter::start(procs.clone());
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let mut workers = Vec::new();
-    let mut body_bytes = 0;
-    for _ in 0..args.concurrency {
-        let mut conn = Conn::open(&args.api).await?;
-        let request = get("/api/rooms", None);
-        let (_, length) = conn.send(&request).await?;
-        body_bytes = length;
-        let api = args.api.clone();
-        workers.push(tokio::spawn(async move {
-            let mut tally = Tally::new();
-            while Instant::now() < deadline {
-                let started = Instant::now();
-                let outcome = conn.send(&request).await;
-                let broken = outcome.is_err();
-                tally.record(started, &outcome);
-                if broken {
-                    match Conn::open(&api).await {
-                        Ok(c) => conn = c,
-                        Err(_) => break,
-                    }
-                }
-            }
-            tally
-        }));
-    }
+    let request = get("/api/rooms", None);
+    let (_, body_bytes) = Conn::open(&args.api).await?.send(&request).await?;
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|_| tokio::spawn(hammer(args.api.clone(), request.clone(), deadline, b"[")))
+        .collect();
     let mut rooms = Tally::new();
     for w in workers {
         rooms.merge(&w.await?);
@@ -231,37 +211,18 @@ pub async fn rest(args: RestArgs) -> anyhow::Result<()> {
     let flood_json = if args.logins > 0 {
         let meter = Meter::start(procs.clone());
         let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+        let request = post(
+            "/api/login",
+            &json!({ "user_name": user.name, "password": "bench-password" }),
+        );
         let logins: Vec<_> = (0..args.logins)
             .map(|_| {
-                let api = args.api.clone();
-                let request = post(
-                    "/api/login",
-                    &json!({ "user_name": user.name, "password": "bench-password" }),
-                );
-                tokio::spawn(async move {
-                    let mut tally = Tally::new();
-                    let Ok(mut conn) = Conn::open(&api).await else {
-                        return tally;
-                    };
-                    while Instant::now() < deadline {
-                        let started = Instant::now();
-                        let outcome = conn.send(&request).await;
-                        if let Ok((200, n)) = &outcome
-                            && !conn.body(*n).starts_with(b"{\"access_token\"")
-                        {
-                            tally.errors.add("login_without_token", 1);
-                        }
-                        let broken = outcome.is_err();
-                        tally.record(started, &outcome);
-                        if broken {
-                            match Conn::open(&api).await {
-                                Ok(c) => conn = c,
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    tally
-                })
+                tokio::spawn(hammer(
+                    args.api.clone(),
+                    request.clone(),
+                    deadline,
+                    b"{\"access_token\"",
+                ))
             })
             .collect();
         let during = probe(&args, &user.token, args.seconds).await?;
@@ -300,6 +261,35 @@ pub async fn rest(args: RestArgs) -> anyhow::Result<()> {
         p(&flood_json["probe_during"]["user_rooms"], "p99"),
     );
     report::emit(&args.output, "rest", &summary, &report)
+}
+
+/// Sends `request` back to back on one keep-alive connection until
+/// `deadline`, reconnecting after an error; a 200 whose body does not start
+/// with `expect` counts as an error.
+async fn hammer(api: String, request: Vec<u8>, deadline: Instant, expect: &'static [u8]) -> Tally {
+    let mut tally = Tally::new();
+    let Ok(mut conn) = Conn::open(&api).await else {
+        tally.errors.add("connect", 1);
+        return tally;
+    };
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        let outcome = conn.send(&request).await;
+        if let Ok((200, n)) = &outcome
+            && !conn.body(*n).starts_with(expect)
+        {
+            tally.errors.add("unexpected_body", 1);
+        }
+        let broken = outcome.is_err();
+        tally.record(started, &outcome);
+        if broken {
+            match Conn::open(&api).await {
+                Ok(c) => conn = c,
+                Err(_) => break,
+            }
+        }
+    }
+    tally
 }
 
 /// GET /api/rooms and GET /api/user_rooms in turn at `probe_rate`, each on
