@@ -8,14 +8,20 @@ use crate::harness::{Backend, Service, TestApp};
 
 crate::on_both_stores!(the_list_follows_every_change_at_once);
 
-/// The names of the listed rooms, from the API at `base`.
+/// The names of the listed rooms, from the API at `base`; every answer,
+/// read from the store or from the copy, is JSON by its content type.
 async fn names(base: &str) -> Vec<String> {
-    let rooms: Vec<Value> = reqwest::get(format!("{base}/api/rooms"))
+    let res = reqwest::get(format!("{base}/api/rooms"))
         .await
-        .expect("GET /api/rooms")
-        .json()
-        .await
-        .expect("JSON list");
+        .expect("GET /api/rooms");
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let rooms: Vec<Value> = res.json().await.expect("JSON list");
     rooms
         .iter()
         .filter_map(|r| r["room_name"].as_str().map(str::to_owned))
