@@ -336,17 +336,15 @@ impl Gateway {
         Ok(())
     }
 
-    fn count<T>(&self, event: &str, result: &Result<T, Refusal>) {
+    fn count<T>(&self, event: &'static str, result: &Result<T, Refusal>) {
         let metrics = &self.deps.metrics;
         metrics
             .events
-            .get_or_create(&crate::metrics::EventLabels {
-                event: event.to_owned(),
-            })
+            .get_or_create(&crate::metrics::EventLabels { event })
             .inc();
         if let Err(refusal) = result {
             let labels = crate::metrics::RefusalLabels {
-                event: event.to_owned(),
+                event,
                 code: refusal.code(),
             };
             metrics.refusals.get_or_create(&labels).inc();

@@ -9,12 +9,13 @@ use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
-    pub event: String,
+    /// One of the handled event names: static, so counting allocates nothing.
+    pub event: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
-    pub event: String,
+    pub event: &'static str,
     pub code: u8,
 }
 
