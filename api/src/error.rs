@@ -2,12 +2,17 @@
 //! place to its status code and the contract's `{"error": ...}` text.
 
 use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
 use axum::response::{IntoResponse, Json, Response};
 use common::auth::TokenError;
+use common::bus::BusError;
 use common::password::PasswordError;
 use common::presence::PresenceError;
 use common::store::StoreError;
 use serde_json::json;
+
+/// What a 503 tells clients to wait before trying again.
+const RETRY_AFTER_SECONDS: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -60,8 +65,13 @@ pub enum ApiError {
     UserExists,
     #[error("Request body too large (limit 64 KiB)")]
     TooLarge,
+    #[error("Request body not received in time")]
+    SlowBody,
     #[error("Too many requests, try again later")]
     Busy,
+    /// A dependency cannot answer now; the detail is logged, never sent.
+    #[error("Service unavailable, try again")]
+    Unavailable(String),
     /// A bug or an unavailable dependency; the detail is logged, never sent.
     #[error("Internal server error")]
     Internal(String),
@@ -96,7 +106,9 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UserExists => StatusCode::CONFLICT,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
             Self::Busy => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,16 +116,28 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Internal(detail) = &self {
-            tracing::error!(error = %detail, "request failed");
+        let body = Json(json!({ "error": self.to_string() }));
+        match &self {
+            Self::Internal(detail) => tracing::error!(error = %detail, "request failed"),
+            Self::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "request refused, a dependency is unavailable");
+                return (self.status(), [(RETRY_AFTER, RETRY_AFTER_SECONDS)], body).into_response();
+            }
+            _ => {}
         }
-        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+        (self.status(), body).into_response()
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         Self::Internal(e.to_string())
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        Self::Unavailable(e.to_string())
     }
 }
 

@@ -2,6 +2,7 @@
 //! memberships and chat history over the store, with change events published
 //! on the bus.
 
+mod body;
 mod error;
 mod extract;
 pub mod room_list;
@@ -12,8 +13,9 @@ mod web;
 
 use clap::Args;
 
+pub use body::BODY_LIMIT;
 pub use error::ApiError;
-pub use router::{BODY_LIMIT, router};
+pub use router::router;
 pub use state::{ApiDeps, AppState};
 
 /// Options of the API service.

@@ -1,25 +1,19 @@
 //! Every route of the REST API, in one list.
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
+use crate::body::BODY_LIMIT;
 use crate::error::ApiError;
 use crate::routes::{chat, members, rooms, users};
 use crate::state::AppState;
 
-/// Request bodies above this size are refused with 413.
-pub const BODY_LIMIT: usize = 64 * 1024;
-
-/// The API routes under `/api`, with body limit, CORS and JSON fallbacks.
-/// `allowed_origins`: `None` allows any origin.
-pub fn router(state: AppState, allowed_origins: Option<&[String]>) -> Router {
+/// The API routes under `/api`, with body limit and JSON fallbacks (CORS
+/// covers every path of the process: `common::ops::serve`).
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/register", post(users::register))
         .route("/api/login", post(users::login))
@@ -42,22 +36,9 @@ pub fn router(state: AppState, allowed_origins: Option<&[String]>) -> Router {
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::body::buffer))
         .layer(CatchPanicLayer::custom(|_| -> Response {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
-        .layer(cors(allowed_origins))
         .with_state(state)
-}
-
-fn cors(allowed_origins: Option<&[String]>) -> CorsLayer {
-    let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .max_age(Duration::from_secs(600));
-    match allowed_origins {
-        None => layer.allow_origin(Any),
-        Some(origins) => layer.allow_origin(AllowOrigin::list(
-            origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
-        )),
-    }
 }

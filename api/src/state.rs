@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use common::auth::Tokens;
-use common::bus::Events;
+use common::bus::{Bus, Events};
 use common::password::Passwords;
 use common::presence::Presence;
 use common::store::Store;
@@ -13,6 +13,8 @@ use common::store::Store;
 pub struct ApiDeps {
     pub store: Arc<dyn Store>,
     pub events: Events,
+    /// Reads chat messages not stored yet (read your writes).
+    pub bus: Arc<dyn Bus>,
     pub presence: Arc<dyn Presence>,
     pub tokens: Tokens,
     pub passwords: Passwords,

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::bus::Bus;
 use crate::presence::Presence;
@@ -98,23 +100,49 @@ async fn render_metrics(State(state): State<OpsState>) -> Response {
 }
 
 /// Serves `app` plus the operational endpoints on `listener` until `shutdown`
-/// is cancelled, then lets in-flight requests finish.
+/// is cancelled, then lets in-flight requests finish. CORS covers every path
+/// (`/socket.io/` included: browsers on another origin start Engine.IO with
+/// long-polling requests); `allowed_origins: None` allows any origin.
 pub async fn serve(
     app: Router,
     readiness: Readiness,
     metrics: Metrics,
     listener: tokio::net::TcpListener,
+    allowed_origins: &Option<Vec<String>>,
 ) -> std::io::Result<()> {
     let shutdown = readiness.shutdown.clone();
-    let app =
-        router(readiness, metrics.clone())
-            .merge(app)
-            .layer(axum::middleware::from_fn_with_state(
-                metrics,
-                crate::telemetry::track_http,
-            ));
+    let app = router(readiness, metrics.clone())
+        .merge(app)
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::telemetry::track_http,
+        ))
+        .layer(cors(allowed_origins.as_deref()));
     tracing::info!(addr = %listener.local_addr()?, "listening");
+    // Small writes (a Socket.IO packet, an API answer) go out at once:
+    // Nagle's algorithm would hold the second of two back until the
+    // client's delayed ACK, about 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// The CORS policy of every HTTP path: the methods and headers the API and
+/// Engine.IO use, for the allowed origins (`None`: any).
+pub fn cors(allowed_origins: Option<&[String]>) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(600));
+    match allowed_origins {
+        None => layer.allow_origin(Any),
+        Some(origins) => layer.allow_origin(AllowOrigin::list(
+            origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
+        )),
+    }
 }

@@ -61,7 +61,6 @@ pub async fn api(cmd: ApiCmd, shutdown: CancellationToken) -> Result<(), Failure
         &secret,
         &cmd.auth,
         &cmd.api,
-        &cmd.http,
         room_list_version,
     );
     let readiness = readiness(Some(store), Some(bus), Some(presence), &shutdown);
@@ -276,7 +275,6 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
         &secret,
         &cmd.auth,
         &cmd.api,
-        &cmd.http,
         room_list_version,
     );
     let app = gateway::mount(api, layer);
@@ -384,18 +382,18 @@ fn api_router(
     secret: &str,
     auth: &AuthArgs,
     api_args: &api::ApiArgs,
-    http: &HttpArgs,
     room_list_version: Arc<dyn SharedCounter>,
 ) -> axum::Router {
     let state = api::AppState::new(api::ApiDeps {
         store: store.clone(),
         events: Events::new(bus.clone(), subjects.clone()),
+        bus: bus.clone(),
         presence: presence.clone(),
         tokens: Tokens::new(secret.as_bytes(), auth.token_ttl()),
         passwords: Passwords::new(api_args.hash_threads(), api_args.password_hash_queue),
         room_list: api::room_list::RoomList::new(room_list_version),
     });
-    api::router(state, http.origin_allowlist().as_deref())
+    api::router(state)
 }
 
 #[allow(clippy::too_many_arguments)] // one call per wiring; a struct would only rename them
@@ -489,11 +487,12 @@ async fn serve(
     tasks: Vec<Task>,
 ) -> Result<(), Failure> {
     let shutdown = readiness.shutdown.clone();
+    let origins = http.origin_allowlist();
     let listener = tokio::net::TcpListener::bind(http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", http.listen))?;
     let server: Task = Box::pin(async move {
-        common::ops::serve(app, readiness, metrics, listener)
+        common::ops::serve(app, readiness, metrics, listener, &origins)
             .await
             .context("serving HTTP")
     });

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 use clap::Args;
-use common::bus::{BusError, NatsBus};
+use common::bus::{BusError, NatsBus, PERSISTER_CONSUMER};
 use common::domain::{ChatDraft, ChatMessage};
 use common::store::{Store, StoreError};
 use futures_util::StreamExt;
@@ -27,9 +27,6 @@ pub struct PersisterArgs {
     #[arg(long, env = "PERSIST_BATCH_WAIT_MS", default_value_t = 5)]
     pub persist_batch_wait_ms: u64,
 }
-
-/// The name of the durable consumer every persister replica shares.
-pub const CONSUMER: &str = "persister";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersisterError {
@@ -87,9 +84,9 @@ pub async fn run(
     let stream = bus.ensure_chat_stream(store.max_chat_id().await?).await?;
     let consumer: jetstream::consumer::PullConsumer = stream
         .get_or_create_consumer(
-            CONSUMER,
+            PERSISTER_CONSUMER,
             pull::Config {
-                durable_name: Some(CONSUMER.to_owned()),
+                durable_name: Some(PERSISTER_CONSUMER.to_owned()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
                 max_ack_pending: 50_000,

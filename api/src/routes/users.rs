@@ -116,7 +116,16 @@ pub async fn info(
     State(state): State<AppState>,
     Caller(user): Caller,
 ) -> Result<Json<UserInfo>, ApiError> {
-    Ok(Json(state.store.user_info(&user).await?))
+    // The bus first: the store then holds every message up to `after`, and
+    // those past it are counted from the bus (read your writes).
+    let unstored = state.bus.unstored(None).await?;
+    let mut info = state.store.user_info(&user, unstored.after).await?;
+    let unstored_mine = unstored
+        .messages
+        .iter()
+        .filter(|m| m.user_name.eq_ignore_ascii_case(&user));
+    info.message_count += unstored_mine.count() as i64;
+    Ok(Json(info))
 }
 
 pub async fn online(

@@ -9,13 +9,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::domain::{ChatDraft, ChatId, RoomId};
+use crate::domain::{ChatDraft, ChatId, ChatMessage, RoomId};
 
 mod local;
 mod nats;
 
 pub use local::LocalBus;
-pub use nats::NatsBus;
+pub use nats::{NatsBus, PERSISTER_CONSUMER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -31,6 +31,12 @@ pub enum BusError {
     Append(String),
     #[error("cannot set up the chat stream: {0}")]
     Stream(String),
+    #[error("cannot read the chat stream: {0}")]
+    Read(String),
+    /// More chat messages wait to be stored than a read may merge: the
+    /// persister is far behind (or down).
+    #[error("{0} chat messages wait to be stored")]
+    Backlog(u64),
 }
 
 /// One message as a subscriber receives it.
@@ -73,9 +79,39 @@ pub trait Bus: Send + Sync + 'static {
     /// subscriber sees one room's messages in `chat_id` order.
     async fn begin_append(&self, draft: &ChatDraft) -> Result<PendingAppend, BusError>;
 
+    /// The chat messages acknowledged to their senders that the store may
+    /// not hold yet, of one room or of every room. Reads merge them with the
+    /// store's rows, so that every acknowledged message is in every later
+    /// read (CONTRACT.md, "Read your writes"). Read the store *after* this:
+    /// what the store had committed by then covers everything up to
+    /// [`Unstored::after`].
+    async fn unstored(&self, _room: Option<RoomId>) -> Result<Unstored, BusError> {
+        Ok(Unstored::default())
+    }
+
     /// Stores a chat message durably and returns its `chat_id`.
     async fn append_chat(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
         self.begin_append(draft).await?.await
+    }
+}
+
+/// Chat messages the store may not hold yet (see [`Bus::unstored`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unstored {
+    /// Every message with a `chat_id` up to this one is in the store.
+    pub after: ChatId,
+    /// Every message with a greater `chat_id` (of the room asked for),
+    /// oldest first; some may be in the store already.
+    pub messages: Vec<ChatMessage>,
+}
+
+impl Default for Unstored {
+    /// Everything is stored (a bus that stores before acknowledging).
+    fn default() -> Self {
+        Self {
+            after: ChatId::MAX,
+            messages: Vec::new(),
+        }
     }
 }
 

@@ -4,18 +4,30 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{Bus, BusError, BusMessage, PendingAppend, Subjects, Subscription};
-use crate::domain::{ChatDraft, ChatId};
+use super::{Bus, BusError, BusMessage, PendingAppend, Subjects, Subscription, Unstored};
+use crate::domain::{ChatDraft, ChatId, RoomId};
 
 /// How long a publish may wait for JetStream's ack, and how often it is
 /// retried (with the same `Nats-Msg-Id`, so a retry is stored once).
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 const APPEND_ATTEMPTS: u32 = 3;
+
+/// The durable consumer every persister replica shares: its ack floor is
+/// the position up to which every chat message is in the store.
+pub const PERSISTER_CONSUMER: &str = "persister";
+
+/// Most unstored chat messages one read merges; past that the persister is
+/// far behind, and reads answer "try again" rather than read for seconds.
+const UNSTORED_MAX: u64 = 10_000;
+
+/// Stream reads in flight at once while collecting unstored messages.
+const UNSTORED_READS: usize = 64;
 
 /// Chat messages stay in the stream this long after being stored, as a
 /// replay window; MySQL holds them for good once the persister has run.
@@ -147,9 +159,93 @@ impl Bus for NatsBus {
     async fn begin_append(&self, draft: &ChatDraft) -> Result<PendingAppend, BusError> {
         self.begin(draft).await
     }
+
+    async fn unstored(&self, room: Option<RoomId>) -> Result<Unstored, BusError> {
+        let Some((after, last)) = self.unstored_range().await? else {
+            return Ok(Unstored::default());
+        };
+        if last - after > UNSTORED_MAX {
+            return Err(BusError::Backlog(last - after));
+        }
+        let stream = self.chat_stream_handle()?;
+        let subject = room.map(|room| self.subjects.chat(room));
+        let reads = futures_util::stream::iter(after + 1..=last)
+            .map(|sequence| stream.get_raw_message(sequence))
+            .buffered(UNSTORED_READS);
+        futures_util::pin_mut!(reads);
+        let mut messages = Vec::new();
+        while let Some(read) = reads.next().await {
+            let message = match read {
+                Ok(message) => message,
+                // Removed from the stream (its age limit): stored long ago.
+                Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
+                    continue;
+                }
+                Err(e) => return Err(BusError::Read(e.to_string())),
+            };
+            if subject
+                .as_deref()
+                .is_some_and(|s| s != message.subject.as_str())
+            {
+                continue;
+            }
+            match serde_json::from_slice::<ChatDraft>(&message.payload) {
+                Ok(draft) => messages.push(draft.with_id(chat_id(message.sequence)?)),
+                Err(e) => {
+                    tracing::warn!(sequence = message.sequence, error = %e, "not a chat message")
+                }
+            }
+        }
+        Ok(Unstored {
+            after: chat_id(after)?,
+            messages,
+        })
+    }
 }
 
 impl NatsBus {
+    fn chat_stream_handle(&self) -> Result<stream::Stream<()>, BusError> {
+        // A handle only: no request is made.
+        futures_util::FutureExt::now_or_never(
+            self.jetstream
+                .get_stream_no_info(self.subjects.chat_stream()),
+        )
+        .ok_or_else(|| BusError::Read("stream handle".into()))?
+        .map_err(|e| BusError::Read(e.to_string()))
+    }
+
+    /// The stream sequences `(after, last]` that may not be stored yet:
+    /// past the persister's ack floor (every message up to it is committed
+    /// to the store before being acknowledged), up to the newest message.
+    /// `None` when everything is stored.
+    async fn unstored_range(&self) -> Result<Option<(u64, u64)>, BusError> {
+        let stream = self.chat_stream_handle()?;
+        let read_error = |e: &dyn std::fmt::Display| BusError::Read(e.to_string());
+        match stream.consumer_info(PERSISTER_CONSUMER).await {
+            Ok(info) => {
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    return Ok(None);
+                }
+                let last = info.delivered.stream_sequence + info.num_pending;
+                Ok(Some((info.ack_floor.stream_sequence, last)).filter(|(a, l)| l > a))
+            }
+            // No persister has run yet: nothing in the stream is stored.
+            Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => {
+                let state = self
+                    .jetstream
+                    .get_stream(self.subjects.chat_stream())
+                    .await
+                    .map_err(|e| read_error(&e))?
+                    .cached_info()
+                    .state
+                    .clone();
+                Ok((state.messages > 0)
+                    .then(|| (state.first_sequence.saturating_sub(1), state.last_sequence)))
+            }
+            Err(e) => Err(read_error(&e)),
+        }
+    }
+
     async fn ready_subscription(
         &self,
         sub: Result<async_nats::Subscriber, async_nats::SubscribeError>,

@@ -103,7 +103,9 @@ pub trait Store: Send + Sync + 'static {
     async fn credentials(&self, user: &str) -> Result<Option<(String, String)>>;
     /// Replaces the password only if it still is `old`; false when it changed meanwhile.
     async fn replace_password(&self, user: &str, old: &str, new: &str) -> Result<bool>;
-    async fn user_info(&self, user: &str) -> Result<UserInfo>;
+    /// The user's counters; `message_count` counts stored messages with a
+    /// `chat_id` up to `stored_up_to` (the caller adds those past it).
+    async fn user_info(&self, user: &str, stored_up_to: ChatId) -> Result<UserInfo>;
     /// Users who share at least one room with `user`, `user` excluded.
     async fn room_mates(&self, user: &str) -> Result<Vec<String>>;
 

@@ -86,10 +86,12 @@ macro_rules! sql_store {
             async fn user_info(
                 &self,
                 user: &str,
+                stored_up_to: $crate::domain::ChatId,
             ) -> $crate::store::Result<$crate::domain::UserInfo> {
                 let row: $crate::store::UserInfoRow = sqlx::query_as(
                     "SELECT \
-                     (SELECT COUNT(*) FROM chat_history WHERE user_name = ?) AS message_count, \
+                     (SELECT COUNT(*) FROM chat_history WHERE user_name = ? AND message_id <= ?) \
+                        AS message_count, \
                      (SELECT COUNT(*) FROM rooms WHERE room_owner = ? AND is_private = 1) \
                         AS private_rooms_owned, \
                      (SELECT COUNT(*) FROM rooms WHERE room_owner = ? AND is_private = 0) \
@@ -100,6 +102,7 @@ macro_rules! sql_store {
                         WHERE m.user_name = ? AND r.is_private = 0) AS public_rooms_member",
                 )
                 .bind(user)
+                .bind(stored_up_to)
                 .bind(user)
                 .bind(user)
                 .bind(user)

@@ -1,0 +1,79 @@
+//! Reads each request body before the handler does, with a size and a time
+//! limit. A body over [`BODY_LIMIT`] is still read to its end (up to
+//! [`DRAIN_LIMIT`]) before the 413: a reverse proxy that is still sending it
+//! would otherwise meet a closed connection and answer 502 instead of
+//! passing the 413 on.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::http::header::{CONNECTION, CONTENT_LENGTH};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use crate::error::ApiError;
+
+/// Request bodies above this size are refused with 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Most bytes of an over-limit body read (and dropped) before answering. A
+/// body declared larger is refused at once, and its connection closed.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+/// A body must arrive within this time (slow senders hold a connection).
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum Read {
+    Complete(Bytes),
+    TooLarge,
+}
+
+/// Middleware: buffers the body (at most [`BODY_LIMIT`]) for the handler.
+pub async fn buffer(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        let mut response = ApiError::TooLarge.into_response();
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, read(body)).await {
+        Ok(Ok(Read::Complete(bytes))) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Ok(Read::TooLarge)) => ApiError::TooLarge.into_response(),
+        Ok(Err(_)) => ApiError::invalid("Cannot read the request body").into_response(),
+        Err(_) => ApiError::SlowBody.into_response(),
+    }
+}
+
+async fn read(body: Body) -> Result<Read, axum::Error> {
+    let mut stream = body.into_data_stream();
+    let mut kept = BytesMut::new();
+    let mut seen = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        seen += chunk.len();
+        if seen > DRAIN_LIMIT {
+            return Ok(Read::TooLarge);
+        }
+        if seen <= BODY_LIMIT {
+            kept.extend_from_slice(&chunk);
+        }
+    }
+    Ok(if seen > BODY_LIMIT {
+        Read::TooLarge
+    } else {
+        Read::Complete(kept.freeze())
+    })
+}
