@@ -121,15 +121,15 @@ impl Body {
         }
     }
 
-    /// A boolean field; also accepts 0/1 and "true"/"false", as older clients send.
+    /// A boolean field; also accepts the numbers 0 and 1 (the old server's
+    /// TINYINT column). A string, even "false", is refused: taken loosely,
+    /// "false" would have made a room private.
     pub fn flag(&self, field: &str) -> Result<Option<bool>, ApiError> {
         match self.0.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(Some(false)),
             Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(Some(true)),
-            Some(Value::String(s)) if s == "true" || s == "1" => Ok(Some(true)),
-            Some(Value::String(s)) if s == "false" || s == "0" => Ok(Some(false)),
             Some(_) => Err(ApiError::invalid(format!("{field} must be true or false"))),
         }
     }

@@ -19,12 +19,19 @@ pub struct RefusalLabels {
     pub code: u8,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectRefusalLabels {
+    pub reason: &'static str,
+}
+
 /// Registered once per process; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics {
     pub sockets: Gauge,
     pub events: Family<EventLabels, Counter>,
     pub refusals: Family<RefusalLabels, Counter>,
+    /// Socket connections refused, by reason (bad token, origin, ...).
+    pub connect_refusals: Family<ConnectRefusalLabels, Counter>,
     /// Time for the broker (or embedded store) to store a chat message.
     pub append_seconds: Histogram,
     /// Sockets disconnected because their send buffer was full.
@@ -37,6 +44,7 @@ impl GatewayMetrics {
             sockets: Gauge::default(),
             events: Family::default(),
             refusals: Family::default(),
+            connect_refusals: Family::default(),
             append_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             slow_consumers: Counter::default(),
         };
@@ -54,6 +62,11 @@ impl GatewayMetrics {
             "gateway_refusals",
             "Client events refused, by code",
             metrics.refusals.clone(),
+        );
+        registry.register(
+            "gateway_connect_refusals",
+            "Socket connections refused, by reason",
+            metrics.connect_refusals.clone(),
         );
         registry.register(
             "gateway_append_seconds",
