@@ -78,11 +78,19 @@ for name, hpa in by_kind["HorizontalPodAutoscaler"].items():
     check(hpa["spec"]["scaleTargetRef"]["name"] in deployments, f"hpa {name} target")
 for name, pdb in by_kind["PodDisruptionBudget"].items():
     check(any(selects(pdb["spec"]["selector"]["matchLabels"], d) for d in deployments.values()), f"pdb {name}")
-for rule in by_kind["Ingress"]["komunikator"]["spec"]["rules"]:
-    for path in rule["http"]["paths"]:
-        check(path["backend"]["service"]["name"] in by_kind["Service"], f"ingress backend {path}")
-paths = {p["path"]: p["backend"]["service"]["name"] for r in by_kind["Ingress"]["komunikator"]["spec"]["rules"] for p in r["http"]["paths"]}
-check(paths.get("/socket.io") == "komunikator-gateway" and paths.get("/api") == "komunikator-api", f"ingress routes {paths}")
+paths = {}
+for name, ingress in by_kind["Ingress"].items():
+    annotations = ingress["metadata"].get("annotations", {})
+    check(annotations.get("nginx.ingress.kubernetes.io/proxy-body-size") == "64k", f"ingress {name}: body limit")
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            check(path["backend"]["service"]["name"] in by_kind["Service"], f"ingress backend {path}")
+            paths[path["path"]] = (name, path["backend"]["service"]["name"])
+check(paths.get("/socket.io", ("", ""))[1] == "komunikator-gateway" and paths.get("/api", ("", ""))[1] == "komunikator-api", f"ingress routes {paths}")
+# Long-polling needs affinity that works without cookies (a page on another
+# origin sends none), and only the gateways need it.
+gateway_ingress = by_kind["Ingress"][paths["/socket.io"][0]]["metadata"]["annotations"]
+check(gateway_ingress.get("nginx.ingress.kubernetes.io/upstream-hash-by") == "$remote_addr", "gateway ingress: affinity by client address")
 
 # docker compose
 compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -96,8 +104,12 @@ for name, service in services.items():
             check(key in env_vars, f"compose setting {key} is not a komunikator option")
 check(sum(1 for s in services.values() if s.get("command") == ["gateway"]) >= 2, "two gateways")
 nginx = (ROOT / "deploy" / "nginx.conf").read_text()
-for host in re.findall(r"server (\w+):\d+;", nginx):
+upstream_servers = re.findall(r"server (\w+):\d+([^;]*);", nginx)
+check(len(upstream_servers) >= 4, f"nginx upstreams {upstream_servers}")
+for host, options in upstream_servers:
     check(host in services, f"nginx upstream {host} is not a compose service")
+    check("max_fails=0" in options, f"nginx upstream {host}: passive health checks strand WebSocket clients")
+check("client_max_body_size 64k;" in nginx, "nginx: the API's body limit")
 
 if failures:
     print("deploy files: " + "; ".join(failures))

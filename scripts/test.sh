@@ -73,10 +73,10 @@ ensure_nats() {
 # deployment files are checked with PyYAML.
 ensure_python_client() {
   local venv="${KOM_TEST_VENV:-$HOME/.cache/komunikator-venv}"
-  if ! "$venv/bin/python" -c 'import socketio, requests, websocket, yaml' 2>/dev/null; then
+  if ! "$venv/bin/python" -c 'import socketio, requests, websocket, aiohttp, yaml' 2>/dev/null; then
     log "installing python-socketio and PyYAML into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "python-socketio[client]>=5,<6" "PyYAML>=6,<7"
+    "$venv/bin/pip" install -q "python-socketio[client]>=5,<6" "aiohttp>=3.9,<4" "PyYAML>=6,<7"
   fi
   export KOM_TEST_PYTHON="$venv/bin/python"
 }
@@ -87,16 +87,23 @@ ensure_browser() {
   command -v node >/dev/null 2>&1 || need_package node nodejs
   command -v npm >/dev/null 2>&1 || need_package npm npm
   export KOM_NODE_DIR="${KOM_NODE_DIR:-$HOME/.cache/komunikator-node}"
-  if [ ! -d "$KOM_NODE_DIR/node_modules/playwright-core" ]; then
-    log "installing playwright-core into $KOM_NODE_DIR"
+  if [ ! -d "$KOM_NODE_DIR/node_modules/playwright-core" ] \
+    || [ ! -d "$KOM_NODE_DIR/node_modules/socket.io-client" ]; then
+    log "installing playwright-core and socket.io-client into $KOM_NODE_DIR"
     mkdir -p "$KOM_NODE_DIR"
-    (cd "$KOM_NODE_DIR" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund playwright-core@1)
+    (cd "$KOM_NODE_DIR" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund playwright-core@1 socket.io-client@4)
   fi
+}
+
+# The proxy tests run deploy/nginx.conf in front of the services.
+ensure_nginx() {
+  need_package /usr/sbin/nginx nginx
 }
 
 ensure_mariadb
 ensure_redis
 ensure_nats
+ensure_nginx
 ensure_python_client
 ensure_browser
 
@@ -114,6 +121,9 @@ log "browser test (screenshots in $CARGO_TARGET_DIR/browser-artifacts)"
 browser=0
 node komunikator/tests/browser/e2e.mjs "$CARGO_TARGET_DIR/debug/komunikator" \
   "$CARGO_TARGET_DIR/browser-artifacts" || browser=1
+log "browser test from another origin, with socket.io-client's default transports"
+node komunikator/tests/browser/cross_origin.mjs "$CARGO_TARGET_DIR/debug/komunikator" \
+  "$CARGO_TARGET_DIR/browser-artifacts" || browser=$((browser + 1))
 # The load generator is not benchmarked here, only kept working: a few
 # seconds of each scenario at tiny sizes.
 log "load generator smoke run"
@@ -126,5 +136,5 @@ sp="${sp:-0}"
 sf="${sf:-1}"
 # One closing line for the whole run (cargo ends on the empty doc-test summary).
 awk -v bf="$browser" -v sp="$sp" -v sf="$sf" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p + 1 - bf + sp, f + bf + sf }' "$out"
+     END { printf "tests: %d passed, %d failed\n", p + 2 - bf + sp, f + bf + sf }' "$out"
 [ "$browser" = 0 ] && [ "$sf" = 0 ]

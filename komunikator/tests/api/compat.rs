@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crate::harness::{Backend, TestApp};
 
 /// The Python with python-socketio installed (`scripts/test.sh` makes it).
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     match std::env::var_os("KOM_TEST_PYTHON") {
         Some(path) => PathBuf::from(path),
         None => PathBuf::from(std::env::var_os("HOME").expect("HOME"))

@@ -31,12 +31,31 @@ async fn history_ids(app: &TestApp, room: i64) -> Vec<i64> {
         .collect()
 }
 
-/// Waits until the stored history of `room` holds `n` messages (the persister
-/// writes asynchronously); returns its ids.
+/// The `chat_id`s stored in MySQL for `room`, in order.
+async fn stored_ids(app: &TestApp, room: i64) -> Vec<i64> {
+    stored_ids_in(app.db.as_ref().expect("MariaDB"), room).await
+}
+
+async fn stored_ids_in(db: &TestDb, room: i64) -> Vec<i64> {
+    let mut conn = db.connect().await;
+    sqlx::query_scalar("SELECT message_id FROM chat_history WHERE room_id = ? ORDER BY message_id")
+        .bind(room)
+        .fetch_all(&mut conn)
+        .await
+        .expect("stored ids")
+}
+
+/// Waits until MySQL holds `n` messages of `room` (the persister writes
+/// asynchronously; reads see acked messages before that), at most the
+/// consumer's redelivery wait after a crash and some; returns their ids.
 async fn wait_for_history(app: &TestApp, room: i64, n: usize) -> Vec<i64> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    wait_for_stored(app.db.as_ref().expect("MariaDB"), room, n).await
+}
+
+async fn wait_for_stored(db: &TestDb, room: i64, n: usize) -> Vec<i64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let ids = history_ids(app, room).await;
+        let ids = stored_ids_in(db, room).await;
         if ids.len() >= n || tokio::time::Instant::now() > deadline {
             return ids;
         }
@@ -188,6 +207,84 @@ async fn acked_messages_survive_a_persister_kill_exactly_once() {
     );
 }
 
+/// Read your writes: an acknowledged message is in every later read even
+/// while no persister runs (it is read from the chat stream until stored),
+/// and once stored it is there exactly once.
+#[tokio::test]
+async fn reads_include_acked_messages_while_the_persister_is_down() {
+    let mut app = TestApp::start_with(Backend::MySql, unlimited()).await;
+    let ann = app.user("ann").await;
+    let room = app.room(&ann, "unstored", None).await;
+    let other = app.room(&ann, "other", None).await;
+    let mut socket = app.socket(&ann).await;
+    socket.join(room).await;
+    socket.join(other).await;
+    let stored = send_acked(&socket, room, "stored", 5).await;
+    assert_eq!(wait_for_history(&app, room, 5).await, stored);
+
+    let mut persister = app.persister.take().expect("persister");
+    persister.kill9().await;
+    let unstored = send_acked(&socket, room, "unstored", 20).await;
+    send_acked(&socket, other, "elsewhere", 3).await;
+    let rows: i64 = app.scalar("SELECT COUNT(*) FROM chat_history").await;
+    assert_eq!(rows, 5, "nothing stored without a persister");
+
+    let all: Vec<i64> = stored.iter().chain(&unstored).copied().collect();
+    assert_eq!(
+        history_ids(&app, room).await,
+        all,
+        "every acked message, in order"
+    );
+    let page = app
+        .get(
+            &format!(
+                "/api/chat_history?room_id={room}&before={}&limit=4",
+                unstored[10]
+            ),
+            None,
+        )
+        .await;
+    let ids: Vec<i64> = page
+        .body
+        .as_array()
+        .expect("page")
+        .iter()
+        .map(|m| m["chat_id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(ids, unstored[6..10], "a page of unstored messages");
+    let newest = &app
+        .get(&format!("/api/chat_history?room_id={room}&limit=1"), None)
+        .await
+        .body[0];
+    assert_eq!(newest["message"], "unstored 19");
+    assert_eq!(newest["user_name"], json!(ann.name));
+    assert!(
+        newest["create_date"]
+            .as_str()
+            .is_some_and(|d| d.ends_with('Z')),
+        "{newest}"
+    );
+    let info = app.get("/api/user/get_info", Some(&ann.token)).await;
+    assert_eq!(info.body["message_count"], 28, "{info:?}");
+
+    persister.restart().await;
+    app.persister = Some(persister);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while stored_ids(&app, room).await.len() < all.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not stored within 60 s"
+        );
+        // Reads stay exact while the persister catches up.
+        assert_eq!(history_ids(&app, room).await, all);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_ids(&app, room).await, all, "stored once each");
+    assert_eq!(history_ids(&app, room).await, all, "read once each");
+    let info = app.get("/api/user/get_info", Some(&ann.token)).await;
+    assert_eq!(info.body["message_count"], 28, "{info:?}");
+}
+
 #[tokio::test]
 async fn a_restarted_gateway_loses_nothing_acked_while_others_keep_chatting() {
     let mut app = TestApp::start_with(Backend::MySql, unlimited()).await;
@@ -273,7 +370,8 @@ async fn chat_ids_continue_above_the_ids_of_an_existing_database() {
     }
     let acked = send_acked(&socket, 3, "new", 2).await;
     assert_eq!(acked, [70001, 70002]);
-    assert_eq!(wait_for_history(&app, 3, 3).await, [70000, 70001, 70002]);
+    assert_eq!(wait_for_stored(&db, 3, 3).await, [70000, 70001, 70002]);
+    assert_eq!(history_ids(&app, 3).await, [70000, 70001, 70002]);
 }
 
 /// Publishes a raw chat message to the stream, as a gateway does.

@@ -266,6 +266,8 @@ pub struct TestApp {
     owns_data_dir: bool,
     /// `api` (MariaDB) or `all` (embedded).
     pub main: Service,
+    /// More `api` replicas (MariaDB only), started on demand.
+    pub apis: Vec<Service>,
     /// Gateway processes (MariaDB only; the embedded `all` serves sockets itself).
     pub gateways: Vec<Service>,
     pub persister: Option<Service>,
@@ -375,6 +377,7 @@ impl TestApp {
             owns_data_dir: options.data_dir.is_none(),
             data_dir,
             main,
+            apis: Vec::new(),
             gateways,
             persister,
             presence,
@@ -400,6 +403,19 @@ impl TestApp {
         self.gateways.len() - 1
     }
 
+    /// Starts one more api replica (MariaDB backend); returns its base URL.
+    pub async fn add_api(&mut self) -> String {
+        assert_eq!(
+            self.backend,
+            Backend::MySql,
+            "one `all` process serves the API"
+        );
+        let api = Service::spawn(&["api"], &self.env, "127.0.0.1:0").await;
+        let url = api.url.clone();
+        self.apis.push(api);
+        url
+    }
+
     /// The base URL of gateway `i` (the `all` process on the embedded backend).
     pub fn gateway_url(&self, i: usize) -> &str {
         match self.backend {
@@ -423,6 +439,7 @@ impl TestApp {
     /// Everything every process of the deployment has logged so far.
     pub fn logs(&self) -> String {
         let services = std::iter::once(&self.main)
+            .chain(&self.apis)
             .chain(&self.gateways)
             .chain(&self.persister)
             .chain(&self.presence);
@@ -593,6 +610,7 @@ impl TestApp {
         let others = self
             .gateways
             .iter_mut()
+            .chain(&mut self.apis)
             .chain(&mut self.persister)
             .chain(&mut self.presence);
         for service in others {

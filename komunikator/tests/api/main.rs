@@ -3,6 +3,7 @@
 //! (`embedded::`).
 
 mod harness;
+mod nginx;
 mod sio;
 
 mod auth;
@@ -15,6 +16,7 @@ mod input;
 mod members;
 mod online;
 mod presence;
+mod proxy;
 mod room_list;
 mod rooms;
 mod schema;

@@ -185,6 +185,69 @@ async fn sockets_without_a_valid_token_are_refused(backend: Backend) {
         .expect("a valid signed token connects");
 }
 
+/// An operator sees clients failing to connect (an old client without a
+/// token, a wrong secret): each refusal is logged with its reason, never the
+/// token, and counted by reason.
+async fn refused_socket_connections_are_logged_and_counted_by_reason(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ann = app.user("ann").await;
+    let url = app.gateway_url(0).to_owned();
+    let expired = app.sign(&claims_for(&ann.name, -3600));
+    let unknown_user = app.sign(&claims_for("nobody_here", 600));
+    assert_eq!(refused(&url, Auth::None).await, "Unauthorized");
+    assert_eq!(
+        refused(&url, Auth::Payload("garbage")).await,
+        "Unauthorized"
+    );
+    assert_eq!(refused(&url, Auth::Header("a.b.c")).await, "Unauthorized");
+    assert_eq!(refused(&url, Auth::Query(&expired)).await, "Unauthorized");
+    assert_eq!(
+        refused(&url, Auth::Payload(&unknown_user)).await,
+        "Unauthorized"
+    );
+    Socket::connect(&url, Auth::Payload(&ann.token))
+        .await
+        .expect("a valid token connects");
+
+    let expected = [
+        ("no_token", 1),
+        ("invalid_token", 2),
+        ("expired_token", 1),
+        ("unknown_user", 1),
+    ];
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for (reason, count) in expected {
+        let line =
+            format!("komunikator_gateway_connect_refusals_total{{reason=\"{reason}\"}} {count}");
+        assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
+    }
+    let logs = app.logs();
+    let refusals: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "socket connection refused")
+        .collect();
+    for (reason, count) in expected {
+        let logged = refusals.iter().filter(|v| v["reason"] == reason).count();
+        assert_eq!(
+            logged, count,
+            "{reason} refusals logged at info: {refusals:?}"
+        );
+    }
+    assert!(
+        refusals.iter().all(|v| v["level"] == "INFO"),
+        "{refusals:?}"
+    );
+    for secret in [&expired, &unknown_user, &ann.token] {
+        assert!(!logs.contains(secret.as_str()), "a token was logged");
+    }
+}
+
 async fn an_origin_allowlist_refuses_other_origins(backend: Backend) {
     let app = TestApp::start_with(
         backend,
@@ -1229,6 +1292,7 @@ crate::on_both_stores!(
     events_of_one_socket_are_handled_in_the_order_sent,
     a_token_in_the_auth_payload_the_header_or_the_query_connects,
     sockets_without_a_valid_token_are_refused,
+    refused_socket_connections_are_logged_and_counted_by_reason,
     an_origin_allowlist_refuses_other_origins,
     an_event_sent_right_after_connecting_is_handled,
     join_announces_the_joiner_to_the_whole_room_including_the_joiner,

@@ -1,0 +1,366 @@
+//! The deployment as operators run it: two api replicas and two gateways
+//! behind nginx configured by `deploy/nginx.conf`, driven by clients nobody
+//! here wrote where it matters (python-socketio over polling and WebSocket).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::compat::python;
+use crate::harness::{Options, TestApp, claims_for};
+use crate::nginx::Proxied;
+use crate::sio::{Auth, Socket};
+
+const ORIGIN: &str = "http://chat.example.test";
+
+/// The CORS answer to a browser on another origin: a preflight, and the
+/// Engine.IO long-polling handshake socket.io-client starts with.
+async fn assert_cors_on_socket_io(app: &TestApp, base: &str) {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let polling = format!("{base}/socket.io/?EIO=4&transport=polling");
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, &polling)
+        .header("Origin", ORIGIN)
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "content-type")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(
+        preflight.status().is_success(),
+        "preflight: {preflight:?}\n{}",
+        app.logs()
+    );
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let methods = preflight.headers()["access-control-allow-methods"]
+        .to_str()
+        .expect("methods");
+    assert!(
+        methods.contains("POST") && methods.contains("GET"),
+        "{methods}"
+    );
+
+    let handshake = http
+        .get(&polling)
+        .header("Origin", ORIGIN)
+        .send()
+        .await
+        .expect("handshake");
+    assert_eq!(handshake.status(), 200, "{handshake:?}");
+    assert_eq!(handshake.headers()["access-control-allow-origin"], "*");
+    let body = handshake.text().await.expect("body");
+    assert!(body.starts_with("0{") && body.contains("\"sid\""), "{body}");
+
+    let api_preflight = http
+        .request(reqwest::Method::OPTIONS, format!("{base}/api/room/create"))
+        .header("Origin", ORIGIN)
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .expect("api preflight");
+    assert!(api_preflight.status().is_success());
+    assert_eq!(api_preflight.headers()["access-control-allow-origin"], "*");
+}
+
+async fn run_python_client(proxied: &Proxied, transport: &str) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/compat/socketio_client.py"
+    );
+    let url = &proxied.nginx.url;
+    let output = tokio::process::Command::new(python())
+        .args([script, url, url, transport])
+        .env("NO_PROXY", "*")
+        .output()
+        .await
+        .expect("python");
+    assert!(
+        output.status.success(),
+        "python-socketio ({transport}) through nginx failed:\n{}{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        proxied.logs()
+    );
+}
+
+#[tokio::test]
+async fn rest_sockets_and_cors_work_through_nginx() {
+    let proxied = Proxied::start(Options::default()).await;
+    let app = &proxied.app;
+    assert_cors_on_socket_io(app, &proxied.nginx.url).await;
+
+    let ann = app.user("ann").await;
+    let room = app.room(&ann, "Proxied", None).await;
+    let listed = app.get("/api/rooms", None).await;
+    assert!(
+        listed
+            .body
+            .as_array()
+            .expect("rooms")
+            .iter()
+            .any(|r| r["room_id"] == room)
+    );
+
+    let mut socket = Socket::connect(&proxied.nginx.url, Auth::Payload(&ann.token))
+        .await
+        .expect("socket through nginx");
+    socket.join(room).await;
+    let ack = socket
+        .emit_with_ack(
+            "message",
+            json!({ "room_id": room, "message": "via nginx" }),
+        )
+        .await;
+    let live = socket.expect("new_message").await;
+    assert_eq!(live["chat_id"], ack["chat_id"], "{ack}");
+
+    run_python_client(&proxied, "default").await;
+    run_python_client(&proxied, "websocket").await;
+}
+
+/// A JSON body of exactly `len` bytes.
+fn body_of_len(len: usize) -> String {
+    let frame = r#"{"user_name":"x","pad":""}"#;
+    let pad = "a".repeat(len - frame.len());
+    let body = format!(r#"{{"user_name":"x","pad":"{pad}"}}"#);
+    assert_eq!(body.len(), len);
+    body
+}
+
+async fn post_raw(base: &str, body: reqwest::Body) -> (u16, Value) {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let res = http
+        .post(format!("{base}/api/login"))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("an answer, not a reset");
+    let status = res.status().as_u16();
+    let text = res.text().await.expect("body");
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {status} {text}"));
+    (status, json)
+}
+
+/// POSTs `chunks` chunks of 64 KiB without a declared length (chunked
+/// transfer encoding), every byte written; returns the answer.
+async fn post_chunked(base: &str, chunks: usize) -> (u16, Value) {
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /api/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    let chunk = vec![b' '; 65_536];
+    for _ in 0..chunks {
+        tcp.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .expect("chunk size");
+        tcp.write_all(&chunk)
+            .await
+            .expect("chunk: the server must read it, not reset");
+        tcp.write_all(b"\r\n").await.expect("chunk end");
+    }
+    tcp.write_all(b"0\r\n\r\n").await.expect("last chunk");
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut answer)
+        .await
+        .expect("answer, not a reset");
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {answer}")),
+    )
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_json_through_nginx_and_direct() {
+    let proxied = Proxied::start(Options::default()).await;
+    let limit = api::BODY_LIMIT;
+    for base in [&proxied.nginx.url, &proxied.app.main.url] {
+        // At the limit: read and judged on its content (no password).
+        let (status, body) = post_raw(base, body_of_len(limit).into()).await;
+        assert_eq!(status, 400, "{base} at the limit: {body}");
+        for len in [limit + 1, 1_000_000] {
+            for _ in 0..5 {
+                let (status, body) = post_raw(base, body_of_len(len).into()).await;
+                assert_eq!(
+                    status,
+                    413,
+                    "{base}, {len} bytes: {body}\n{}",
+                    proxied.logs()
+                );
+                assert!(
+                    body["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("too large")),
+                    "{body}"
+                );
+            }
+        }
+        let (status, body) = post_chunked(base, 16).await;
+        assert_eq!(status, 413, "{base}, chunked: {body}");
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_messages_are_in_every_later_read_on_every_api_replica() {
+    let proxied = Proxied::start(Options {
+        env: vec![("MESSAGE_RATE_LIMIT", "0".into())],
+        ..Options::default()
+    })
+    .await;
+    let app = &proxied.app;
+    let ann = app.user("ann").await;
+    let room = app.room(&ann, "Reads", None).await;
+    let mut socket = Socket::connect(&proxied.nginx.url, Auth::Payload(&ann.token))
+        .await
+        .expect("socket");
+    socket.join(room).await;
+    let rounds = 500;
+    let mut misses = Vec::new();
+    for round in 1..=rounds {
+        let ack = socket
+            .emit_with_ack(
+                "message",
+                json!({ "room_id": room, "message": format!("m{round}") }),
+            )
+            .await;
+        let chat_id = ack["chat_id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("ack {ack}"));
+        let history = app
+            .get(&format!("/api/chat_history?room_id={room}&limit=3"), None)
+            .await;
+        let newest = history.body.as_array().and_then(|h| h.last()).cloned();
+        if newest.as_ref().map(|m| &m["chat_id"]) != Some(&json!(chat_id)) {
+            misses.push((round, chat_id, newest));
+        }
+        if round % 50 == 0 {
+            let info = app.get("/api/user/get_info", Some(&ann.token)).await;
+            assert_eq!(
+                info.body["message_count"], round,
+                "get_info after {round}: {info:?}"
+            );
+        }
+    }
+    assert!(
+        misses.is_empty(),
+        "{} of {rounds} reads missed the acknowledged message: {:?}",
+        misses.len(),
+        &misses[..misses.len().min(5)]
+    );
+    // Both api replicas answered reads (nginx balances them).
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    for api in std::iter::once(&app.main).chain(&app.apis) {
+        let metrics = http
+            .get(format!("{}/metrics", api.url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        assert!(
+            metrics.contains(r#"route="/api/chat_history""#),
+            "the replica at {} served no read",
+            api.url
+        );
+    }
+}
+
+/// 100 python-socketio clients behind nginx; each gateway in turn is killed
+/// and restarted: every client that lost its gateway is connected to the
+/// other and has rejoined its room within 5 s.
+#[tokio::test]
+async fn every_client_rejoins_within_5s_when_a_gateway_is_killed() {
+    let mut proxied = Proxied::start(Options::default()).await;
+    let owner = proxied.app.user("owner").await;
+    let room = proxied.app.room(&owner, "Restarts", None).await;
+    // Users written directly (100 argon2 hashes would take long).
+    let mut lines = String::new();
+    let mut values = Vec::new();
+    for i in 0..100 {
+        let name = format!("client{i}_{}", crate::harness::random_hex(3));
+        values.push(format!("('{name}', 'x')"));
+        let token = proxied.app.sign(&claims_for(&name, 600));
+        lines.push_str(&format!("{name} {token}\n"));
+    }
+    proxied
+        .app
+        .sql(format!(
+            "INSERT INTO users (user_name, password) VALUES {}",
+            values.join(", ")
+        ))
+        .await;
+    let users = std::env::temp_dir().join(format!("kom-users-{}", crate::harness::random_hex(4)));
+    std::fs::write(&users, lines).expect("users file");
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat/reconnect.py");
+    let mut clients = tokio::process::Command::new(python())
+        .args([script, &proxied.nginx.url, &room.to_string()])
+        .arg(&users)
+        .env("NO_PROXY", "*")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python");
+    let mut stdin = clients.stdin.take().expect("stdin");
+    let mut out = BufReader::new(clients.stdout.take().expect("stdout")).lines();
+    let mut next = async |what: &str| -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(90), out.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} from the clients"))
+            .expect("read")
+            .unwrap_or_else(|| panic!("the clients exited before {what}"));
+        serde_json::from_str(&line).expect("JSON line")
+    };
+    let ready = next("ready").await;
+    assert_eq!(ready["ready"], 100, "{ready}");
+
+    for i in [0, 1] {
+        proxied.app.gateways[i].kill9().await;
+        stdin.write_all(b"round\n").await.expect("stdin");
+        let round = next("round").await;
+        let logs = proxied.logs();
+        assert!(
+            round["lost"].as_u64() > Some(0),
+            "gateway {i} had no clients: {round}"
+        );
+        assert_eq!(
+            round["lost"], round["rejoined"],
+            "stranded after killing gateway {i}: {round}\n{logs}"
+        );
+        let max_ms = round["max_ms"].as_u64().expect("max_ms");
+        assert!(
+            max_ms < 5_000,
+            "slowest rejoin {max_ms} ms after killing gateway {i}: {round}"
+        );
+        proxied.app.gateways[i].restart().await;
+    }
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(10), clients.wait()).await;
+    let _ = std::fs::remove_file(users);
+}

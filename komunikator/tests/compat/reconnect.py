@@ -1,0 +1,109 @@
+"""Many unmodified python-socketio clients (asyncio, with their default
+reconnection) behind a load balancer, each rejoining its room whenever it
+(re)connects, as real clients do. Half use the default transports (polling,
+then the upgrade), half WebSocket only; they connect from different
+loopback addresses so that the balancer spreads them over the gateways.
+
+usage: reconnect.py URL ROOM_ID USERS_FILE   (USERS_FILE: "name token" lines)
+
+Protocol on stdin/stdout (one JSON object per line on stdout):
+- prints {"ready": N} once every client is connected and has joined;
+- on each stdin line "round", waits until every client that lost its
+  connection since the previous round is connected and joined again (at
+  most 30 s), then prints {"round": ..., "lost": K, "rejoined": K,
+  "max_ms": T}, T being the longest time from the "round" line to a
+  client's rejoin;
+- stdin closed: disconnects every client and exits.
+"""
+import asyncio
+import json
+import sys
+import time
+
+import aiohttp
+import socketio
+
+URL, ROOM = sys.argv[1], int(sys.argv[2])
+USERS = [line.split() for line in open(sys.argv[3]) if line.strip()]
+READY_WITHIN = 60
+ROUND_WITHIN = 30
+
+
+class Member:
+    def __init__(self, index, name, token):
+        self.name = name
+        self.token = token
+        self.transports = None if index % 2 == 0 else ["websocket"]
+        self.local = f"127.0.0.{2 + index % 50}"
+        self.joined = asyncio.Event()
+        self.lost = False
+        self.joined_at = 0.0
+        self.session = None
+        self.sio = None
+
+    async def start(self):
+        connector = aiohttp.TCPConnector(local_addr=(self.local, 0), force_close=False)
+        self.session = aiohttp.ClientSession(connector=connector)
+        self.sio = socketio.AsyncClient(http_session=self.session)
+        self.sio.on("connect", self.on_connect)
+        self.sio.on("disconnect", self.on_disconnect)
+        self.sio.on("user_joined", self.on_user_joined)
+        await self.sio.connect(URL, auth={"token": self.token}, transports=self.transports,
+                               wait_timeout=10)
+
+    async def on_connect(self):
+        await self.sio.emit("join", {"room_id": ROOM, "user_name": self.name})
+
+    async def on_disconnect(self, *args):
+        self.lost = True
+        self.joined.clear()
+
+    async def on_user_joined(self, data):
+        if data.get("user_name") == self.name and data.get("room_id") == ROOM:
+            self.joined_at = time.monotonic()
+            self.joined.set()
+
+    async def stop(self):
+        try:
+            await self.sio.disconnect()
+        finally:
+            await self.session.close()
+
+
+def say(obj):
+    print(json.dumps(obj), flush=True)
+
+
+async def main():
+    members = [Member(i, name, token) for i, (name, token) in enumerate(USERS)]
+    await asyncio.gather(*(m.start() for m in members))
+    await asyncio.wait_for(asyncio.gather(*(m.joined.wait() for m in members)), READY_WITHIN)
+    for m in members:
+        m.lost = False
+    say({"ready": len(members)})
+    loop = asyncio.get_running_loop()
+    rounds = 0
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        started = time.monotonic()
+        rounds += 1
+        # The balancer notices a dead gateway at once (the connection
+        # closes), but give every client the chance to see it.
+        await asyncio.sleep(0.2)
+        lost = [m for m in members if m.lost or not m.joined.is_set()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(m.joined.wait() for m in lost)), ROUND_WITHIN)
+        except asyncio.TimeoutError:
+            pass
+        rejoined = [m for m in lost if m.joined.is_set()]
+        slowest = max((m.joined_at - started for m in rejoined), default=0.0)
+        say({"round": rounds, "lost": len(lost), "rejoined": len(rejoined),
+             "max_ms": round(slowest * 1000), "stranded": [m.name for m in lost if not m.joined.is_set()]})
+        for m in members:
+            m.lost = False
+    await asyncio.gather(*(m.stop() for m in members), return_exceptions=True)
+
+
+asyncio.run(main())
