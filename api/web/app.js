@@ -2,6 +2,15 @@
 // It speaks the public REST API under /api and Socket.IO v5 (Engine.IO v4)
 // over a bare WebSocket on /socket.io/.
 
+// Where the API lives. Empty: the origin that served this page (the server's
+// own copy of the client). A copy hosted elsewhere sets
+// <meta name="komunikator-server" content="https://chat.example.com"> in
+// index.html, and the server's CORS allowlist must admit the page's origin.
+// Only the page itself can set it: a query-string override would let a
+// crafted link send the user's password to another server.
+const SERVER = (document.querySelector('meta[name="komunikator-server"]')?.content || '')
+  .trim().replace(/\/+$/, '');
+
 const TOKEN_KEY = 'komunikator.access_token';
 const WATCHDOG_MS = 1000;
 const ONLINE_REFRESH_MS = 3000;
@@ -70,8 +79,15 @@ class SocketClient {
   }
 
   static url() {
+    const path = '/socket.io/?EIO=4&transport=websocket';
+    if (SERVER) {
+      // Same host, port and path prefix as the REST calls; http -> ws, https -> wss.
+      const url = new URL(`${SERVER}${path}`, location.href);
+      url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+      return url.href;
+    }
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    return `${proto}//${location.host}/socket.io/?EIO=4&transport=websocket`;
+    return `${proto}//${location.host}${path}`;
   }
 
   open() {
@@ -256,7 +272,7 @@ async function api(method, path, body, { auth = true } = {}) {
   if (auth && token) headers.Authorization = `Bearer ${token}`;
   let res;
   try {
-    res = await fetch(`/api${path}`, {
+    res = await fetch(`${SERVER}/api${path}`, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
