@@ -4,6 +4,7 @@
 
 mod chat;
 mod client;
+mod history;
 mod idle;
 mod metrics;
 mod persist_lag;
@@ -35,6 +36,9 @@ enum Scenario {
     Idle(idle::IdleArgs),
     /// N users' heartbeats straight to the presence service over NATS.
     Presence(presence::PresenceArgs),
+    /// GET /api/chat_history latency (quiet and while the room receives
+    /// messages) and throughput.
+    History(history::HistoryArgs),
     /// GET /api/rooms throughput, and a login flood against a latency probe.
     Rest(rest::RestArgs),
     /// Time from a message's live delivery to its appearance in chat_history.
@@ -53,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Fanout(args) => chat::fanout(args).await,
             Scenario::Idle(args) => idle::idle(args).await,
             Scenario::Presence(args) => presence::presence(args).await,
+            Scenario::History(args) => history::history(args).await,
             Scenario::Rest(args) => rest::rest(args).await,
             Scenario::PersistLag(args) => persist_lag::persist_lag(args).await,
         }

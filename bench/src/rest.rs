@@ -103,7 +103,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn get(path: &str, token: Option<&str>) -> Vec<u8> {
+pub fn get(path: &str, token: Option<&str>) -> Vec<u8> {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     format!("GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n").into_bytes()
 }
@@ -118,14 +118,14 @@ fn post(path: &str, body: &Value) -> Vec<u8> {
 }
 
 /// Latencies and outcomes of one kind of request.
-struct Tally {
+pub struct Tally {
     latency: Histogram<u64>,
-    ok: u64,
+    pub ok: u64,
     errors: Errors,
 }
 
 impl Tally {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Tally {
             latency: report::histogram(),
             ok: 0,
@@ -144,13 +144,13 @@ impl Tally {
         }
     }
 
-    fn merge(&mut self, other: &Tally) {
+    pub fn merge(&mut self, other: &Tally) {
         let _ = self.latency.add(&other.latency);
         self.ok += other.ok;
         self.errors.merge(&other.errors);
     }
 
-    fn json(&self, seconds: f64) -> Value {
+    pub fn json(&self, seconds: f64) -> Value {
         json!({
             "ok": self.ok, "per_second": round(self.ok as f64 / seconds),
             "latency_ms": report::latency(&self.latency), "errors": self.errors.json(),
@@ -266,7 +266,12 @@ pub async fn rest(args: RestArgs) -> anyhow::Result<()> {
 /// Sends `request` back to back on one keep-alive connection until
 /// `deadline`, reconnecting after an error; a 200 whose body does not start
 /// with `expect` counts as an error.
-async fn hammer(api: String, request: Vec<u8>, deadline: Instant, expect: &'static [u8]) -> Tally {
+pub async fn hammer(
+    api: String,
+    request: Vec<u8>,
+    deadline: Instant,
+    expect: &'static [u8],
+) -> Tally {
     let mut tally = Tally::new();
     let Ok(mut conn) = Conn::open(&api).await else {
         tally.errors.add("connect", 1);
@@ -292,24 +297,41 @@ async fn hammer(api: String, request: Vec<u8>, deadline: Instant, expect: &'stat
     tally
 }
 
-/// GET /api/rooms and GET /api/user_rooms in turn at `probe_rate`, each on
-/// its own connection, open-loop (latency from the intended time).
+/// GET /api/rooms and GET /api/user_rooms in turn at `probe_rate`.
 async fn probe(args: &RestArgs, token: &str, seconds: f64) -> anyhow::Result<Value> {
-    let interval = Duration::from_secs_f64(1.0 / args.probe_rate.max(1) as f64);
+    let requests = vec![get("/api/rooms", None), get("/api/user_rooms", Some(token))];
+    let t = fixed_rate(&args.api, requests, args.probe_rate, seconds).await?;
+    Ok(json!({
+        "rate": args.probe_rate, "rooms": t[0].json(seconds / 2.0), "user_rooms": t[1].json(seconds / 2.0),
+    }))
+}
+
+/// Sends the `requests` in turn at `rate` per second in all, each kind on
+/// its own connection, open-loop (latency from the intended time), for
+/// `seconds`; one tally per kind.
+pub async fn fixed_rate(
+    api: &str,
+    requests: Vec<Vec<u8>>,
+    rate: u64,
+    seconds: f64,
+) -> anyhow::Result<Vec<Tally>> {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let kinds = requests.len() as u32;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
-    let requests = [get("/api/rooms", None), get("/api/user_rooms", Some(token))];
-    let tallies = Arc::new(Mutex::new([Tally::new(), Tally::new()]));
+    let tallies = Arc::new(Mutex::new(
+        (0..kinds).map(|_| Tally::new()).collect::<Vec<_>>(),
+    ));
     let mut tasks = Vec::new();
     for (kind, request) in requests.into_iter().enumerate() {
         let tallies = tallies.clone();
-        let api = args.api.clone();
+        let api = api.to_owned();
         let mut conn = Conn::open(&api).await?;
         tasks.push(tokio::spawn(async move {
             let mut n = 0u32;
             loop {
-                // The two kinds interleave: kind k sends at (2n + k) intervals.
-                let intended = start + interval * (2 * n + kind as u32);
+                // The kinds interleave: kind k sends at (kinds * n + k) intervals.
+                let intended = start + interval * (kinds * n + kind as u32);
                 if intended >= end {
                     break;
                 }
@@ -330,8 +352,6 @@ async fn probe(args: &RestArgs, token: &str, seconds: f64) -> anyhow::Result<Val
     for t in tasks {
         t.await?;
     }
-    let t = tallies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    Ok(json!({
-        "rate": args.probe_rate, "rooms": t[0].json(seconds / 2.0), "user_rooms": t[1].json(seconds / 2.0),
-    }))
+    let mut t = tallies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    Ok(std::mem::take(&mut *t))
 }

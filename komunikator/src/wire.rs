@@ -48,7 +48,10 @@ pub async fn api(cmd: ApiCmd, shutdown: CancellationToken) -> Result<(), Failure
     let subjects = Subjects::new(&cmd.prefix.prefix);
 
     let store = open_current_store(&settings).await?;
-    let bus: Arc<dyn Bus> = Arc::new(connect_nats(&nats_url, "komunikator-api", &subjects).await?);
+    let nats = connect_nats(&nats_url, "komunikator-api", &subjects).await?;
+    // Reads merge the messages not stored yet from the chat stream.
+    ensure_chat_stream(&nats, &store).await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats);
     let presence: Arc<dyn Presence> =
         Arc::new(redis_presence(&redis_url, &cmd.prefix, &cmd.redis)?);
     let secret = cmd.auth.jwt_secret_key.clone().unwrap_or_default();

@@ -1,10 +1,13 @@
 //! The NATS adapter of the bus: core NATS subjects for events, and a
 //! JetStream stream for chat messages, whose sequence is the `chat_id`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -38,6 +41,9 @@ pub struct NatsBus {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     subjects: Subjects,
+    /// The persister's ack floor as last read: every chat message up to it
+    /// is in the store. It only grows, so a stale value is merely cautious.
+    stored_floor: Arc<AtomicU64>,
 }
 
 impl NatsBus {
@@ -54,6 +60,7 @@ impl NatsBus {
             client,
             jetstream,
             subjects,
+            stored_floor: Arc::default(),
         })
     }
 
@@ -78,6 +85,8 @@ impl NatsBus {
             retention: stream::RetentionPolicy::Limits,
             max_age: STREAM_MAX_AGE,
             duplicate_window: Duration::from_secs(120),
+            // Reads of unstored messages (read your writes) use direct gets.
+            allow_direct: true,
             republish: Some(stream::Republish {
                 source: format!("{p}.chat.*"),
                 destination: format!("{p}.room.{{{{wildcard(1)}}}}.new_message"),
@@ -87,7 +96,19 @@ impl NatsBus {
         };
         let err = |e: &dyn std::fmt::Display| BusError::Stream(e.to_string());
         let mut stream = self.get_or_create_stream(config).await?;
-        let state = stream.info().await.map_err(|e| err(&e))?.state.clone();
+        let info = stream.info().await.map_err(|e| err(&e))?.clone();
+        if !info.config.allow_direct {
+            // A stream created by an older version.
+            let config = stream::Config {
+                allow_direct: true,
+                ..info.config.clone()
+            };
+            self.jetstream
+                .update_stream(config)
+                .await
+                .map_err(|e| err(&e))?;
+        }
+        let state = info.state;
         let floor = u64::try_from(floor).unwrap_or(0);
         if state.messages == 0 && state.last_sequence < floor {
             stream
@@ -161,16 +182,36 @@ impl Bus for NatsBus {
     }
 
     async fn unstored(&self, room: Option<RoomId>) -> Result<Unstored, BusError> {
-        let Some((after, last)) = self.unstored_range().await? else {
+        let stream = self.chat_stream_handle()?;
+        let subject = room.map(|room| self.subjects.chat(room));
+        // One room: its newest message, read fresh. Already stored (the
+        // usual case while the persister keeps up) means nothing to merge,
+        // for the price of one direct get.
+        let room_last = match &subject {
+            Some(subject) => match stream.direct_get_last_for_subject(subject.clone()).await {
+                Ok(message) => Some(message.sequence),
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => {
+                    return Ok(Unstored::default());
+                }
+                Err(e) => return Err(BusError::Read(e.to_string())),
+            },
+            None => None,
+        };
+        if room_last.is_some_and(|last| last <= self.stored_floor.load(Ordering::Relaxed)) {
+            return Ok(Unstored::default());
+        }
+        let Some((after, stream_last)) = self.unstored_range().await? else {
             return Ok(Unstored::default());
         };
+        let last = room_last.map_or(stream_last, |l| l.min(stream_last));
+        if last <= after {
+            return Ok(Unstored::default());
+        }
         if last - after > UNSTORED_MAX {
             return Err(BusError::Backlog(last - after));
         }
-        let stream = self.chat_stream_handle()?;
-        let subject = room.map(|room| self.subjects.chat(room));
         let reads = futures_util::stream::iter(after + 1..=last)
-            .map(|sequence| stream.get_raw_message(sequence))
+            .map(|sequence| stream.direct_get(sequence))
             .buffered(UNSTORED_READS);
         futures_util::pin_mut!(reads);
         let mut messages = Vec::new();
@@ -178,9 +219,7 @@ impl Bus for NatsBus {
             let message = match read {
                 Ok(message) => message,
                 // Removed from the stream (its age limit): stored long ago.
-                Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
-                    continue;
-                }
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => continue,
                 Err(e) => return Err(BusError::Read(e.to_string())),
             };
             if subject
@@ -224,10 +263,14 @@ impl NatsBus {
         match stream.consumer_info(PERSISTER_CONSUMER).await {
             Ok(info) => {
                 if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    self.stored_floor
+                        .fetch_max(info.delivered.stream_sequence, Ordering::Relaxed);
                     return Ok(None);
                 }
+                let floor = info.ack_floor.stream_sequence;
+                self.stored_floor.fetch_max(floor, Ordering::Relaxed);
                 let last = info.delivered.stream_sequence + info.num_pending;
-                Ok(Some((info.ack_floor.stream_sequence, last)).filter(|(a, l)| l > a))
+                Ok(Some((floor, last)).filter(|(a, l)| l > a))
             }
             // No persister has run yet: nothing in the stream is stored.
             Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => {
