@@ -15,13 +15,20 @@ pub fn python() -> PathBuf {
     }
 }
 
-async fn run_client(app: &TestApp, transport: &str) {
+/// Runs `tests/compat/socketio_client.py` against `api` and `gateway` (the
+/// same URL behind a load balancer); `logs` explains a failure.
+pub async fn run_python_client(
+    api: &str,
+    gateway: &str,
+    transport: &str,
+    logs: impl Fn() -> String,
+) {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/compat/socketio_client.py"
     );
     let output = tokio::process::Command::new(python())
-        .args([script, &app.base, app.gateway_url(0), transport])
+        .args([script, api, gateway, transport])
         .env("NO_PROXY", "*")
         .output()
         .await
@@ -33,11 +40,15 @@ async fn run_client(app: &TestApp, transport: &str) {
         });
     assert!(
         output.status.success(),
-        "python-socketio client failed:\n{}{}\nserver logs:\n{}",
+        "python-socketio client ({transport}) failed:\n{}{}\nserver logs:\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
-        app.logs()
+        logs()
     );
+}
+
+async fn run_client(app: &TestApp, transport: &str) {
+    run_python_client(&app.base, app.gateway_url(0), transport, || app.logs()).await;
 }
 
 async fn python_socketio_chats_over_polling_then_websocket(backend: Backend) {

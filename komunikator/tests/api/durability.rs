@@ -456,12 +456,7 @@ async fn two_persister_replicas_share_the_work_and_store_each_message_once() {
     let first_url = app.persister.as_ref().expect("persister").url.clone();
     let (mut rows, mut consumed) = (Vec::new(), Vec::new());
     for url in [first_url, second.url.clone()] {
-        let text = reqwest::get(format!("{url}/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = crate::harness::metrics(&url).await;
         rows.push(counter(&text, "komunikator_persister_rows_inserted_total"));
         consumed.push(counter(&text, "komunikator_persister_messages_total"));
     }

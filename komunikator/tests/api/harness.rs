@@ -72,6 +72,21 @@ pub fn claims_for(user: &str, from_now: i64) -> Value {
                         "jti": random_hex(8), "type": "access" })
 }
 
+/// The Prometheus text a process serves at `<base>/metrics`.
+pub async fn metrics(base: &str) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// A fresh MariaDB database, dropped when this value is.
 pub struct TestDb {
     pub name: String,

@@ -260,6 +260,52 @@ async fn cors_preflight_allows_any_origin_with_the_authorization_header(backend:
     );
 }
 
+/// The `Access-Control-Allow-Origin` a page on `origin` gets from
+/// `base/socket.io/`: on the preflight of a long-polling POST, and on the
+/// long-polling handshake socket.io-client starts with (both must succeed).
+pub async fn socket_io_cors(base: &str, origin: &str) -> (Option<String>, Option<String>) {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let polling = format!("{base}/socket.io/?EIO=4&transport=polling");
+    let allow = |res: &reqwest::Response| {
+        res.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, &polling)
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "content-type")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(preflight.status().is_success(), "{preflight:?}");
+    let methods = preflight
+        .headers()
+        .get("access-control-allow-methods")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(
+        allow(&preflight).is_none() || (methods.contains("GET") && methods.contains("POST")),
+        "{methods}"
+    );
+    let handshake = http
+        .get(&polling)
+        .header("Origin", origin)
+        .send()
+        .await
+        .expect("handshake");
+    assert_eq!(handshake.status(), 200);
+    let allowed = (allow(&preflight), allow(&handshake));
+    let body = handshake.text().await.expect("body");
+    assert!(body.starts_with("0{") && body.contains("\"sid\""), "{body}");
+    allowed
+}
+
 /// socket.io-client in a browser starts with long-polling requests (and
 /// their preflights) to `/socket.io/`: without CORS there, no page on
 /// another origin can connect.
@@ -269,45 +315,10 @@ async fn cors_covers_socket_io_polling_and_its_preflight(backend: Backend) {
         ..Options::default()
     };
     let app = TestApp::start_with(backend, options).await;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
-    let polling = format!("{}/socket.io/?EIO=4&transport=polling", app.gateway_url(0));
     for (origin, allowed) in [("https://a.example", true), ("https://evil.example", false)] {
-        let preflight = http
-            .request(reqwest::Method::OPTIONS, &polling)
-            .header("Origin", origin)
-            .header("Access-Control-Request-Method", "POST")
-            .header("Access-Control-Request-Headers", "content-type")
-            .send()
-            .await
-            .expect("preflight");
-        let allow = |res: &reqwest::Response| {
-            res.headers()
-                .get("access-control-allow-origin")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        assert!(preflight.status().is_success(), "{preflight:?}");
-        assert_eq!(
-            allow(&preflight).as_deref(),
-            allowed.then_some(origin),
-            "{origin}"
-        );
-        let handshake = http
-            .get(&polling)
-            .header("Origin", origin)
-            .send()
-            .await
-            .expect("handshake");
-        assert_eq!(handshake.status(), 200);
-        assert_eq!(
-            allow(&handshake).as_deref(),
-            allowed.then_some(origin),
-            "{origin}"
-        );
-        assert!(handshake.text().await.expect("body").starts_with("0{"));
+        let expected = allowed.then(|| origin.to_owned());
+        let got = socket_io_cors(app.gateway_url(0), origin).await;
+        assert_eq!(got, (expected.clone(), expected), "{origin}");
     }
 }
 

@@ -8,53 +8,25 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::compat::python;
-use crate::harness::{Options, TestApp, claims_for};
+use crate::harness::{Options, claims_for};
+use crate::input::socket_io_cors;
 use crate::nginx::Proxied;
 use crate::sio::{Auth, Socket};
 
 const ORIGIN: &str = "http://chat.example.test";
 
-/// The CORS answer to a browser on another origin: a preflight, and the
-/// Engine.IO long-polling handshake socket.io-client starts with.
-async fn assert_cors_on_socket_io(app: &TestApp, base: &str) {
+/// The CORS answer to a browser on another origin: the Engine.IO
+/// long-polling handshake and its preflight, and an API preflight.
+async fn assert_cors(base: &str) {
+    let any = Some("*".to_owned());
+    assert_eq!(
+        socket_io_cors(base, ORIGIN).await,
+        (any.clone(), any.clone())
+    );
     let http = reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("client");
-    let polling = format!("{base}/socket.io/?EIO=4&transport=polling");
-    let preflight = http
-        .request(reqwest::Method::OPTIONS, &polling)
-        .header("Origin", ORIGIN)
-        .header("Access-Control-Request-Method", "POST")
-        .header("Access-Control-Request-Headers", "content-type")
-        .send()
-        .await
-        .expect("preflight");
-    assert!(
-        preflight.status().is_success(),
-        "preflight: {preflight:?}\n{}",
-        app.logs()
-    );
-    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
-    let methods = preflight.headers()["access-control-allow-methods"]
-        .to_str()
-        .expect("methods");
-    assert!(
-        methods.contains("POST") && methods.contains("GET"),
-        "{methods}"
-    );
-
-    let handshake = http
-        .get(&polling)
-        .header("Origin", ORIGIN)
-        .send()
-        .await
-        .expect("handshake");
-    assert_eq!(handshake.status(), 200, "{handshake:?}");
-    assert_eq!(handshake.headers()["access-control-allow-origin"], "*");
-    let body = handshake.text().await.expect("body");
-    assert!(body.starts_with("0{") && body.contains("\"sid\""), "{body}");
-
     let api_preflight = http
         .request(reqwest::Method::OPTIONS, format!("{base}/api/room/create"))
         .header("Origin", ORIGIN)
@@ -71,31 +43,15 @@ async fn assert_cors_on_socket_io(app: &TestApp, base: &str) {
 }
 
 async fn run_python_client(proxied: &Proxied, transport: &str) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/compat/socketio_client.py"
-    );
     let url = &proxied.nginx.url;
-    let output = tokio::process::Command::new(python())
-        .args([script, url, url, transport])
-        .env("NO_PROXY", "*")
-        .output()
-        .await
-        .expect("python");
-    assert!(
-        output.status.success(),
-        "python-socketio ({transport}) through nginx failed:\n{}{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        proxied.logs()
-    );
+    crate::compat::run_python_client(url, url, transport, || proxied.logs()).await;
 }
 
 #[tokio::test]
 async fn rest_sockets_and_cors_work_through_nginx() {
     let proxied = Proxied::start(Options::default()).await;
     let app = &proxied.app;
-    assert_cors_on_socket_io(app, &proxied.nginx.url).await;
+    assert_cors(&proxied.nginx.url).await;
 
     let ann = app.user("ann").await;
     let room = app.room(&ann, "Proxied", None).await;
@@ -269,19 +225,8 @@ async fn acknowledged_messages_are_in_every_later_read_on_every_api_replica() {
         &misses[..misses.len().min(5)]
     );
     // Both api replicas answered reads (nginx balances them).
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
     for api in std::iter::once(&app.main).chain(&app.apis) {
-        let metrics = http
-            .get(format!("{}/metrics", api.url))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+        let metrics = crate::harness::metrics(&api.url).await;
         assert!(
             metrics.contains(r#"route="/api/chat_history""#),
             "the replica at {} served no read",

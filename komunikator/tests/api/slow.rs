@@ -102,12 +102,7 @@ async fn a_socket_that_stops_reading_is_disconnected_not_left_with_a_gap(backend
     }
     // The sleeper was disconnected: the gateway counted it, and its stream
     // ends after what was already on the way.
-    let metrics = reqwest::get(format!("{gateway}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = crate::harness::metrics(&gateway).await;
     let slow = metrics
         .lines()
         .find_map(|l| l.strip_prefix("komunikator_gateway_slow_consumers_total "))

@@ -215,12 +215,7 @@ async fn refused_socket_connections_are_logged_and_counted_by_reason(backend: Ba
         ("expired_token", 1),
         ("unknown_user", 1),
     ];
-    let metrics = reqwest::get(format!("{url}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = crate::harness::metrics(&url).await;
     for (reason, count) in expected {
         let line =
             format!("komunikator_gateway_connect_refusals_total{{reason=\"{reason}\"}} {count}");

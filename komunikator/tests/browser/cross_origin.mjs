@@ -17,6 +17,7 @@ import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
+import { id, openMyRoom, seesMessage, send } from "./ui.mjs";
 
 const DEADLINE_MS = 90000;
 const SIO_PAGE_MS = 20000;
@@ -248,7 +249,6 @@ browser = await chromium.launch({
 });
 let shotNo = 0;
 const shot = async (page, name) => page.screenshot({ path: join(artifacts, `xo-${String(++shotNo).padStart(2, "0")}-${name}.png`), fullPage: true });
-const id = (page, testId) => page.getByTestId(testId);
 const run = Math.random().toString(16).slice(2, 8);
 
 // Everything the network layer saw for one page, to check and to explain a failure.
@@ -342,18 +342,6 @@ try {
     // The client's own WebSocket, to the API origin (not to the page's).
     await page.locator("#conn-status.ok").waitFor();
     return { page, seen };
-  }
-  async function openMyRoom(page, roomName) {
-    await id(page, "my-room").filter({ hasText: roomName }).first().click();
-    await id(page, "room-title").filter({ hasText: roomName }).waitFor();
-  }
-  async function send(page, text) {
-    await id(page, "message-input").fill(text);
-    await id(page, "send-button").click();
-  }
-  async function seesMessage(page, author, text) {
-    await id(page, "message").filter({ has: id(page, "message-text").filter({ hasText: text }) })
-      .filter({ has: id(page, "message-user").filter({ hasText: author }) }).first().waitFor();
   }
 
   const alice = `alice_${run}`;

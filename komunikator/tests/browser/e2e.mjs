@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { createRequire } from "node:module";
+import { id, openMyRoom, seesMessage, send } from "./ui.mjs";
 
 // ES modules ignore NODE_PATH: resolve playwright-core from KOM_NODE_DIR.
 const require = createRequire(join(process.env.KOM_NODE_DIR || process.cwd(), "index.js"));
@@ -41,7 +42,6 @@ const browser = await chromium.launch({
 });
 let step = 0;
 const shot = async (page, name) => page.screenshot({ path: join(artifacts, `${String(++step).padStart(2, "0")}-${name}.png`), fullPage: true });
-const id = (page, testId) => page.getByTestId(testId);
 const run = Math.random().toString(16).slice(2, 8);
 
 async function user(name) {
@@ -54,21 +54,6 @@ async function user(name) {
   await id(page, "register-button").click();
   await id(page, "current-user").filter({ hasText: name }).waitFor();
   return page;
-}
-
-async function openMyRoom(page, roomName) {
-  await id(page, "my-room").filter({ hasText: roomName }).first().click();
-  await id(page, "room-title").filter({ hasText: roomName }).waitFor();
-}
-
-async function send(page, text) {
-  await id(page, "message-input").fill(text);
-  await id(page, "send-button").click();
-}
-
-async function seesMessage(page, author, text) {
-  await id(page, "message").filter({ has: id(page, "message-text").filter({ hasText: text }) })
-    .filter({ has: id(page, "message-user").filter({ hasText: author }) }).first().waitFor();
 }
 
 let failed = null;
