@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Events, Socket};
 use crate::procs::Meter;
 use crate::report::{self, Output};
-use crate::rest::{Tally, fixed_rate, get, hammer};
+use crate::rest::{back_to_back, fixed_rate, get};
 use crate::setup;
 
 #[derive(Args, Clone, Debug)]
@@ -156,16 +156,8 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
     wait_for_acks(&acked, args.messages + paced).await?;
 
     // Phase 3: reads back to back on `concurrency` connections.
-    let meter = Meter::start(procs.clone());
-    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| tokio::spawn(hammer(args.api.clone(), read.clone(), deadline, b"[")))
-        .collect();
-    let mut closed = Tally::new();
-    for w in workers {
-        closed.merge(&w.await?);
-    }
-    let (processes, generator) = meter.finish();
+    let (closed, processes, generator) =
+        back_to_back(&args.api, &read, args.concurrency, args.seconds, &procs).await?;
     let throughput = json!({
         "requests": closed.json(args.seconds), "concurrency": args.concurrency,
         "processes": processes, "generator": generator,

@@ -182,18 +182,10 @@ pub async fn rest(args: RestArgs) -> anyhow::Result<()> {
     let procs = crate::procs::discover(&args.output.pids);
 
     // Phase 1: GET /api/rooms back to back on every connection.
-    let meter = Meter::start(procs.clone());
-    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
     let request = get("/api/rooms", None);
     let (_, body_bytes) = Conn::open(&args.api).await?.send(&request).await?;
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| tokio::spawn(hammer(args.api.clone(), request.clone(), deadline, b"[")))
-        .collect();
-    let mut rooms = Tally::new();
-    for w in workers {
-        rooms.merge(&w.await?);
-    }
-    let (processes, generator) = meter.finish();
+    let (rooms, processes, generator) =
+        back_to_back(&args.api, &request, args.concurrency, args.seconds, &procs).await?;
     let rooms_json = json!({
         "requests": rooms.json(args.seconds), "concurrency": args.concurrency,
         "rooms_listed": rooms_listed, "body_bytes": body_bytes,
@@ -263,15 +255,32 @@ pub async fn rest(args: RestArgs) -> anyhow::Result<()> {
     report::emit(&args.output, "rest", &summary, &report)
 }
 
+/// Sends `request` back to back on `concurrency` keep-alive connections for
+/// `seconds` (a 200 must be a JSON list); the tally, and the CPU it cost.
+pub async fn back_to_back(
+    api: &str,
+    request: &[u8],
+    concurrency: usize,
+    seconds: f64,
+    procs: &[crate::procs::Proc],
+) -> anyhow::Result<(Tally, Value, Value)> {
+    let meter = Meter::start(procs.to_vec());
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| tokio::spawn(hammer(api.to_owned(), request.to_vec(), deadline, b"[")))
+        .collect();
+    let mut tally = Tally::new();
+    for w in workers {
+        tally.merge(&w.await?);
+    }
+    let (processes, generator) = meter.finish();
+    Ok((tally, processes, generator))
+}
+
 /// Sends `request` back to back on one keep-alive connection until
 /// `deadline`, reconnecting after an error; a 200 whose body does not start
 /// with `expect` counts as an error.
-pub async fn hammer(
-    api: String,
-    request: Vec<u8>,
-    deadline: Instant,
-    expect: &'static [u8],
-) -> Tally {
+async fn hammer(api: String, request: Vec<u8>, deadline: Instant, expect: &'static [u8]) -> Tally {
     let mut tally = Tally::new();
     let Ok(mut conn) = Conn::open(&api).await else {
         tally.errors.add("connect", 1);
