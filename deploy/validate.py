@@ -82,6 +82,8 @@ paths = {}
 for name, ingress in by_kind["Ingress"].items():
     annotations = ingress["metadata"].get("annotations", {})
     check(annotations.get("nginx.ingress.kubernetes.io/proxy-body-size") == "64k", f"ingress {name}: body limit")
+    check(annotations.get("nginx.ingress.kubernetes.io/default-backend") in by_kind["Service"], f"ingress {name}: error backend")
+    check("413" in annotations.get("nginx.ingress.kubernetes.io/custom-http-errors", ""), f"ingress {name}: JSON errors")
     for rule in ingress["spec"]["rules"]:
         for path in rule["http"]["paths"]:
             check(path["backend"]["service"]["name"] in by_kind["Service"], f"ingress backend {path}")

@@ -5,6 +5,7 @@
 mod body;
 mod error;
 mod extract;
+mod proxy_errors;
 pub mod room_list;
 mod router;
 mod routes;

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, Resp, TestApp, User};
+use crate::harness::{Backend, Options, Resp, TestApp, User};
 use crate::rooms::{assert_timestamp, keys};
 
 /// Inserts messages `(chat_id, room_id, user_name, message)` in one statement;
@@ -389,7 +389,44 @@ async fn deleting_a_room_deletes_its_history_and_memberships(backend: Backend) {
     assert_eq!(n, 2);
 }
 
+/// Read your writes (CONTRACT.md): once a message is acknowledged, the very
+/// next read has it, whoever stores it (the embedded store before the ack,
+/// the persister after it).
+async fn an_acknowledged_message_is_in_the_next_read(backend: Backend) {
+    let app = TestApp::start_with(
+        backend,
+        Options {
+            env: vec![("MESSAGE_RATE_LIMIT", "0".into())],
+            ..Options::default()
+        },
+    )
+    .await;
+    let ann = app.user("ann").await;
+    let room = app.room(&ann, "Fresh", None).await;
+    let mut socket = app.socket(&ann).await;
+    socket.join(room).await;
+    for round in 1..=100 {
+        let ack = socket
+            .emit_with_ack(
+                "message",
+                json!({ "room_id": room, "message": format!("m{round}") }),
+            )
+            .await;
+        let res = history(&app, &format!("room_id={room}&limit=1"), None).await;
+        assert_eq!(
+            res.body[0]["chat_id"], ack["chat_id"],
+            "round {round}: {res:?}"
+        );
+        assert_eq!(res.body[0]["message"], format!("m{round}"));
+        if round % 25 == 0 {
+            let info = app.get("/api/user/get_info", Some(&ann.token)).await;
+            assert_eq!(info.body["message_count"], round, "{info:?}");
+        }
+    }
+}
+
 crate::on_both_stores!(
+    an_acknowledged_message_is_in_the_next_read,
     history_lists_a_rooms_messages_oldest_first_with_every_field,
     a_room_without_messages_has_an_empty_history,
     history_without_limit_returns_the_newest_1000_messages,

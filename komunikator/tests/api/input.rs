@@ -79,6 +79,45 @@ async fn bodies_are_limited_to_64_kib(backend: Backend) {
     }
 }
 
+/// ingress-nginx sends the requests it fails itself (body over its limit, no
+/// ready replica) to the api as its error backend, with the status in
+/// `X-Code` and the path rewritten: the answer is the contract's JSON.
+async fn proxy_error_codes_are_answered_in_json(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/"),
+        (reqwest::Method::POST, "/api/login"),
+    ] {
+        let res = app
+            .send(
+                app.request(method.clone(), path, None)
+                    .header("X-Code", "413"),
+            )
+            .await;
+        res.expect(413, "Request body too large (limit 64 KiB)");
+        for code in ["502", "503", "504"] {
+            let res = app
+                .request(method.clone(), path, None)
+                .header("X-Code", code)
+                .send()
+                .await
+                .expect("answer");
+            assert_eq!(res.status(), 503, "{method} {path} X-Code {code}");
+            assert_eq!(res.headers()["retry-after"], "1");
+            let body: Value = res.json().await.expect("json");
+            assert_eq!(body, json!({ "error": "Service unavailable, try again" }));
+        }
+    }
+    // Any other value is no proxy error: the request is served as usual.
+    let res = app
+        .send(
+            app.request(reqwest::Method::GET, "/api/rooms", None)
+                .header("X-Code", "200"),
+        )
+        .await;
+    assert_eq!(res.status, 200);
+}
+
 async fn unknown_paths_and_methods_answer_json(backend: Backend) {
     let app = TestApp::start(backend).await;
     app.get("/api/nope", None).await.expect(404, "Not found");
@@ -388,6 +427,7 @@ async fn sigterm_stops_the_server_cleanly(backend: Backend) {
 crate::on_both_stores!(
     malformed_json_bodies_are_400_with_a_json_error,
     bodies_are_limited_to_64_kib,
+    proxy_error_codes_are_answered_in_json,
     unknown_paths_and_methods_answer_json,
     absurd_ids_and_query_values_are_400,
     wrong_field_types_are_400,

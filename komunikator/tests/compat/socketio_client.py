@@ -63,6 +63,17 @@ def main():
     requests.post(f"{API}/api/room/join_public", headers={"Authorization": f"Bearer {bob_token}"},
                   json={"room_id": room})
 
+    # What a browser on another origin needs before socket.io-client can
+    # connect over long-polling: CORS on the handshake and its preflight.
+    origin = {"Origin": "http://page.example.test"}
+    polling = f"{GATEWAY}/socket.io/?EIO=4&transport=polling"
+    r = requests.options(polling, headers={**origin, "Access-Control-Request-Method": "POST",
+                                           "Access-Control-Request-Headers": "content-type"})
+    assert r.ok and r.headers.get("Access-Control-Allow-Origin") == "*", (r.status_code, r.headers)
+    r = requests.get(polling, headers=origin)
+    assert r.status_code == 200 and r.headers.get("Access-Control-Allow-Origin") == "*", r.headers
+    assert r.text.startswith("0{"), r.text
+
     a, b = Client(ann_token), Client(bob_token)
     if TRANSPORT == "default":
         # Long-polling first, then the upgrade to WebSocket.
