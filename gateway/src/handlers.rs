@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use common::auth::TokenError;
-use common::bus::BusError;
+use common::bus::{BusError, IdempotencyKey};
 use common::domain::{ChatDraft, now};
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
@@ -385,10 +385,14 @@ impl Gateway {
             create_date: now(),
         };
         let started = std::time::Instant::now();
+        let key = request
+            .client_msg_id
+            .as_deref()
+            .map(|id| IdempotencyKey::new(&session.user, id));
         let pending = self
             .deps
             .bus
-            .begin_append(&draft)
+            .begin_append(&draft, key.as_ref())
             .await
             .map_err(unavailable)?;
         let append_seconds = self.deps.metrics.append_seconds.clone();

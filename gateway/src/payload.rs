@@ -78,7 +78,12 @@ pub struct MessageRequest {
     pub room_id: RoomId,
     pub user_name: Option<String>,
     pub message: String,
+    /// Makes a resend idempotent: 1..64 of `A-Za-z0-9_-`.
+    pub client_msg_id: Option<String>,
 }
+
+/// The longest `client_msg_id`.
+pub const CLIENT_MSG_ID_MAX: usize = 64;
 
 /// `watchdog`: `{user_name}`.
 #[derive(Debug, PartialEq, Eq)]
@@ -110,10 +115,23 @@ impl MessageRequest {
             Some(Value::String(m)) => m.clone(),
             Some(_) => return Err(Refusal::Invalid),
         };
+        let client_msg_id = match map.get("client_msg_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id))
+                if (1..=CLIENT_MSG_ID_MAX).contains(&id.len())
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+            {
+                Some(id.clone())
+            }
+            Some(_) => return Err(Refusal::Invalid),
+        };
         Ok(Self {
             room_id,
             user_name,
             message,
+            client_msg_id,
         })
     }
 }

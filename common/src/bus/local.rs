@@ -2,13 +2,18 @@
 //! semantics as NATS (`*`, `>`), delivered through channels. Chat messages
 //! are stored first (the store assigns their ids), then delivered.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Bus, BusError, BusMessage, PendingAppend, Subjects, Subscription};
+use super::{
+    Bus, BusError, BusMessage, IDEMPOTENCY_WINDOW, IdempotencyKey, PendingAppend, Subjects,
+    Subscription,
+};
 use crate::domain::{ChatDraft, ChatId};
 use crate::store::{Store, StoreError};
 
@@ -25,7 +30,34 @@ const APPEND_BATCH_MAX: usize = 256;
 /// A chat message waiting for the writer.
 struct Append {
     draft: ChatDraft,
+    key: Option<IdempotencyKey>,
     done: oneshot::Sender<Result<ChatId, BusError>>,
+}
+
+/// The ids of recently stored messages by idempotency key, for
+/// [`IDEMPOTENCY_WINDOW`]: a resend gets the first one's id.
+#[derive(Default)]
+struct Remembered {
+    ids: HashMap<IdempotencyKey, ChatId>,
+    /// Keys in the order they were stored, to forget them in that order.
+    stored: VecDeque<(Instant, IdempotencyKey)>,
+}
+
+impl Remembered {
+    fn forget_expired(&mut self, now: Instant) {
+        while let Some((at, _)) = self.stored.front()
+            && now.duration_since(*at) > IDEMPOTENCY_WINDOW
+        {
+            if let Some((_, key)) = self.stored.pop_front() {
+                self.ids.remove(&key);
+            }
+        }
+    }
+
+    fn remember(&mut self, key: IdempotencyKey, id: ChatId, now: Instant) {
+        self.ids.insert(key.clone(), id);
+        self.stored.push_back((now, key));
+    }
 }
 
 impl std::fmt::Debug for LocalBus {
@@ -121,11 +153,16 @@ impl Bus for LocalBus {
 
     /// Queues the message for the writer, which stores whatever is waiting
     /// in one transaction (group commit) and delivers each in id order.
-    async fn begin_append(&self, draft: &ChatDraft) -> Result<PendingAppend, BusError> {
+    async fn begin_append(
+        &self,
+        draft: &ChatDraft,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<PendingAppend, BusError> {
         let (done, stored) = oneshot::channel();
         self.appends
             .send(Append {
                 draft: draft.clone(),
+                key: key.cloned(),
                 done,
             })
             .map_err(|_| BusError::NotConnected)?;
@@ -136,34 +173,67 @@ impl Bus for LocalBus {
 }
 
 /// The writer: stores queued chat messages a batch at a time, then delivers
-/// them and answers their senders. Ends when the bus is dropped.
+/// them and answers their senders. A resend (a key stored within the
+/// window, or twice in one batch) is answered with the first one's id and
+/// neither stored nor delivered again. Ends when the bus is dropped.
 async fn write(
     store: Arc<dyn Store>,
     deliverer: Arc<Deliverer>,
     mut queue: mpsc::UnboundedReceiver<Append>,
 ) {
     let mut batch = Vec::with_capacity(APPEND_BATCH_MAX);
+    let mut remembered = Remembered::default();
     while queue.recv_many(&mut batch, APPEND_BATCH_MAX).await > 0 {
-        let (drafts, senders): (Vec<ChatDraft>, Vec<_>) =
-            batch.drain(..).map(|a| (a.draft, a.done)).unzip();
-        match store.append_messages(&drafts).await {
-            Ok(ids) => {
-                for ((draft, done), id) in drafts.iter().zip(senders).zip(ids) {
-                    let outcome = id
-                        .map_err(|e| match e {
-                            StoreError::Missing => {
-                                BusError::Append("the room no longer exists".into())
-                            }
-                            e => BusError::Append(e.to_string()),
-                        })
-                        .and_then(|id| deliverer.deliver_chat(draft, id).map(|()| id));
-                    let _ = done.send(outcome);
+        let now = Instant::now();
+        remembered.forget_expired(now);
+        // One entry per message to store: its draft, key and every sender
+        // waiting for it (resends in the same batch included).
+        let mut drafts = Vec::with_capacity(batch.len());
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut waiting: Vec<Vec<oneshot::Sender<_>>> = Vec::with_capacity(batch.len());
+        let mut in_batch: HashMap<IdempotencyKey, usize> = HashMap::new();
+        for Append { draft, key, done } in batch.drain(..) {
+            if let Some(key) = &key {
+                if let Some(&id) = remembered.ids.get(key) {
+                    let _ = done.send(Ok(id));
+                    continue;
                 }
+                if let Some(&i) = in_batch.get(key) {
+                    waiting[i].push(done);
+                    continue;
+                }
+                in_batch.insert(key.clone(), drafts.len());
             }
-            Err(e) => {
-                for done in senders {
-                    let _ = done.send(Err(BusError::Append(e.to_string())));
-                }
+            drafts.push(draft);
+            keys.push(key);
+            waiting.push(vec![done]);
+        }
+        if drafts.is_empty() {
+            continue;
+        }
+        let outcomes: Vec<Result<ChatId, BusError>> = match store.append_messages(&drafts).await {
+            Ok(ids) => drafts
+                .iter()
+                .zip(ids)
+                .map(|(draft, id)| {
+                    id.map_err(|e| match e {
+                        StoreError::Missing => BusError::Append("the room no longer exists".into()),
+                        e => BusError::Append(e.to_string()),
+                    })
+                    .and_then(|id| deliverer.deliver_chat(draft, id).map(|()| id))
+                })
+                .collect(),
+            Err(e) => drafts
+                .iter()
+                .map(|_| Err(BusError::Append(e.to_string())))
+                .collect(),
+        };
+        for ((outcome, key), senders) in outcomes.into_iter().zip(keys).zip(waiting) {
+            if let (Ok(id), Some(key)) = (&outcome, key) {
+                remembered.remember(key, *id, now);
+            }
+            for done in senders {
+                let _ = done.send(outcome.clone());
             }
         }
     }
@@ -362,7 +432,7 @@ mod tests {
                 message: format!("m{i}"),
                 create_date: crate::domain::now(),
             };
-            pending.push(t.bus.begin_append(&draft).await.expect("started"));
+            pending.push(t.bus.begin_append(&draft, None).await.expect("started"));
         }
         let mut ids = Vec::new();
         for (i, stored) in pending.into_iter().enumerate() {

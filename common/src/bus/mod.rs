@@ -17,7 +17,7 @@ mod nats;
 pub use local::LocalBus;
 pub use nats::{NatsBus, PERSISTER_CONSUMER};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("cannot connect to NATS: {0}")]
     Connect(String),
@@ -77,7 +77,15 @@ pub trait Bus: Send + Sync + 'static {
     /// Only once stored is a message delivered on [`Subjects::new_message`],
     /// with that id as `sequence`, so "seen live" implies "stored", and every
     /// subscriber sees one room's messages in `chat_id` order.
-    async fn begin_append(&self, draft: &ChatDraft) -> Result<PendingAppend, BusError>;
+    ///
+    /// With a `key`, the append is idempotent: appending again with the same
+    /// key within [`IDEMPOTENCY_WINDOW`] stores and delivers nothing more
+    /// and resolves to the first append's `chat_id`.
+    async fn begin_append(
+        &self,
+        draft: &ChatDraft,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<PendingAppend, BusError>;
 
     /// The chat messages acknowledged to their senders that the store may
     /// not hold yet, of one room or of every room. Reads merge them with the
@@ -91,7 +99,27 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Stores a chat message durably and returns its `chat_id`.
     async fn append_chat(&self, draft: &ChatDraft) -> Result<ChatId, BusError> {
-        self.begin_append(draft).await?.await
+        self.begin_append(draft, None).await?.await
+    }
+}
+
+/// How long an [`IdempotencyKey`] is remembered (the contract's "within 2
+/// minutes"; also the chat stream's duplicate window).
+pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Identifies one chat message across its resends: its sender and the
+/// client's `client_msg_id`. Safe as a NATS header value (the user name is
+/// hex-encoded).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn new(user: &str, client_msg_id: &str) -> Self {
+        Self(format!("{}-{client_msg_id}", hex::encode(user)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

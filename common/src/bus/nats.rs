@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{Bus, BusError, BusMessage, PendingAppend, Subjects, Subscription, Unstored};
+use super::{
+    Bus, BusError, BusMessage, IdempotencyKey, PendingAppend, Subjects, Subscription, Unstored,
+};
 use crate::domain::{ChatDraft, ChatId, RoomId};
 
 /// How long a publish may wait for JetStream's ack, and how often it is
@@ -177,8 +179,12 @@ impl Bus for NatsBus {
         }
     }
 
-    async fn begin_append(&self, draft: &ChatDraft) -> Result<PendingAppend, BusError> {
-        self.begin(draft).await
+    async fn begin_append(
+        &self,
+        draft: &ChatDraft,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<PendingAppend, BusError> {
+        self.begin(draft, key).await
     }
 
     async fn unstored(&self, room: Option<RoomId>) -> Result<Unstored, BusError> {
@@ -319,11 +325,18 @@ impl NatsBus {
     /// Publishes the message now, so that one caller's messages reach the
     /// stream in order, and returns the wait for its acknowledgement. A
     /// message not acknowledged is published again with the same
-    /// `Nats-Msg-Id`, so the stream stores it once however often it is sent.
-    async fn begin(&self, draft: &ChatDraft) -> Result<PendingAppend, BusError> {
+    /// `Nats-Msg-Id`, so the stream stores it once however often it is sent;
+    /// with an idempotency key that id is the key, so a client's resend is
+    /// stored once too (the stream answers a duplicate with the first
+    /// message's sequence, and does not republish it).
+    async fn begin(
+        &self,
+        draft: &ChatDraft,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<PendingAppend, BusError> {
         let payload =
             Bytes::from(serde_json::to_vec(draft).map_err(|e| BusError::Append(e.to_string()))?);
-        let msg_id = crate::random_hex(12);
+        let msg_id = key.map_or_else(|| crate::random_hex(12), |k| k.as_str().to_owned());
         let subject = self.subjects.chat(draft.room_id);
         let publish = move |payload: &Bytes| {
             PublishMessage::build()

@@ -243,6 +243,90 @@ async fn refused_socket_connections_are_logged_and_counted_by_reason(backend: Ba
     }
 }
 
+/// `client_msg_id` makes a resend idempotent: the same user's retry with the
+/// same id is stored and delivered once and acked with the same `chat_id`,
+/// whether it follows the first one or races it.
+async fn a_resend_with_the_same_client_msg_id_is_stored_and_delivered_once(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&ann, "Retries", None).await;
+    app.post(
+        "/api/room/join_public",
+        Some(&bob.token),
+        json!({ "room_id": room }),
+    )
+    .await
+    .expect_message("Joined room successfully");
+    let mut a = app.socket(&ann).await;
+    let mut b = app.socket(&bob).await;
+    a.join(room).await;
+    b.join(room).await;
+    let message =
+        |id: &str, text: &str| json!({ "room_id": room, "message": text, "client_msg_id": id });
+    let first = a.emit_with_ack("message", message("m-1", "hello")).await;
+    let again = a.emit_with_ack("message", message("m-1", "hello")).await;
+    assert!(first["chat_id"].is_i64(), "{first}");
+    assert_eq!(again, first, "the resend is acked with the first chat_id");
+    // Two sends racing each other, at the 64-character limit.
+    let long = "x".repeat(64);
+    let (r1, r2) = tokio::join!(
+        a.emit_with_ack("message", message(&long, "raced")),
+        a.emit_with_ack("message", message(&long, "raced")),
+    );
+    assert_eq!(r1, r2);
+    // Another user's id is their own; no id is no deduplication.
+    let bobs = b.emit_with_ack("message", message("m-1", "bob's")).await;
+    assert_ne!(bobs["chat_id"], first["chat_id"]);
+    let plain1 = send(&a, room, "plain").await;
+    let plain2 = send(&a, room, "plain").await;
+    assert_ne!(plain1, plain2);
+
+    let expected = vec![
+        first["chat_id"].clone(),
+        r1["chat_id"].clone(),
+        bobs["chat_id"].clone(),
+        json!(plain1),
+        json!(plain2),
+    ];
+    let mut delivered = Vec::new();
+    while delivered.len() < expected.len() {
+        delivered.push(b.expect("new_message").await["chat_id"].clone());
+    }
+    assert_eq!(delivered, expected, "each message delivered once");
+    b.expect_none("new_message", Duration::from_millis(300))
+        .await;
+    let history = app
+        .get(&format!("/api/chat_history?room_id={room}"), None)
+        .await;
+    let stored: Vec<Value> = history
+        .body
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|m| m["chat_id"].clone())
+        .collect();
+    assert_eq!(stored, expected, "each message stored once");
+
+    // Over the limit, empty, other characters, other types: invalid payload.
+    for bad in [
+        json!("y".repeat(65)),
+        json!(""),
+        json!("a b"),
+        json!("ż"),
+        json!(7),
+        json!(["m"]),
+    ] {
+        expect_refused_message(
+            &mut a,
+            json!({ "room_id": room, "message": "x", "client_msg_id": bad }),
+            "Invalid payload",
+            7,
+        )
+        .await;
+    }
+}
+
 async fn an_origin_allowlist_refuses_other_origins(backend: Backend) {
     let app = TestApp::start_with(
         backend,
@@ -1288,6 +1372,7 @@ crate::on_both_stores!(
     a_token_in_the_auth_payload_the_header_or_the_query_connects,
     sockets_without_a_valid_token_are_refused,
     refused_socket_connections_are_logged_and_counted_by_reason,
+    a_resend_with_the_same_client_msg_id_is_stored_and_delivered_once,
     an_origin_allowlist_refuses_other_origins,
     an_event_sent_right_after_connecting_is_handled,
     join_announces_the_joiner_to_the_whole_room_including_the_joiner,
