@@ -18,10 +18,22 @@ use super::{
 };
 use crate::domain::{ChatDraft, ChatId, RoomId};
 
-/// How long a publish may wait for JetStream's ack, and how often it is
-/// retried (with the same `Nats-Msg-Id`, so a retry is stored once).
+/// How long one publish may wait for JetStream's ack (also the timeout of
+/// other JetStream requests).
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
-const APPEND_ATTEMPTS: u32 = 3;
+
+/// How long a chat message is retried (with the same `Nats-Msg-Id`, so a
+/// retry is stored once) before its sender is told to try again (code 8):
+/// a broker restart of a few seconds yields late acks, not refusals.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
+
+/// Pause between two publishes of one message (a broker that just came
+/// back may answer "no responders" until JetStream is up).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Pause before reconnecting after losing the server: short, so that
+/// service resumes within half a second of NATS listening again.
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 
 /// The durable consumer every persister replica shares: its ack floor is
 /// the position up to which every chat message is in the store.
@@ -53,6 +65,7 @@ impl NatsBus {
     pub async fn connect(url: &str, name: &str, subjects: Subjects) -> Result<Self, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name(name)
+            .reconnect_delay_callback(|attempts| RECONNECT_DELAY * attempts.clamp(1, 3) as u32)
             .connect(url)
             .await
             .map_err(|e| BusError::Connect(e.to_string()))?;
@@ -348,6 +361,7 @@ impl NatsBus {
             .send_publish(subject.clone(), publish(&payload))
             .await;
         let jetstream = self.jetstream.clone();
+        let deadline = tokio::time::Instant::now() + CONFIRM_WITHIN;
         Ok(Box::pin(async move {
             let mut last_error = match first {
                 Ok(ack) => match ack.await {
@@ -356,19 +370,26 @@ impl NatsBus {
                 },
                 Err(e) => e.to_string(),
             };
-            for attempt in 2..=APPEND_ATTEMPTS {
-                tracing::warn!(attempt, error = %last_error, "chat message not acknowledged, retrying");
+            let mut attempt = 1;
+            while tokio::time::Instant::now() + RETRY_PAUSE < deadline {
+                attempt += 1;
+                if attempt == 2 {
+                    tracing::warn!(error = %last_error, "chat message not acknowledged, retrying");
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
                 let acked = async {
                     jetstream
                         .send_publish(subject.clone(), publish(&payload))
                         .await?
                         .await
                 };
-                match acked.await {
-                    Ok(ack) => return chat_id(ack.sequence),
-                    Err(e) => last_error = e.to_string(),
+                match tokio::time::timeout_at(deadline, acked).await {
+                    Ok(Ok(ack)) => return chat_id(ack.sequence),
+                    Ok(Err(e)) => last_error = e.to_string(),
+                    Err(_) => last_error = "no acknowledgement".into(),
                 }
             }
+            tracing::warn!(attempt, error = %last_error, "chat message not confirmed in time");
             Err(BusError::Append(last_error))
         }))
     }

@@ -12,6 +12,7 @@ mod compat;
 mod config;
 mod durability;
 mod events;
+mod faults;
 mod input;
 mod members;
 mod online;
