@@ -17,6 +17,13 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+/// How long a delivered message may stay unacknowledged before JetStream
+/// delivers it again (to any replica): the messages a crashed persister had
+/// in hand are stored this long after the crash at the latest. A batch
+/// whose insert is being retried reports progress, so it is not redelivered
+/// meanwhile.
+const ACK_WAIT: Duration = Duration::from_secs(4);
+
 /// Options of the persister.
 #[derive(Debug, Clone, Args)]
 pub struct PersisterArgs {
@@ -82,19 +89,25 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), PersisterError> {
     let stream = bus.ensure_chat_stream(store.max_chat_id().await?).await?;
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            PERSISTER_CONSUMER,
-            pull::Config {
-                durable_name: Some(PERSISTER_CONSUMER.to_owned()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 50_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| PersisterError::Consumer(e.to_string()))?;
+    let config = pull::Config {
+        durable_name: Some(PERSISTER_CONSUMER.to_owned()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_ack_pending: 50_000,
+        ..Default::default()
+    };
+    // Created, or updated to these settings (a consumer made by an older
+    // version waited 30 s before redelivering).
+    let consumer: jetstream::consumer::PullConsumer = match stream.create_consumer(config).await {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            tracing::warn!(error = %e, "persister consumer not updated, using it as it is");
+            stream
+                .get_consumer(PERSISTER_CONSUMER)
+                .await
+                .map_err(|e| PersisterError::Consumer(e.to_string()))?
+        }
+    };
     let batch_max = args.persist_batch_max.max(1);
     let mut messages = consumer
         .stream()
@@ -157,6 +170,9 @@ async fn persist(
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = rows.len(), "batch not written, retrying");
+                for message in &batch {
+                    let _ = message.ack_with(jetstream::AckKind::Progress).await;
+                }
                 tokio::select! {
                     () = shutdown.cancelled() => return false,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -186,10 +186,18 @@ async fn acked_messages_survive_a_persister_kill_exactly_once() {
     let (during, ()) = tokio::join!(sending, killing);
     let after = send_acked(&socket, room, "after", 100).await;
     persister.restart().await;
+    let restarted = tokio::time::Instant::now();
     app.persister = Some(persister);
 
     let acked: Vec<i64> = first.into_iter().chain(during).chain(after).collect();
     let stored = wait_for_history(&app, room, acked.len()).await;
+    // What the killed persister had in hand is redelivered after the
+    // consumer's ack wait (4 s), counted from before the kill.
+    let took = restarted.elapsed();
+    assert!(
+        took <= Duration::from_secs(5),
+        "stored {took:?} after the restart"
+    );
     assert_eq!(
         stored, acked,
         "MySQL holds exactly the acked messages, once each, in order"
