@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlQueryResult};
 
+/// Longest wait for a pooled connection (or a new one) before a call fails
+/// as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// The store on MySQL or MariaDB.
 #[derive(Debug, Clone)]
 pub struct MySqlStore {
@@ -25,7 +29,9 @@ impl MySqlStore {
     ) -> super::Result<Self> {
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            // A request that cannot get a connection answers 503 within the
+            // contract's 2 s.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
         Ok(Self { pool })

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use sqlx::Connection;
 
 use crate::harness::{Backend, Options, TestApp, random_hex};
 
@@ -22,10 +23,7 @@ struct TestNats {
 
 impl TestNats {
     async fn start() -> TestNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("kom-nats-{}", random_hex(6)));
         let mut nats = TestNats {
             port,
@@ -79,6 +77,201 @@ impl Drop for TestNats {
     fn drop(&mut self) {
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A MariaDB server of the test's own (no grant tables: any user may do
+/// anything), on a free port, whose data survives a kill.
+struct TestMariaDb {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestMariaDb {
+    async fn start() -> TestMariaDb {
+        let dir = std::env::temp_dir().join(format!("kom-mariadb-{}", random_hex(6)));
+        let status = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--skip-test-db"])
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mariadb-install-db (scripts/test.sh installs MariaDB)");
+        assert!(status.success(), "mariadb-install-db failed");
+        let mut db = TestMariaDb {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        db.launch().await;
+        let mut conn = sqlx::MySqlConnection::connect(&db.url("mysql"))
+            .await
+            .expect("connect");
+        sqlx::raw_sql("CREATE DATABASE kom")
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        db
+    }
+
+    fn url(&self, database: &str) -> String {
+        format!("mysql://root@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    async fn launch(&mut self) {
+        let child = Command::new("mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+            ])
+            .args(["--bind-address=127.0.0.1", "--innodb-buffer-pool-size=16M"])
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--socket={}", self.dir.join("sock").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sqlx::MySqlConnection::connect(&self.url("mysql"))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "mariadbd did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestMariaDb {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The database killed: REST calls that need it answer 503 JSON with
+/// Retry-After within 2 s (never 500), new sockets are refused with
+/// "Service unavailable" (never "Unauthorized", which logs users out), chat
+/// goes on, and service is back within a second of the database accepting
+/// connections again, with every acknowledged message stored.
+#[tokio::test]
+async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
+    let mut db = TestMariaDb::start().await;
+    let app = TestApp::start_with(
+        Backend::MySql,
+        Options {
+            env: vec![
+                ("DATABASE_URL", db.url("kom")),
+                ("MESSAGE_RATE_LIMIT", "0".into()),
+            ],
+            ..Options::default()
+        },
+    )
+    .await;
+    let ann = app.user("ann").await;
+    let room = app.room(&ann, "Outage", None).await;
+    let mut socket = app.socket(&ann).await;
+    socket.join(room).await;
+
+    db.kill9();
+    let calls = [
+        (reqwest::Method::GET, "/api/user_rooms", json!(null)),
+        (reqwest::Method::GET, "/api/user/get_info", json!(null)),
+        (
+            reqwest::Method::POST,
+            "/api/login",
+            json!({ "user_name": ann.name, "password": ann.password }),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/room/create",
+            json!({ "room_name": "during" }),
+        ),
+    ];
+    for (method, path, body) in &calls {
+        let started = Instant::now();
+        let mut req = app.request(method.clone(), path, Some(&ann.token));
+        if !body.is_null() {
+            req = req.json(body);
+        }
+        let res = req.send().await.expect("an answer");
+        let took = started.elapsed();
+        assert_eq!(res.status(), 503, "{method} {path}");
+        assert!(
+            took <= Duration::from_secs(2),
+            "{method} {path} took {took:?}"
+        );
+        assert_eq!(res.headers()["retry-after"], "1");
+        let body: Value = res.json().await.expect("JSON");
+        assert_eq!(body, json!({ "error": "Service unavailable, try again" }));
+    }
+    let refused =
+        crate::sio::Socket::connect(app.gateway_url(0), crate::sio::Auth::Payload(&ann.token))
+            .await
+            .err();
+    assert_eq!(refused.as_deref(), Some("Service unavailable"));
+    // Chat needs no database: acknowledged now, stored once it is back.
+    let during = socket
+        .emit_with_ack("message", json!({ "room_id": room, "message": "during" }))
+        .await;
+    let during = during["chat_id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{during}"));
+
+    db.launch().await;
+    let back = Instant::now();
+    loop {
+        let res = app.get("/api/user_rooms", Some(&ann.token)).await;
+        if res.status == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() <= Duration::from_secs(1),
+            "still {res:?} {:?} after the database came back",
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    crate::sio::Socket::connect(app.gateway_url(0), crate::sio::Auth::Payload(&ann.token))
+        .await
+        .expect("sockets connect again");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut conn = sqlx::MySqlConnection::connect(&db.url("kom"))
+            .await
+            .expect("connect");
+        let stored: Vec<i64> = sqlx::query_scalar("SELECT message_id FROM chat_history")
+            .fetch_all(&mut conn)
+            .await
+            .expect("stored");
+        if stored == [during] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored {stored:?}, acked {during}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
