@@ -173,11 +173,19 @@ class SocketClient {
         this.attempt = 0;
         this.handlers.onConnect();
         break;
-      case '4':
+      case '4': {
+        // Only a refused token ends the session; a server that cannot check
+        // it now ("Service unavailable") is tried again, with backoff.
+        const reason = (body && body.message) || 'Unauthorized';
+        if (reason === 'Service unavailable') {
+          this.dropConnection();
+          break;
+        }
         this.stopped = true;
         this.dropConnection();
-        this.handlers.onRefused((body && body.message) || 'Unauthorized');
+        this.handlers.onRefused(reason);
         break;
+      }
       case '1':
         this.dropConnection();
         break;
