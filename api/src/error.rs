@@ -156,6 +156,9 @@ impl From<PasswordError> for ApiError {
 
 impl From<PresenceError> for ApiError {
     fn from(e: PresenceError) -> Self {
-        Self::Internal(e.to_string())
+        match e {
+            PresenceError::Redis(_) => Self::Unavailable(e.to_string()),
+            PresenceError::Poisoned => Self::Internal(e.to_string()),
+        }
     }
 }

@@ -275,6 +275,101 @@ async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
     }
 }
 
+/// A redis-server of the test's own, on a free port, keeping nothing on disk.
+struct TestRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl TestRedis {
+    async fn start() -> TestRedis {
+        let mut redis = TestRedis {
+            port: free_port(),
+            child: None,
+        };
+        redis.launch().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Redis killed: `GET /api/users/online` answers 503 JSON with Retry-After
+/// within 2 s (never 500), and 200 again once Redis is back.
+#[tokio::test]
+async fn a_redis_outage_makes_online_users_503_not_500() {
+    let mut redis = TestRedis::start().await;
+    let app = TestApp::start_with(
+        Backend::MySql,
+        Options {
+            env: vec![("REDIS_URL", redis.url())],
+            ..Options::default()
+        },
+    )
+    .await;
+    let ann = app.user("ann").await;
+    assert_eq!(
+        app.get("/api/users/online", Some(&ann.token)).await.status,
+        200
+    );
+    redis.kill9();
+    let started = Instant::now();
+    let res = app
+        .request(reqwest::Method::GET, "/api/users/online", Some(&ann.token))
+        .send()
+        .await
+        .expect("an answer");
+    assert!(
+        started.elapsed() <= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: Value = res.json().await.expect("JSON");
+    assert_eq!(body, json!({ "error": "Service unavailable, try again" }));
+    redis.launch().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.get("/api/users/online", Some(&ann.token)).await.status != 200 {
+        assert!(Instant::now() < deadline, "/api/users/online not back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// How long after NATS listens again every service must be ready: its
 /// reconnect delay is at most 300 ms (`common::bus::nats`), with room for a
 /// busy machine.
