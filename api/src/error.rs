@@ -157,7 +157,8 @@ impl From<PasswordError> for ApiError {
 impl From<PresenceError> for ApiError {
     fn from(e: PresenceError) -> Self {
         match e {
-            PresenceError::Redis(_) => Self::Unavailable(e.to_string()),
+            // Lost: Redis restarted empty, the presence service restores it.
+            PresenceError::Redis(_) | PresenceError::Lost => Self::Unavailable(e.to_string()),
             PresenceError::Poisoned => Self::Internal(e.to_string()),
         }
     }

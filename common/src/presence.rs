@@ -15,6 +15,10 @@ pub enum PresenceError {
     Redis(String),
     #[error("presence state is unavailable")]
     Poisoned,
+    /// The presence store lost its state (Redis restarted empty): restore
+    /// who was online with [`Presence::restore`], then retry.
+    #[error("the presence state was lost")]
+    Lost,
 }
 
 /// What a heartbeat changed.
@@ -41,6 +45,14 @@ pub trait Presence: Send + Sync + 'static {
     async fn online_among(&self, users: Vec<String>) -> Result<Vec<String>, PresenceError>;
     /// Fails when the presence store does not answer.
     async fn check_ready(&self) -> Result<(), PresenceError>;
+    /// After [`PresenceError::Lost`]: marks `users` (who were online before
+    /// the loss) online with a fresh timeout, and the state as whole again,
+    /// unless another caller did it first. True when this call restored it.
+    async fn restore(&self, users: &[String]) -> Result<bool, PresenceError>;
+    /// Gives every online user at least a fresh timeout from now: for when
+    /// the caller could not hear heartbeats for a while (the broker was
+    /// down), so that nobody lapses for it.
+    async fn extend_all(&self) -> Result<(), PresenceError>;
 }
 
 /// Presence in Redis: one key `<prefix>:online:<user>` per online user with
@@ -70,7 +82,14 @@ const MGET_CHUNK: usize = 512;
 /// Most lapsed users one `expire` returns.
 pub const EXPIRE_BATCH: usize = 1000;
 
-/// KEYS: deadlines. ARGV: online-key prefix, then (user, deadline ms)
+/// Every script first checks the marker `<prefix>:presence:whole` (KEYS[2]),
+/// set by [`RESTORE_SCRIPT`]: without it Redis has lost its data (restarted
+/// empty), and deciding transitions on the empty state would announce every
+/// user online again and nobody offline. The caller restores first.
+const LOST_CHECK: &str = "if redis.call('EXISTS', KEYS[2]) == 0 then \
+    return redis.error_reply('LOST the presence state was lost') end\n";
+
+/// KEYS: deadlines, marker. ARGV: online-key prefix, then (user, deadline ms)
 /// pairs. For each pair returns 0 (kept), 1 (came online), 2 (lapsed, then
 /// back) or 3 (stale: its deadline has passed already, nothing changed).
 /// One call records a whole batch: one round trip, however many users.
@@ -102,14 +121,46 @@ end
 return out
 ";
 
-/// KEYS: deadlines. ARGV: most users to return. Removes and returns the
-/// users whose deadline has passed.
+/// KEYS: deadlines, marker. ARGV: most users to return. Removes and returns
+/// the users whose deadline has passed.
 const EXPIRE_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, user in ipairs(users) do redis.call('ZREM', KEYS[1], user) end
 return users
+";
+
+/// KEYS: deadlines, marker. ARGV: online-key prefix, timeout ms, then the
+/// users who were online. Only the first caller after a loss restores
+/// (`SET NX` on the marker); returns 1 then, else 0.
+const RESTORE_SCRIPT: &str = r"
+if not redis.call('SET', KEYS[2], '1', 'NX') then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local timeout = tonumber(ARGV[2])
+for i = 3, #ARGV do
+  local previous = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if not previous or tonumber(previous) < now + timeout then
+    redis.call('ZADD', KEYS[1], now + timeout, ARGV[i])
+    redis.call('SET', ARGV[1] .. ARGV[i], '1', 'PX', timeout)
+  end
+end
+return 1
+";
+
+/// KEYS: deadlines, marker. ARGV: online-key prefix, timeout ms. Moves every
+/// deadline earlier than now + timeout to now + timeout.
+const EXTEND_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local timeout = tonumber(ARGV[2])
+local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now + timeout))
+for _, user in ipairs(users) do
+  redis.call('ZADD', KEYS[1], now + timeout, user)
+  redis.call('SET', ARGV[1] .. user, '1', 'PX', timeout)
+end
+return #users
 ";
 
 impl RedisPresence {
@@ -133,13 +184,38 @@ impl RedisPresence {
         format!("{}:presence", self.prefix)
     }
 
+    /// Present while Redis holds the whole presence state (see [`LOST_CHECK`]).
+    fn whole_key(&self) -> String {
+        format!("{}:presence:whole", self.prefix)
+    }
+
+    fn timeout_ms(&self) -> i64 {
+        i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX / 2)
+    }
+
+    /// A script with the loss check in front, on the two presence keys.
+    fn script(&self, body: &str, check_lost: bool) -> redis::Script {
+        if check_lost {
+            redis::Script::new(&format!("{LOST_CHECK}{body}"))
+        } else {
+            redis::Script::new(body)
+        }
+    }
+
     async fn connection(&self) -> Result<deadpool_redis::Connection, PresenceError> {
-        self.pool.get().await.map_err(redis_error)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| PresenceError::Redis(e.to_string()))
     }
 }
 
-fn redis_error(e: impl std::fmt::Display) -> PresenceError {
-    PresenceError::Redis(e.to_string())
+fn redis_error(e: redis::RedisError) -> PresenceError {
+    if e.code() == Some("LOST") {
+        PresenceError::Lost
+    } else {
+        PresenceError::Redis(e.to_string())
+    }
 }
 
 #[async_trait]
@@ -148,9 +224,10 @@ impl Presence for RedisPresence {
         if beats.is_empty() {
             return Ok(vec![]);
         }
-        let timeout = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX / 2);
-        let script = redis::Script::new(HEARTBEATS_SCRIPT);
+        let timeout = self.timeout_ms();
+        let script = self.script(HEARTBEATS_SCRIPT, true);
         let mut invocation = script.key(self.deadlines_key());
+        invocation.key(self.whole_key());
         invocation.arg(self.online_key(""));
         for (user, at_ms) in beats {
             invocation.arg(user).arg(at_ms.saturating_add(timeout));
@@ -173,11 +250,43 @@ impl Presence for RedisPresence {
 
     async fn expire(&self) -> Result<Vec<String>, PresenceError> {
         let mut conn = self.connection().await?;
-        redis::Script::new(EXPIRE_SCRIPT)
+        self.script(EXPIRE_SCRIPT, true)
             .key(self.deadlines_key())
+            .key(self.whole_key())
             .arg(EXPIRE_BATCH)
             .invoke_async(&mut conn)
             .await
+            .map_err(redis_error)
+    }
+
+    async fn restore(&self, users: &[String]) -> Result<bool, PresenceError> {
+        let script = self.script(RESTORE_SCRIPT, false);
+        let mut invocation = script.key(self.deadlines_key());
+        invocation
+            .key(self.whole_key())
+            .arg(self.online_key(""))
+            .arg(self.timeout_ms());
+        for user in users {
+            invocation.arg(user);
+        }
+        let mut conn = self.connection().await?;
+        let restored: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(restored == 1)
+    }
+
+    async fn extend_all(&self) -> Result<(), PresenceError> {
+        let mut conn = self.connection().await?;
+        self.script(EXTEND_SCRIPT, true)
+            .key(self.deadlines_key())
+            .key(self.whole_key())
+            .arg(self.online_key(""))
+            .arg(self.timeout_ms())
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(drop)
             .map_err(redis_error)
     }
 
@@ -293,6 +402,20 @@ impl Presence for LocalPresence {
     }
 
     async fn check_ready(&self) -> Result<(), PresenceError> {
+        Ok(())
+    }
+
+    /// Process memory is never lost while the process runs.
+    async fn restore(&self, _users: &[String]) -> Result<bool, PresenceError> {
+        Ok(false)
+    }
+
+    async fn extend_all(&self) -> Result<(), PresenceError> {
+        let floor = unix_ms().saturating_add(self.timeout_ms);
+        let mut deadlines = self.deadlines.lock().map_err(|_| PresenceError::Poisoned)?;
+        for deadline in deadlines.values_mut() {
+            *deadline = (*deadline).max(floor);
+        }
         Ok(())
     }
 }

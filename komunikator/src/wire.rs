@@ -151,8 +151,9 @@ pub async fn presence(cmd: PresenceCmd, shutdown: CancellationToken) -> Result<(
     let subjects = Subjects::new(&cmd.prefix.prefix);
 
     let store = open_current_store(&settings).await?;
-    let bus: Arc<dyn Bus> =
-        Arc::new(connect_nats(&nats_url, "komunikator-presence", &subjects).await?);
+    let nats = connect_nats(&nats_url, "komunikator-presence", &subjects).await?;
+    let snapshot = presence_snapshot(&nats, &subjects).await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats);
     let presence: Arc<dyn Presence> =
         Arc::new(redis_presence(&redis_url, &cmd.prefix, &cmd.redis)?);
     let (metrics, presence_metrics) = Metrics::with(presence::PresenceMetrics::new);
@@ -161,6 +162,7 @@ pub async fn presence(cmd: PresenceCmd, shutdown: CancellationToken) -> Result<(
         &bus,
         &presence,
         &subjects,
+        Some(snapshot),
         presence_metrics,
         &shutdown,
     );
@@ -219,9 +221,14 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
             gateway::GatewayMetrics::new(r),
         )
     });
+    let mut snapshot = None;
     let bus: Arc<dyn Bus> = match &cmd.nats.nats_url {
         Some(url) => {
             let nats = connect_nats(url, "komunikator-all", &subjects).await?;
+            // Redis can lose what in-process presence cannot.
+            if cmd.redis.redis_url.is_some() {
+                snapshot = Some(presence_snapshot(&nats, &subjects).await?);
+            }
             tasks.push(persister_task(
                 nats.clone(),
                 store.clone(),
@@ -267,6 +274,7 @@ pub async fn all(cmd: AllCmd, shutdown: CancellationToken) -> Result<(), Failure
         &bus,
         &presence,
         &subjects,
+        snapshot,
         presence_metrics,
         &shutdown,
     ));
@@ -362,6 +370,15 @@ fn redis_presence(
         .context("configuring Redis")
 }
 
+async fn presence_snapshot(
+    nats: &NatsBus,
+    subjects: &Subjects,
+) -> anyhow::Result<presence::OnlineSnapshot> {
+    presence::OnlineSnapshot::open(nats, subjects)
+        .await
+        .context("opening the presence snapshot")
+}
+
 /// The version of the public room list, shared by the API replicas; one
 /// Redis read at a time serves every request waiting for it.
 fn room_list_version(url: &str, prefix: &PrefixArgs) -> anyhow::Result<Coalesced> {
@@ -449,6 +466,7 @@ fn presence_task(
     bus: &Arc<dyn Bus>,
     presence: &Arc<dyn Presence>,
     subjects: &Subjects,
+    snapshot: Option<presence::OnlineSnapshot>,
     metrics: presence::PresenceMetrics,
     shutdown: &CancellationToken,
 ) -> Task {
@@ -457,6 +475,7 @@ fn presence_task(
         store: store.clone(),
         bus: bus.clone(),
         subjects: subjects.clone(),
+        snapshot,
     };
     let shutdown = shutdown.clone();
     Box::pin(async move {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::bus::{Bus, BusError, Subjects};
-use common::presence::{Beat, Presence};
+use common::presence::{Beat, Presence, PresenceError};
 use common::store::{Store, StoreError};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -42,12 +42,20 @@ pub enum PresenceServiceError {
     SubscriptionEnded,
 }
 
+mod snapshot;
+
+pub use snapshot::{OnlineSnapshot, SnapshotError};
+
 /// What the presence service needs.
 pub struct PresenceDeps {
     pub presence: Arc<dyn Presence>,
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     pub subjects: Subjects,
+    /// Who is online, kept outside the presence store, to restore it from
+    /// when it loses its state (Redis restarted empty). `None` with the
+    /// in-process presence, which loses nothing while the process runs.
+    pub snapshot: Option<OnlineSnapshot>,
 }
 
 /// Counters of the presence service.
@@ -112,6 +120,8 @@ pub async fn run(
     let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
         FuturesUnordered::new();
     tracing::info!("presence running");
+    // While the bus is down no heartbeat arrives: nobody may lapse for that.
+    let mut deaf = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -140,7 +150,19 @@ pub async fn run(
                     .collect();
                 in_flight.push(Box::pin(record(&deps, &metrics, beats)));
             }
-            _ = sweep.tick() => in_flight.push(Box::pin(lapse(&deps, &metrics))),
+            _ = sweep.tick() => {
+                if deps.bus.check_ready().is_err() {
+                    if !deaf {
+                        tracing::warn!("bus down: no heartbeats, so nobody lapses until it is back");
+                    }
+                    deaf = true;
+                } else if deaf {
+                    deaf = false;
+                    in_flight.push(Box::pin(hear_again(&deps, &metrics)));
+                } else {
+                    in_flight.push(Box::pin(lapse(&deps, &metrics)));
+                }
+            }
         }
     }
     // Heartbeats already taken from the bus are recorded before stopping.
@@ -149,9 +171,60 @@ pub async fn run(
     Ok(())
 }
 
+/// Back from a bus outage: everyone gets a fresh timeout (their heartbeats
+/// could not arrive), then lapses are looked for again.
+async fn hear_again(deps: &PresenceDeps, metrics: &PresenceMetrics) {
+    let extended = match deps.presence.extend_all().await {
+        Err(PresenceError::Lost) => {
+            restore(deps).await;
+            deps.presence.extend_all().await
+        }
+        other => other,
+    };
+    match extended {
+        Ok(()) => tracing::info!("bus back: every online user has a fresh timeout"),
+        Err(e) => tracing::error!(error = %e, "timeouts not extended after the bus outage"),
+    }
+    lapse(deps, metrics).await;
+}
+
+/// Restores the presence store's lost state from the snapshot (only the
+/// first replica to try does it).
+async fn restore(deps: &PresenceDeps) {
+    let users = match &deps.snapshot {
+        Some(snapshot) => match snapshot.users().await {
+            Ok(users) => users,
+            Err(e) => {
+                tracing::error!(error = %e, "presence state lost and not restored");
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    match deps.presence.restore(&users).await {
+        Ok(true) => tracing::warn!(online = users.len(), "presence state was lost; restored"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "presence state not restored"),
+    }
+}
+
+/// Records heartbeats, restoring the presence state first if it was lost.
+async fn heartbeats(
+    deps: &PresenceDeps,
+    beats: &[(String, i64)],
+) -> Result<Vec<Beat>, PresenceError> {
+    match deps.presence.heartbeats(beats).await {
+        Err(PresenceError::Lost) => {
+            restore(deps).await;
+            deps.presence.heartbeats(beats).await
+        }
+        other => other,
+    }
+}
+
 async fn record(deps: &PresenceDeps, metrics: &PresenceMetrics, beats: Vec<(String, i64)>) {
     metrics.heartbeats.inc_by(beats.len() as u64);
-    let outcomes = match deps.presence.heartbeats(&beats).await {
+    let outcomes = match heartbeats(deps, &beats).await {
         Ok(outcomes) => outcomes,
         Err(e) => {
             tracing::error!(heartbeats = beats.len(), error = %e, "heartbeats not recorded");
@@ -177,7 +250,14 @@ async fn record(deps: &PresenceDeps, metrics: &PresenceMetrics, beats: Vec<(Stri
 /// gone) are all announced in this sweep, not one batch per sweep.
 async fn lapse(deps: &PresenceDeps, metrics: &PresenceMetrics) {
     loop {
-        match deps.presence.expire().await {
+        let expired = match deps.presence.expire().await {
+            Err(PresenceError::Lost) => {
+                restore(deps).await;
+                deps.presence.expire().await
+            }
+            other => other,
+        };
+        match expired {
             Ok(users) => {
                 let full = users.len() >= common::presence::EXPIRE_BATCH;
                 let changes = users
@@ -208,6 +288,17 @@ enum Event {
 async fn announce(deps: &PresenceDeps, metrics: &PresenceMetrics, changes: Vec<(String, Event)>) {
     if changes.is_empty() {
         return;
+    }
+    if let Some(snapshot) = &deps.snapshot {
+        for (user, event) in &changes {
+            let written = match event {
+                Event::Online => snapshot.online(user).await,
+                Event::Offline => snapshot.offline(user).await,
+            };
+            if let Err(e) = written {
+                tracing::warn!(user, error = %e, "presence snapshot not updated");
+            }
+        }
     }
     let mut users: Vec<String> = changes.iter().map(|(user, _)| user.clone()).collect();
     users.sort_unstable();

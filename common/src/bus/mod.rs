@@ -192,8 +192,17 @@ impl Subjects {
 
     /// The JetStream stream of chat messages: `<PREFIX>_CHAT`.
     pub fn chat_stream(&self) -> String {
-        let prefix: String = self
-            .prefix
+        format!("{}_CHAT", self.upper_prefix())
+    }
+
+    /// The stream of who is online: `<PREFIX>_PRESENCE`.
+    pub fn presence_bucket(&self) -> String {
+        format!("{}_PRESENCE", self.upper_prefix())
+    }
+
+    /// The prefix as JetStream names allow it: upper case, `_` for the rest.
+    fn upper_prefix(&self) -> String {
+        self.prefix
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() {
@@ -202,8 +211,7 @@ impl Subjects {
                     '_'
                 }
             })
-            .collect();
-        format!("{prefix}_CHAT")
+            .collect()
     }
 
     pub fn prefix(&self) -> &str {

@@ -639,7 +639,10 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if self.backend == Backend::MySql {
             // The deployment's chat stream would otherwise stay on the NATS server.
-            let stream = format!("{}_CHAT", self.prefix.to_uppercase());
+            let streams = [
+                format!("{}_CHAT", self.prefix.to_uppercase()),
+                format!("{}_PRESENCE", self.prefix.to_uppercase()),
+            ];
             let cleanup = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -648,9 +651,10 @@ impl Drop for TestApp {
                     let client = async_nats::connect(nats_url())
                         .await
                         .map_err(std::io::Error::other)?;
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_stream(&stream)
-                        .await;
+                    let jetstream = async_nats::jetstream::new(client);
+                    for stream in &streams {
+                        let _ = jetstream.delete_stream(stream).await;
+                    }
                     Ok::<_, std::io::Error>(())
                 })
             });
