@@ -116,6 +116,45 @@ try {
   await id(b, "my-room").filter({ hasText: secret }).waitFor({ state: "detached" });
   await id(a, "member").and(a.locator(`[data-user="${bob}"]`)).waitFor({ state: "detached" });
   await shot(b, "kicked");
+
+  // A server that cannot check the token now (the connect error "Service
+  // unavailable", during a database outage) keeps the user signed in: the
+  // client retries with backoff. Only "Unauthorized" signs the user out.
+  // The socket is answered by a stand-in for the first two attempts.
+  const carol = `carol_${run}`;
+  const degraded = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  const attempts = [];
+  let refusals = ["Service unavailable", "Service unavailable"];
+  let live = null;
+  await degraded.routeWebSocket(/\/socket\.io\//, (ws) => {
+    attempts.push(Date.now());
+    const reason = refusals.shift();
+    if (!reason) {
+      live = ws;
+      ws.connectToServer();
+      return;
+    }
+    ws.onMessage((message) => {
+      if (String(message).startsWith("40")) ws.send(`44${JSON.stringify({ message: reason })}`);
+    });
+    ws.send(`0${JSON.stringify({ sid: `stand-in-${attempts.length}`, upgrades: [], pingInterval: 25000, pingTimeout: 20000, maxPayload: 1000000 })}`);
+  });
+  const c2 = await degraded.newPage();
+  await c2.goto(base);
+  await id(c2, "login-user").fill(carol);
+  await id(c2, "login-password").fill(`pw-${carol}`);
+  await id(c2, "register-button").click();
+  await id(c2, "current-user").filter({ hasText: carol }).waitFor();
+  await c2.locator("#conn-status.ok").waitFor({ timeout: 15000 });
+  if (attempts.length !== 3) throw new Error(`expected 2 refused attempts and a third that connects, saw ${attempts.length}`);
+  const gaps = attempts.slice(1).map((t, i) => t - attempts[i]);
+  if (gaps.some((gap) => gap < 300)) throw new Error(`retried without backoff: ${gaps} ms`);
+  if (!(await id(c2, "current-user").isVisible())) throw new Error("signed out by 'Service unavailable'");
+  await shot(c2, "reconnected-after-unavailable");
+  refusals = ["Unauthorized"];
+  await live.close();
+  await id(c2, "login-user").waitFor({ state: "visible", timeout: 15000 });
+  await shot(c2, "signed-out-after-unauthorized");
 } catch (e) {
   failed = e;
   console.error(e);
