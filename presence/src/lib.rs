@@ -174,14 +174,7 @@ pub async fn run(
 /// Back from a bus outage: everyone gets a fresh timeout (their heartbeats
 /// could not arrive), then lapses are looked for again.
 async fn hear_again(deps: &PresenceDeps, metrics: &PresenceMetrics) {
-    let extended = match deps.presence.extend_all().await {
-        Err(PresenceError::Lost) => {
-            restore(deps).await;
-            deps.presence.extend_all().await
-        }
-        other => other,
-    };
-    match extended {
+    match restoring(deps, || deps.presence.extend_all()).await {
         Ok(()) => tracing::info!("bus back: every online user has a fresh timeout"),
         Err(e) => tracing::error!(error = %e, "timeouts not extended after the bus outage"),
     }
@@ -208,15 +201,16 @@ async fn restore(deps: &PresenceDeps) {
     }
 }
 
-/// Records heartbeats, restoring the presence state first if it was lost.
-async fn heartbeats(
-    deps: &PresenceDeps,
-    beats: &[(String, i64)],
-) -> Result<Vec<Beat>, PresenceError> {
-    match deps.presence.heartbeats(beats).await {
+/// Runs `call` on the presence store; if the store lost its state, restores
+/// it first and runs `call` again.
+async fn restoring<T, F>(deps: &PresenceDeps, call: impl Fn() -> F) -> Result<T, PresenceError>
+where
+    F: Future<Output = Result<T, PresenceError>>,
+{
+    match call().await {
         Err(PresenceError::Lost) => {
             restore(deps).await;
-            deps.presence.heartbeats(beats).await
+            call().await
         }
         other => other,
     }
@@ -224,7 +218,7 @@ async fn heartbeats(
 
 async fn record(deps: &PresenceDeps, metrics: &PresenceMetrics, beats: Vec<(String, i64)>) {
     metrics.heartbeats.inc_by(beats.len() as u64);
-    let outcomes = match heartbeats(deps, &beats).await {
+    let outcomes = match restoring(deps, || deps.presence.heartbeats(&beats)).await {
         Ok(outcomes) => outcomes,
         Err(e) => {
             tracing::error!(heartbeats = beats.len(), error = %e, "heartbeats not recorded");
@@ -250,14 +244,7 @@ async fn record(deps: &PresenceDeps, metrics: &PresenceMetrics, beats: Vec<(Stri
 /// gone) are all announced in this sweep, not one batch per sweep.
 async fn lapse(deps: &PresenceDeps, metrics: &PresenceMetrics) {
     loop {
-        let expired = match deps.presence.expire().await {
-            Err(PresenceError::Lost) => {
-                restore(deps).await;
-                deps.presence.expire().await
-            }
-            other => other,
-        };
-        match expired {
+        match restoring(deps, || deps.presence.expire()).await {
             Ok(users) => {
                 let full = users.len() >= common::presence::EXPIRE_BATCH;
                 let changes = users

@@ -393,14 +393,7 @@ async fn deleting_a_room_deletes_its_history_and_memberships(backend: Backend) {
 /// next read has it, whoever stores it (the embedded store before the ack,
 /// the persister after it).
 async fn an_acknowledged_message_is_in_the_next_read(backend: Backend) {
-    let app = TestApp::start_with(
-        backend,
-        Options {
-            env: vec![("MESSAGE_RATE_LIMIT", "0".into())],
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::start_with(backend, Options::unlimited()).await;
     let ann = app.user("ann").await;
     let room = app.room(&ann, "Fresh", None).await;
     let mut socket = app.socket(&ann).await;

@@ -7,16 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, Options, TestApp, TestDb, User, random_hex, run_to_end};
+use crate::harness::{Backend, Options, TestApp, TestDb, random_hex, run_to_end};
 use crate::sio::Socket;
-
-/// Sockets may send as fast as the test wants.
-fn unlimited() -> Options {
-    Options {
-        env: vec![("MESSAGE_RATE_LIMIT", "0".into())],
-        ..Options::default()
-    }
-}
 
 /// Every `chat_id` of a room's stored history (at most the newest 1000).
 async fn history_ids(app: &TestApp, room: i64) -> Vec<i64> {
@@ -73,16 +65,6 @@ async fn received_ids(socket: &mut Socket, n: usize) -> Vec<i64> {
     ids
 }
 
-async fn member(app: &TestApp, user: &User, room: i64) {
-    app.post(
-        "/api/room/join_public",
-        Some(&user.token),
-        json!({ "room_id": room }),
-    )
-    .await
-    .expect_message("Joined room successfully");
-}
-
 /// Sends `count` messages, one after the other, each waiting for its ack.
 async fn send_acked(
     socket: &Socket,
@@ -109,14 +91,14 @@ async fn send_acked(
 
 #[tokio::test]
 async fn every_member_sees_every_message_once_in_one_order_across_two_gateways() {
-    let mut app = TestApp::start_with(Backend::MySql, unlimited()).await;
+    let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     app.add_gateway().await;
     let owner = app.user("own").await;
     let room = app.room(&owner, "busy", None).await;
     let mut users = vec![owner];
     for i in 0..3 {
         let user = app.user(&format!("u{i}")).await;
-        member(&app, &user, room).await;
+        app.join_public(&user, room).await;
         users.push(user);
     }
     let mut sockets = Vec::new();
@@ -169,7 +151,7 @@ async fn every_member_sees_every_message_once_in_one_order_across_two_gateways()
 
 #[tokio::test]
 async fn acked_messages_survive_a_persister_kill_exactly_once() {
-    let mut app = TestApp::start_with(Backend::MySql, unlimited()).await;
+    let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     let ann = app.user("ann").await;
     let room = app.room(&ann, "durable", None).await;
     let mut socket = app.socket(&ann).await;
@@ -220,7 +202,7 @@ async fn acked_messages_survive_a_persister_kill_exactly_once() {
 /// and once stored it is there exactly once.
 #[tokio::test]
 async fn reads_include_acked_messages_while_the_persister_is_down() {
-    let mut app = TestApp::start_with(Backend::MySql, unlimited()).await;
+    let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     let ann = app.user("ann").await;
     let room = app.room(&ann, "unstored", None).await;
     let other = app.room(&ann, "other", None).await;
@@ -295,12 +277,12 @@ async fn reads_include_acked_messages_while_the_persister_is_down() {
 
 #[tokio::test]
 async fn a_restarted_gateway_loses_nothing_acked_while_others_keep_chatting() {
-    let mut app = TestApp::start_with(Backend::MySql, unlimited()).await;
+    let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     app.add_gateway().await;
     let ann = app.user("ann").await;
     let bob = app.user("bob").await;
     let room = app.room(&ann, "resilient", None).await;
-    member(&app, &bob, room).await;
+    app.join_public(&bob, room).await;
     let mut on_first = app.socket_on(0, &ann).await;
     let mut on_second = app.socket_on(1, &bob).await;
     on_first.join(room).await;
@@ -365,7 +347,7 @@ async fn chat_ids_continue_above_the_ids_of_an_existing_database() {
     };
     let app = TestApp::start_with(Backend::MySql, options).await;
     let ann = app.user("ann").await;
-    member(&app, &ann, 3).await;
+    app.join_public(&ann, 3).await;
     let mut socket = app.socket(&ann).await;
     socket.emit("join", json!({ "room_id": 3 }));
     if socket
@@ -444,7 +426,7 @@ async fn a_retried_publish_is_stored_once_and_a_deleted_rooms_message_is_dropped
 
 #[tokio::test]
 async fn two_persister_replicas_share_the_work_and_store_each_message_once() {
-    let mut app = TestApp::start_with(Backend::MySql, unlimited()).await;
+    let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     let second = crate::harness::Service::spawn(&["persister"], &app.env(), "127.0.0.1:0").await;
     let ann = app.user("ann").await;
     let room = app.room(&ann, "shared work", None).await;

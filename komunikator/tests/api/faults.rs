@@ -3,172 +3,14 @@
 //! acknowledged message is lost, duplicated or reordered.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::harness::{Backend, Options, TestApp, random_hex};
+use crate::harness::{Backend, Options, TestApp};
 use crate::sio::Socket;
-
-/// A nats-server with JetStream of the test's own, on a free port, whose
-/// store survives a kill (like a real server's volume).
-struct TestNats {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl TestNats {
-    async fn start() -> TestNats {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("kom-nats-{}", random_hex(6)));
-        let mut nats = TestNats {
-            port,
-            dir,
-            child: None,
-        };
-        nats.launch().await;
-        nats
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server and waits until it listens.
-    async fn launch(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for TestNats {
-    fn drop(&mut self) {
-        self.kill9();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A MariaDB server of the test's own (no grant tables: any user may do
-/// anything), on a free port, whose data survives a kill.
-struct TestMariaDb {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl TestMariaDb {
-    async fn start() -> TestMariaDb {
-        let dir = std::env::temp_dir().join(format!("kom-mariadb-{}", random_hex(6)));
-        let status = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--user=root", "--skip-test-db"])
-            .arg(format!("--datadir={}", dir.join("data").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("mariadb-install-db (scripts/test.sh installs MariaDB)");
-        assert!(status.success(), "mariadb-install-db failed");
-        let mut db = TestMariaDb {
-            port: free_port(),
-            dir,
-            child: None,
-        };
-        db.launch().await;
-        let mut conn = sqlx::MySqlConnection::connect(&db.url("mysql"))
-            .await
-            .expect("connect");
-        sqlx::raw_sql("CREATE DATABASE kom")
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        db
-    }
-
-    fn url(&self, database: &str) -> String {
-        format!("mysql://root@127.0.0.1:{}/{database}", self.port)
-    }
-
-    /// Starts the server and waits until it accepts connections.
-    async fn launch(&mut self) {
-        let child = Command::new("mariadbd")
-            .args([
-                "--no-defaults",
-                "--user=root",
-                "--skip-grant-tables",
-                "--skip-log-bin",
-            ])
-            .args(["--bind-address=127.0.0.1", "--innodb-buffer-pool-size=16M"])
-            .arg(format!("--port={}", self.port))
-            .arg(format!("--datadir={}", self.dir.join("data").display()))
-            .arg(format!("--socket={}", self.dir.join("sock").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mariadbd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while sqlx::MySqlConnection::connect(&self.url("mysql"))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "mariadbd did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for TestMariaDb {
-    fn drop(&mut self) {
-        self.kill9();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// The database killed: REST calls that need it answer 503 JSON with
 /// Retry-After within 2 s (never 500), new sockets are refused with
@@ -177,16 +19,10 @@ fn free_port() -> u16 {
 /// connections again, with every acknowledged message stored.
 #[tokio::test]
 async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
-    let mut db = TestMariaDb::start().await;
+    let mut db = crate::servers::mariadb().await;
     let app = TestApp::start_with(
         Backend::MySql,
-        Options {
-            env: vec![
-                ("DATABASE_URL", db.url("kom")),
-                ("MESSAGE_RATE_LIMIT", "0".into()),
-            ],
-            ..Options::default()
-        },
+        Options::unlimited().with("DATABASE_URL", db.url.clone()),
     )
     .await;
     let ann = app.user("ann").await;
@@ -258,7 +94,7 @@ async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
         .expect("sockets connect again");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut conn = sqlx::MySqlConnection::connect(&db.url("kom"))
+        let mut conn = sqlx::MySqlConnection::connect(&db.url)
             .await
             .expect("connect");
         let stored: Vec<i64> = sqlx::query_scalar("SELECT message_id FROM chat_history")
@@ -276,70 +112,14 @@ async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
     }
 }
 
-/// A redis-server of the test's own, on a free port, keeping nothing on disk.
-struct TestRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl TestRedis {
-    async fn start() -> TestRedis {
-        let mut redis = TestRedis {
-            port: free_port(),
-            child: None,
-        };
-        redis.launch().await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 /// Redis killed: `GET /api/users/online` answers 503 JSON with Retry-After
 /// within 2 s (never 500), and 200 again once Redis is back.
 #[tokio::test]
 async fn a_redis_outage_makes_online_users_503_not_500() {
-    let mut redis = TestRedis::start().await;
+    let mut redis = crate::servers::redis().await;
     let app = TestApp::start_with(
         Backend::MySql,
-        Options {
-            env: vec![("REDIS_URL", redis.url())],
-            ..Options::default()
-        },
+        Options::default().with("REDIS_URL", redis.url.clone()),
     )
     .await;
     let ann = app.user("ann").await;
@@ -404,13 +184,10 @@ async fn time_to_ready(base: String) -> Duration {
 /// ready again within half a second of NATS listening.
 #[tokio::test]
 async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
-    let mut nats = TestNats::start().await;
+    let mut nats = crate::servers::nats().await;
     let app = TestApp::start_with(
         Backend::MySql,
-        Options {
-            env: vec![("NATS_URL", nats.url()), ("MESSAGE_RATE_LIMIT", "0".into())],
-            ..Options::default()
-        },
+        Options::unlimited().with("NATS_URL", nats.url.clone()),
     )
     .await;
     let ann = app.user("ann").await;
@@ -573,19 +350,15 @@ async fn presence_events(socket: &mut Socket, wait: Duration) -> Vec<(String, St
 /// out of the snapshot), within the timeout and a second after the restart.
 #[tokio::test]
 async fn a_redis_restart_announces_no_one_online_again_and_misses_no_one_offline() {
-    let mut redis = TestRedis::start().await;
+    let mut redis = crate::servers::redis().await;
     let app = TestApp::start_with(
         Backend::MySql,
-        Options {
-            env: vec![
-                ("REDIS_URL", redis.url()),
-                (
-                    "PRESENCE_TIMEOUT_MS",
-                    PRESENCE_TIMEOUT.as_millis().to_string(),
-                ),
-            ],
-            ..Options::default()
-        },
+        Options::default()
+            .with("REDIS_URL", redis.url.clone())
+            .with(
+                "PRESENCE_TIMEOUT_MS",
+                PRESENCE_TIMEOUT.as_millis().to_string(),
+            ),
     )
     .await;
     let ann = app.user("ann").await;
@@ -593,13 +366,7 @@ async fn a_redis_restart_announces_no_one_online_again_and_misses_no_one_offline
     let bob = app.user("bob").await;
     let room = app.room(&ann, "Presence", None).await;
     for user in [&cat, &bob] {
-        app.post(
-            "/api/room/join_public",
-            Some(&user.token),
-            json!({ "room_id": room }),
-        )
-        .await
-        .expect_message("Joined room successfully");
+        app.join_public(user, room).await;
     }
     let mut watcher = app.socket(&bob).await;
     watcher.join(room).await;
@@ -646,31 +413,19 @@ async fn a_redis_restart_announces_no_one_online_again_and_misses_no_one_offline
 /// offline for that, and no `user_online` again once NATS is back.
 #[tokio::test]
 async fn a_broker_outage_longer_than_the_timeout_takes_no_one_offline() {
-    let mut nats = TestNats::start().await;
+    let mut nats = crate::servers::nats().await;
     let app = TestApp::start_with(
         Backend::MySql,
-        Options {
-            env: vec![
-                ("NATS_URL", nats.url()),
-                (
-                    "PRESENCE_TIMEOUT_MS",
-                    PRESENCE_TIMEOUT.as_millis().to_string(),
-                ),
-            ],
-            ..Options::default()
-        },
+        Options::default().with("NATS_URL", nats.url.clone()).with(
+            "PRESENCE_TIMEOUT_MS",
+            PRESENCE_TIMEOUT.as_millis().to_string(),
+        ),
     )
     .await;
     let ann = app.user("ann").await;
     let bob = app.user("bob").await;
     let room = app.room(&ann, "Presence", None).await;
-    app.post(
-        "/api/room/join_public",
-        Some(&bob.token),
-        json!({ "room_id": room }),
-    )
-    .await
-    .expect_message("Joined room successfully");
+    app.join_public(&bob, room).await;
     let mut watcher = app.socket(&bob).await;
     watcher.join(room).await;
     let stop = tokio_util::sync::CancellationToken::new();

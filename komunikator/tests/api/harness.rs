@@ -181,6 +181,19 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
 }
 
+impl Options {
+    /// Sockets may send as fast as the test wants (no message rate limit).
+    pub fn unlimited() -> Options {
+        Options::default().with("MESSAGE_RATE_LIMIT", "0")
+    }
+
+    /// These settings plus `name=value`.
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Options {
+        self.env.push((name, value.into()));
+        self
+    }
+}
+
 /// One running `komunikator` process.
 pub struct Service {
     /// `http://127.0.0.1:<port>`
@@ -524,6 +537,17 @@ impl TestApp {
             password,
             token,
         }
+    }
+
+    /// `user` joins the public room over REST.
+    pub async fn join_public(&self, user: &User, room: i64) {
+        self.post(
+            "/api/room/join_public",
+            Some(&user.token),
+            serde_json::json!({ "room_id": room }),
+        )
+        .await
+        .expect_message("Joined room successfully");
     }
 
     /// Creates a room owned by `owner`; private when `key` is given.

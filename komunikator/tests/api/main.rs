@@ -4,6 +4,7 @@
 
 mod harness;
 mod nginx;
+mod servers;
 mod sio;
 
 mod auth;

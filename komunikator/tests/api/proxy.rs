@@ -179,11 +179,7 @@ async fn bodies_over_the_limit_are_413_json_through_nginx_and_direct() {
 
 #[tokio::test]
 async fn acknowledged_messages_are_in_every_later_read_on_every_api_replica() {
-    let proxied = Proxied::start(Options {
-        env: vec![("MESSAGE_RATE_LIMIT", "0".into())],
-        ..Options::default()
-    })
-    .await;
+    let proxied = Proxied::start(Options::unlimited()).await;
     let app = &proxied.app;
     let ann = app.user("ann").await;
     let room = app.room(&ann, "Reads", None).await;

@@ -18,24 +18,11 @@ crate::on_both_stores!(a_socket_that_stops_reading_is_disconnected_not_left_with
 const FLOOD: usize = 4000;
 
 async fn a_socket_that_stops_reading_is_disconnected_not_left_with_a_gap(backend: Backend) {
-    let app = TestApp::start_with(
-        backend,
-        Options {
-            env: vec![("MESSAGE_RATE_LIMIT", "0".into())],
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::start_with(backend, Options::unlimited()).await;
     let talker = app.user("talker").await;
     let sleeper = app.user("sleeper").await;
     let room = app.room(&talker, "flood", None).await;
-    app.post(
-        "/api/room/join_public",
-        Some(&sleeper.token),
-        json!({ "room_id": room }),
-    )
-    .await
-    .expect_message("Joined room successfully");
+    app.join_public(&sleeper, room).await;
 
     // The sleeper joins, then reads nothing; a small receive buffer makes
     // the gateway's side fill sooner.

@@ -27,16 +27,6 @@ async fn refused(url: &str, auth: Auth<'_>) -> String {
     }
 }
 
-async fn join_public(app: &TestApp, user: &User, room: i64) {
-    app.post(
-        "/api/room/join_public",
-        Some(&user.token),
-        json!({ "room_id": room }),
-    )
-    .await
-    .expect_message("Joined room successfully");
-}
-
 /// Emits `event` and asserts the socket gets exactly this `error`.
 async fn expect_refusal(sock: &mut Socket, event: &str, payload: Value, message: &str, code: u8) {
     sock.emit(event, payload.clone());
@@ -251,13 +241,7 @@ async fn a_resend_with_the_same_client_msg_id_is_stored_and_delivered_once(backe
     let ann = app.user("ann").await;
     let bob = app.user("bob").await;
     let room = app.room(&ann, "Retries", None).await;
-    app.post(
-        "/api/room/join_public",
-        Some(&bob.token),
-        json!({ "room_id": room }),
-    )
-    .await
-    .expect_message("Joined room successfully");
+    app.join_public(&bob, room).await;
     let mut a = app.socket(&ann).await;
     let mut b = app.socket(&bob).await;
     a.join(room).await;
@@ -1084,7 +1068,7 @@ async fn user_list_updated_reaches_the_room_on_join_leave_and_kick(backend: Back
     a_private.join(private).await;
     e.join(elsewhere).await;
 
-    join_public(&app, &bob, room).await;
+    app.join_public(&bob, room).await;
     assert_eq!(a.expect("user_list_updated").await, Value::Null);
     app.post(
         "/api/room/join_private",
@@ -1126,8 +1110,8 @@ async fn a_kicked_user_is_told_and_gets_no_more_messages_from_the_room(backend: 
     let bob = app.user("bob").await;
     let cid = app.user("cid").await;
     let room = app.room(&ann, "lobby", None).await;
-    join_public(&app, &bob, room).await;
-    join_public(&app, &cid, room).await;
+    app.join_public(&bob, room).await;
+    app.join_public(&cid, room).await;
     let mut a = app.socket(&ann).await;
     let mut b = app.socket(&bob).await;
     let mut b2 = app.socket(&bob).await;
@@ -1311,10 +1295,7 @@ async fn sockets_in_another_room_do_not_get_its_messages_or_joins(backend: Backe
 /// A client may send `message` right after `join` without waiting: one
 /// socket's events are handled in the order it sent them.
 async fn events_of_one_socket_are_handled_in_the_order_sent(backend: Backend) {
-    let options = Options {
-        env: vec![("MESSAGE_RATE_LIMIT", "0".into())],
-        ..Options::default()
-    };
+    let options = Options::unlimited();
     let app = TestApp::start_with(backend, options).await;
     let ann = app.user("ann").await;
     let socket = app.socket(&ann).await;
@@ -1452,7 +1433,7 @@ async fn room_list_updates_and_kicks_reach_sockets_on_every_gateway() {
     let bob = app.user("bob").await;
     let cid = app.user("cid").await;
     let room = app.room(&ann, "lobby", None).await;
-    join_public(&app, &bob, room).await;
+    app.join_public(&bob, room).await;
     let mut a = app.socket_on(0, &ann).await;
     let mut b = app.socket_on(second, &bob).await;
     let mut c = app.socket_on(second, &cid).await; // in no room
