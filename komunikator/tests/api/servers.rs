@@ -70,6 +70,15 @@ impl Drop for OwnedServer {
     }
 }
 
+/// Debian installs servers in /usr/sbin, which a CI's PATH may lack.
+fn binary(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -83,7 +92,7 @@ pub async fn nats() -> OwnedServer {
         "nats",
         |port| format!("nats://127.0.0.1:{port}"),
         |port, dir| {
-            let mut cmd = Command::new("nats-server");
+            let mut cmd = Command::new(binary("nats-server"));
             cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
                 .arg(dir);
             cmd
@@ -98,7 +107,7 @@ pub async fn redis() -> OwnedServer {
         "redis",
         |port| format!("redis://127.0.0.1:{port}"),
         |port, _| {
-            let mut cmd = Command::new("redis-server");
+            let mut cmd = Command::new(binary("redis-server"));
             cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--save", "", "--appendonly", "no"]);
             cmd
@@ -116,7 +125,7 @@ pub async fn mariadb() -> OwnedServer {
         |port, dir| {
             let data = dir.join("data");
             if !data.exists() {
-                let status = Command::new("mariadb-install-db")
+                let status = Command::new(binary("mariadb-install-db"))
                     .args(["--no-defaults", "--user=root", "--skip-test-db"])
                     .arg(format!("--datadir={}", data.display()))
                     .stdout(Stdio::null())
@@ -125,7 +134,7 @@ pub async fn mariadb() -> OwnedServer {
                     .expect("mariadb-install-db (scripts/test.sh installs MariaDB)");
                 assert!(status.success(), "mariadb-install-db failed");
             }
-            let mut cmd = Command::new("mariadbd");
+            let mut cmd = Command::new(binary("mariadbd"));
             cmd.args([
                 "--no-defaults",
                 "--user=root",
