@@ -121,6 +121,8 @@ pub async fn run(
         FuturesUnordered::new();
     tracing::info!("presence running");
     // While the bus is down no heartbeat arrives: nobody may lapse for that.
+    // Once it is back, every deadline is extended before anything else is
+    // decided (a heartbeat recorded first would find its user lapsed).
     let mut deaf = false;
     loop {
         tokio::select! {
@@ -148,6 +150,10 @@ pub async fn run(
                         }
                     })
                     .collect();
+                if deaf {
+                    deaf = false;
+                    hear_again(&deps).await;
+                }
                 in_flight.push(Box::pin(record(&deps, &metrics, beats)));
             }
             _ = sweep.tick() => {
@@ -156,10 +162,11 @@ pub async fn run(
                         tracing::warn!("bus down: no heartbeats, so nobody lapses until it is back");
                     }
                     deaf = true;
-                } else if deaf {
-                    deaf = false;
-                    in_flight.push(Box::pin(hear_again(&deps, &metrics)));
                 } else {
+                    if deaf {
+                        deaf = false;
+                        hear_again(&deps).await;
+                    }
                     in_flight.push(Box::pin(lapse(&deps, &metrics)));
                 }
             }
@@ -172,13 +179,12 @@ pub async fn run(
 }
 
 /// Back from a bus outage: everyone gets a fresh timeout (their heartbeats
-/// could not arrive), then lapses are looked for again.
-async fn hear_again(deps: &PresenceDeps, metrics: &PresenceMetrics) {
+/// could not arrive).
+async fn hear_again(deps: &PresenceDeps) {
     match restoring(deps, || deps.presence.extend_all()).await {
         Ok(()) => tracing::info!("bus back: every online user has a fresh timeout"),
         Err(e) => tracing::error!(error = %e, "timeouts not extended after the bus outage"),
     }
-    lapse(deps, metrics).await;
 }
 
 /// Restores the presence store's lost state from the snapshot (only the
