@@ -4,7 +4,7 @@
 //! Redis in production, an in-process table in single-node mode.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,10 +49,6 @@ pub trait Presence: Send + Sync + 'static {
     /// the loss) online with a fresh timeout, and the state as whole again,
     /// unless another caller did it first. True when this call restored it.
     async fn restore(&self, users: &[String]) -> Result<bool, PresenceError>;
-    /// Gives every online user at least a fresh timeout from now: for when
-    /// the caller could not hear heartbeats for a while (the broker was
-    /// down), so that nobody lapses for it.
-    async fn extend_all(&self) -> Result<(), PresenceError>;
 }
 
 /// Presence in Redis: one key `<prefix>:online:<user>` per online user with
@@ -82,23 +78,49 @@ const MGET_CHUNK: usize = 512;
 /// Most lapsed users one `expire` returns.
 pub const EXPIRE_BATCH: usize = 1000;
 
-/// Every script first checks the marker `<prefix>:presence:whole` (KEYS[2]),
-/// set by [`RESTORE_SCRIPT`]: without it Redis has lost its data (restarted
-/// empty), and deciding transitions on the empty state would announce every
-/// user online again and nobody offline. The caller restores first.
-const LOST_CHECK: &str = "if redis.call('EXISTS', KEYS[2]) == 0 then \
-    return redis.error_reply('LOST the presence state was lost') end\n";
+/// Gaps in presence's hearing longer than this (no replica ran a script: all
+/// were down, or none could receive heartbeats because the broker was) move
+/// every deadline later by the gap, so that nobody lapses for heartbeats
+/// nobody could hear, and nobody is announced online again for it.
+pub const HEARING_GAP: Duration = Duration::from_millis(1000);
 
-/// KEYS: deadlines, marker. ARGV: online-key prefix, then (user, deadline ms)
-/// pairs. For each pair returns 0 (kept), 1 (came online), 2 (lapsed, then
-/// back) or 3 (stale: its deadline has passed already, nothing changed).
-/// One call records a whole batch: one round trip, however many users.
-/// (The online keys are derived here, not passed as KEYS: standalone Redis.)
-const HEARTBEATS_SCRIPT: &str = r"
+/// Runs first in every script that decides transitions. KEYS: deadlines,
+/// `whole` marker, `heard` time. ARGV[1]: online-key prefix, ARGV[2]: the
+/// longest gap ms. Sets `now`.
+/// - The marker is set by [`RESTORE_SCRIPT`]: without it Redis has lost its
+///   data (restarted empty), and deciding on the empty state would announce
+///   everyone online again and nobody offline: the caller restores first.
+/// - `heard` is when a replica last ran a script: after a longer gap than
+///   ARGV[2], every deadline moves later by the gap (see [`HEARING_GAP`]).
+const PRELUDE: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('LOST the presence state was lost')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local heard = tonumber(redis.call('GET', KEYS[3]) or now)
+redis.call('SET', KEYS[3], now)
+local gap = now - heard
+if gap > tonumber(ARGV[2]) then
+  local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    local deadline = tonumber(entries[i + 1]) + gap
+    redis.call('ZADD', KEYS[1], deadline, entries[i])
+    if deadline > now then
+      redis.call('SET', ARGV[1] .. entries[i], '1', 'PX', deadline - now)
+    end
+  end
+end
+";
+
+/// After [`PRELUDE`]. ARGV[3..]: (user, deadline ms) pairs. For each pair
+/// returns 0 (kept), 1 (came online), 2 (lapsed, then back) or 3 (stale:
+/// its deadline has passed already, nothing changed). One call records a
+/// whole batch: one round trip, however many users. (The online keys are
+/// derived here, not passed as KEYS: standalone Redis.)
+const HEARTBEATS_SCRIPT: &str = r"
 local out = {}
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local user = ARGV[i]
   local deadline = tonumber(ARGV[i + 1])
   local key = ARGV[1] .. user
@@ -121,23 +143,22 @@ end
 return out
 ";
 
-/// KEYS: deadlines, marker. ARGV: most users to return. Removes and returns
-/// the users whose deadline has passed.
+/// After [`PRELUDE`]. ARGV[3]: most users to return. Removes and returns the
+/// users whose deadline has passed.
 const EXPIRE_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, user in ipairs(users) do redis.call('ZREM', KEYS[1], user) end
 return users
 ";
 
-/// KEYS: deadlines, marker. ARGV: online-key prefix, timeout ms, then the
-/// users who were online. Only the first caller after a loss restores
-/// (`SET NX` on the marker); returns 1 then, else 0.
+/// KEYS as for [`PRELUDE`] (run without it). ARGV: online-key prefix,
+/// timeout ms, then the users who were online. Only the first caller after
+/// a loss restores (`SET NX` on the marker); returns 1 then, else 0.
 const RESTORE_SCRIPT: &str = r"
 if not redis.call('SET', KEYS[2], '1', 'NX') then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[3], now)
 local timeout = tonumber(ARGV[2])
 for i = 3, #ARGV do
   local previous = redis.call('ZSCORE', KEYS[1], ARGV[i])
@@ -149,19 +170,12 @@ end
 return 1
 ";
 
-/// KEYS: deadlines, marker. ARGV: online-key prefix, timeout ms. Moves every
-/// deadline earlier than now + timeout to now + timeout.
-const EXTEND_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local timeout = tonumber(ARGV[2])
-local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now + timeout))
-for _, user in ipairs(users) do
-  redis.call('ZADD', KEYS[1], now + timeout, user)
-  redis.call('SET', ARGV[1] .. user, '1', 'PX', timeout)
-end
-return #users
-";
+/// The scripts, each hashed once (Redis runs them by hash).
+static HEARTBEATS: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&format!("{PRELUDE}{HEARTBEATS_SCRIPT}")));
+static EXPIRE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&format!("{PRELUDE}{EXPIRE_SCRIPT}")));
+static RESTORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESTORE_SCRIPT));
 
 impl RedisPresence {
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, PresenceError> {
@@ -184,7 +198,7 @@ impl RedisPresence {
         format!("{}:presence", self.prefix)
     }
 
-    /// Present while Redis holds the whole presence state (see [`LOST_CHECK`]).
+    /// Present while Redis holds the whole presence state (see [`PRELUDE`]).
     fn whole_key(&self) -> String {
         format!("{}:presence:whole", self.prefix)
     }
@@ -193,13 +207,21 @@ impl RedisPresence {
         i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX / 2)
     }
 
-    /// A script with the loss check in front, on the two presence keys.
-    fn script(&self, body: &str, check_lost: bool) -> redis::Script {
-        if check_lost {
-            redis::Script::new(&format!("{LOST_CHECK}{body}"))
-        } else {
-            redis::Script::new(body)
-        }
+    /// When a presence replica last ran a script (see [`PRELUDE`]).
+    fn heard_key(&self) -> String {
+        format!("{}:presence:heard", self.prefix)
+    }
+
+    /// A call of `script` (one that starts with [`PRELUDE`]), with its keys
+    /// and first two arguments.
+    fn deciding(&self, script: &'static redis::Script) -> redis::ScriptInvocation<'static> {
+        let mut invocation = script.key(self.deadlines_key());
+        invocation
+            .key(self.whole_key())
+            .key(self.heard_key())
+            .arg(self.online_key(""))
+            .arg(i64::try_from(HEARING_GAP.as_millis()).unwrap_or(i64::MAX));
+        invocation
     }
 
     async fn connection(&self) -> Result<deadpool_redis::Connection, PresenceError> {
@@ -225,10 +247,7 @@ impl Presence for RedisPresence {
             return Ok(vec![]);
         }
         let timeout = self.timeout_ms();
-        let script = self.script(HEARTBEATS_SCRIPT, true);
-        let mut invocation = script.key(self.deadlines_key());
-        invocation.key(self.whole_key());
-        invocation.arg(self.online_key(""));
+        let mut invocation = self.deciding(&HEARTBEATS);
         for (user, at_ms) in beats {
             invocation.arg(user).arg(at_ms.saturating_add(timeout));
         }
@@ -250,9 +269,7 @@ impl Presence for RedisPresence {
 
     async fn expire(&self) -> Result<Vec<String>, PresenceError> {
         let mut conn = self.connection().await?;
-        self.script(EXPIRE_SCRIPT, true)
-            .key(self.deadlines_key())
-            .key(self.whole_key())
+        self.deciding(&EXPIRE)
             .arg(EXPIRE_BATCH)
             .invoke_async(&mut conn)
             .await
@@ -260,10 +277,10 @@ impl Presence for RedisPresence {
     }
 
     async fn restore(&self, users: &[String]) -> Result<bool, PresenceError> {
-        let script = self.script(RESTORE_SCRIPT, false);
-        let mut invocation = script.key(self.deadlines_key());
+        let mut invocation = RESTORE.key(self.deadlines_key());
         invocation
             .key(self.whole_key())
+            .key(self.heard_key())
             .arg(self.online_key(""))
             .arg(self.timeout_ms());
         for user in users {
@@ -275,19 +292,6 @@ impl Presence for RedisPresence {
             .await
             .map_err(redis_error)?;
         Ok(restored == 1)
-    }
-
-    async fn extend_all(&self) -> Result<(), PresenceError> {
-        let mut conn = self.connection().await?;
-        self.script(EXTEND_SCRIPT, true)
-            .key(self.deadlines_key())
-            .key(self.whole_key())
-            .arg(self.online_key(""))
-            .arg(self.timeout_ms())
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map(drop)
-            .map_err(redis_error)
     }
 
     async fn online_among(&self, users: Vec<String>) -> Result<Vec<String>, PresenceError> {
@@ -326,7 +330,31 @@ impl Presence for RedisPresence {
 #[derive(Debug, Clone)]
 pub struct LocalPresence {
     timeout_ms: i64,
-    deadlines: Arc<Mutex<HashMap<String, i64>>>,
+    /// [`HEARING_GAP`], in ms.
+    gap_ms: i64,
+    state: Arc<Mutex<LocalState>>,
+}
+
+#[derive(Debug, Default)]
+struct LocalState {
+    deadlines: HashMap<String, i64>,
+    /// When presence last recorded or swept (see [`HEARING_GAP`]).
+    heard: Option<i64>,
+}
+
+impl LocalState {
+    /// After a gap in hearing longer than [`HEARING_GAP`], every deadline
+    /// moves later by the gap (the Redis adapter's `PRELUDE`).
+    fn hear(&mut self, now: i64, gap_ms: i64) -> &mut HashMap<String, i64> {
+        let gap = now - self.heard.unwrap_or(now);
+        self.heard = Some(now);
+        if gap > gap_ms {
+            for deadline in self.deadlines.values_mut() {
+                *deadline += gap;
+            }
+        }
+        &mut self.deadlines
+    }
 }
 
 /// The current Unix time in milliseconds.
@@ -339,7 +367,8 @@ impl LocalPresence {
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2);
         Self {
             timeout_ms,
-            deadlines: Arc::default(),
+            gap_ms: i64::try_from(HEARING_GAP.as_millis()).unwrap_or(i64::MAX),
+            state: Arc::default(),
         }
     }
 
@@ -348,7 +377,8 @@ impl LocalPresence {
         if deadline <= now {
             return Ok(Beat::Kept);
         }
-        let mut deadlines = self.deadlines.lock().map_err(|_| PresenceError::Poisoned)?;
+        let mut state = self.state.lock().map_err(|_| PresenceError::Poisoned)?;
+        let deadlines = state.hear(now, self.gap_ms);
         let beat = match deadlines.get(user).copied() {
             None => Beat::CameOnline,
             Some(previous) if previous <= now => Beat::Returned,
@@ -362,7 +392,8 @@ impl LocalPresence {
     }
 
     fn expire_at(&self, now: i64) -> Result<Vec<String>, PresenceError> {
-        let mut deadlines = self.deadlines.lock().map_err(|_| PresenceError::Poisoned)?;
+        let mut state = self.state.lock().map_err(|_| PresenceError::Poisoned)?;
+        let deadlines = state.hear(now, self.gap_ms);
         let lapsed: Vec<String> = deadlines
             .iter()
             .filter(|(_, d)| **d <= now)
@@ -375,10 +406,10 @@ impl LocalPresence {
     }
 
     fn online_at(&self, users: Vec<String>, now: i64) -> Result<Vec<String>, PresenceError> {
-        let deadlines = self.deadlines.lock().map_err(|_| PresenceError::Poisoned)?;
+        let state = self.state.lock().map_err(|_| PresenceError::Poisoned)?;
         Ok(users
             .into_iter()
-            .filter(|u| deadlines.get(u).is_some_and(|d| *d > now))
+            .filter(|u| state.deadlines.get(u).is_some_and(|d| *d > now))
             .collect())
     }
 }
@@ -409,15 +440,6 @@ impl Presence for LocalPresence {
     async fn restore(&self, _users: &[String]) -> Result<bool, PresenceError> {
         Ok(false)
     }
-
-    async fn extend_all(&self) -> Result<(), PresenceError> {
-        let floor = unix_ms().saturating_add(self.timeout_ms);
-        let mut deadlines = self.deadlines.lock().map_err(|_| PresenceError::Poisoned)?;
-        for deadline in deadlines.values_mut() {
-            *deadline = (*deadline).max(floor);
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -426,9 +448,42 @@ mod tests {
 
     const S: i64 = 1000;
 
+    /// Presence whose calls come seconds apart here: no hearing gaps.
+    fn presence() -> LocalPresence {
+        LocalPresence {
+            gap_ms: i64::MAX,
+            ..LocalPresence::new(Duration::from_secs(5))
+        }
+    }
+
+    #[test]
+    fn a_gap_in_hearing_moves_every_deadline_later_by_it() {
+        let p = LocalPresence::new(Duration::from_secs(5));
+        let t0 = 1_000_000;
+        assert_eq!(p.beat_at("ann", t0, t0).ok(), Some(Beat::CameOnline));
+        assert_eq!(p.expire_at(t0 + S).ok(), Some(vec![]));
+        // Nothing heard for 10 s (the broker was down): ann's deadline,
+        // t0 + 5 s, moves to t0 + 15 s.
+        assert_eq!(p.expire_at(t0 + 11 * S).ok(), Some(vec![]));
+        assert_eq!(
+            p.beat_at("ann", t0 + 11 * S, t0 + 11 * S).ok(),
+            Some(Beat::Kept)
+        );
+        // Short gaps move nothing.
+        assert_eq!(p.expire_at(t0 + 11 * S + 900).ok(), Some(vec![]));
+        for k in 1..=8 {
+            let t = t0 + 11 * S + 900 + k * 500;
+            assert_eq!(p.expire_at(t).ok(), Some(vec![]), "at {}", t - t0);
+        }
+        assert_eq!(
+            p.expire_at(t0 + 16 * S + 400).ok(),
+            Some(vec!["ann".to_owned()])
+        );
+    }
+
     #[test]
     fn users_are_online_until_their_timeout_lapses() {
-        let p = LocalPresence::new(Duration::from_secs(5));
+        let p = presence();
         let t0 = 1_000_000;
         assert_eq!(p.beat_at("ann", t0, t0).ok(), Some(Beat::CameOnline));
         assert_eq!(p.beat_at("ann", t0 + S, t0 + S).ok(), Some(Beat::Kept));
@@ -449,7 +504,7 @@ mod tests {
 
     #[test]
     fn a_heartbeat_after_an_unreported_lapse_is_a_return() {
-        let p = LocalPresence::new(Duration::from_secs(5));
+        let p = presence();
         let t0 = 1_000_000;
         p.beat_at("ann", t0, t0).ok();
         assert_eq!(
@@ -461,7 +516,7 @@ mod tests {
 
     #[test]
     fn deadlines_follow_the_latest_heartbeat_sent_not_the_latest_received() {
-        let p = LocalPresence::new(Duration::from_secs(5));
+        let p = presence();
         let t0 = 1_000_000;
         p.beat_at("ann", t0 + 2 * S, t0 + 2 * S).ok();
         // An older heartbeat forwarded late by another gateway changes nothing.

@@ -120,9 +120,9 @@ pub async fn run(
     let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
         FuturesUnordered::new();
     tracing::info!("presence running");
-    // While the bus is down no heartbeat arrives: nobody may lapse for that.
-    // Once it is back, every deadline is extended before anything else is
-    // decided (a heartbeat recorded first would find its user lapsed).
+    // While the bus is down no heartbeat arrives, so nothing is swept: the
+    // presence store then sees a gap in hearing, and moves every deadline
+    // later by it before deciding anything (`HEARING_GAP`).
     let mut deaf = false;
     loop {
         tokio::select! {
@@ -150,10 +150,6 @@ pub async fn run(
                         }
                     })
                     .collect();
-                if deaf {
-                    deaf = false;
-                    hear_again(&deps).await;
-                }
                 in_flight.push(Box::pin(record(&deps, &metrics, beats)));
             }
             _ = sweep.tick() => {
@@ -164,9 +160,9 @@ pub async fn run(
                     deaf = true;
                 } else {
                     if deaf {
-                        deaf = false;
-                        hear_again(&deps).await;
+                        tracing::info!("bus back: deadlines move later by the time nobody could hear");
                     }
+                    deaf = false;
                     in_flight.push(Box::pin(lapse(&deps, &metrics)));
                 }
             }
@@ -176,15 +172,6 @@ pub async fn run(
     while in_flight.next().await.is_some() {}
     tracing::info!("presence stopped");
     Ok(())
-}
-
-/// Back from a bus outage: everyone gets a fresh timeout (their heartbeats
-/// could not arrive).
-async fn hear_again(deps: &PresenceDeps) {
-    match restoring(deps, || deps.presence.extend_all()).await {
-        Ok(()) => tracing::info!("bus back: every online user has a fresh timeout"),
-        Err(e) => tracing::error!(error = %e, "timeouts not extended after the bus outage"),
-    }
 }
 
 /// Restores the presence store's lost state from the snapshot (only the
