@@ -229,6 +229,11 @@ async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
     let (acks, ready_after) = tokio::join!(sending, outage);
 
     let refused: Vec<&Value> = acks.iter().filter(|a| !a["chat_id"].is_i64()).collect();
+    eprintln!(
+        "{} sent, {} refused, ready after NATS listened again (api, gateway, persister, presence): {ready_after:?}",
+        acks.len(),
+        refused.len()
+    );
     assert!(
         refused.is_empty(),
         "refused during a 5 s broker restart: {refused:?}"
