@@ -222,7 +222,17 @@ async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
     let outage = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
         nats.kill9();
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Readiness follows the connection.
+        for base in &services {
+            let readyz = reqwest::get(format!("{base}/readyz"))
+                .await
+                .expect("readyz");
+            assert_eq!(readyz.status(), 503, "{base} ready without NATS");
+            let body: Value = readyz.json().await.expect("json");
+            assert!(body["failed"].to_string().contains("nats"), "{body}");
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
         nats.launch().await;
         futures_util::future::join_all(services.into_iter().map(time_to_ready)).await
     };
@@ -306,6 +316,83 @@ async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
         ))
         .await;
     assert_eq!(rows, count as i64);
+}
+
+/// A message that cannot be confirmed within 10 s (NATS down longer) is
+/// refused with code 8; resent with the same `client_msg_id` once NATS is
+/// back, it is acknowledged, stored once and delivered once, whether or not
+/// the first attempt reached the stream after all.
+#[tokio::test]
+async fn an_unconfirmed_message_is_code_8_after_10_s_and_its_resend_is_stored_once() {
+    let mut nats = crate::servers::nats().await;
+    let app = TestApp::start_with(
+        Backend::MySql,
+        Options::default().with("NATS_URL", nats.url.clone()),
+    )
+    .await;
+    let ann = app.user("ann").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&ann, "Long outage", None).await;
+    let mut sender = app.socket(&ann).await;
+    let mut reader = app.socket(&bob).await;
+    sender.join(room).await;
+    reader.join(room).await;
+    let message = json!({ "room_id": room, "message": "patient", "client_msg_id": "late-1" });
+
+    nats.kill9();
+    let started = Instant::now();
+    let refused = sender
+        .emit_with_ack_within("message", message.clone(), Duration::from_secs(20))
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(
+        refused,
+        json!({ "error": "Service unavailable, try again", "code": 8 })
+    );
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(14)).contains(&waited),
+        "refused after {waited:?}, not after the 10 s the contract gives"
+    );
+    assert_eq!(sender.expect("error").await["code"], 8);
+
+    nats.launch().await;
+    time_to_ready(app.gateway_url(0).to_owned()).await;
+    let acked = sender.emit_with_ack("message", message.clone()).await;
+    let chat_id = acked["chat_id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{acked}"));
+    let again = sender.emit_with_ack("message", message).await;
+    assert_eq!(again, acked, "a second resend changes nothing");
+    assert_eq!(reader.expect("new_message").await["chat_id"], chat_id);
+    reader
+        .expect_none("new_message", Duration::from_millis(500))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: Vec<i64> = {
+            let history = app
+                .get(&format!("/api/chat_history?room_id={room}"), None)
+                .await;
+            history
+                .body
+                .as_array()
+                .expect("history")
+                .iter()
+                .map(|m| m["chat_id"].as_i64().expect("id"))
+                .collect()
+        };
+        let stored: i64 = app
+            .scalar(format!(
+                "SELECT COUNT(*) FROM chat_history WHERE room_id = {room}"
+            ))
+            .await;
+        assert_eq!(rows, [chat_id], "read once");
+        if stored == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The presence timeout of the presence fault tests.

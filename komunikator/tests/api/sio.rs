@@ -166,13 +166,18 @@ impl Socket {
 
     /// Sends an event and waits for its acknowledgement.
     pub async fn emit_with_ack(&self, event: &str, data: Value) -> Value {
+        self.emit_with_ack_within(event, data, WAIT).await
+    }
+
+    /// Sends an event and waits at most `wait` for its acknowledgement.
+    pub async fn emit_with_ack_within(&self, event: &str, data: Value, wait: Duration) -> Value {
         let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.acks.lock().expect("acks").insert(id, tx);
         self.send_raw(format!("42{id}{}", serde_json::json!([event, data])));
-        tokio::time::timeout(WAIT, rx)
+        tokio::time::timeout(wait, rx)
             .await
-            .expect("ack within WAIT")
+            .unwrap_or_else(|_| panic!("no ack within {wait:?}"))
             .expect("ack")
     }
 
