@@ -31,6 +31,9 @@ pub const QUEUE_GROUP: &str = "presence";
 /// Most heartbeats recorded in one call to the presence store.
 const BATCH_MAX: usize = 1000;
 
+/// Snapshot writes in flight at once.
+const SNAPSHOT_WRITES: usize = 64;
+
 /// Batches being recorded at once.
 const BATCHES_IN_FLIGHT: usize = 4;
 
@@ -270,15 +273,7 @@ async fn announce(deps: &PresenceDeps, metrics: &PresenceMetrics, changes: Vec<(
         return;
     }
     if let Some(snapshot) = &deps.snapshot {
-        for (user, event) in &changes {
-            let written = match event {
-                Event::Online => snapshot.online(user).await,
-                Event::Offline => snapshot.offline(user).await,
-            };
-            if let Err(e) = written {
-                tracing::warn!(user, error = %e, "presence snapshot not updated");
-            }
-        }
+        record_in_snapshot(snapshot, &changes).await;
     }
     let mut users: Vec<String> = changes.iter().map(|(user, _)| user.clone()).collect();
     users.sort_unstable();
@@ -308,6 +303,25 @@ async fn announce(deps: &PresenceDeps, metrics: &PresenceMetrics, changes: Vec<(
             }
         }
     }
+}
+
+/// Writes each user's newest state to the snapshot, many at once (a gateway
+/// gone takes hundreds offline in one sweep; one write at a time would hold
+/// their events back).
+async fn record_in_snapshot(snapshot: &OnlineSnapshot, changes: &[(String, Event)]) {
+    let newest: std::collections::HashMap<String, Event> = changes.iter().cloned().collect();
+    let writes = futures_util::stream::iter(newest)
+        .map(|(user, event)| async move {
+            let written = match event {
+                Event::Online => snapshot.online(&user).await,
+                Event::Offline => snapshot.offline(&user).await,
+            };
+            if let Err(e) = written {
+                tracing::warn!(user = %user, error = %e, "presence snapshot not updated");
+            }
+        })
+        .buffer_unordered(SNAPSHOT_WRITES);
+    writes.collect::<()>().await;
 }
 
 fn bytes_of(user: &str) -> bytes::Bytes {
