@@ -38,7 +38,22 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// Times a transaction chosen as a deadlock victim is run in all.
+pub const DEADLOCK_ATTEMPTS: u32 = 3;
+
 impl StoreError {
+    /// The database aborted the transaction to break a deadlock (or a lock
+    /// wait ran out): running it again is the remedy.
+    pub fn is_deadlock(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(e)) => {
+                // SQLSTATE 40001: MySQL's deadlock (1213); 1205: lock wait timeout.
+                e.code().as_deref() == Some("40001") || e.message().contains("Lock wait timeout")
+            }
+            _ => false,
+        }
+    }
+
     /// The database cannot be reached (down, restarting, or every pooled
     /// connection busy past the acquire timeout): callers answer "try
     /// again" rather than report a bug.

@@ -215,21 +215,35 @@ macro_rules! sql_store {
                 &self,
                 room_id: $crate::domain::RoomId,
             ) -> $crate::store::Result<bool> {
-                let mut tx = self.writer().begin().await?;
-                sqlx::query("DELETE FROM chat_history WHERE room_id = ?")
-                    .bind(room_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM users_room WHERE room_id = ?")
-                    .bind(room_id)
-                    .execute(&mut *tx)
-                    .await?;
-                let done = sqlx::query("DELETE FROM rooms WHERE room_id = ?")
-                    .bind(room_id)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(done.rows_affected() > 0)
+                // The persister inserts into the same rows' neighbourhood:
+                // InnoDB may pick this transaction as a deadlock victim.
+                let mut attempt = 1;
+                loop {
+                    let deleted: $crate::store::Result<bool> = async {
+                        let mut tx = self.writer().begin().await?;
+                        sqlx::query("DELETE FROM chat_history WHERE room_id = ?")
+                            .bind(room_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query("DELETE FROM users_room WHERE room_id = ?")
+                            .bind(room_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        let done = sqlx::query("DELETE FROM rooms WHERE room_id = ?")
+                            .bind(room_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                        Ok(done.rows_affected() > 0)
+                    }
+                    .await;
+                    match deleted {
+                        Err(e) if e.is_deadlock() && attempt < $crate::store::DEADLOCK_ATTEMPTS => {
+                            attempt += 1;
+                        }
+                        other => return other,
+                    }
+                }
             }
 
             async fn member(

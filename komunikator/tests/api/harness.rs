@@ -484,11 +484,19 @@ impl TestApp {
         let headers = res.headers().clone();
         let bytes = res.bytes().await.expect("response body");
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        assert!(
-            status < 500,
-            "server error {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        );
+        if status >= 500 {
+            let errors: Vec<String> = self
+                .logs()
+                .lines()
+                .filter(|l| l.contains("\"ERROR\"") || l.contains("\"WARN\""))
+                .map(str::to_owned)
+                .collect();
+            panic!(
+                "server error {status}: {}\nwarnings and errors logged:\n{}",
+                String::from_utf8_lossy(&bytes),
+                errors.join("\n")
+            );
+        }
         Resp {
             status,
             body,
