@@ -43,7 +43,7 @@ impl OnlineSnapshot {
     pub async fn open(nats: &NatsBus, subjects: &Subjects) -> Result<Self, SnapshotError> {
         let subject = format!("{}.presence.online", subjects.prefix());
         let config = stream::Config {
-            name: subjects.presence_bucket(),
+            name: subjects.presence_stream(),
             subjects: vec![format!("{subject}.*")],
             storage: stream::StorageType::File,
             max_messages_per_subject: 1,

@@ -196,7 +196,7 @@ impl Subjects {
     }
 
     /// The stream of who is online: `<PREFIX>_PRESENCE`.
-    pub fn presence_bucket(&self) -> String {
+    pub fn presence_stream(&self) -> String {
         format!("{}_PRESENCE", self.upper_prefix())
     }
 
