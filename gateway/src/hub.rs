@@ -147,35 +147,48 @@ impl Room {
             }
             // Not through `emit`: a payload of no arguments must stay a
             // tuple for socketioxide, not become the JSON text `[]`.
-            "user_list_updated" => self.send(event, &NO_ARGS),
+            "user_list_updated" => self.send_to(&self.sockets(), event, &NO_ARGS),
             "user_kicked" => {
+                // The kicked sockets leave before anyone is told: a client
+                // that reacts to `user_kicked` at once must already be out.
                 let payload = payload();
-                self.emit(event, &payload);
+                let sockets = self.sockets();
                 let kicked = payload["user_name"].as_str().unwrap_or_default();
-                remove_sockets(&self.io, &self.key, |s| s.is(kicked));
+                remove_sockets(&sockets, &self.key, |s| s.is(kicked));
+                self.emit_to(&sockets, event, &payload);
             }
-            "room_deleted" => remove_sockets(&self.io, &self.key, |_| true),
+            "room_deleted" => remove_sockets(&self.sockets(), &self.key, |_| true),
             _ => {}
         }
     }
 
-    /// Emits to every local socket of the room (see [`Self::send`]).
+    /// The room's local sockets now.
+    fn sockets(&self) -> Vec<SocketRef> {
+        self.io.within(self.key.clone()).sockets()
+    }
+
+    /// Emits to every local socket of the room (see [`Self::send_to`]).
     fn emit<T: serde::Serialize + ?Sized>(&self, event: &str, data: &T) {
-        // Serialised once; each socket's packet only copies the text.
+        self.emit_to(&self.sockets(), event, data);
+    }
+
+    /// Emits to `sockets`, serialising `data` once: each socket's packet
+    /// only copies the text.
+    fn emit_to<T: serde::Serialize + ?Sized>(&self, sockets: &[SocketRef], event: &str, data: &T) {
         match serde_json::value::to_raw_value(data) {
-            Ok(data) => self.send(event, &*data),
+            Ok(data) => self.send_to(sockets, event, &*data),
             Err(e) => {
                 tracing::error!(room_id = self.room_id, event, error = %e, "event not serialisable");
             }
         }
     }
 
-    /// Sends to every local socket of the room. A socket whose send buffer
+    /// Sends to `sockets`, local sockets of the room. A socket whose send buffer
     /// is full (its client stopped reading) would silently miss this event
     /// and keep a gap; it is disconnected instead, so its client reconnects
     /// and reloads what it missed.
-    fn send<T: serde::Serialize + ?Sized>(&self, event: &str, data: &T) {
-        for socket in self.io.within(self.key.clone()).sockets() {
+    fn send_to<T: serde::Serialize + ?Sized>(&self, sockets: &[SocketRef], event: &str, data: &T) {
+        for socket in sockets {
             match socket.emit(event, data) {
                 Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {
@@ -184,7 +197,7 @@ impl Room {
                         "socket not reading what is sent to it: disconnected");
                     // Nothing more is queued behind the gap...
                     socket.leave_all();
-                    tokio::spawn(disconnect_when_possible(socket));
+                    tokio::spawn(disconnect_when_possible(socket.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(room_id = self.room_id, event, error = %e, "event not delivered")
@@ -210,10 +223,10 @@ async fn disconnect_when_possible(socket: SocketRef) {
     }
 }
 
-/// Takes the matching local sockets out of a room: they stop receiving it at once.
-fn remove_sockets(io: &SocketIo, key: &str, matches: impl Fn(&Session) -> bool) {
-    for socket in io.within(key.to_owned()).sockets() {
-        if session(&socket).is_some_and(|s| matches(&s)) {
+/// Takes the matching sockets out of a room: they stop receiving it at once.
+fn remove_sockets(sockets: &[SocketRef], key: &str, matches: impl Fn(&Session) -> bool) {
+    for socket in sockets {
+        if session(socket).is_some_and(|s| matches(&s)) {
             socket.leave(key.to_owned());
         }
     }
