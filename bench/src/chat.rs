@@ -43,6 +43,11 @@ pub struct Load {
     /// Seconds of sending (per step with --max).
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
+    /// Seconds of sending at the first rate before measuring, results
+    /// discarded (but their messages verified): measures the warmed-up
+    /// system, after the `user_joined` storm of the setup has passed.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
     /// Ramp the rate up by --step until p99 exceeds --max-p99-ms or fewer
     /// than --min-delivered of the expected deliveries arrive; report every
     /// step and the best one that passed.
@@ -277,10 +282,7 @@ async fn run(
     let mut best: Option<Value> = None;
     let mut current = rate;
     let mut all_ids: HashMap<i64, Vec<u64>> = HashMap::new();
-    for _ in 0..if load.max { load.max_steps } else { 1 } {
-        let meter = Meter::start(procs.clone());
-        let step = step(&load, epoch, &tally, &sending, &latencies, current, users).await;
-        let (processes, generator) = meter.finish();
+    let collect_ids = |all_ids: &mut HashMap<i64, Vec<u64>>| {
         for sender in sending.iter() {
             if let Ok(mut a) = sender.acks.lock() {
                 all_ids
@@ -289,6 +291,28 @@ async fn run(
                     .append(&mut a.chat_ids);
             }
         }
+    };
+    if load.warmup > 0.0 {
+        let plan = Plan {
+            rate: current,
+            seconds: load.warmup,
+        };
+        let warm = step(&load, plan, epoch, &tally, &sending, &latencies, users).await;
+        collect_ids(&mut all_ids);
+        eprintln!(
+            "  warm-up {:.0} s at {current:.0}/s: p99 {} ms (not counted)",
+            load.warmup, warm.json["latency_ms"]["p99"]
+        );
+    }
+    for _ in 0..if load.max { load.max_steps } else { 1 } {
+        let meter = Meter::start(procs.clone());
+        let plan = Plan {
+            rate: current,
+            seconds: load.seconds,
+        };
+        let step = step(&load, plan, epoch, &tally, &sending, &latencies, users).await;
+        let (processes, generator) = meter.finish();
+        collect_ids(&mut all_ids);
         let mut result = step.json;
         result["processes"] = processes.clone();
         result["generator"] = generator.clone();
@@ -330,7 +354,8 @@ async fn run(
     };
     let mut report = json!({
         "scenario": scenario, "rooms": rooms, "users_per_room": users, "senders_per_room": senders,
-        "gateways": load.gateways, "seconds_per_step": load.seconds,
+        "gateways": load.gateways, "seconds_per_step": load.seconds, "warmup_seconds": load.warmup,
+        "max_p99_ms": load.max_p99_ms,
         "sockets_closed_by_server": closed_early, "persisted": persisted,
     });
     for (k, v) in headline.as_object().into_iter().flatten() {
@@ -373,21 +398,28 @@ struct Step {
     ratio: f64,
 }
 
-/// Sends at `rate` for the step's seconds, waits for the deliveries, and
-/// resets the counters for the next step.
+/// What one step sends: messages per second, for how long.
+#[derive(Clone, Copy)]
+struct Plan {
+    rate: f64,
+    seconds: f64,
+}
+
+/// Sends as planned, waits for the deliveries, and resets the counters for
+/// the next step.
 async fn step(
     load: &Load,
+    Plan { rate, seconds }: Plan,
     epoch: Instant,
     tally: &Arc<Tally>,
     senders: &Arc<Vec<Sender>>,
     latencies: &[Arc<Mutex<Histogram<u64>>>],
-    rate: f64,
     users: usize,
 ) -> Step {
     let per_sender = rate / senders.len() as f64;
     let interval = Duration::from_secs_f64(1.0 / per_sender);
     let start = epoch.elapsed() + Duration::from_millis(20);
-    let end = start + Duration::from_secs_f64(load.seconds);
+    let end = start + Duration::from_secs_f64(seconds);
     let sent = Arc::new(AtomicU64::new(0));
     let mut schedulers = Vec::new();
     for (i, sender) in senders.iter().enumerate() {

@@ -52,9 +52,7 @@ impl std::fmt::Debug for RedisCounter {
 
 impl RedisCounter {
     pub fn connect(url: &str, key: String) -> Result<Self, CounterError> {
-        let pool = deadpool_redis::Config::from_url(url)
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| CounterError(e.to_string()))?;
+        let pool = crate::redis_pool::connect(url).map_err(CounterError)?;
         Ok(Self { pool, key })
     }
 }

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod ops;
 pub mod password;
 pub mod presence;
+pub mod redis_pool;
 pub mod store;
 pub mod telemetry;
 

@@ -179,9 +179,7 @@ static RESTORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RE
 
 impl RedisPresence {
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, PresenceError> {
-        let pool = deadpool_redis::Config::from_url(url)
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| PresenceError::Redis(e.to_string()))?;
+        let pool = crate::redis_pool::connect(url).map_err(PresenceError::Redis)?;
         Ok(Self {
             pool,
             prefix: prefix.into(),
