@@ -2,12 +2,20 @@
 # Starts a Komunikator deployment for the benchmarks on this machine, with a
 # fresh database, NATS prefix and secret each time, and stops it again.
 #
-#   bench/cluster.sh start <bin-dir> [distributed|all]   # prints the env file to source
+#   bench/cluster.sh start <bin-dir> [distributed|all|peer]   # prints the env file to source
 #   bench/cluster.sh stop
 #
 # distributed: api :6001, gateways :6002 and :6003, persister :6004,
 #              presence :6005, against MariaDB, NATS and Redis on 127.0.0.1.
 # all:         one `komunikator all` on :6000 with the embedded adapters.
+# peer:        not Komunikator: the Node.js Socket.IO 4 server of bench/peer/
+#              (one process on :6000, MariaDB with Komunikator's schema), to
+#              compare against; see the top of bench/peer/server.mjs for what
+#              it leaves out. Its node modules are installed with `npm ci` in
+#              $KOM_PEER_DIR (default ~/.cache/komunikator-peer), only when
+#              bench/peer/package-lock.json changed. Its env file also exports
+#              KOM_BENCH_PIDS (peer:6000=<pid>,mariadbd=<pid>) for the
+#              generator's --pids: it finds only `komunikator` processes itself.
 # Logs and the env file go to $KOM_BENCH_DIR (default /tmp/kom-bench).
 set -euo pipefail
 
@@ -75,7 +83,7 @@ case "$cmd" in
       data="$dir/data-$tag"
       {
         # Nothing of a distributed deployment sourced before may leak in.
-        echo "unset DATABASE_URL JWT_SECRET_KEY KOM_PREFIX NATS_URL REDIS_URL KOM_BENCH_DB"
+        echo "unset DATABASE_URL JWT_SECRET_KEY KOM_PREFIX NATS_URL REDIS_URL KOM_BENCH_DB KOM_BENCH_PIDS"
         echo "export DATA_DIR=$data KOM_BENCH_DATA=$data"
         echo "export API=http://127.0.0.1:6000 GATEWAYS=http://127.0.0.1:6000 GATEWAY=http://127.0.0.1:6000 PRESENCE=http://127.0.0.1:6000"
       } >>"$dir/env"
@@ -84,10 +92,43 @@ case "$cmd" in
       "$bin/komunikator" all --listen 127.0.0.1:6000 >"$dir/all.log" 2>&1 &
       echo $! >>"$dir/pids"
       wait_ready 6000
+    elif [ "$mode" = peer ]; then
+      db="kom_bench_$tag"
+      {
+        echo "unset DATA_DIR KOM_BENCH_DATA KOM_PREFIX NATS_URL REDIS_URL PRESENCE"
+        echo "export DATABASE_URL=mysql://root@127.0.0.1:3306/$db KOM_BENCH_DB=$db"
+        echo "export JWT_SECRET_KEY=$secret"
+        echo "export API=http://127.0.0.1:6000 GATEWAYS=http://127.0.0.1:6000 GATEWAY=http://127.0.0.1:6000"
+      } >>"$dir/env"
+      # shellcheck disable=SC1091
+      . "$dir/env"
+      mariadb -uroot -h127.0.0.1 -e "CREATE DATABASE \`$db\`"
+      "$bin/komunikator" migrate >"$dir/migrate.log" 2>&1
+      # The peer runs from a copy outside the repository, beside its modules
+      # (ES modules resolve packages from the file's own directory).
+      src="$(cd "$(dirname "$0")/peer" && pwd)"
+      peer="${KOM_PEER_DIR:-$HOME/.cache/komunikator-peer}"
+      mkdir -p "$peer"
+      if ! cmp -s "$src/package-lock.json" "$peer/package-lock.json" || [ ! -d "$peer/node_modules" ]; then
+        cp "$src/package.json" "$src/package-lock.json" "$peer/"
+        if ! (cd "$peer" && npm ci --silent --no-audit --no-fund) >"$dir/npm.log" 2>&1; then
+          rm -f "$peer/package-lock.json"
+          echo "npm ci in $peer failed; see $dir/npm.log" >&2
+          exit 1
+        fi
+      fi
+      cp "$src/server.mjs" "$peer/server.mjs"
+      LISTEN_ADDR=127.0.0.1:6000 node "$peer/server.mjs" >"$dir/peer-6000.log" 2>&1 &
+      echo $! >>"$dir/pids"
+      pids="peer:6000=$!"
+      mariadbd="$(pgrep -x mariadbd | head -n1 || true)"
+      [ -z "$mariadbd" ] || pids="$pids,mariadbd=$mariadbd"
+      echo "export KOM_BENCH_PIDS=$pids" >>"$dir/env"
+      wait_ready 6000
     else
       db="kom_bench_$tag"
       {
-        echo "unset DATA_DIR KOM_BENCH_DATA"
+        echo "unset DATA_DIR KOM_BENCH_DATA KOM_BENCH_PIDS"
         echo "export DATABASE_URL=mysql://root@127.0.0.1:3306/$db KOM_BENCH_DB=$db"
         echo "export JWT_SECRET_KEY=$secret KOM_PREFIX=b$tag"
         echo "export NATS_URL=nats://127.0.0.1:4222 REDIS_URL=redis://127.0.0.1:6379"
@@ -115,7 +156,7 @@ case "$cmd" in
     stop
     ;;
   *)
-    echo "usage: $0 start <bin-dir> [distributed|all] | stop" >&2
+    echo "usage: $0 start <bin-dir> [distributed|all|peer] | stop" >&2
     exit 2
     ;;
 esac

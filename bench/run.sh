@@ -5,14 +5,20 @@
 #
 #   bench/run.sh <bin-dir> [name ...]     e.g. bench/run.sh target/release chat fanout
 #
-# Names: rest chat chat-max fanout fanout-max idle presence all-chat all-chat-max (default: all).
+# Names: rest light-400 light-1000 chat chat-max fanout fanout-cold fanout-max
+# idle presence, each also as all-<name> and peer-<name> (rest and presence:
+# Komunikator only). Default: the comparison table (COMPARED) and the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin="$(cd "${1:?bin dir, e.g. target/release}" && pwd)"
 shift
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(rest chat chat-max fanout fanout-max idle presence all-chat all-chat-max)
+compared=(light-400 light-1000 chat-max fanout fanout-cold fanout-max idle)
+if [ ${#names[@]} -eq 0 ]; then
+  names=(rest chat presence)
+  for name in "${compared[@]}"; do names+=("$name" "all-$name" "peer-$name"); done
+fi
 runs="${RUNS:-3}"
 results="${KOM_BENCH_RESULTS:-bench/results}"
 mkdir -p "$results"
@@ -21,26 +27,41 @@ trap 'bench/cluster.sh stop' EXIT
 # The gateway and the generator each hold one descriptor per idle connection.
 ulimit -n "$(ulimit -Hn)"
 
+# <mode> <bench arguments>; the modes are bench/cluster.sh's. The same
+# scenario runs against each system: "" (distributed Komunikator), "all-"
+# (`komunikator all`) and "peer-" (the Socket.IO 4 Node peer in bench/peer).
 scenario() {
-  case "$1" in
-    rest) echo "distributed rest --api \$API --rooms 50 --concurrency 32 --seconds 10 --logins 16 --probe-rate 200" ;;
-    chat) echo "distributed chat --api \$API --gateways \$GATEWAYS --rooms 10 --users 10 --senders 2 --rate 8000 --seconds 10" ;;
-    chat-max) echo "distributed chat --api \$API --gateways \$GATEWAYS --rooms 10 --users 10 --senders 2 --rate 4000 --step 1.2 --seconds 5 --max" ;;
-    fanout-max) echo "distributed fanout --api \$API --gateways \$GATEWAYS --users 1000 --senders 1 --rate 100 --step 1.2 --seconds 5 --max" ;;
-    fanout) echo "distributed fanout --api \$API --gateways \$GATEWAYS --users 1000 --senders 1 --rate 150 --seconds 10" ;;
-    idle) echo "distributed idle --gateway \$GATEWAY --api \$API --presence \$PRESENCE --connections ${IDLE_CONNECTIONS:-19000} --sources 4 --connect-rate 4000 --seconds 20 --check-offline 5000" ;;
-    presence) echo "distributed presence --presence \$PRESENCE --users 100000 --seconds 10" ;;
-    all-chat) echo "all chat --api \$API --gateways \$GATEWAYS --rooms 10 --users 10 --senders 2 --rate 8000 --seconds 10" ;;
-    all-chat-max) echo "all chat --api \$API --gateways \$GATEWAYS --rooms 10 --users 10 --senders 2 --rate 4000 --step 1.2 --seconds 5 --max" ;;
+  local name="$1" mode=distributed
+  case "$name" in
+    all-*) mode=all; name="${name#all-}" ;;
+    peer-*) mode=peer; name="${name#peer-}" ;;
+  esac
+  local chat="chat --api \$API --gateways \$GATEWAYS --rooms 10 --users 10 --senders 2"
+  local fanout="fanout --api \$API --gateways \$GATEWAYS --users 1000 --senders 1"
+  local args
+  case "$name" in
+    rest) args="rest --api \$API --rooms 50 --concurrency 32 --seconds 10 --logins 16 --probe-rate 200" ;;
+    light-400) args="$chat --rate 400 --seconds 10" ;;
+    light-1000) args="$chat --rate 1000 --seconds 10" ;;
+    chat) args="$chat --rate 8000 --seconds 10" ;;
+    chat-max) args="$chat --rate 4000 --step 1.2 --seconds 5 --max --max-p99-ms 50" ;;
+    fanout) args="$fanout --rate 100 --warmup 5 --seconds 10" ;;
+    fanout-cold) args="$fanout --rate 100 --seconds 10" ;;
+    fanout-max) args="$fanout --rate 100 --step 1.2 --warmup 5 --seconds 5 --max" ;;
+    idle) args="idle --gateway \$GATEWAY --api \$API \${PRESENCE:+--presence \$PRESENCE} --connections ${IDLE_CONNECTIONS:-19000} --sources 4 --connect-rate 4000 --seconds 20 --check-offline 5000" ;;
+    presence) args="presence --presence \$PRESENCE --users 100000 --seconds 10" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
+  echo "$mode $args"
 }
 
-for name in "${names[@]}"; do
-  spec="$(scenario "$name")"
-  mode="${spec%% *}"
-  args="${spec#* }"
-  for n in $(seq 1 "$runs"); do
+# Run n of every scenario before run n+1 of any: the systems compared
+# alternate, so a noisy minute of the machine does not favour one of them.
+for n in $(seq 1 "$runs"); do
+  for name in "${names[@]}"; do
+    spec="$(scenario "$name")"
+    mode="${spec%% *}"
+    args="${spec#* }"
     # A fresh deployment for every run: same starting state, no leftovers.
     # shellcheck disable=SC1090
     . "$(bench/cluster.sh start "$bin" "$mode")"
