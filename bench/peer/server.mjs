@@ -41,10 +41,12 @@
 //   - Presence is "has at least one connected socket": `watchdog` is counted
 //     and otherwise ignored, there is no PRESENCE_TIMEOUT, and `user_online` /
 //     `user_offline` follow a user's first connect / last disconnect.
-//   - No rate limits, no login throttling, no limit on unauthenticated
-//     connections, no slow-request timeouts beyond Node's defaults, no CORS
-//     allowlist (any origin), no 503 answers within 2 s while the database is
-//     down (calls wait for mysql2's pool instead).
+//   - No rate limits, no per-socket event queue limit, no login throttling, no
+//     limit on unauthenticated connections, no slow-request timeouts beyond
+//     Node's defaults, no CORS allowlist (any origin). While the database is
+//     down, REST calls answer 503 only once mysql2 gives up (not within the
+//     contract's 2 s), and acknowledged messages pile up in memory, unbounded,
+//     retried every second.
 //   - Passwords are hashed with node's crypto.scrypt (its default cost:
 //     N=16384, r=8, p=1), not argon2id; rows holding anything else (argon2id
 //     PHC strings written by Komunikator or the generator, legacy plaintext)
