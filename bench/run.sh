@@ -66,7 +66,8 @@ for n in $(seq 1 "$runs"); do
     # shellcheck disable=SC1090
     . "$(bench/cluster.sh start "$bin" "$mode")"
     echo "== $name run $n: bench $args"
-    eval "\"$bin/bench\" $args --json \"$results/$name-$n.json\""
+    # The peer is not a `komunikator` process: cluster.sh names its PIDs.
+    eval "\"$bin/bench\" $args ${KOM_BENCH_PIDS:+--pids $KOM_BENCH_PIDS} --json \"$results/$name-$n.json\""
     bench/cluster.sh stop
   done
 done
