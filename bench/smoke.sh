@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A few seconds of every scenario at tiny sizes, against a distributed
-# deployment and against `komunikator all`, so that the generator cannot
-# rot. Each run must finish and its JSON must show complete, correct
+# deployment, against `komunikator all` and against the Socket.IO peer of
+# bench/peer (its Node modules installed by cluster.sh), so that neither the
+# generator nor the peer can rot. Each run must finish and its JSON must show complete, correct
 # results. Used by scripts/test.sh; not a benchmark.
 #
 #   bench/smoke.sh <bin-dir>     (holding komunikator and bench)
@@ -67,6 +68,8 @@ deploy() {
 if deploy distributed; then
 run chat "$complete and r['latency_ms']['count'] == r['delivered']" \
   chat --api "$API" --gateways "$GATEWAYS" --rooms 2 --users 4 --senders 2 --rate 100 --seconds 2
+run light "$complete and r['delivered'] == r['acked'] * 10" \
+  chat --api "$API" --gateways "$GATEWAYS" --rooms 10 --users 10 --senders 2 --rate 400 --seconds 2
 run chat-max "$complete and len(r['steps']) == 2 and r['best_passing_rate'] is not None" \
   chat --api "$API" --gateways "$GATEWAYS" --rooms 1 --users 3 --rate 50 --seconds 1 --max --max-steps 2
 run fanout "$complete and r['expected'] == r['acked'] * 30" \
@@ -89,6 +92,15 @@ run all-chat "$complete" \
   chat --api "$API" --gateways "$GATEWAYS" --rooms 2 --users 3 --rate 50 --seconds 2
 run all-idle 'r["connected"] == 100 and r["presence"]["correct"]' \
   idle --gateway "$GATEWAY" --presence "$PRESENCE" --connections 100 --seconds 1
+fi
+
+# The Socket.IO peer the table compares with (bench/peer): it must still
+# speak what the generator needs.
+if deploy peer; then
+run peer-chat "$complete" \
+  chat --api "$API" --gateways "$GATEWAYS" --rooms 2 --users 4 --senders 2 --rate 100 --seconds 2 --pids "$KOM_BENCH_PIDS"
+run peer-idle 'r["connected"] == 100 and r["heartbeats_per_second"] > 0 and r["errors"] == {}' \
+  idle --gateway "$GATEWAY" --api "$API" --connections 100 --seconds 1 --pids "$KOM_BENCH_PIDS"
 fi
 
 echo "bench smoke: $passed passed, $failed failed"
