@@ -44,7 +44,7 @@ scenario() {
     light-400) args="$chat --rate 400 --seconds 10" ;;
     light-1000) args="$chat --rate 1000 --seconds 10" ;;
     chat) args="$chat --rate 8000 --seconds 10" ;;
-    chat-max) args="$chat --rate 4000 --step 1.2 --seconds 5 --max --max-p99-ms 50" ;;
+    chat-max) args="$chat --rate 2000 --step 1.2 --seconds 5 --max --max-p99-ms 50" ;;
     fanout) args="$fanout --rate 100 --warmup 5 --seconds 10" ;;
     fanout-cold) args="$fanout --rate 100 --seconds 10" ;;
     fanout-max) args="$fanout --rate 100 --step 1.2 --warmup 5 --seconds 5 --max" ;;
