@@ -202,7 +202,7 @@ impl RedisPresence {
     }
 
     fn timeout_ms(&self) -> i64 {
-        i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX / 2)
+        millis(self.timeout)
     }
 
     /// When a presence replica last ran a script (see [`PRELUDE`]).
@@ -210,15 +210,23 @@ impl RedisPresence {
         format!("{}:presence:heard", self.prefix)
     }
 
-    /// A call of `script` (one that starts with [`PRELUDE`]), with its keys
-    /// and first two arguments.
-    fn deciding(&self, script: &'static redis::Script) -> redis::ScriptInvocation<'static> {
+    /// A call of `script` with the keys every script takes (deadlines,
+    /// `whole` marker, `heard` time) and its first argument, the online-key
+    /// prefix.
+    fn invoke(&self, script: &'static redis::Script) -> redis::ScriptInvocation<'static> {
         let mut invocation = script.key(self.deadlines_key());
         invocation
             .key(self.whole_key())
             .key(self.heard_key())
-            .arg(self.online_key(""))
-            .arg(i64::try_from(HEARING_GAP.as_millis()).unwrap_or(i64::MAX));
+            .arg(self.online_key(""));
+        invocation
+    }
+
+    /// A call of `script` (one that starts with [`PRELUDE`]), with its keys
+    /// and first two arguments.
+    fn deciding(&self, script: &'static redis::Script) -> redis::ScriptInvocation<'static> {
+        let mut invocation = self.invoke(script);
+        invocation.arg(millis(HEARING_GAP));
         invocation
     }
 
@@ -275,12 +283,8 @@ impl Presence for RedisPresence {
     }
 
     async fn restore(&self, users: &[String]) -> Result<bool, PresenceError> {
-        let mut invocation = RESTORE.key(self.deadlines_key());
-        invocation
-            .key(self.whole_key())
-            .key(self.heard_key())
-            .arg(self.online_key(""))
-            .arg(self.timeout_ms());
+        let mut invocation = self.invoke(&RESTORE);
+        invocation.arg(self.timeout_ms());
         for user in users {
             invocation.arg(user);
         }
@@ -355,6 +359,12 @@ impl LocalState {
     }
 }
 
+/// A duration in whole milliseconds, as the deadlines count them (capped so
+/// that adding it to a time cannot overflow).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
 /// The current Unix time in milliseconds.
 pub fn unix_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -362,10 +372,10 @@ pub fn unix_ms() -> i64 {
 
 impl LocalPresence {
     pub fn new(timeout: Duration) -> Self {
-        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2);
+        let timeout_ms = millis(timeout);
         Self {
             timeout_ms,
-            gap_ms: i64::try_from(HEARING_GAP.as_millis()).unwrap_or(i64::MAX),
+            gap_ms: millis(HEARING_GAP),
             state: Arc::default(),
         }
     }
