@@ -41,7 +41,7 @@ fn error(e: impl std::fmt::Display) -> SnapshotError {
 impl OnlineSnapshot {
     /// Opens the stream `<PREFIX>_PRESENCE`, creating it when it does not exist.
     pub async fn open(nats: &NatsBus, subjects: &Subjects) -> Result<Self, SnapshotError> {
-        let subject = format!("{}.presence.online", subjects.prefix());
+        let subject = subjects.presence_online();
         let config = stream::Config {
             name: subjects.presence_stream(),
             subjects: vec![format!("{subject}.*")],

@@ -195,6 +195,12 @@ impl Subjects {
         format!("{}_CHAT", self.upper_prefix())
     }
 
+    /// `<prefix>.presence.online`: under it, one subject per online user in
+    /// the stream [`Self::presence_stream`].
+    pub fn presence_online(&self) -> String {
+        format!("{}.presence.online", self.prefix)
+    }
+
     /// The stream of who is online: `<PREFIX>_PRESENCE`.
     pub fn presence_stream(&self) -> String {
         format!("{}_PRESENCE", self.upper_prefix())
