@@ -66,6 +66,15 @@ wait_ready() {
   return 1
 }
 
+# Sources the env file, then creates its database $db with Komunikator's
+# schema (the peer uses that schema too).
+fresh_database() {
+  # shellcheck disable=SC1091
+  . "$dir/env"
+  mariadb -uroot -h127.0.0.1 -e "CREATE DATABASE \`$db\`"
+  "$bin/komunikator" migrate >"$dir/migrate.log" 2>&1
+}
+
 case "$cmd" in
   start)
     bin="${2:?bin dir, e.g. target/release}"
@@ -100,10 +109,7 @@ case "$cmd" in
         echo "export JWT_SECRET_KEY=$secret"
         echo "export API=http://127.0.0.1:6000 GATEWAYS=http://127.0.0.1:6000 GATEWAY=http://127.0.0.1:6000"
       } >>"$dir/env"
-      # shellcheck disable=SC1091
-      . "$dir/env"
-      mariadb -uroot -h127.0.0.1 -e "CREATE DATABASE \`$db\`"
-      "$bin/komunikator" migrate >"$dir/migrate.log" 2>&1
+      fresh_database
       # The peer runs from a copy outside the repository, beside its modules
       # (ES modules resolve packages from the file's own directory).
       src="$(cd "$(dirname "$0")/peer" && pwd)"
@@ -135,10 +141,7 @@ case "$cmd" in
         echo "export API=http://127.0.0.1:6001 GATEWAYS=http://127.0.0.1:6002,http://127.0.0.1:6003"
         echo "export GATEWAY=http://127.0.0.1:6002 PRESENCE=http://127.0.0.1:6005"
       } >>"$dir/env"
-      # shellcheck disable=SC1091
-      . "$dir/env"
-      mariadb -uroot -h127.0.0.1 -e "CREATE DATABASE \`$db\`"
-      "$bin/komunikator" migrate >"$dir/migrate.log" 2>&1
+      fresh_database
       start_one() {
         "$bin/komunikator" "$1" --listen "127.0.0.1:$2" >"$dir/$1-$2.log" 2>&1 &
         echo $! >>"$dir/pids"
