@@ -184,7 +184,15 @@ async fn refused_socket_connections_are_logged_and_counted_by_reason(backend: Ba
     let url = app.gateway_url(0).to_owned();
     let expired = app.sign(&claims_for(&ann.name, -3600));
     let unknown_user = app.sign(&claims_for("nobody_here", 600));
-    assert_eq!(refused(&url, Auth::None).await, "Unauthorized");
+    // As through a proxy: the log names the client behind it.
+    let from_proxy = [
+        ("user-agent", "old-client/1.0"),
+        ("x-forwarded-for", "203.0.113.7"),
+    ];
+    match Socket::connect_with(&url, Auth::None, &from_proxy).await {
+        Ok(_) => panic!("the connection was accepted"),
+        Err(e) => assert_eq!(e, "Unauthorized"),
+    }
     assert_eq!(
         refused(&url, Auth::Payload("garbage")).await,
         "Unauthorized"
@@ -227,6 +235,13 @@ async fn refused_socket_connections_are_logged_and_counted_by_reason(backend: Ba
     assert!(
         refusals.iter().all(|v| v["level"] == "INFO"),
         "{refusals:?}"
+    );
+    let no_token = refusals.iter().find(|v| v["reason"] == "no_token");
+    assert!(
+        no_token.is_some_and(
+            |v| v["user_agent"] == "old-client/1.0" && v["forwarded_for"] == "203.0.113.7"
+        ),
+        "the refusal names the client: {refusals:?}"
     );
     for secret in [&expired, &unknown_user, &ann.token] {
         assert!(!logs.contains(secret.as_str()), "a token was logged");
