@@ -117,7 +117,8 @@ fn nginx_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("nginx"))
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")

@@ -21,7 +21,7 @@ pub struct OwnedServer {
 
 impl OwnedServer {
     async fn start(name: &str, url: fn(u16) -> String, command: fn(u16, &Path) -> Command) -> Self {
-        let port = free_port();
+        let port = crate::nginx::free_port();
         let dir = std::env::temp_dir().join(format!("kom-{name}-{}", random_hex(6)));
         std::fs::create_dir_all(&dir).expect("server dir");
         let mut server = OwnedServer {
@@ -77,13 +77,6 @@ fn binary(name: &str) -> PathBuf {
         .map(|dir| Path::new(dir).join(name))
         .find(|path| path.exists())
         .unwrap_or_else(|| PathBuf::from(name))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// nats-server with JetStream.
