@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::http::header::RETRY_AFTER;
 use axum::response::{IntoResponse, Json, Response};
 use common::auth::TokenError;
-use common::bus::BusError;
+use common::chat_log::ChatLogError;
 use common::password::PasswordError;
 use common::presence::PresenceError;
 use common::store::StoreError;
@@ -139,9 +139,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<BusError> for ApiError {
-    fn from(e: BusError) -> Self {
-        Self::Unavailable(e.to_string())
+impl From<ChatLogError> for ApiError {
+    fn from(e: ChatLogError) -> Self {
+        match e {
+            ChatLogError::Store {
+                message,
+                unavailable: false,
+            } => Self::Internal(message),
+            e => Self::Unavailable(e.to_string()),
+        }
     }
 }
 

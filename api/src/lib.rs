@@ -1,6 +1,7 @@
 //! The Komunikator REST API (CONTRACT.md, "REST API"): accounts, rooms,
 //! memberships and chat history over the store, with change events published
-//! on the bus.
+//! on the bus. Its shape, as every service's: [`Deps`] in, and [`routes`]
+//! (the API has no background work, so no `run`).
 
 mod body;
 mod error;
@@ -16,8 +17,8 @@ use clap::Args;
 
 pub use body::BODY_LIMIT;
 pub use error::ApiError;
-pub use router::router;
-pub use state::{ApiDeps, AppState};
+pub use router::routes;
+pub use state::{AppState, Deps};
 
 /// Options of the API service.
 #[derive(Debug, Clone, Args)]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::counter::SharedCounter;
+use common::shared_counter::SharedCounter;
 
 /// Longest a copy is served even while the counter stands still: a bound
 /// for a change whose bump was lost.
@@ -87,7 +87,7 @@ impl RoomList {
 
 #[cfg(test)]
 mod tests {
-    use common::counter::LocalCounter;
+    use common::shared_counter::LocalCounter;
 
     use super::*;
 

@@ -12,8 +12,9 @@ use crate::routes::{chat, members, rooms, users};
 use crate::state::AppState;
 
 /// The API routes under `/api`, with body limit and JSON fallbacks (CORS
-/// covers every path of the process: `common::ops::serve`).
-pub fn router(state: AppState) -> Router {
+/// covers every path of the process: `common::http::serve`).
+pub fn routes(deps: crate::Deps) -> Router {
+    let state = AppState::new(deps);
     Router::new()
         .route("/api/register", post(users::register))
         .route("/api/login", post(users::login))

@@ -4,17 +4,19 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use common::auth::Tokens;
-use common::bus::{Bus, Events};
+use common::chat_log::ChatLog;
+use common::events::Events;
 use common::password::Passwords;
 use common::presence::Presence;
 use common::store::Store;
 
 /// What the API needs from the rest of the process.
-pub struct ApiDeps {
-    pub store: Arc<dyn Store>,
+pub struct Deps {
+    pub store: Store,
+    /// Announces committed changes to the sockets.
     pub events: Events,
     /// Reads chat messages not stored yet (read your writes).
-    pub bus: Arc<dyn Bus>,
+    pub chat_log: Arc<dyn ChatLog>,
     pub presence: Arc<dyn Presence>,
     pub tokens: Tokens,
     pub passwords: Passwords,
@@ -23,18 +25,18 @@ pub struct ApiDeps {
 }
 
 #[derive(Clone)]
-pub struct AppState(Arc<ApiDeps>);
+pub struct AppState(Arc<Deps>);
 
 impl AppState {
-    pub fn new(deps: ApiDeps) -> Self {
+    pub fn new(deps: Deps) -> Self {
         Self(Arc::new(deps))
     }
 }
 
 impl Deref for AppState {
-    type Target = ApiDeps;
+    type Target = Deps;
 
-    fn deref(&self) -> &ApiDeps {
+    fn deref(&self) -> &Deps {
         &self.0
     }
 }

@@ -3,7 +3,6 @@
 //! users, written straight to the deployment's store and given tokens
 //! signed with its secret.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -157,7 +156,7 @@ impl Direct {
             None if !self.db.is_set() => self.data.jwt_secret()?,
             None => bail!("JWT_SECRET_KEY is needed to sign tokens for a MySQL deployment"),
         };
-        let store: Arc<dyn Store> = common::store::connect(&settings).await?;
+        let store = Store::connect(&settings).await?;
         let hash = common::password::Passwords::new(1, 1)
             .hash("bench-password".to_owned())
             .await?;

@@ -1,17 +1,21 @@
 //! Code shared by every Komunikator service: configuration, access tokens,
-//! password hashing, domain types, the store/bus/presence interfaces with
-//! their two adapters each, and telemetry.
+//! password hashing, domain types, the server events, and the interfaces
+//! with their two adapters each: the store (MySQL/SQLite), the bus and the
+//! chat log (NATS/in-process), presence (Redis/in-process); and telemetry.
 
 pub mod auth;
 pub mod bus;
+pub mod chat_log;
 pub mod config;
-pub mod counter;
 pub mod domain;
-pub mod ops;
+pub mod events;
+pub mod http;
 pub mod password;
 pub mod presence;
 pub mod redis_pool;
+pub mod shared_counter;
 pub mod store;
+pub mod subjects;
 pub mod telemetry;
 
 /// `bytes` random bytes from the OS, hex encoded.

@@ -92,7 +92,19 @@ impl Metrics {
     /// A registry with the HTTP metrics and a service's own, which `extend`
     /// registers and returns.
     pub fn with<T>(extend: impl FnOnce(&mut Registry) -> T) -> (Self, T) {
-        let mut registry = Registry::with_prefix("komunikator");
+        let mut registry = Self::registry();
+        let extension = extend(&mut registry);
+        (Self::from_registry(registry), extension)
+    }
+
+    /// An empty registry, for the services of a process to register their
+    /// metrics in before [`Self::from_registry`].
+    pub fn registry() -> Registry {
+        Registry::with_prefix("komunikator")
+    }
+
+    /// The process's metrics: the HTTP metrics added to `registry`.
+    pub fn from_registry(mut registry: Registry) -> Self {
         let http_requests = Family::<HttpLabels, Counter>::default();
         let http_seconds =
             Family::<HttpLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
@@ -106,15 +118,11 @@ impl Metrics {
             "Time to answer an HTTP request",
             http_seconds.clone(),
         );
-        let extension = extend(&mut registry);
-        (
-            Self {
-                registry: Arc::new(registry),
-                http_requests,
-                http_seconds,
-            },
-            extension,
-        )
+        Self {
+            registry: Arc::new(registry),
+            http_requests,
+            http_seconds,
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -1,320 +1,71 @@
-//! One handler per client event, plus the connect middleware that
-//! authenticates the socket. A refused event gets an `error` event (and a
-//! refused acknowledgement when the client asked for one); the socket stays usable.
+//! One handler per client event, matched exhaustively on [`ClientEvent`].
+//! A refused event gets an `error` event (and a refused acknowledgement when
+//! the client asked for one); the socket stays usable.
 
 use std::sync::Arc;
 
-use common::auth::TokenError;
-use common::bus::{BusError, IdempotencyKey};
-use common::domain::{ChatDraft, now};
+use common::chat_log::{ChatLogError, IdempotencyKey};
+use common::domain::{ChatDraft, RoomId, now};
+use common::events::{ServerEvent, UserInRoom};
 use serde_json::{Value, json};
-use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, SocketRef, TryData};
-use socketioxide::handler::ConnectHandler;
+use socketioxide::extract::{AckSender, SocketRef};
 
 use crate::Gateway;
-use crate::hub::{room_key, session};
-use crate::payload::{Heartbeat, MessageRequest, Refusal, RoomRequest};
+use crate::client_event::{ClientEvent, Heartbeat, MessageRequest, RoomRequest};
+use crate::event_queue::Queued;
+use crate::fanout::{room_key, session};
+use crate::refusal::Refusal;
 use crate::session::Session;
 
-/// Events of one socket waiting to be handled; beyond this many, new ones
-/// are refused (code 6) instead of queueing without bound.
-const EVENT_QUEUE: usize = 256;
-
-/// A socket's events waiting to be handled, and whether a worker is
-/// handling them.
-#[derive(Default)]
-struct EventQueue {
-    state: std::sync::Mutex<QueueState>,
-}
-
-#[derive(Default)]
-struct QueueState {
-    pending: std::collections::VecDeque<Queued>,
-    running: bool,
-}
-
-impl EventQueue {
-    /// The next event to handle; `None` (and the worker stops) when there is none.
-    fn next(&self) -> Option<Queued> {
-        let mut state = self.state.lock().ok()?;
-        let next = state.pending.pop_front();
-        state.running = next.is_some();
-        next
-    }
-}
-
-/// One client event, queued for its socket's worker.
-struct Queued {
-    event: &'static str,
-    socket: SocketRef,
-    payload: Option<Value>,
-    ack: AckSender,
-}
-
-/// The connect error a client sees; its text is sent as is, so it says
-/// nothing about why a token failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("Unauthorized")]
-    Unauthorized,
-    #[error("Origin not allowed")]
-    Origin,
-    /// A dependency is down: clients retry, and must not log their user out.
-    #[error("Service unavailable")]
-    Unavailable,
-}
-
-/// Why a connection was refused: logged and counted (never the token).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refused {
-    Origin,
-    NoToken,
-    ExpiredToken,
-    InvalidToken,
-    UnknownUser,
-    Unavailable,
-}
-
-impl Refused {
-    /// The `reason` label and log field.
-    fn reason(self) -> &'static str {
-        match self {
-            Self::Origin => "origin",
-            Self::NoToken => "no_token",
-            Self::ExpiredToken => "expired_token",
-            Self::InvalidToken => "invalid_token",
-            Self::UnknownUser => "unknown_user",
-            Self::Unavailable => "unavailable",
-        }
-    }
-
-    fn connect_error(self) -> ConnectError {
-        match self {
-            Self::Origin => ConnectError::Origin,
-            Self::NoToken | Self::ExpiredToken | Self::InvalidToken | Self::UnknownUser => {
-                ConnectError::Unauthorized
-            }
-            Self::Unavailable => ConnectError::Unavailable,
-        }
-    }
-}
-
-pub fn register(io: &SocketIo, gateway: Arc<Gateway>) {
-    // Event handlers are registered by the middleware, which completes before
-    // socketioxide acknowledges the connection: the connect handler runs only
-    // after the ack, and an event sent right after connecting would find none.
-    let authenticate = move |socket: SocketRef, TryData(auth): TryData<Value>| {
-        let gateway = gateway.clone();
-        async move {
-            gateway.authenticate(&socket, auth.ok()).await?;
-            gateway.attach(&socket);
-            Ok::<(), ConnectError>(())
-        }
-    };
-    let connected = async |socket: SocketRef| {
-        tracing::debug!(sid = %socket.id, "socket connected");
-    };
-    io.ns("/", connected.with(authenticate));
-}
-
 impl Gateway {
-    /// Connect middleware: the origin must be allowed and the token valid,
-    /// taken from `auth: {token}`, the `Authorization` header or `?token=`.
-    /// A refusal is logged and counted by reason, so that an operator sees
-    /// clients failing (an old client without a token, a wrong secret).
-    async fn authenticate(
-        &self,
-        socket: &SocketRef,
-        auth: Option<Value>,
-    ) -> Result<(), ConnectError> {
-        let refused = match self.identify(socket, auth).await {
-            Ok(user) => {
-                socket
-                    .extensions
-                    .insert(Arc::new(Session::new(user, self.deps.rate)));
-                return Ok(());
-            }
-            Err(refused) => refused,
-        };
-        let parts = socket.req_parts();
-        let header = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
-        tracing::info!(
-            reason = refused.reason(),
-            origin = header("origin"),
-            user_agent = header("user-agent"),
-            forwarded_for = header("x-forwarded-for"),
-            "socket connection refused"
-        );
-        self.deps
-            .metrics
-            .connect_refusals
-            .get_or_create(&crate::metrics::ConnectRefusalLabels {
-                reason: refused.reason(),
-            })
-            .inc();
-        Err(refused.connect_error())
-    }
-
-    /// The socket's user, spelled as stored, or why it may not connect.
-    async fn identify(&self, socket: &SocketRef, auth: Option<Value>) -> Result<String, Refused> {
-        let parts = socket.req_parts();
-        if let Some(allowed) = &self.deps.allowed_origins {
-            let origin = parts.headers.get("origin").and_then(|o| o.to_str().ok());
-            if origin.is_some_and(|o| !allowed.iter().any(|a| a == o.trim_end_matches('/'))) {
-                return Err(Refused::Origin);
-            }
-        }
-        let from_auth = auth
-            .as_ref()
-            .and_then(|a| a["token"].as_str())
-            .map(str::to_owned);
-        let from_header = parts
-            .headers
-            .get("authorization")
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::to_owned);
-        let from_query = parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("token="))
-                .map(str::to_owned)
-        });
-        let token = from_auth
-            .or(from_header)
-            .or(from_query)
-            .ok_or(Refused::NoToken)?;
-        let user = self.deps.tokens.verify(token.trim()).map_err(|e| match e {
-            TokenError::Expired => Refused::ExpiredToken,
-            TokenError::Missing | TokenError::Invalid => Refused::InvalidToken,
-        })?;
-        match self.deps.store.user_name(&user).await {
-            Ok(Some(stored)) => Ok(stored),
-            Ok(None) => Err(Refused::UnknownUser),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot check the user of a socket");
-                Err(Refused::Unavailable)
-            }
-        }
-    }
-
-    /// Registers the event handlers of an authenticated socket.
-    ///
-    /// socketioxide runs every event in a task of its own, so two events of
-    /// one socket could be handled out of order (a `message` right after its
-    /// `join` refused as "not joined"). The handlers therefore only queue the
-    /// event, in arrival order, and a worker handles the queue; it runs only
-    /// while the queue has events, so an idle socket costs no task and no
-    /// channel.
-    fn attach(self: &Arc<Self>, socket: &SocketRef) {
-        self.deps.metrics.sockets.inc();
-        let sockets = self.deps.metrics.sockets.clone();
-        socket.on_disconnect(move || {
-            sockets.dec();
-            async {}
-        });
-        let queue = Arc::new(EventQueue::default());
-        for event in ["join", "leave", "message", "watchdog"] {
-            let queue = queue.clone();
-            let gateway = self.clone();
-            socket.on(
-                event,
-                move |socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
-                    // Runs synchronously, in arrival order: only the queueing.
-                    let queued = Queued {
-                        event,
-                        socket,
-                        payload: data.ok(),
-                        ack,
-                    };
-                    gateway.enqueue(&queue, queued);
-                    async {}
-                },
-            );
-        }
-    }
-
-    /// Queues one event, starting the socket's worker if it is not running;
-    /// beyond [`EVENT_QUEUE`] waiting events the new one is refused (code 6).
-    fn enqueue(self: &Arc<Self>, queue: &Arc<EventQueue>, queued: Queued) {
-        let start = {
-            let Ok(mut state) = queue.state.lock() else {
-                return;
-            };
-            if state.pending.len() >= EVENT_QUEUE {
-                drop(state);
-                answer(
-                    &queued.socket,
-                    queued.ack,
-                    queued.event,
-                    Err(Refusal::RateLimited),
-                );
-                return;
-            }
-            state.pending.push_back(queued);
-            !std::mem::replace(&mut state.running, true)
-        };
-        if start {
-            let gateway = self.clone();
-            let queue = queue.clone();
-            tokio::spawn(async move {
-                while let Some(queued) = queue.next() {
-                    wait_until_connected(&queued.socket).await;
-                    gateway.handle(queued).await;
-                }
-            });
-        }
-    }
-
-    async fn handle(self: &Arc<Self>, queued: Queued) {
+    /// Handles one queued event of a socket, in the socket's event order.
+    pub(crate) async fn handle(self: &Arc<Self>, queued: Queued) {
         let Queued {
+            name,
             event,
             socket,
-            payload,
             ack,
         } = queued;
         let Some(session) = session(&socket) else {
             return;
         };
-        let payload = payload.as_ref();
+        let event = event.and_then(|event| {
+            session.check_name(event.claimed_user())?;
+            Ok(event)
+        });
         let result = match event {
-            "join" => self.join(&socket, &session, payload).await.map(|()| None),
-            "leave" => self.leave(&socket, &session, payload).await.map(|()| None),
-            "message" => match self.begin_message(&socket, &session, payload).await {
-                // Stored in the background: the socket's next events (and
-                // messages) go on while this one waits for its acknowledgement.
-                Ok(stored) => {
-                    let gateway = self.clone();
-                    tokio::spawn(async move {
-                        let result = stored.await;
-                        gateway.count(event, &result);
-                        answer(&socket, ack, event, result.map(Some));
-                    });
-                    return;
+            Err(refusal) => Err(refusal),
+            Ok(ClientEvent::Join(request)) => self.join(&socket, &session, request).await,
+            Ok(ClientEvent::Leave(request)) => self.leave(&socket, &session, request).await,
+            Ok(ClientEvent::Watchdog(heartbeat)) => self.watchdog(&session, heartbeat).await,
+            Ok(ClientEvent::Message(request)) => {
+                match self.begin_message(&socket, &session, request).await {
+                    // Stored in the background: the socket's next events (and
+                    // messages) go on while this one waits for its acknowledgement.
+                    Ok(stored) => {
+                        let gateway = self.clone();
+                        tokio::spawn(async move {
+                            let result = stored.await;
+                            gateway.count(name, &result);
+                            answer(&socket, ack, name, result.map(Some));
+                        });
+                        return;
+                    }
+                    Err(refusal) => Err(refusal),
                 }
-                Err(refusal) => Err(refusal),
-            },
-            _ => self.watchdog(&session, payload).await.map(|()| None),
+            }
         };
-        self.count(event, &result);
-        answer(&socket, ack, event, result);
+        let result = result.map(|()| None);
+        self.count(name, &result);
+        answer(&socket, ack, name, result);
     }
 
     async fn join(
         &self,
         socket: &SocketRef,
         session: &Session,
-        payload: Option<&Value>,
+        request: RoomRequest,
     ) -> Result<(), Refusal> {
-        let request = RoomRequest::parse(payload)?;
-        session.check_name(request.user_name.as_deref())?;
         let room_id = request.room_id;
         let room = self.deps.store.room(room_id).await.map_err(unavailable)?;
         let room = room.ok_or(Refusal::JoinFailed)?;
@@ -333,12 +84,12 @@ impl Gateway {
         // In the room before subscribing: the sweeper never drops the
         // subscription of a room that has a local socket.
         socket.join(room_key(room_id));
-        if let Err(e) = self.hub.subscribe(room_id).await {
+        if let Err(e) = self.fanout.subscribe(room_id).await {
             socket.leave(room_key(room_id));
             return Err(unavailable(e));
         }
-        let event = json!({ "user_name": session.user, "room_id": room_id });
-        self.publish_room_event(room_id, "user_joined", &event)
+        self.events
+            .publish(ServerEvent::UserJoined(member(session, room_id)))
             .await;
         Ok(())
     }
@@ -347,15 +98,13 @@ impl Gateway {
         &self,
         socket: &SocketRef,
         session: &Session,
-        payload: Option<&Value>,
+        request: RoomRequest,
     ) -> Result<(), Refusal> {
-        let request = RoomRequest::parse(payload)?;
-        session.check_name(request.user_name.as_deref())?;
         let key = room_key(request.room_id);
         if in_room(socket, &key) {
             socket.leave(key);
-            let event = json!({ "user_name": session.user, "room_id": request.room_id });
-            self.publish_room_event(request.room_id, "user_left", &event)
+            self.events
+                .publish(ServerEvent::UserLeft(member(session, request.room_id)))
                 .await;
         }
         Ok(())
@@ -368,12 +117,9 @@ impl Gateway {
         &self,
         socket: &SocketRef,
         session: &Session,
-        payload: Option<&Value>,
+        request: MessageRequest,
     ) -> Result<impl Future<Output = Result<Value, Refusal>> + Send + 'static, Refusal> {
-        let request = MessageRequest::parse(payload)?;
-        session.check_name(request.user_name.as_deref())?;
-        let key = room_key(request.room_id);
-        if !in_room(socket, &key) {
+        if !in_room(socket, &room_key(request.room_id)) {
             return Err(Refusal::JoinFailed);
         }
         session.take_message()?;
@@ -391,7 +137,7 @@ impl Gateway {
             .map(|id| IdempotencyKey::new(&session.user, id));
         let pending = self
             .deps
-            .bus
+            .chat_log
             .begin_append(&draft, key.as_ref())
             .await
             .map_err(unavailable)?;
@@ -404,10 +150,11 @@ impl Gateway {
         })
     }
 
-    async fn watchdog(&self, session: &Session, payload: Option<&Value>) -> Result<(), Refusal> {
-        let heartbeat = Heartbeat::parse(payload)?;
-        session.check_name(Some(&heartbeat.user_name))?;
-        if let Some(at) = self.coalesce_heartbeat(&session.user, common::presence::unix_ms()) {
+    async fn watchdog(&self, session: &Session, _heartbeat: Heartbeat) -> Result<(), Refusal> {
+        if let Some(at) = self
+            .heartbeats
+            .coalesce(&session.user, common::presence::unix_ms())
+        {
             self.forward_heartbeat(&session.user, at).await;
         }
         Ok(())
@@ -427,30 +174,14 @@ impl Gateway {
             metrics.refusals.get_or_create(&labels).inc();
         }
     }
-
-    async fn publish_room_event(&self, room_id: common::domain::RoomId, event: &str, body: &Value) {
-        let subject = self.deps.subjects.room_event(room_id, event);
-        if let Err(e) = self
-            .deps
-            .bus
-            .publish(subject, body.to_string().into())
-            .await
-        {
-            tracing::error!(room_id, event, error = %e, "room event not published");
-        }
-    }
 }
 
-/// socketioxide sends the connect acknowledgement a moment before it marks
-/// the socket connected, and drops what is emitted to a socket not marked
-/// yet. A client may send an event as soon as it has the acknowledgement:
-/// its answer must wait for the mark, or an `error` event would be lost.
-async fn wait_until_connected(socket: &SocketRef) {
-    for _ in 0..200 {
-        if socket.connected() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+/// The payload of `user_joined`/`user_left`: the socket's user, spelled as
+/// stored.
+fn member(session: &Session, room_id: RoomId) -> UserInRoom {
+    UserInRoom {
+        user_name: session.user.clone(),
+        room_id,
     }
 }
 
@@ -467,8 +198,14 @@ fn unavailable(e: impl Into<UnavailableCause>) -> Refusal {
 
 struct UnavailableCause(String);
 
-impl From<BusError> for UnavailableCause {
-    fn from(e: BusError) -> Self {
+impl From<common::bus::BusError> for UnavailableCause {
+    fn from(e: common::bus::BusError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<ChatLogError> for UnavailableCause {
+    fn from(e: ChatLogError) -> Self {
         Self(e.to_string())
     }
 }
@@ -481,7 +218,12 @@ impl From<common::store::StoreError> for UnavailableCause {
 
 /// Sends the outcome: the acknowledgement (when asked for) and, for a
 /// refusal, the `error` event.
-fn answer(socket: &SocketRef, ack: AckSender, event: &str, result: Result<Option<Value>, Refusal>) {
+pub(crate) fn answer(
+    socket: &SocketRef,
+    ack: AckSender,
+    event: &str,
+    result: Result<Option<Value>, Refusal>,
+) {
     let sent = match result {
         Ok(Some(body)) => ack.send(&body),
         Ok(None) => Ok(()),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::payload::Refusal;
+use crate::refusal::Refusal;
 
 /// One authenticated socket.
 #[derive(Debug)]

@@ -1,15 +1,22 @@
-//! The `komunikator` binary: parses the command line, installs logging and
-//! the signal handler, and wires the services (one per process, or all).
+//! The `komunikator` binary: parses the command line into a [`plan::Plan`]
+//! (the adapters and the services of this process), installs logging and
+//! the signal handler, and hands the plan to [`services::serve`]. A
+//! subcommand is a list of services: one, or all of them.
 
 mod cli;
-mod wire;
+mod infra;
+mod plan;
+mod services;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
-use cli::{Cli, Command};
+use cli::{Cli, Command, MigrateCmd};
 use common::config::Problems;
+use common::store::{Store, StoreSettings};
+use plan::Failure;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -36,27 +43,48 @@ fn main() -> ExitCode {
     let command = cli
         .command
         .unwrap_or_else(|| unreachable!("parse() defaults to `all`"));
-    let result = runtime.block_on(async move {
-        match command {
-            Command::Api(cmd) => wire::api(cmd, shutdown).await,
-            Command::Gateway(cmd) => wire::gateway(cmd, shutdown).await,
-            Command::Persister(cmd) => wire::persister(cmd, shutdown).await,
-            Command::Presence(cmd) => wire::presence(cmd, shutdown).await,
-            Command::All(cmd) => wire::all(cmd, shutdown).await,
-            Command::Migrate(cmd) => wire::migrate(cmd).await,
-        }
-    });
+    let plan = match command {
+        Command::Api(cmd) => cmd.plan(),
+        Command::Gateway(cmd) => cmd.plan(),
+        Command::Persister(cmd) => cmd.plan(),
+        Command::Presence(cmd) => cmd.plan(),
+        Command::All(cmd) => cmd.plan(),
+        Command::Migrate(cmd) => return exit(runtime.block_on(migrate(cmd))),
+    };
+    exit(plan.and_then(|plan| runtime.block_on(services::serve(plan, shutdown))))
+}
+
+/// The exit code of a run: 2 for a configuration problem, 1 for a failure.
+fn exit(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(wire::Failure::Config(report)) => {
+        Err(Failure::Config(report)) => {
             eprintln!("komunikator: {report}");
             ExitCode::from(2)
         }
-        Err(wire::Failure::Runtime(e)) => {
+        Err(Failure::Runtime(e)) => {
             tracing::error!(error = causes(&e), "komunikator stopped with an error");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `komunikator migrate`: applies the migrations and checks the result.
+async fn migrate(cmd: MigrateCmd) -> Result<(), Failure> {
+    let (settings, data_dir) = cmd.store()?;
+    if matches!(settings, StoreSettings::Sqlite { .. }) {
+        std::fs::create_dir_all(&data_dir).context("creating the data directory")?;
+    }
+    let store = Store::connect(&settings)
+        .await
+        .with_context(|| format!("opening the store ({settings:?})"))?;
+    store.migrate().await.context("migrating the database")?;
+    store
+        .check_schema()
+        .await
+        .context("checking the migrated schema")?;
+    tracing::info!(store = ?settings, "database migrated");
+    Ok(())
 }
 
 /// The error and its causes, each said once (many errors repeat their source

@@ -1,15 +1,17 @@
-//! The persister: a durable JetStream consumer that writes chat messages to
-//! the store in batches (one transaction each), idempotently (the stream
-//! sequence is the primary key), and acknowledges them only after commit.
-//! Replicas share the work through the one durable consumer.
+//! The persister: takes chat messages from the chat log and writes them to
+//! the store in batches (one transaction each), idempotently (the `chat_id`
+//! is the primary key), and acknowledges them only after commit. Replicas
+//! share the work (the JetStream log hands each message to one of them).
+//!
+//! Its shape, as every service's: [`Deps`] in, [`run`] until shutdown; it
+//! serves no routes of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull};
 use clap::Args;
-use common::bus::{BusError, NatsBus, PERSISTER_CONSUMER};
-use common::domain::{ChatDraft, ChatMessage};
+use common::chat_log::{ChatLog, ChatLogError, Delivery};
+use common::domain::ChatMessage;
 use common::store::{Store, StoreError};
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
@@ -17,12 +19,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-/// How long a delivered message may stay unacknowledged before JetStream
-/// delivers it again (to any replica): the messages a crashed persister had
-/// in hand are stored this long after the crash at the latest. A batch
-/// whose insert is being retried reports progress, so it is not redelivered
-/// meanwhile.
-const ACK_WAIT: Duration = Duration::from_secs(4);
+/// Pause between two attempts to write a batch the store refused.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Options of the persister.
 #[derive(Debug, Clone, Args)]
@@ -38,11 +36,11 @@ pub struct PersisterArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum PersisterError {
     #[error(transparent)]
-    Bus(#[from] BusError),
+    ChatLog(#[from] ChatLogError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("consumer: {0}")]
-    Consumer(String),
+    #[error("the chat log stopped handing messages over")]
+    Ended,
 }
 
 /// Counters of the persister, registered in the process's registry.
@@ -79,46 +77,28 @@ impl PersisterMetrics {
     }
 }
 
-/// Consumes chat messages until `shutdown`. Unacknowledged messages (a batch
-/// cut short by shutdown or a crash) are redelivered, to this replica or another.
-pub async fn run(
-    bus: &NatsBus,
-    store: Arc<dyn Store>,
-    args: &PersisterArgs,
-    metrics: PersisterMetrics,
-    shutdown: CancellationToken,
-) -> Result<(), PersisterError> {
-    let stream = bus.ensure_chat_stream(store.max_chat_id().await?).await?;
-    let config = pull::Config {
-        durable_name: Some(PERSISTER_CONSUMER.to_owned()),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
-        max_ack_pending: 50_000,
-        ..Default::default()
+/// What the persister needs.
+pub struct Deps {
+    /// Hands the messages over, and names the store they go to.
+    pub chat_log: Arc<dyn ChatLog>,
+    pub args: PersisterArgs,
+    pub metrics: PersisterMetrics,
+}
+
+/// Writes chat messages until `shutdown`. Messages not acknowledged (a batch
+/// cut short by shutdown or a crash) are handed over again, to this replica
+/// or another.
+pub async fn run(deps: Deps, shutdown: CancellationToken) -> Result<(), PersisterError> {
+    let batch_max = deps.args.persist_batch_max.max(1);
+    let Some(mut messages) = deps.chat_log.to_store(batch_max).await? else {
+        tracing::info!("the chat log is the store: nothing to persist");
+        shutdown.cancelled().await;
+        return Ok(());
     };
-    // Created, or updated to these settings (a consumer made by an older
-    // version waited 30 s before redelivering).
-    let consumer: jetstream::consumer::PullConsumer = match stream.create_consumer(config).await {
-        Ok(consumer) => consumer,
-        Err(e) => {
-            tracing::warn!(error = %e, "persister consumer not updated, using it as it is");
-            stream
-                .get_consumer(PERSISTER_CONSUMER)
-                .await
-                .map_err(|e| PersisterError::Consumer(e.to_string()))?
-        }
-    };
-    let batch_max = args.persist_batch_max.max(1);
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(batch_max)
-        .messages()
-        .await
-        .map_err(|e| PersisterError::Consumer(e.to_string()))?;
-    let wait = Duration::from_millis(args.persist_batch_wait_ms);
+    let wait = Duration::from_millis(deps.args.persist_batch_wait_ms);
     tracing::info!(
         batch_max,
-        batch_wait_ms = args.persist_batch_wait_ms,
+        batch_wait_ms = deps.args.persist_batch_wait_ms,
         "persister consuming"
     );
     loop {
@@ -127,7 +107,7 @@ pub async fn run(
             next = messages.next() => next,
         };
         let Some(first) = first else {
-            return Err(PersisterError::Consumer("the message stream ended".into()));
+            return Err(PersisterError::Ended);
         };
         let mut batch = Vec::with_capacity(batch_max);
         batch.extend(
@@ -143,7 +123,7 @@ pub async fn run(
                 Ok(None) | Err(_) => break,
             }
         }
-        if !persist(&*store, batch, &metrics, &shutdown).await {
+        if !persist(deps.chat_log.store(), batch, &deps.metrics, &shutdown).await {
             break;
         }
     }
@@ -152,14 +132,15 @@ pub async fn run(
 }
 
 /// Writes one batch and acknowledges it. Retries while the store fails;
-/// false when shutdown interrupted it (the batch is then redelivered later).
+/// false when shutdown interrupted it (the batch is then handed over again
+/// later).
 async fn persist(
-    store: &dyn Store,
-    batch: Vec<jetstream::Message>,
+    store: &Store,
+    batch: Vec<Delivery>,
     metrics: &PersisterMetrics,
     shutdown: &CancellationToken,
 ) -> bool {
-    let rows: Vec<ChatMessage> = batch.iter().filter_map(row).collect();
+    let rows: Vec<ChatMessage> = batch.iter().filter_map(|d| d.message.clone()).collect();
     metrics.messages.inc_by(batch.len() as u64);
     metrics.batch_size.observe(batch.len() as f64);
     loop {
@@ -170,34 +151,21 @@ async fn persist(
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = rows.len(), "batch not written, retrying");
-                for message in &batch {
-                    let _ = message.ack_with(jetstream::AckKind::Progress).await;
+                for delivery in &batch {
+                    delivery.receipt.in_progress().await;
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = tokio::time::sleep(RETRY_PAUSE) => {}
                 }
             }
         }
     }
-    for message in batch {
-        if let Err(e) = message.ack().await {
-            // Redelivered after the ack wait; the insert skips it then.
+    for delivery in batch {
+        if let Err(e) = delivery.receipt.stored().await {
+            // Handed over again after the ack wait; the insert skips it then.
             tracing::warn!(error = %e, "ack failed");
         }
     }
     true
-}
-
-/// The row of one stream message; `None` (logged) for a message that is not
-/// a chat message: it is acknowledged with the batch and never retried.
-fn row(message: &jetstream::Message) -> Option<ChatMessage> {
-    let sequence = message.info().ok()?.stream_sequence;
-    match serde_json::from_slice::<ChatDraft>(&message.payload) {
-        Ok(draft) => Some(draft.with_id(i64::try_from(sequence).ok()?)),
-        Err(e) => {
-            tracing::error!(sequence, error = %e, "not a chat message, skipped");
-            None
-        }
-    }
 }

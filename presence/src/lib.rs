@@ -5,20 +5,23 @@
 //! share the heartbeats (a NATS queue group) and the state (Redis); the
 //! transitions are decided atomically by the presence store, so a replica
 //! that dies or restarts causes no storm and misses nothing.
+//!
+//! Its shape, as every service's: [`Deps`] in, [`run`] until shutdown; it
+//! serves no routes of its own.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::bus::{Bus, BusError, Subjects};
-use common::presence::{Beat, Presence, PresenceError};
+use common::bus::{Bus, BusError, BusMessage, Subjects, Subscription};
+use common::events::{Events, ServerEvent, UserName};
+use common::presence::{Beat, Heartbeat, Presence, PresenceError};
 use common::store::{Store, StoreError};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 /// How often lapsed users are looked for: offline events go out at most this
@@ -50,11 +53,12 @@ mod snapshot;
 pub use snapshot::{OnlineSnapshot, SnapshotError};
 
 /// What the presence service needs.
-pub struct PresenceDeps {
+pub struct Deps {
     pub presence: Arc<dyn Presence>,
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     pub bus: Arc<dyn Bus>,
     pub subjects: Subjects,
+    pub metrics: PresenceMetrics,
     /// Who is online, kept outside the presence store, to restore it from
     /// when it loses its state (Redis restarted empty). `None` with the
     /// in-process presence, which loses nothing while the process runs.
@@ -95,19 +99,8 @@ impl PresenceMetrics {
     }
 }
 
-#[derive(Deserialize)]
-struct HeartbeatBody {
-    user_name: String,
-    /// When the client sent it (Unix ms); absent: now.
-    at: Option<i64>,
-}
-
 /// Processes heartbeats and lapses until `shutdown`.
-pub async fn run(
-    deps: PresenceDeps,
-    metrics: PresenceMetrics,
-    shutdown: CancellationToken,
-) -> Result<(), PresenceServiceError> {
+pub async fn run(deps: Deps, shutdown: CancellationToken) -> Result<(), PresenceServiceError> {
     let mut heartbeats = deps
         .bus
         .subscribe_queue(deps.subjects.heartbeats(), QUEUE_GROUP.to_owned())
@@ -135,25 +128,8 @@ pub async fn run(
                 let Some(first) = heartbeat else {
                     return Err(PresenceServiceError::SubscriptionEnded);
                 };
-                // Whatever else has arrived meanwhile goes in the same batch.
-                let mut batch = vec![first];
-                while batch.len() < BATCH_MAX {
-                    match heartbeats.next().now_or_never() {
-                        Some(Some(next)) => batch.push(next),
-                        _ => break,
-                    }
-                }
-                let beats: Vec<(String, i64)> = batch
-                    .iter()
-                    .filter_map(|m| match serde_json::from_slice::<HeartbeatBody>(&m.payload) {
-                        Ok(body) => Some((body.user_name, body.at.unwrap_or_else(common::presence::unix_ms))),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "malformed heartbeat ignored");
-                            None
-                        }
-                    })
-                    .collect();
-                in_flight.push(Box::pin(record(&deps, &metrics, beats)));
+                let beats = take_batch(first, &mut heartbeats);
+                in_flight.push(Box::pin(record(&deps, beats)));
             }
             _ = sweep.tick() => {
                 if deps.bus.check_ready().is_err() {
@@ -166,7 +142,7 @@ pub async fn run(
                         tracing::info!("bus back: deadlines move later by the time nobody could hear");
                     }
                     deaf = false;
-                    in_flight.push(Box::pin(lapse(&deps, &metrics)));
+                    in_flight.push(Box::pin(lapse(&deps)));
                 }
             }
         }
@@ -177,9 +153,34 @@ pub async fn run(
     Ok(())
 }
 
+/// The heartbeat `first` and whatever else has arrived meanwhile, as
+/// `(user, client time)`; malformed ones are logged and left out.
+fn take_batch(first: BusMessage, heartbeats: &mut Subscription) -> Vec<(String, i64)> {
+    let mut batch = vec![first];
+    while batch.len() < BATCH_MAX {
+        match heartbeats.next().now_or_never() {
+            Some(Some(next)) => batch.push(next),
+            _ => break,
+        }
+    }
+    batch
+        .iter()
+        .filter_map(|m| match serde_json::from_slice::<Heartbeat>(&m.payload) {
+            Ok(beat) => Some((
+                beat.user_name,
+                beat.at.unwrap_or_else(common::presence::unix_ms),
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed heartbeat ignored");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Restores the presence store's lost state from the snapshot (only the
 /// first replica to try does it).
-async fn restore(deps: &PresenceDeps) {
+async fn restore(deps: &Deps) {
     let users = match &deps.snapshot {
         Some(snapshot) => match snapshot.users().await {
             Ok(users) => users,
@@ -199,7 +200,7 @@ async fn restore(deps: &PresenceDeps) {
 
 /// Runs `call` on the presence store; if the store lost its state, restores
 /// it first and runs `call` again.
-async fn restoring<T, F>(deps: &PresenceDeps, call: impl Fn() -> F) -> Result<T, PresenceError>
+async fn restoring<T, F>(deps: &Deps, call: impl Fn() -> F) -> Result<T, PresenceError>
 where
     F: Future<Output = Result<T, PresenceError>>,
 {
@@ -212,7 +213,8 @@ where
     }
 }
 
-async fn record(deps: &PresenceDeps, metrics: &PresenceMetrics, beats: Vec<(String, i64)>) {
+async fn record(deps: &Deps, beats: Vec<(String, i64)>) {
+    let metrics = &deps.metrics;
     metrics.heartbeats.inc_by(beats.len() as u64);
     let outcomes = match restoring(deps, || deps.presence.heartbeats(&beats)).await {
         Ok(outcomes) => outcomes,
@@ -232,13 +234,13 @@ async fn record(deps: &PresenceDeps, metrics: &PresenceMetrics, beats: Vec<(Stri
             }
         }
     }
-    announce(deps, metrics, changes).await;
+    announce(deps, changes).await;
 }
 
 /// Announces every user whose timeout has passed: a batch at a time until
 /// a batch comes back short, so that many users lapsing together (a gateway
 /// gone) are all announced in this sweep, not one batch per sweep.
-async fn lapse(deps: &PresenceDeps, metrics: &PresenceMetrics) {
+async fn lapse(deps: &Deps) {
     loop {
         match restoring(deps, || deps.presence.expire()).await {
             Ok(users) => {
@@ -247,7 +249,7 @@ async fn lapse(deps: &PresenceDeps, metrics: &PresenceMetrics) {
                     .into_iter()
                     .map(|user| (user, Event::Offline))
                     .collect();
-                announce(deps, metrics, changes).await;
+                announce(deps, changes).await;
                 if !full {
                     return;
                 }
@@ -268,7 +270,8 @@ enum Event {
 
 /// Emits each change to every room its user is a member of now, in order;
 /// the rooms of all the users are read in one query.
-async fn announce(deps: &PresenceDeps, metrics: &PresenceMetrics, changes: Vec<(String, Event)>) {
+async fn announce(deps: &Deps, changes: Vec<(String, Event)>) {
+    let metrics = &deps.metrics;
     if changes.is_empty() {
         return;
     }
@@ -289,18 +292,21 @@ async fn announce(deps: &PresenceDeps, metrics: &PresenceMetrics, changes: Vec<(
     for (user, room_id) in &memberships {
         rooms.entry(user.as_str()).or_default().push(*room_id);
     }
+    let events = Events::new(deps.bus.clone(), deps.subjects.clone());
     for (user, event) in &changes {
-        let (name, counter) = match event {
-            Event::Online => ("user_online", &metrics.online),
-            Event::Offline => ("user_offline", &metrics.offline),
+        let counter = match event {
+            Event::Online => &metrics.online,
+            Event::Offline => &metrics.offline,
         };
         counter.inc();
-        let body = bytes_of(user);
-        for room_id in rooms.get(user.as_str()).into_iter().flatten() {
-            let subject = deps.subjects.room_event(*room_id, name);
-            if let Err(e) = deps.bus.publish(subject, body.clone()).await {
-                tracing::error!(user, event = name, room_id, error = %e, "presence event not published");
-            }
+        for &room_id in rooms.get(user.as_str()).into_iter().flatten() {
+            let user = UserName::new(user.as_str());
+            events
+                .publish(match event {
+                    Event::Online => ServerEvent::UserOnline { room_id, user },
+                    Event::Offline => ServerEvent::UserOffline { room_id, user },
+                })
+                .await;
         }
     }
 }
@@ -322,10 +328,6 @@ async fn record_in_snapshot(snapshot: &OnlineSnapshot, changes: &[(String, Event
         })
         .buffer_unordered(SNAPSHOT_WRITES);
     writes.collect::<()>().await;
-}
-
-fn bytes_of(user: &str) -> bytes::Bytes {
-    serde_json::json!({ "user_name": user }).to_string().into()
 }
 
 fn report(changes: usize, e: &StoreError) {

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use common::domain::{ChatId, ChatMessage, HISTORY_MAX, HistoryQuery};
+use common::domain::{ChatMessage, HISTORY_MAX, HistoryQuery};
 
 use super::visible_room;
 use crate::error::ApiError;
@@ -26,23 +26,5 @@ pub async fn history(
         before,
         limit,
     };
-    Ok(Json(page(&state, query).await?))
-}
-
-/// A page of the room's history: the store's rows merged with the messages
-/// acknowledged but not stored yet, so that a message is in every read once
-/// its sender has the ack (CONTRACT.md, "Read your writes").
-async fn page(state: &AppState, query: HistoryQuery) -> Result<Vec<ChatMessage>, ApiError> {
-    // The bus first: the store then holds everything up to `after`.
-    let unstored = state.bus.unstored(Some(query.room_id)).await?;
-    let mut rows = state.store.history(query).await?;
-    let before = query.before.unwrap_or(ChatId::MAX);
-    if !unstored.messages.is_empty() {
-        rows.extend(unstored.messages.into_iter().filter(|m| m.chat_id < before));
-        rows.sort_unstable_by_key(|m| m.chat_id);
-        rows.dedup_by_key(|m| m.chat_id);
-    }
-    let excess = rows.len().saturating_sub(query.limit as usize);
-    rows.drain(..excess);
-    Ok(rows)
+    Ok(Json(state.chat_log.history(query).await?))
 }

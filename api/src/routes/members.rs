@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use common::bus::RoomEvent;
 use common::domain::{ACCESS_KEY_MAX, Member, Membership, Room, USER_NAME_MAX};
+use common::events::{ServerEvent, UserName};
 use common::store::StoreError;
 use serde_json::Value;
 
@@ -22,7 +22,7 @@ async fn join(state: &AppState, room: Room, user: &str) -> Result<Json<Value>, A
     tracing::info!(room_id = room.room_id, user, "user joined room");
     state
         .events
-        .publish(RoomEvent::UserListUpdated {
+        .publish(ServerEvent::UserListUpdated {
             room_id: room.room_id,
         })
         .await;
@@ -70,7 +70,7 @@ pub async fn leave(
     tracing::info!(room_id, user, "user left room");
     state
         .events
-        .publish(RoomEvent::UserListUpdated { room_id })
+        .publish(ServerEvent::UserListUpdated { room_id })
         .await;
     Ok(message("Left room successfully"))
 }
@@ -102,13 +102,13 @@ pub async fn kick(
     tracing::info!(room_id, user = target, "user kicked");
     state
         .events
-        .publish(RoomEvent::UserListUpdated { room_id })
+        .publish(ServerEvent::UserListUpdated { room_id })
         .await;
     state
         .events
-        .publish(RoomEvent::UserKicked {
+        .publish(ServerEvent::UserKicked {
             room_id,
-            user_name: target,
+            user: UserName::new(target),
         })
         .await;
     Ok(message("User kicked successfully"))

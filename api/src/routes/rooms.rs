@@ -5,8 +5,8 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use common::bus::RoomEvent;
 use common::domain::{ACCESS_KEY_MAX, NewRoom, ROOM_NAME_MAX, Room, RoomEdit, now};
+use common::events::ServerEvent;
 use common::store::StoreError;
 use serde_json::{Value, json};
 
@@ -43,7 +43,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 /// out of date before anyone hears of it.
 async fn room_list_changed(state: &AppState) {
     state.room_list.changed().await;
-    state.events.publish(RoomEvent::RoomListUpdated).await;
+    state.events.publish(ServerEvent::RoomListUpdated).await;
 }
 
 pub async fn get(
@@ -144,7 +144,7 @@ pub async fn delete(
     tracing::info!(room_id, "room deleted");
     state
         .events
-        .publish(RoomEvent::RoomDeleted { room_id })
+        .publish(ServerEvent::RoomDeleted { room_id })
         .await;
     room_list_changed(&state).await;
     Ok(message("Room deleted successfully"))

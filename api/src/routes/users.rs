@@ -116,9 +116,9 @@ pub async fn info(
     State(state): State<AppState>,
     Caller(user): Caller,
 ) -> Result<Json<UserInfo>, ApiError> {
-    // The bus first: the store then holds every message up to `after`, and
-    // those past it are counted from the bus (read your writes).
-    let unstored = state.bus.unstored(None).await?;
+    // The chat log first: the store then holds every message up to `after`,
+    // and those past it are counted from the log (read your writes).
+    let unstored = state.chat_log.unstored(None).await?;
     let mut info = state.store.user_info(&user, unstored.after).await?;
     let unstored_mine = unstored
         .messages

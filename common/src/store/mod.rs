@@ -1,25 +1,46 @@
-//! The store interface: everything the services read from or write to the
-//! relational database, with two adapters sharing the same SQL: MySQL/MariaDB
-//! (production) and SQLite (the embedded single-node default).
+//! The store: everything the services read from or write to the relational
+//! database, on MySQL/MariaDB (production) or SQLite (the embedded
+//! single-node default). Both engines run the same SQL, written once per
+//! query in the files of each area: `users`, `rooms`, `members`, `chat`,
+//! and `schema` (migrations); `mysql` and `sqlite` open the pools and hold
+//! the two lines where the engines differ.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use async_trait::async_trait;
-use chrono::NaiveDateTime;
+use sqlx::mysql::MySqlPool;
+use sqlx::sqlite::SqlitePool;
 
-use crate::domain::{
-    ChatDraft, ChatId, ChatMessage, HistoryQuery, Member, Membership, NewRoom, Room, RoomEdit,
-    RoomId, UserInfo,
-};
+/// Runs `$body` with `$pool` bound to the store's pool for reads
+/// (`on_reader!`) or writes (`on_writer!`), whichever engine it is: `$body`
+/// is written once and compiled for both. What differs between the engines
+/// it takes from [`Engine`], through [`insert_ignore`], [`inserted_id`] and
+/// [`migrator`].
+macro_rules! on_reader {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.pools {
+            $crate::store::Pools::MySql($pool) => $body,
+            $crate::store::Pools::Sqlite { reader: $pool, .. } => $body,
+        }
+    };
+}
 
-#[macro_use]
-mod sql;
+/// See [`on_reader!`].
+macro_rules! on_writer {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.pools {
+            $crate::store::Pools::MySql($pool) => $body,
+            $crate::store::Pools::Sqlite { writer: $pool, .. } => $body,
+        }
+    };
+}
+
+mod chat;
+mod members;
 mod mysql;
+mod rooms;
+mod schema;
 mod sqlite;
-
-pub use mysql::MySqlStore;
-pub use sqlite::SqliteStore;
+mod users;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -101,166 +122,67 @@ impl std::fmt::Debug for StoreSettings {
     }
 }
 
-/// Opens the store the settings name.
-pub async fn connect(settings: &StoreSettings) -> Result<Arc<dyn Store>> {
-    Ok(match settings {
-        StoreSettings::MySql {
-            options,
-            max_connections,
-        } => Arc::new(
-            MySqlStore::connect(
-                sqlx::mysql::MySqlConnectOptions::clone(options),
-                *max_connections,
-            )
-            .await?,
-        ),
-        StoreSettings::Sqlite { path } => Arc::new(SqliteStore::connect(path).await?),
-    })
+/// The database, as every service uses it: a cheap clone of its pools.
+/// Its queries are methods, one `impl Store` block per area.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pools: Pools,
 }
 
-/// Every query the services make. Implementations share their SQL (see
-/// `sql.rs`); only connection handling differs.
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Applies every pending migration.
-    async fn migrate(&self) -> Result<()>;
-    /// Fails unless the database holds exactly the migrations this build knows.
-    async fn check_schema(&self) -> Result<()>;
-    /// Answers when the database does.
-    async fn ping(&self) -> Result<()>;
-
-    /// The stored spelling of a user name (MySQL compares names case-insensitively).
-    async fn user_name(&self, user: &str) -> Result<Option<String>>;
-    async fn create_user(&self, user: &str, password_hash: &str) -> Result<()>;
-    /// The stored spelling of the name and the stored password (hash or legacy plaintext).
-    async fn credentials(&self, user: &str) -> Result<Option<(String, String)>>;
-    /// Replaces the password only if it still is `old`; false when it changed meanwhile.
-    async fn replace_password(&self, user: &str, old: &str, new: &str) -> Result<bool>;
-    /// The user's counters; `message_count` counts stored messages with a
-    /// `chat_id` up to `stored_up_to` (the caller adds those past it).
-    async fn user_info(&self, user: &str, stored_up_to: ChatId) -> Result<UserInfo>;
-    /// Users who share at least one room with `user`, `user` excluded.
-    async fn room_mates(&self, user: &str) -> Result<Vec<String>>;
-
-    async fn public_rooms(&self) -> Result<Vec<Room>>;
-    async fn room(&self, room_id: RoomId) -> Result<Option<Room>>;
-    async fn private_room_by_key(&self, access_key: &str) -> Result<Option<Room>>;
-    /// Creates the room and makes its owner a member, atomically.
-    async fn create_room(&self, room: &NewRoom, now: NaiveDateTime) -> Result<RoomId>;
-    async fn update_room(&self, edit: &RoomEdit) -> Result<()>;
-    /// Deletes the room with its memberships and history; false if it was gone.
-    async fn delete_room(&self, room_id: RoomId) -> Result<bool>;
-
-    /// The stored spelling of `user` if they are a member of the room.
-    async fn member(&self, room_id: RoomId, user: &str) -> Result<Option<String>>;
-    /// False when the user already was a member; `Missing` when the room is gone.
-    async fn add_member(&self, room_id: RoomId, user: &str) -> Result<bool>;
-    /// False when the user was not a member.
-    async fn remove_member(&self, room_id: RoomId, user: &str) -> Result<bool>;
-    async fn memberships(&self, user: &str) -> Result<Vec<Membership>>;
-    /// `(user, room_id)` for every membership of the given users.
-    async fn rooms_of(&self, users: &[String]) -> Result<Vec<(String, RoomId)>>;
-    async fn members(&self, room_id: RoomId) -> Result<Vec<Member>>;
-
-    async fn history(&self, query: HistoryQuery) -> Result<Vec<ChatMessage>>;
-
-    /// Stores messages that already have their `chat_id` (from the broker),
-    /// in one transaction. Idempotent: a message stored before is skipped.
-    /// Messages of rooms deleted meanwhile are dropped. Returns rows inserted.
-    async fn insert_messages(&self, batch: &[ChatMessage]) -> Result<u64>;
-    /// Stores messages in one transaction and returns the ids the store gave
-    /// them, in order (single-node mode, where the store assigns chat ids);
-    /// a message whose room is gone fails alone (`Missing`).
-    async fn append_messages(&self, drafts: &[ChatDraft]) -> Result<Vec<Result<ChatId>>>;
-    /// The largest `chat_id` stored (0 when there is none).
-    async fn max_chat_id(&self) -> Result<ChatId>;
+/// The connection pools of one engine. SQLite allows one writer at a time,
+/// so it writes through a pool of its own.
+#[derive(Debug, Clone)]
+enum Pools {
+    MySql(MySqlPool),
+    Sqlite {
+        reader: SqlitePool,
+        writer: SqlitePool,
+    },
 }
 
-/// A `rooms` row. Older databases allow NULL in several columns.
-#[derive(sqlx::FromRow)]
-struct RoomRow {
-    room_id: i64,
-    room_name: String,
-    room_owner: Option<String>,
-    create_date: Option<NaiveDateTime>,
-    is_private: Option<bool>,
-    access_key: Option<String>,
-}
-
-impl From<RoomRow> for Room {
-    fn from(r: RoomRow) -> Self {
-        Room {
-            room_id: r.room_id,
-            room_name: r.room_name,
-            room_owner: r.room_owner.unwrap_or_default(),
-            create_date: r.create_date,
-            is_private: r.is_private.unwrap_or(false),
-            access_key: r.access_key,
-        }
+impl Store {
+    /// Opens the store the settings name.
+    pub async fn connect(settings: &StoreSettings) -> Result<Self> {
+        let pools = match settings {
+            StoreSettings::MySql {
+                options,
+                max_connections,
+            } => Pools::MySql(mysql::connect(options, *max_connections).await?),
+            StoreSettings::Sqlite { path } => {
+                let (reader, writer) = sqlite::connect(path).await?;
+                Pools::Sqlite { reader, writer }
+            }
+        };
+        Ok(Self { pools })
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct MembershipRow {
-    user_name: String,
-    room_id: i64,
-    room_name: String,
-    room_owner: Option<String>,
-    is_private: Option<bool>,
+/// Where the two engines differ, by the pool type the queries run on.
+trait Engine {
+    /// `INSERT` that skips rows whose primary key is stored already (and, on
+    /// MySQL, rows whose room was deleted between the check and the insert).
+    const INSERT_IGNORE: &'static str;
+    /// The migrations of this engine (`migrations/<engine>`).
+    const MIGRATOR: sqlx::migrate::Migrator;
+    /// The result of a statement.
+    type Done;
+    /// The id the database gave the row an `INSERT` added.
+    fn inserted_id(done: &Self::Done) -> i64;
 }
 
-impl From<MembershipRow> for Membership {
-    fn from(r: MembershipRow) -> Self {
-        Membership {
-            user_name: r.user_name,
-            room_id: r.room_id,
-            room_name: r.room_name,
-            room_owner: r.room_owner.unwrap_or_default(),
-            is_private: r.is_private.unwrap_or(false),
-        }
-    }
+/// The engine's `INSERT` that skips rows stored already.
+fn insert_ignore<P: Engine>(_pool: &P) -> &'static str {
+    P::INSERT_IGNORE
 }
 
-#[derive(sqlx::FromRow)]
-struct MessageRow {
-    chat_id: i64,
-    room_id: Option<i64>,
-    user_name: Option<String>,
-    message: Option<String>,
-    create_date: Option<NaiveDateTime>,
+/// The id the database gave the row `done` inserted.
+fn inserted_id<P: Engine>(_pool: &P, done: &P::Done) -> i64 {
+    P::inserted_id(done)
 }
 
-impl From<MessageRow> for ChatMessage {
-    fn from(r: MessageRow) -> Self {
-        ChatMessage {
-            chat_id: r.chat_id,
-            room_id: r.room_id.unwrap_or_default(),
-            user_name: r.user_name.unwrap_or_default(),
-            message: r.message.unwrap_or_default(),
-            create_date: r.create_date,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct UserInfoRow {
-    message_count: i64,
-    private_rooms_owned: i64,
-    public_rooms_owned: i64,
-    private_rooms_member: i64,
-    public_rooms_member: i64,
-}
-
-impl From<UserInfoRow> for UserInfo {
-    fn from(r: UserInfoRow) -> Self {
-        UserInfo {
-            message_count: r.message_count,
-            private_rooms_owned: r.private_rooms_owned,
-            public_rooms_owned: r.public_rooms_owned,
-            private_rooms_member: r.private_rooms_member,
-            public_rooms_member: r.public_rooms_member,
-        }
-    }
+/// The engine's migrations.
+fn migrator<P: Engine>(_pool: &P) -> sqlx::migrate::Migrator {
+    P::MIGRATOR
 }
 
 /// Maps the one database error a write expects to a domain error.
@@ -274,40 +196,4 @@ fn on_unique_violation(e: sqlx::Error) -> StoreError {
         }
         _ => StoreError::Database(e),
     }
-}
-
-/// Compares the migrations a database records with those this build embeds.
-fn compare_migrations(known: &sqlx::migrate::Migrator, applied: &[(i64, Vec<u8>)]) -> Result<()> {
-    let expected: Vec<(i64, &[u8])> = known
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration())
-        .map(|m| (m.version, m.checksum.as_ref()))
-        .collect();
-    if applied.is_empty() {
-        return Err(StoreError::Schema(
-            "the database has no Komunikator schema; run `komunikator migrate` first".into(),
-        ));
-    }
-    for (version, checksum) in applied {
-        match expected.iter().find(|(v, _)| v == version) {
-            None => {
-                return Err(StoreError::Schema(format!(
-                    "the database has migration {version}, which this build does not know; \
-                     upgrade Komunikator"
-                )));
-            }
-            Some((_, c)) if *c != checksum.as_slice() => {
-                return Err(StoreError::Schema(format!(
-                    "migration {version} in the database differs from this build's"
-                )));
-            }
-            Some(_) => {}
-        }
-    }
-    if applied.len() < expected.len() {
-        return Err(StoreError::Schema(
-            "the database schema is older than this build; run `komunikator migrate`".into(),
-        ));
-    }
-    Ok(())
 }

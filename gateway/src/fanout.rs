@@ -1,14 +1,15 @@
 //! Fan-out: a gateway subscribes to a room's subjects only while it has
-//! local sockets in that room, and emits what arrives to those sockets.
+//! local sockets in that room, decodes what arrives into a [`ServerEvent`]
+//! and emits it to those sockets.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::bus::{Bus, BusError, BusMessage, Subjects, Subscription};
-use common::domain::{ChatDraft, RoomId};
+use common::domain::RoomId;
+use common::events::ServerEvent;
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
-use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
@@ -28,7 +29,8 @@ pub fn room_key(room_id: RoomId) -> String {
     room_id.to_string()
 }
 
-pub struct Hub {
+/// The rooms this gateway is subscribed to, each with its forwarding task.
+pub struct Fanout {
     io: SocketIo,
     bus: Arc<dyn Bus>,
     subjects: Subjects,
@@ -36,7 +38,7 @@ pub struct Hub {
     rooms: Mutex<HashMap<RoomId, JoinHandle<()>>>,
 }
 
-impl Hub {
+impl Fanout {
     pub fn new(
         io: SocketIo,
         bus: Arc<dyn Bus>,
@@ -127,38 +129,37 @@ async fn sleep_until(deadline: Option<Instant>) {
 impl Room {
     /// Emits one bus message to the room's local sockets.
     fn deliver(&self, message: BusMessage) {
-        let event = message.subject.rsplit('.').next().unwrap_or_default();
-        // Parsed only by the events that forward it: chat messages, the hot
-        // path, are parsed once, into their own type.
-        let payload = || serde_json::from_slice::<Value>(&message.payload).unwrap_or(Value::Null);
-        match event {
-            "new_message" => {
-                let draft = serde_json::from_slice::<ChatDraft>(&message.payload);
-                match (draft, message.sequence) {
-                    (Ok(draft), Some(chat_id)) => self.emit("new_message", &draft.with_id(chat_id)),
-                    _ => tracing::warn!(
-                        room_id = self.room_id,
-                        "chat message without id or body dropped"
-                    ),
-                }
+        let event = match ServerEvent::decode(&message) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(room_id = self.room_id, error = %e, "bus message dropped");
+                return;
             }
-            "user_joined" | "user_left" | "user_online" | "user_offline" => {
-                self.emit(event, &payload());
+        };
+        let name = event.name();
+        match event {
+            ServerEvent::NewMessage(message) => self.emit(name, &message),
+            ServerEvent::UserJoined(member) | ServerEvent::UserLeft(member) => {
+                self.emit(name, &member);
+            }
+            ServerEvent::UserOnline { user, .. } | ServerEvent::UserOffline { user, .. } => {
+                self.emit(name, &user);
             }
             // Not through `emit`: a payload of no arguments must stay a
             // tuple for socketioxide, not become the JSON text `[]`.
-            "user_list_updated" => self.send_to(&self.sockets(), event, &NO_ARGS),
-            "user_kicked" => {
+            ServerEvent::UserListUpdated { .. } => self.send_to(&self.sockets(), name, &NO_ARGS),
+            ServerEvent::UserKicked { user, .. } => {
                 // The kicked sockets leave before anyone is told: a client
                 // that reacts to `user_kicked` at once must already be out.
-                let payload = payload();
                 let sockets = self.sockets();
-                let kicked = payload["user_name"].as_str().unwrap_or_default();
-                remove_sockets(&sockets, &self.key, |s| s.is(kicked));
-                self.emit_to(&sockets, event, &payload);
+                remove_sockets(&sockets, &self.key, |s| s.is(&user.user_name));
+                self.emit_to(&sockets, name, &user);
             }
-            "room_deleted" => remove_sockets(&self.sockets(), &self.key, |_| true),
-            _ => {}
+            ServerEvent::RoomDeleted { .. } => {
+                remove_sockets(&self.sockets(), &self.key, |_| true);
+            }
+            // Goes to every socket, on its own subject (`Gateway::run`).
+            ServerEvent::RoomListUpdated => {}
         }
     }
 

@@ -1,5 +1,6 @@
-//! The operational endpoints every service serves: `/healthz` (alive),
-//! `/readyz` (its dependencies answer) and `/metrics` (Prometheus).
+//! Serving HTTP: every process's server loop (TCP_NODELAY, CORS, graceful
+//! shutdown) and the operational endpoints it always serves: `/healthz`
+//! (alive), `/readyz` (its dependencies answer) and `/metrics` (Prometheus).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::bus::Bus;
+use crate::chat_log::ChatLog;
 use crate::presence::Presence;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -22,8 +24,9 @@ use crate::telemetry::Metrics;
 /// What a process depends on; `/readyz` checks each one that is present.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    pub store: Option<Arc<dyn Store>>,
+    pub store: Option<Store>,
     pub bus: Option<Arc<dyn Bus>>,
+    pub chat_log: Option<Arc<dyn ChatLog>>,
     pub presence: Option<Arc<dyn Presence>>,
     /// Cancelled when the process starts shutting down: it then reports not
     /// ready, so load balancers stop sending it new work while it drains.
@@ -63,6 +66,12 @@ async fn ready(State(state): State<OpsState>) -> Response {
     }
     if let Some(bus) = &r.bus
         && bus.check_ready().is_err()
+    {
+        failed.push("nats");
+    }
+    if let Some(log) = &r.chat_log
+        && log.check_ready().is_err()
+        && !failed.contains(&"nats")
     {
         failed.push("nats");
     }

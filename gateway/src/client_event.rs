@@ -1,66 +1,42 @@
-//! Client payloads, parsed at the edge into typed requests. Anything that
-//! does not fit becomes a [`Refusal`] with its contract error code here, in
-//! one place, so handlers only see well-formed requests.
+//! Client events, parsed at the edge into one typed [`ClientEvent`].
+//! Anything that does not fit becomes a [`Refusal`] with its contract error
+//! code here, in one place, so handlers only see well-formed requests.
 
 use common::domain::{MAX_ID, MESSAGE_MAX, RoomId, char_len, is_blank};
-use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// Why an event was refused: the `error` event's `{message, code}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    MessageTooLong,
-    MissingMessage,
-    MissingRoom,
-    MissingUserName,
-    JoinFailed,
-    Forbidden,
-    RateLimited,
-    Invalid,
-    /// A dependency (database, broker) failed; the client may retry. Not in
-    /// the older servers' list: they had no such failure to report.
-    Unavailable,
+use crate::refusal::Refusal;
+
+/// An event a client sends (CONTRACT.md, "Client to server").
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    Join(RoomRequest),
+    Leave(RoomRequest),
+    Message(MessageRequest),
+    Watchdog(Heartbeat),
 }
 
-/// The body of an `error` event, and of a refused acknowledgement.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct ErrorBody {
-    pub message: &'static str,
-    pub code: u8,
-}
+impl ClientEvent {
+    /// The events a socket listens to.
+    pub const NAMES: [&'static str; 4] = ["join", "leave", "message", "watchdog"];
 
-impl Refusal {
-    pub fn code(self) -> u8 {
-        match self {
-            Self::MessageTooLong => 1,
-            Self::MissingMessage => 2,
-            Self::MissingRoom | Self::MissingUserName => 3,
-            Self::JoinFailed => 4,
-            Self::Forbidden => 5,
-            Self::RateLimited => 6,
-            Self::Invalid => 7,
-            Self::Unavailable => 8,
+    /// Parses the payload of the event called `name` (one of [`Self::NAMES`]).
+    pub fn parse(name: &str, payload: Option<&Value>) -> Result<Self, Refusal> {
+        match name {
+            "join" => RoomRequest::parse(payload).map(Self::Join),
+            "leave" => RoomRequest::parse(payload).map(Self::Leave),
+            "message" => MessageRequest::parse(payload).map(Self::Message),
+            "watchdog" => Heartbeat::parse(payload).map(Self::Watchdog),
+            _ => Err(Refusal::Invalid),
         }
     }
 
-    pub fn message(self) -> &'static str {
+    /// The `user_name` the payload claims, which must be the socket's user.
+    pub fn claimed_user(&self) -> Option<&str> {
         match self {
-            Self::MessageTooLong => "Message is too long",
-            Self::MissingMessage => "Missing message",
-            Self::MissingRoom => "Missing user_name or room_id",
-            Self::MissingUserName => "Missing user_name",
-            Self::JoinFailed => "Join failed",
-            Self::Forbidden => "Forbidden",
-            Self::RateLimited => "Rate limited",
-            Self::Invalid => "Invalid payload",
-            Self::Unavailable => "Service unavailable, try again",
-        }
-    }
-
-    pub fn body(self) -> ErrorBody {
-        ErrorBody {
-            message: self.message(),
-            code: self.code(),
+            Self::Join(r) | Self::Leave(r) => r.user_name.as_deref(),
+            Self::Message(m) => m.user_name.as_deref(),
+            Self::Watchdog(h) => Some(&h.user_name),
         }
     }
 }
@@ -251,6 +227,28 @@ mod tests {
     }
 
     #[test]
+    fn events_are_parsed_by_name() {
+        let room = json!({ "room_id": 5, "user_name": "ann" });
+        assert!(matches!(
+            ClientEvent::parse("join", Some(&room)),
+            Ok(ClientEvent::Join(RoomRequest { room_id: 5, .. }))
+        ));
+        assert!(matches!(
+            ClientEvent::parse("leave", Some(&room)),
+            Ok(ClientEvent::Leave(_))
+        ));
+        assert_eq!(
+            ClientEvent::parse("watchdog", Some(&room))
+                .map(|e| e.claimed_user().map(str::to_owned)),
+            Ok(Some("ann".to_owned()))
+        );
+        assert_eq!(
+            ClientEvent::parse("dance", Some(&room)),
+            Err(Refusal::Invalid)
+        );
+    }
+
+    #[test]
     fn watchdog_needs_a_user_name() {
         assert_eq!(
             Heartbeat::parse(Some(&json!({}))),
@@ -266,28 +264,5 @@ mod tests {
                 user_name: "ann".into()
             })
         );
-    }
-
-    #[test]
-    fn error_codes_and_texts_match_the_contract() {
-        let all = [
-            (Refusal::MessageTooLong, 1, "Message is too long"),
-            (Refusal::MissingMessage, 2, "Missing message"),
-            (Refusal::MissingRoom, 3, "Missing user_name or room_id"),
-            (Refusal::MissingUserName, 3, "Missing user_name"),
-            (Refusal::JoinFailed, 4, "Join failed"),
-            (Refusal::Forbidden, 5, "Forbidden"),
-            (Refusal::RateLimited, 6, "Rate limited"),
-            (Refusal::Invalid, 7, "Invalid payload"),
-        ];
-        for (refusal, code, text) in all {
-            assert_eq!(
-                refusal.body(),
-                ErrorBody {
-                    message: text,
-                    code
-                }
-            );
-        }
     }
 }

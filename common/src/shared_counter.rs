@@ -90,7 +90,7 @@ impl SharedCounter for RedisCounter {
 /// is in flight, and a caller gets the result of a read that *started after
 /// it called*, so it never sees a value older than its call. Under load one
 /// round trip serves every request that arrived during the previous one.
-pub struct Coalesced {
+pub struct CoalescedReads {
     inner: Arc<dyn SharedCounter>,
     state: Arc<Mutex<ReadState>>,
     reads: watch::Receiver<Read>,
@@ -113,13 +113,13 @@ struct ReadState {
     again: bool,
 }
 
-impl std::fmt::Debug for Coalesced {
+impl std::fmt::Debug for CoalescedReads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Coalesced").finish_non_exhaustive()
+        f.debug_struct("CoalescedReads").finish_non_exhaustive()
     }
 }
 
-impl Coalesced {
+impl CoalescedReads {
     pub fn new(inner: Arc<dyn SharedCounter>) -> Self {
         let (publish, reads) = watch::channel(Read {
             number: 0,
@@ -155,7 +155,7 @@ impl Coalesced {
 }
 
 #[async_trait]
-impl SharedCounter for Coalesced {
+impl SharedCounter for CoalescedReads {
     async fn get(&self) -> Result<u64, CounterError> {
         let needed = {
             let mut s = self
@@ -196,7 +196,7 @@ mod tests {
     #[tokio::test]
     async fn coalesced_reads_never_return_a_value_older_than_the_call() {
         let inner: Arc<dyn SharedCounter> = Arc::new(LocalCounter::default());
-        let counter = Arc::new(Coalesced::new(inner.clone()));
+        let counter = Arc::new(CoalescedReads::new(inner.clone()));
         let mut tasks = Vec::new();
         for _ in 0..200 {
             let counter = counter.clone();

@@ -1,0 +1,409 @@
+//! The chat log on NATS JetStream: one stream of every room's messages,
+//! whose sequence is the `chat_id`. The stream republishes each stored
+//! message to its room's `new_message` subject; the persister consumes it
+//! through one durable consumer and writes it to the store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{
+    ChatLog, ChatLogError, Delivery, IDEMPOTENCY_WINDOW, IdempotencyKey, PendingAppend, Receipt,
+    ToStore, Unstored,
+};
+use crate::bus::NatsBus;
+use crate::domain::{ChatDraft, ChatId, RoomId};
+use crate::store::Store;
+use crate::subjects::Subjects;
+
+/// How long a chat message is retried (with the same `Nats-Msg-Id`, so a
+/// retry is stored once) before its sender is told to try again (code 8):
+/// a broker restart of a few seconds yields late acks, not refusals.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
+
+/// Pause between two publishes of one message (a broker that just came
+/// back may answer "no responders" until JetStream is up).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// The durable consumer every persister replica shares: its ack floor is
+/// the position up to which every chat message is in the store.
+pub const PERSISTER_CONSUMER: &str = "persister";
+
+/// How long a message handed to a persister may stay unacknowledged before
+/// JetStream hands it over again (to any replica): the messages a crashed
+/// persister had in hand are stored this long after the crash at the
+/// latest. A batch whose insert is being retried reports progress, so it is
+/// not handed over again meanwhile.
+const PERSISTER_ACK_WAIT: Duration = Duration::from_secs(4);
+
+/// Most messages handed to persisters and not yet acknowledged.
+const PERSISTER_MAX_ACK_PENDING: i64 = 50_000;
+
+/// Most unstored chat messages one read merges; past that the persister is
+/// far behind, and reads answer "try again" rather than read for seconds.
+const UNSTORED_MAX: u64 = 10_000;
+
+/// Stream reads in flight at once while collecting unstored messages.
+const UNSTORED_READS: usize = 64;
+
+/// Chat messages stay in the stream this long after being stored, as a
+/// replay window; MySQL holds them for good once the persister has run.
+const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct JetStreamChatLog {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    stream: stream::Stream,
+    subjects: Subjects,
+    store: Store,
+    /// The persister's ack floor as last read: every chat message up to it
+    /// is in the store. It only grows, so a stale value is merely cautious.
+    stored_floor: Arc<AtomicU64>,
+}
+
+impl JetStreamChatLog {
+    /// Opens the chat stream, creating it if it does not exist: the one
+    /// place it is set up. A new stream starts above the largest `chat_id`
+    /// in `store`, so ids of an existing database are never reused.
+    pub async fn open(nats: &NatsBus, store: Store) -> Result<Self, ChatLogError> {
+        let jetstream = nats.jetstream().clone();
+        let subjects = nats.subjects().clone();
+        let floor = store.max_chat_id().await?;
+        let stream = ensure_stream(&jetstream, &subjects, floor).await?;
+        Ok(Self {
+            client: nats.client().clone(),
+            jetstream,
+            stream,
+            subjects,
+            store,
+            stored_floor: Arc::default(),
+        })
+    }
+}
+
+/// Creates the chat stream if it does not exist, republishing every stored
+/// message to its room's `new_message` subject. On an empty stream the next
+/// sequence is set above `floor` (the largest id already in the database).
+async fn ensure_stream(
+    jetstream: &jetstream::Context,
+    subjects: &Subjects,
+    floor: ChatId,
+) -> Result<stream::Stream, ChatLogError> {
+    let p = subjects.prefix();
+    let config = stream::Config {
+        name: subjects.chat_stream(),
+        subjects: vec![format!("{p}.chat.*")],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: STREAM_MAX_AGE,
+        duplicate_window: IDEMPOTENCY_WINDOW,
+        // Reads of unstored messages (read your writes) use direct gets.
+        allow_direct: true,
+        republish: Some(stream::Republish {
+            source: format!("{p}.chat.*"),
+            destination: format!("{p}.room.{{{{wildcard(1)}}}}.new_message"),
+            headers_only: false,
+        }),
+        ..Default::default()
+    };
+    let err = |e: &dyn std::fmt::Display| ChatLogError::Setup(e.to_string());
+    let mut stream = get_or_create_stream(jetstream, config).await?;
+    let info = stream.info().await.map_err(|e| err(&e))?.clone();
+    if !info.config.allow_direct {
+        // A stream created by an older version.
+        let config = stream::Config {
+            allow_direct: true,
+            ..info.config.clone()
+        };
+        jetstream.update_stream(config).await.map_err(|e| err(&e))?;
+    }
+    let state = info.state;
+    let floor = u64::try_from(floor).unwrap_or(0);
+    if state.messages == 0 && state.last_sequence < floor {
+        stream
+            .purge()
+            .sequence(floor + 1)
+            .await
+            .map_err(|e| err(&e))?;
+        tracing::info!(
+            next_chat_id = floor + 1,
+            "chat stream starts above the stored ids"
+        );
+    }
+    Ok(stream)
+}
+
+/// Several processes (gateways, persisters) create the stream at start.
+/// When two do at once, NATS 2.9 may refuse the second ("subjects
+/// overlap") although the stream now exists: then it is fetched.
+async fn get_or_create_stream(
+    jetstream: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, ChatLogError> {
+    let name = config.name.clone();
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        match jetstream.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = e.to_string(),
+        }
+        if let Ok(stream) = jetstream.get_stream(&name).await {
+            return Ok(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(ChatLogError::Setup(last_error))
+}
+
+#[async_trait]
+impl ChatLog for JetStreamChatLog {
+    /// Publishes the message now, so that one caller's messages reach the
+    /// stream in order, and returns the wait for its acknowledgement. A
+    /// message not acknowledged is published again with the same
+    /// `Nats-Msg-Id`, so the stream stores it once however often it is sent;
+    /// with an idempotency key that id is the key, so a client's resend is
+    /// stored once too (the stream answers a duplicate with the first
+    /// message's sequence, and does not republish it).
+    async fn begin_append(
+        &self,
+        draft: &ChatDraft,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<PendingAppend, ChatLogError> {
+        let payload = Bytes::from(
+            serde_json::to_vec(draft).map_err(|e| ChatLogError::Append(e.to_string()))?,
+        );
+        let msg_id = key.map_or_else(|| crate::random_hex(12), |k| k.as_str().to_owned());
+        let subject = self.subjects.chat(draft.room_id);
+        let publish = move |payload: &Bytes| {
+            PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&msg_id)
+        };
+        let first = self
+            .jetstream
+            .send_publish(subject.clone(), publish(&payload))
+            .await;
+        let jetstream = self.jetstream.clone();
+        let deadline = tokio::time::Instant::now() + CONFIRM_WITHIN;
+        Ok(Box::pin(async move {
+            let mut last_error = match first {
+                Ok(ack) => match ack.await {
+                    Ok(ack) => return chat_id(ack.sequence),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            let mut attempt = 1;
+            while tokio::time::Instant::now() + RETRY_PAUSE < deadline {
+                attempt += 1;
+                if attempt == 2 {
+                    tracing::warn!(error = %last_error, "chat message not acknowledged, retrying");
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+                let acked = async {
+                    jetstream
+                        .send_publish(subject.clone(), publish(&payload))
+                        .await?
+                        .await
+                };
+                match tokio::time::timeout_at(deadline, acked).await {
+                    Ok(Ok(ack)) => return chat_id(ack.sequence),
+                    Ok(Err(e)) => last_error = e.to_string(),
+                    Err(_) => last_error = "no acknowledgement".into(),
+                }
+            }
+            tracing::warn!(attempt, error = %last_error, "chat message not confirmed in time");
+            Err(ChatLogError::Append(last_error))
+        }))
+    }
+
+    async fn unstored(&self, room: Option<RoomId>) -> Result<Unstored, ChatLogError> {
+        let subject = room.map(|room| self.subjects.chat(room));
+        // One room: its newest message, read fresh. Already stored (the
+        // usual case while the persister keeps up) means nothing to merge,
+        // for the price of one direct get.
+        let room_last = match &subject {
+            Some(subject) => match self.last_of(subject).await? {
+                Some(last) => Some(last),
+                None => return Ok(Unstored::default()),
+            },
+            None => None,
+        };
+        if room_last.is_some_and(|last| last <= self.stored_floor.load(Ordering::Relaxed)) {
+            return Ok(Unstored::default());
+        }
+        let Some((after, stream_last)) = self.unstored_range().await? else {
+            return Ok(Unstored::default());
+        };
+        let last = room_last.map_or(stream_last, |l| l.min(stream_last));
+        if last <= after {
+            return Ok(Unstored::default());
+        }
+        if last - after > UNSTORED_MAX {
+            return Err(ChatLogError::Backlog(last - after));
+        }
+        let reads = futures_util::stream::iter(after + 1..=last)
+            .map(|sequence| self.stream.direct_get(sequence))
+            .buffered(UNSTORED_READS);
+        futures_util::pin_mut!(reads);
+        let mut messages = Vec::new();
+        while let Some(read) = reads.next().await {
+            let message = match read {
+                Ok(message) => message,
+                // Removed from the stream (its age limit): stored long ago.
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => continue,
+                Err(e) => return Err(ChatLogError::Read(e.to_string())),
+            };
+            if subject
+                .as_deref()
+                .is_some_and(|s| s != message.subject.as_str())
+            {
+                continue;
+            }
+            match serde_json::from_slice::<ChatDraft>(&message.payload) {
+                Ok(draft) => messages.push(draft.with_id(chat_id(message.sequence)?)),
+                Err(e) => {
+                    tracing::warn!(sequence = message.sequence, error = %e, "not a chat message")
+                }
+            }
+        }
+        Ok(Unstored {
+            after: chat_id(after)?,
+            messages,
+        })
+    }
+
+    /// Messages from the durable consumer every persister replica shares
+    /// (created, or updated to these settings: one made by an older version
+    /// waited 30 s before handing a message over again).
+    async fn to_store(&self, batch_max: usize) -> Result<Option<ToStore>, ChatLogError> {
+        let config = pull::Config {
+            durable_name: Some(PERSISTER_CONSUMER.to_owned()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: PERSISTER_ACK_WAIT,
+            max_ack_pending: PERSISTER_MAX_ACK_PENDING,
+            ..Default::default()
+        };
+        let consumer: jetstream::consumer::PullConsumer =
+            match self.stream.create_consumer(config).await {
+                Ok(consumer) => consumer,
+                Err(e) => {
+                    tracing::warn!(error = %e, "persister consumer not updated, using it as it is");
+                    self.stream
+                        .get_consumer(PERSISTER_CONSUMER)
+                        .await
+                        .map_err(|e| ChatLogError::Setup(e.to_string()))?
+                }
+            };
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch_max.max(1))
+            .messages()
+            .await
+            .map_err(|e| ChatLogError::Setup(e.to_string()))?;
+        Ok(Some(Box::pin(messages.map(|m| {
+            let message = m.map_err(|e| ChatLogError::Read(e.to_string()))?;
+            Ok(Delivery {
+                message: row(&message),
+                receipt: Box::new(message),
+            })
+        }))))
+    }
+
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn check_ready(&self) -> Result<(), ChatLogError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(ChatLogError::NotConnected),
+        }
+    }
+}
+
+#[async_trait]
+impl Receipt for jetstream::Message {
+    async fn stored(&self) -> Result<(), ChatLogError> {
+        self.ack()
+            .await
+            .map_err(|e| ChatLogError::Read(e.to_string()))
+    }
+
+    async fn in_progress(&self) {
+        // Lost, it only means the message may be handed over again: the
+        // insert skips what is stored.
+        let _ = self.ack_with(jetstream::AckKind::Progress).await;
+    }
+}
+
+/// The row of one stream message; `None` (logged) for a message that is
+/// not a chat message.
+fn row(message: &jetstream::Message) -> Option<crate::domain::ChatMessage> {
+    let sequence = message.info().ok()?.stream_sequence;
+    match serde_json::from_slice::<ChatDraft>(&message.payload) {
+        Ok(draft) => Some(draft.with_id(ChatId::try_from(sequence).ok()?)),
+        Err(e) => {
+            tracing::error!(sequence, error = %e, "not a chat message, skipped");
+            None
+        }
+    }
+}
+
+impl JetStreamChatLog {
+    /// The sequence of the newest message on `subject`; `None` when it has none.
+    async fn last_of(&self, subject: &str) -> Result<Option<u64>, ChatLogError> {
+        match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => Ok(Some(message.sequence)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(ChatLogError::Read(e.to_string())),
+        }
+    }
+
+    /// The stream sequences `(after, last]` that may not be stored yet:
+    /// past the persister's ack floor (every message up to it is committed
+    /// to the store before being acknowledged), up to the newest message.
+    /// `None` when everything is stored.
+    async fn unstored_range(&self) -> Result<Option<(u64, u64)>, ChatLogError> {
+        let read_error = |e: &dyn std::fmt::Display| ChatLogError::Read(e.to_string());
+        match self.stream.consumer_info(PERSISTER_CONSUMER).await {
+            Ok(info) => {
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    self.stored_floor
+                        .fetch_max(info.delivered.stream_sequence, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                let floor = info.ack_floor.stream_sequence;
+                self.stored_floor.fetch_max(floor, Ordering::Relaxed);
+                let last = info.delivered.stream_sequence + info.num_pending;
+                Ok(Some((floor, last)).filter(|(a, l)| l > a))
+            }
+            // No persister has run yet: nothing in the stream is stored.
+            Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => {
+                let state = self
+                    .jetstream
+                    .get_stream(self.subjects.chat_stream())
+                    .await
+                    .map_err(|e| read_error(&e))?
+                    .cached_info()
+                    .state
+                    .clone();
+                Ok((state.messages > 0)
+                    .then(|| (state.first_sequence.saturating_sub(1), state.last_sequence)))
+            }
+            Err(e) => Err(read_error(&e)),
+        }
+    }
+}
+
+fn chat_id(sequence: u64) -> Result<ChatId, ChatLogError> {
+    ChatId::try_from(sequence).map_err(|e| ChatLogError::Append(e.to_string()))
+}

@@ -1,0 +1,294 @@
+//! Every event the server sends to sockets (CONTRACT.md, "Server to
+//! client"), as one type: where it travels between services (its subject),
+//! how it is encoded there, and how a gateway decodes it before emitting it.
+//! `error` is not here: it answers one socket and never leaves its gateway.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::bus::{Bus, BusMessage};
+use crate::domain::{ChatDraft, ChatId, ChatMessage, RoomId};
+use crate::subjects::Subjects;
+
+/// A server event, as services publish it and gateways deliver it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A stored chat message. Published by the chat log only, once the
+    /// message is durable; on the bus its body is the [`ChatDraft`] and its
+    /// `chat_id` the bus message's sequence.
+    NewMessage(ChatMessage),
+    /// A socket joined the room (the joiner is told too).
+    UserJoined(UserInRoom),
+    /// A socket left the room (it is not told).
+    UserLeft(UserInRoom),
+    /// The user's first heartbeat arrived: to every room they are a member of.
+    UserOnline { room_id: RoomId, user: UserName },
+    /// No heartbeat for the presence timeout: to every room they are a member of.
+    UserOffline { room_id: RoomId, user: UserName },
+    /// Membership of the room changed.
+    UserListUpdated { room_id: RoomId },
+    /// The owner kicked `user`; gateways also drop that user's sockets from the room.
+    UserKicked { room_id: RoomId, user: UserName },
+    /// The room is gone; gateways drop every socket from it. Not emitted.
+    RoomDeleted { room_id: RoomId },
+    /// A room was created, edited or deleted: to every socket.
+    RoomListUpdated,
+}
+
+/// The payload of `user_joined` and `user_left`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInRoom {
+    pub user_name: String,
+    pub room_id: RoomId,
+}
+
+/// The payload of `user_online`, `user_offline` and `user_kicked`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserName {
+    pub user_name: String,
+}
+
+impl UserName {
+    pub fn new(user_name: impl Into<String>) -> Self {
+        Self {
+            user_name: user_name.into(),
+        }
+    }
+}
+
+/// A bus message that is not a server event this build knows.
+#[derive(Debug, thiserror::Error)]
+#[error("not a server event on {subject}: {reason}")]
+pub struct DecodeError {
+    subject: String,
+    reason: String,
+}
+
+impl ServerEvent {
+    /// The Socket.IO event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::NewMessage(_) => "new_message",
+            Self::UserJoined(_) => "user_joined",
+            Self::UserLeft(_) => "user_left",
+            Self::UserOnline { .. } => "user_online",
+            Self::UserOffline { .. } => "user_offline",
+            Self::UserListUpdated { .. } => "user_list_updated",
+            Self::UserKicked { .. } => "user_kicked",
+            Self::RoomDeleted { .. } => "room_deleted",
+            Self::RoomListUpdated => "room_list_updated",
+        }
+    }
+
+    /// The room the event is for; `None` for one that goes to every socket.
+    pub fn room_id(&self) -> Option<RoomId> {
+        match self {
+            Self::NewMessage(m) => Some(m.room_id),
+            Self::UserJoined(e) | Self::UserLeft(e) => Some(e.room_id),
+            Self::UserOnline { room_id, .. }
+            | Self::UserOffline { room_id, .. }
+            | Self::UserListUpdated { room_id }
+            | Self::UserKicked { room_id, .. }
+            | Self::RoomDeleted { room_id } => Some(*room_id),
+            Self::RoomListUpdated => None,
+        }
+    }
+
+    /// The subject it travels on: `<prefix>.room.<room_id>.<name>`, or
+    /// `<prefix>.rooms.room_list_updated`.
+    pub fn subject(&self, subjects: &Subjects) -> String {
+        match self.room_id() {
+            Some(room_id) => subjects.room_event(room_id, self.name()),
+            None => subjects.room_list_updated(),
+        }
+    }
+
+    /// The body on the bus: the socket payload as JSON, empty for events
+    /// without one, the draft for a chat message.
+    pub fn encode(&self) -> Bytes {
+        let json = match self {
+            Self::NewMessage(m) => serde_json::to_vec(&ChatDraft {
+                room_id: m.room_id,
+                user_name: m.user_name.clone(),
+                message: m.message.clone(),
+                create_date: m.create_date.unwrap_or_default(),
+            }),
+            Self::UserJoined(e) | Self::UserLeft(e) => serde_json::to_vec(e),
+            Self::UserOnline { user, .. }
+            | Self::UserOffline { user, .. }
+            | Self::UserKicked { user, .. } => serde_json::to_vec(user),
+            Self::UserListUpdated { .. } | Self::RoomDeleted { .. } | Self::RoomListUpdated => {
+                return Bytes::new();
+            }
+        };
+        // Plain structs of strings and numbers always serialise.
+        Bytes::from(json.unwrap_or_default())
+    }
+
+    /// The event a bus message carries, from its subject's last two tokens
+    /// (`<room_id>.<name>`, or `rooms.room_list_updated`) and its body.
+    pub fn decode(message: &BusMessage) -> Result<Self, DecodeError> {
+        let fail = |reason: &dyn std::fmt::Display| DecodeError {
+            subject: message.subject.clone(),
+            reason: reason.to_string(),
+        };
+        let mut tokens = message.subject.rsplit('.');
+        let name = tokens.next().unwrap_or_default();
+        if name == "room_list_updated" {
+            return Ok(Self::RoomListUpdated);
+        }
+        let room_id: RoomId = tokens
+            .next()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| fail(&"no room id"))?;
+        let body = &message.payload;
+        let user = || serde_json::from_slice::<UserName>(body).map_err(|e| fail(&e));
+        let member = || serde_json::from_slice::<UserInRoom>(body).map_err(|e| fail(&e));
+        Ok(match name {
+            "new_message" => {
+                let draft = serde_json::from_slice::<ChatDraft>(body).map_err(|e| fail(&e))?;
+                let chat_id: ChatId = message.sequence.ok_or_else(|| fail(&"no chat_id"))?;
+                Self::NewMessage(draft.with_id(chat_id))
+            }
+            "user_joined" => Self::UserJoined(member()?),
+            "user_left" => Self::UserLeft(member()?),
+            "user_online" => Self::UserOnline {
+                room_id,
+                user: user()?,
+            },
+            "user_offline" => Self::UserOffline {
+                room_id,
+                user: user()?,
+            },
+            "user_list_updated" => Self::UserListUpdated { room_id },
+            "user_kicked" => Self::UserKicked {
+                room_id,
+                user: user()?,
+            },
+            "room_deleted" => Self::RoomDeleted { room_id },
+            other => return Err(fail(&format!("unknown event {other}"))),
+        })
+    }
+}
+
+/// Publishes server events; a failure is logged here, once, and not
+/// returned: the change they announce is already committed.
+#[derive(Clone)]
+pub struct Events {
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+}
+
+impl Events {
+    pub fn new(bus: Arc<dyn Bus>, subjects: Subjects) -> Self {
+        Self { bus, subjects }
+    }
+
+    pub async fn publish(&self, event: ServerEvent) {
+        let subject = event.subject(&self.subjects);
+        if let Err(e) = self.bus.publish(subject.clone(), event.encode()).await {
+            tracing::error!(subject, event = event.name(), error = %e, "event not published");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_bus(event: &ServerEvent, sequence: Option<ChatId>) -> BusMessage {
+        BusMessage {
+            subject: event.subject(&Subjects::new("kom")),
+            payload: event.encode(),
+            sequence,
+            previous: None,
+        }
+    }
+
+    #[test]
+    fn every_event_decodes_to_itself() {
+        let user = || UserName::new("bob");
+        let member = || UserInRoom {
+            user_name: "bob".into(),
+            room_id: 7,
+        };
+        let message = ChatMessage {
+            chat_id: 42,
+            room_id: 7,
+            user_name: "bob".into(),
+            message: "hi".into(),
+            create_date: Some(crate::domain::now()),
+        };
+        let events = [
+            ServerEvent::NewMessage(message),
+            ServerEvent::UserJoined(member()),
+            ServerEvent::UserLeft(member()),
+            ServerEvent::UserOnline {
+                room_id: 7,
+                user: user(),
+            },
+            ServerEvent::UserOffline {
+                room_id: 7,
+                user: user(),
+            },
+            ServerEvent::UserListUpdated { room_id: 7 },
+            ServerEvent::UserKicked {
+                room_id: 7,
+                user: user(),
+            },
+            ServerEvent::RoomDeleted { room_id: 7 },
+            ServerEvent::RoomListUpdated,
+        ];
+        for event in events {
+            let decoded = ServerEvent::decode(&on_bus(&event, Some(42))).expect("decodes");
+            assert_eq!(decoded, event);
+        }
+    }
+
+    #[test]
+    fn events_travel_on_the_subjects_of_the_architecture() {
+        let s = Subjects::new("kom");
+        assert_eq!(
+            ServerEvent::RoomListUpdated.subject(&s),
+            "kom.rooms.room_list_updated"
+        );
+        let kicked = ServerEvent::UserKicked {
+            room_id: 7,
+            user: UserName::new("bob"),
+        };
+        assert_eq!(kicked.subject(&s), "kom.room.7.user_kicked");
+        assert_eq!(
+            kicked.encode(),
+            Bytes::from_static(br#"{"user_name":"bob"}"#)
+        );
+        let joined = ServerEvent::UserJoined(UserInRoom {
+            user_name: "ann".into(),
+            room_id: 7,
+        });
+        assert_eq!(
+            joined.encode(),
+            Bytes::from_static(br#"{"user_name":"ann","room_id":7}"#)
+        );
+    }
+
+    #[test]
+    fn a_chat_message_without_its_id_or_an_unknown_event_is_refused() {
+        let draft = ServerEvent::NewMessage(ChatMessage {
+            chat_id: 1,
+            room_id: 7,
+            user_name: "bob".into(),
+            message: "hi".into(),
+            create_date: Some(crate::domain::now()),
+        });
+        assert!(ServerEvent::decode(&on_bus(&draft, None)).is_err());
+        let unknown = BusMessage {
+            subject: "kom.room.7.user_danced".into(),
+            payload: Bytes::new(),
+            sequence: None,
+            previous: None,
+        };
+        assert!(ServerEvent::decode(&unknown).is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! The NATS subjects and JetStream stream names of ARCHITECTURE.md, in one
+//! place.
+
+use std::sync::Arc;
+
+use crate::domain::RoomId;
+
+/// Builds the subjects of ARCHITECTURE.md under a configurable prefix (so
+/// several deployments, or tests, can share one NATS server).
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: Arc<str>,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// `<prefix>.room.<room_id>.<event>`: events for the sockets in one room.
+    pub fn room_event(&self, room_id: RoomId, event: &str) -> String {
+        format!("{}.room.{room_id}.{event}", self.prefix)
+    }
+
+    /// `<prefix>.room.<room_id>.>`: everything gateways deliver to one room.
+    pub fn room_events(&self, room_id: RoomId) -> String {
+        format!("{}.room.{room_id}.>", self.prefix)
+    }
+
+    /// `<prefix>.room.<room_id>.new_message`: stored chat messages, live.
+    pub fn new_message(&self, room_id: RoomId) -> String {
+        self.room_event(room_id, "new_message")
+    }
+
+    /// `<prefix>.rooms.room_list_updated`: one subject every gateway listens to.
+    pub fn room_list_updated(&self) -> String {
+        format!("{}.rooms.room_list_updated", self.prefix)
+    }
+
+    /// `<prefix>.chat.<room_id>`: the JetStream subject a message is appended to.
+    pub fn chat(&self, room_id: RoomId) -> String {
+        format!("{}.chat.{room_id}", self.prefix)
+    }
+
+    /// `<prefix>.presence.heartbeat`: coalesced heartbeats, gateway to presence.
+    pub fn heartbeats(&self) -> String {
+        format!("{}.presence.heartbeat", self.prefix)
+    }
+
+    /// The JetStream stream of chat messages: `<PREFIX>_CHAT`.
+    pub fn chat_stream(&self) -> String {
+        format!("{}_CHAT", self.upper_prefix())
+    }
+
+    /// `<prefix>.presence.online`: under it, one subject per online user in
+    /// the stream [`Self::presence_stream`].
+    pub fn presence_online(&self) -> String {
+        format!("{}.presence.online", self.prefix)
+    }
+
+    /// The stream of who is online: `<PREFIX>_PRESENCE`.
+    pub fn presence_stream(&self) -> String {
+        format!("{}_PRESENCE", self.upper_prefix())
+    }
+
+    /// The prefix as JetStream names allow it: upper case, `_` for the rest.
+    fn upper_prefix(&self) -> String {
+        self.prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}

@@ -1,0 +1,168 @@
+//! Connecting a socket: the middleware that checks its origin and token
+//! and names its user, then attaches its event queue.
+
+use std::sync::Arc;
+
+use common::auth::TokenError;
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::extract::{SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+
+use crate::Gateway;
+use crate::session::Session;
+
+/// The connect error a client sees; its text is sent as is, so it says
+/// nothing about why a token failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("Origin not allowed")]
+    Origin,
+    /// A dependency is down: clients retry, and must not log their user out.
+    #[error("Service unavailable")]
+    Unavailable,
+}
+
+/// Why a connection was refused: logged and counted (never the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Origin,
+    NoToken,
+    ExpiredToken,
+    InvalidToken,
+    UnknownUser,
+    Unavailable,
+}
+
+impl Refused {
+    /// The `reason` label and log field.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Origin => "origin",
+            Self::NoToken => "no_token",
+            Self::ExpiredToken => "expired_token",
+            Self::InvalidToken => "invalid_token",
+            Self::UnknownUser => "unknown_user",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    fn connect_error(self) -> ConnectError {
+        match self {
+            Self::Origin => ConnectError::Origin,
+            Self::NoToken | Self::ExpiredToken | Self::InvalidToken | Self::UnknownUser => {
+                ConnectError::Unauthorized
+            }
+            Self::Unavailable => ConnectError::Unavailable,
+        }
+    }
+}
+
+/// Serves the default namespace: every socket is authenticated first.
+pub fn register(io: &SocketIo, gateway: Arc<Gateway>) {
+    // Event handlers are registered by the middleware, which completes before
+    // socketioxide acknowledges the connection: the connect handler runs only
+    // after the ack, and an event sent right after connecting would find none.
+    let authenticate = move |socket: SocketRef, TryData(auth): TryData<Value>| {
+        let gateway = gateway.clone();
+        async move {
+            gateway.authenticate(&socket, auth.ok()).await?;
+            gateway.attach_queue(&socket);
+            Ok::<(), ConnectError>(())
+        }
+    };
+    let connected = async |socket: SocketRef| {
+        tracing::debug!(sid = %socket.id, "socket connected");
+    };
+    io.ns("/", connected.with(authenticate));
+}
+
+impl Gateway {
+    /// Connect middleware: the origin must be allowed and the token valid,
+    /// taken from `auth: {token}`, the `Authorization` header or `?token=`.
+    /// A refusal is logged and counted by reason, so that an operator sees
+    /// clients failing (an old client without a token, a wrong secret).
+    async fn authenticate(
+        &self,
+        socket: &SocketRef,
+        auth: Option<Value>,
+    ) -> Result<(), ConnectError> {
+        let refused = match self.identify(socket, auth).await {
+            Ok(user) => {
+                socket
+                    .extensions
+                    .insert(Arc::new(Session::new(user, self.deps.rate)));
+                return Ok(());
+            }
+            Err(refused) => refused,
+        };
+        let parts = socket.req_parts();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        tracing::info!(
+            reason = refused.reason(),
+            origin = header("origin"),
+            user_agent = header("user-agent"),
+            forwarded_for = header("x-forwarded-for"),
+            "socket connection refused"
+        );
+        self.deps
+            .metrics
+            .connect_refusals
+            .get_or_create(&crate::metrics::ConnectRefusalLabels {
+                reason: refused.reason(),
+            })
+            .inc();
+        Err(refused.connect_error())
+    }
+
+    /// The socket's user, spelled as stored, or why it may not connect.
+    async fn identify(&self, socket: &SocketRef, auth: Option<Value>) -> Result<String, Refused> {
+        let parts = socket.req_parts();
+        if let Some(allowed) = &self.deps.allowed_origins {
+            let origin = parts.headers.get("origin").and_then(|o| o.to_str().ok());
+            if origin.is_some_and(|o| !allowed.iter().any(|a| a == o.trim_end_matches('/'))) {
+                return Err(Refused::Origin);
+            }
+        }
+        let from_auth = auth
+            .as_ref()
+            .and_then(|a| a["token"].as_str())
+            .map(str::to_owned);
+        let from_header = parts
+            .headers
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let from_query = parts.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(str::to_owned)
+        });
+        let token = from_auth
+            .or(from_header)
+            .or(from_query)
+            .ok_or(Refused::NoToken)?;
+        let user = self.deps.tokens.verify(token.trim()).map_err(|e| match e {
+            TokenError::Expired => Refused::ExpiredToken,
+            TokenError::Missing | TokenError::Invalid => Refused::InvalidToken,
+        })?;
+        match self.deps.store.user_name(&user).await {
+            Ok(Some(stored)) => Ok(stored),
+            Ok(None) => Err(Refused::UnknownUser),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the user of a socket");
+                Err(Refused::Unavailable)
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Heartbeat coalescing: clients send `watchdog` every second on every
+//! socket; a gateway forwards at most one heartbeat per user per
+//! [`HEARTBEAT_INTERVAL`] to presence, and never drops the newest.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use common::presence::Heartbeat;
+
+use crate::Gateway;
+use crate::session::HEARTBEAT_INTERVAL;
+
+/// The heartbeats of every user with a socket on this gateway.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    users: Mutex<HashMap<String, UserWindow>>,
+}
+
+/// One user's current interval: when a heartbeat was last forwarded, and
+/// the newest one held back since (its client time, Unix ms).
+#[derive(Debug)]
+struct UserWindow {
+    forwarded: Instant,
+    held: Option<i64>,
+}
+
+impl Heartbeats {
+    /// Coalesces a heartbeat: `Some(at)` to forward now (the first in an
+    /// interval), `None` when it is held back. The newest held-back one is
+    /// forwarded by [`Self::due`] once the interval has passed, so presence
+    /// always learns of a client's latest heartbeat, at most one interval
+    /// late, and with the time the client sent it.
+    pub fn coalesce(&self, user: &str, at: i64) -> Option<i64> {
+        let Ok(mut users) = self.users.lock() else {
+            return Some(at);
+        };
+        let now = Instant::now();
+        match users.get_mut(user) {
+            Some(w) if now.duration_since(w.forwarded) < HEARTBEAT_INTERVAL => {
+                w.held = Some(at);
+                None
+            }
+            _ => {
+                let window = UserWindow {
+                    forwarded: now,
+                    held: None,
+                };
+                users.insert(user.to_owned(), window);
+                Some(at)
+            }
+        }
+    }
+
+    /// Held-back heartbeats whose interval has passed; forgets idle users.
+    pub fn due(&self) -> Vec<(String, i64)> {
+        let Ok(mut users) = self.users.lock() else {
+            return vec![];
+        };
+        let now = Instant::now();
+        let mut due = Vec::new();
+        users.retain(|user, w| {
+            let elapsed = now.duration_since(w.forwarded);
+            if elapsed >= HEARTBEAT_INTERVAL
+                && let Some(at) = w.held.take()
+            {
+                w.forwarded = now;
+                due.push((user.clone(), at));
+                return true;
+            }
+            elapsed < HEARTBEAT_INTERVAL * 2
+        });
+        due
+    }
+}
+
+impl Gateway {
+    /// Sends one heartbeat to presence.
+    pub(crate) async fn forward_heartbeat(&self, user: &str, at: i64) {
+        let heartbeat = Heartbeat {
+            user_name: user.to_owned(),
+            at: Some(at),
+        };
+        let body = match serde_json::to_vec(&heartbeat) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(user, error = %e, "heartbeat not serialisable");
+                return;
+            }
+        };
+        let subject = self.deps.subjects.heartbeats();
+        if let Err(e) = self.deps.bus.publish(subject, body.into()).await {
+            tracing::error!(user, error = %e, "heartbeat not forwarded");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_heartbeat_of_an_interval_goes_at_once_and_the_newest_later() {
+        let beats = Heartbeats::default();
+        assert_eq!(beats.coalesce("ann", 1), Some(1));
+        assert_eq!(beats.coalesce("ann", 2), None);
+        assert_eq!(beats.coalesce("ann", 3), None);
+        assert_eq!(beats.coalesce("bob", 4), Some(4));
+        // Not due before the interval has passed.
+        assert!(beats.due().is_empty());
+    }
+}

@@ -1,0 +1,111 @@
+//! The infrastructure of one process, built once from its [`Adapters`]:
+//! the store, the bus, the chat log, presence, and the shared room list
+//! version. Each adapter is chosen here, and only here.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use common::bus::{Bus, LocalBus, NatsBus};
+use common::chat_log::{ChatLog, EmbeddedChatLog, JetStreamChatLog};
+use common::presence::{LocalPresence, Presence, RedisPresence};
+use common::shared_counter::{CoalescedReads, LocalCounter, RedisCounter, SharedCounter};
+use common::store::{Store, StoreSettings};
+use common::subjects::Subjects;
+
+use crate::plan::{Adapters, BusAt, PresenceAt, Schema};
+
+/// What the services of a process share.
+#[derive(Clone)]
+pub struct Infra {
+    pub store: Store,
+    pub bus: Arc<dyn Bus>,
+    pub chat_log: Arc<dyn ChatLog>,
+    /// The NATS connection, when the bus is NATS (the presence snapshot).
+    pub nats: Option<NatsBus>,
+    /// `None` in a process that keeps no presence.
+    pub shared: Option<SharedState>,
+    pub subjects: Subjects,
+}
+
+/// The state the replicas of a deployment share: presence and the version
+/// of the public room list (in Redis, or in process).
+#[derive(Clone)]
+pub struct SharedState {
+    pub presence: Arc<dyn Presence>,
+    pub room_list_version: Arc<dyn SharedCounter>,
+    /// True when the state lives outside the process (Redis), where it can
+    /// be lost and must be restored.
+    pub external: bool,
+}
+
+impl Infra {
+    /// Connects to (or opens) every dependency; fails at once on one that
+    /// does not answer.
+    pub async fn build(adapters: &Adapters, client_name: &str) -> anyhow::Result<Self> {
+        let subjects = Subjects::new(&adapters.prefix);
+        let store = open_store(adapters).await?;
+        let (bus, chat_log, nats): (Arc<dyn Bus>, Arc<dyn ChatLog>, _) = match &adapters.bus {
+            BusAt::Nats { url } => {
+                let nats = NatsBus::connect(url, client_name, subjects.clone())
+                    .await
+                    .context("connecting to NATS")?;
+                let log = JetStreamChatLog::open(&nats, store.clone())
+                    .await
+                    .context("setting up the chat stream")?;
+                (Arc::new(nats.clone()), Arc::new(log), Some(nats))
+            }
+            BusAt::InProcess => {
+                let bus = LocalBus::new();
+                let log = EmbeddedChatLog::new(store.clone(), bus.clone(), subjects.clone());
+                (Arc::new(bus), Arc::new(log), None)
+            }
+        };
+        let shared = match &adapters.presence {
+            PresenceAt::Redis { url, timeout } => Some(SharedState {
+                presence: Arc::new(
+                    RedisPresence::connect(url, &adapters.prefix, *timeout)
+                        .context("configuring Redis")?,
+                ),
+                room_list_version: Arc::new(CoalescedReads::new(Arc::new(
+                    RedisCounter::connect(url, format!("{}:room_list_version", adapters.prefix))
+                        .context("configuring Redis")?,
+                ))),
+                external: true,
+            }),
+            PresenceAt::InProcess { timeout } => Some(SharedState {
+                presence: Arc::new(LocalPresence::new(*timeout)),
+                room_list_version: Arc::new(LocalCounter::default()),
+                external: false,
+            }),
+            PresenceAt::Unused => None,
+        };
+        Ok(Self {
+            store,
+            bus,
+            chat_log,
+            nats,
+            shared,
+            subjects,
+        })
+    }
+}
+
+/// Opens the store, migrated (single-node mode) or checked to be.
+async fn open_store(adapters: &Adapters) -> anyhow::Result<Store> {
+    let settings = &adapters.store;
+    if let (StoreSettings::Sqlite { .. }, Some(dir)) = (settings, &adapters.data_dir) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    }
+    let store = Store::connect(settings)
+        .await
+        .with_context(|| format!("opening the store ({settings:?})"))?;
+    match adapters.schema {
+        Schema::Migrate => store.migrate().await.context("migrating the database")?,
+        Schema::Check => store
+            .check_schema()
+            .await
+            .context("checking the database schema")?,
+    }
+    Ok(store)
+}

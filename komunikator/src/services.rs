@@ -1,0 +1,208 @@
+//! Runs the services of a [`Plan`] in one process: builds each service's
+//! dependencies from the shared [`Infra`], serves their routes together on
+//! one port with the operational endpoints, and runs their background work.
+//! The first service that fails (or ends early) stops the others.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use anyhow::Context;
+use common::auth::Tokens;
+use common::events::Events;
+use common::http::Readiness;
+use common::password::Passwords;
+use common::telemetry::Metrics;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::infra::Infra;
+use crate::plan::{Failure, Plan, Service, TokenConfig};
+
+/// A service's background work.
+type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// What one service adds to the process: routes to serve, work to run.
+struct Started {
+    routes: Option<axum::Router>,
+    task: Option<Task>,
+}
+
+/// Builds the infrastructure once, starts every service of the plan, and
+/// serves until `shutdown` (or until one of them fails).
+pub async fn serve(plan: Plan, shutdown: CancellationToken) -> Result<(), Failure> {
+    let infra = Infra::build(&plan.adapters, plan.name).await?;
+    tracing::info!(
+        store = ?plan.adapters.store,
+        bus = ?plan.adapters.bus,
+        presence = ?plan.adapters.presence,
+        services = ?plan.services.iter().map(Service::name).collect::<Vec<_>>(),
+        "starting"
+    );
+    let mut registry = Metrics::registry();
+    let mut app = axum::Router::new();
+    let mut tasks = Vec::new();
+    let origins = plan.http.origin_allowlist();
+    for service in plan.services {
+        let started = start(service, &infra, &origins, &mut registry, &shutdown).await?;
+        if let Some(routes) = started.routes {
+            app = app.merge(routes);
+        }
+        tasks.extend(started.task);
+    }
+    let readiness = Readiness {
+        store: Some(infra.store.clone()),
+        bus: Some(infra.bus.clone()),
+        chat_log: Some(infra.chat_log.clone()),
+        presence: infra.shared.as_ref().map(|s| s.presence.clone()),
+        shutdown: shutdown.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(plan.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", plan.http.listen))?;
+    let metrics = Metrics::from_registry(registry);
+    let server: Task = Box::pin(async move {
+        common::http::serve(app, readiness, metrics, listener, &origins)
+            .await
+            .context("serving HTTP")
+    });
+    run_until_one_stops(std::iter::once(server).chain(tasks).collect(), shutdown).await
+}
+
+impl Service {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Api { .. } => "api",
+            Self::Gateway { .. } => "gateway",
+            Self::Persister(_) => "persister",
+            Self::Presence => "presence",
+        }
+    }
+}
+
+/// Builds one service's dependencies and starts it.
+async fn start(
+    service: Service,
+    infra: &Infra,
+    origins: &Option<Vec<String>>,
+    registry: &mut Registry,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Started> {
+    let shutdown = shutdown.clone();
+    Ok(match service {
+        Service::Api { tokens, args } => Started {
+            routes: Some(api::routes(api_deps(infra, &tokens, &args)?)),
+            task: None,
+        },
+        Service::Gateway { tokens, args } => {
+            let gateway = gateway::Gateway::new(gateway::Deps {
+                store: infra.store.clone(),
+                bus: infra.bus.clone(),
+                chat_log: infra.chat_log.clone(),
+                subjects: infra.subjects.clone(),
+                tokens: self::tokens(&tokens),
+                allowed_origins: origins.clone(),
+                rate: gateway::RateLimit {
+                    per_second: args.message_rate_limit,
+                    burst: args.message_rate_burst,
+                },
+                metrics: gateway::GatewayMetrics::new(registry),
+            });
+            Started {
+                routes: Some(gateway.routes()),
+                task: Some(Box::pin(async move {
+                    gateway.run(shutdown).await.context("gateway")
+                })),
+            }
+        }
+        Service::Persister(args) => {
+            let deps = persister::Deps {
+                chat_log: infra.chat_log.clone(),
+                args,
+                metrics: persister::PersisterMetrics::new(registry),
+            };
+            Started {
+                routes: None,
+                task: Some(Box::pin(async move {
+                    persister::run(deps, shutdown).await.context("persister")
+                })),
+            }
+        }
+        Service::Presence => {
+            let deps = presence_deps(infra, registry).await?;
+            Started {
+                routes: None,
+                task: Some(Box::pin(async move {
+                    presence::run(deps, shutdown).await.context("presence")
+                })),
+            }
+        }
+    })
+}
+
+fn tokens(config: &TokenConfig) -> Tokens {
+    Tokens::new(config.secret.as_bytes(), config.ttl)
+}
+
+fn api_deps(infra: &Infra, tokens: &TokenConfig, args: &api::ApiArgs) -> anyhow::Result<api::Deps> {
+    let shared = infra.shared.as_ref().context("the API needs presence")?;
+    Ok(api::Deps {
+        store: infra.store.clone(),
+        events: Events::new(infra.bus.clone(), infra.subjects.clone()),
+        chat_log: infra.chat_log.clone(),
+        presence: shared.presence.clone(),
+        tokens: self::tokens(tokens),
+        passwords: Passwords::new(args.hash_threads(), args.password_hash_queue),
+        room_list: api::room_list::RoomList::new(shared.room_list_version.clone()),
+    })
+}
+
+/// With presence in Redis and the bus on NATS, who is online is also kept
+/// in a JetStream stream, to restore Redis from when it loses its state.
+async fn presence_deps(infra: &Infra, registry: &mut Registry) -> anyhow::Result<presence::Deps> {
+    let shared = infra
+        .shared
+        .as_ref()
+        .context("the presence service needs presence")?;
+    let snapshot = match (&infra.nats, shared.external) {
+        (Some(nats), true) => Some(
+            presence::OnlineSnapshot::open(nats, &infra.subjects)
+                .await
+                .context("opening the presence snapshot")?,
+        ),
+        _ => None,
+    };
+    Ok(presence::Deps {
+        presence: shared.presence.clone(),
+        store: infra.store.clone(),
+        bus: infra.bus.clone(),
+        subjects: infra.subjects.clone(),
+        metrics: presence::PresenceMetrics::new(registry),
+        snapshot,
+    })
+}
+
+/// Runs the server and the background tasks until shutdown; the first of
+/// them to fail (or to end early) stops everything with its error.
+async fn run_until_one_stops(tasks: Vec<Task>, shutdown: CancellationToken) -> Result<(), Failure> {
+    let mut running: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> =
+        tasks.into_iter().map(tokio::spawn).collect();
+    let mut failure = None;
+    while !running.is_empty() {
+        let (done, _, rest) = futures_util::future::select_all(running).await;
+        running = rest;
+        let outcome = done.context("a service panicked").and_then(|r| r);
+        if let Err(e) = outcome {
+            failure.get_or_insert(e);
+        }
+        // Whatever ends first (a failure, or the server after a signal)
+        // stops the others.
+        shutdown.cancel();
+    }
+    match failure {
+        Some(e) => Err(Failure::Runtime(e)),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
