@@ -94,11 +94,11 @@ async fn every_member_sees_every_message_once_in_one_order_across_two_gateways()
     let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     app.add_gateway().await;
     let owner = app.user("own").await;
-    let room = app.room(&owner, "busy", None).await;
+    let room = app.as_user(&owner).create_room("busy", None).await;
     let mut users = vec![owner];
     for i in 0..3 {
         let user = app.user(&format!("u{i}")).await;
-        app.join_public(&user, room).await;
+        app.as_user(&user).join(room).await;
         users.push(user);
     }
     let mut sockets = Vec::new();
@@ -153,7 +153,7 @@ async fn every_member_sees_every_message_once_in_one_order_across_two_gateways()
 async fn acked_messages_survive_a_persister_kill_exactly_once() {
     let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "durable", None).await;
+    let room = app.as_user(&ann).create_room("durable", None).await;
     let mut socket = app.socket(&ann).await;
     socket.join(room).await;
 
@@ -204,8 +204,8 @@ async fn acked_messages_survive_a_persister_kill_exactly_once() {
 async fn reads_include_acked_messages_while_the_persister_is_down() {
     let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "unstored", None).await;
-    let other = app.room(&ann, "other", None).await;
+    let room = app.as_user(&ann).create_room("unstored", None).await;
+    let other = app.as_user(&ann).create_room("other", None).await;
     let mut socket = app.socket(&ann).await;
     socket.join(room).await;
     socket.join(other).await;
@@ -281,8 +281,8 @@ async fn a_restarted_gateway_loses_nothing_acked_while_others_keep_chatting() {
     app.add_gateway().await;
     let ann = app.user("ann").await;
     let bob = app.user("bob").await;
-    let room = app.room(&ann, "resilient", None).await;
-    app.join_public(&bob, room).await;
+    let room = app.as_user(&ann).create_room("resilient", None).await;
+    app.as_user(&bob).join(room).await;
     let mut on_first = app.socket_on(0, &ann).await;
     let mut on_second = app.socket_on(1, &bob).await;
     on_first.join(room).await;
@@ -347,7 +347,7 @@ async fn chat_ids_continue_above_the_ids_of_an_existing_database() {
     };
     let app = TestApp::start_with(Backend::MySql, options).await;
     let ann = app.user("ann").await;
-    app.join_public(&ann, 3).await;
+    app.as_user(&ann).join(3).await;
     let mut socket = app.socket(&ann).await;
     socket.emit("join", json!({ "room_id": 3 }));
     if socket
@@ -392,8 +392,8 @@ async fn publish_raw(
 async fn a_retried_publish_is_stored_once_and_a_deleted_rooms_message_is_dropped() {
     let app = TestApp::start(Backend::MySql).await;
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "r", None).await;
-    let gone = app.room(&ann, "gone", None).await;
+    let room = app.as_user(&ann).create_room("r", None).await;
+    let gone = app.as_user(&ann).create_room("gone", None).await;
     app.post(
         "/api/room/delete",
         Some(&ann.token),
@@ -429,7 +429,7 @@ async fn two_persister_replicas_share_the_work_and_store_each_message_once() {
     let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     let second = crate::harness::Service::spawn(&["persister"], &app.env(), "127.0.0.1:0").await;
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "shared work", None).await;
+    let room = app.as_user(&ann).create_room("shared work", None).await;
     let mut socket = app.socket(&ann).await;
     socket.join(room).await;
     let acked = send_acked(&socket, room, "m", 300).await;
@@ -467,7 +467,7 @@ async fn two_persister_replicas_share_the_work_and_store_each_message_once() {
 async fn the_gateway_exports_socket_metrics() {
     let app = TestApp::start(Backend::MySql).await;
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "metered", None).await;
+    let room = app.as_user(&ann).create_room("metered", None).await;
     let mut socket = app.socket(&ann).await;
     socket.join(room).await;
     send_acked(&socket, room, "m", 2).await;

@@ -26,7 +26,7 @@ async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
     )
     .await;
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "Outage", None).await;
+    let room = app.as_user(&ann).create_room("Outage", None).await;
     let mut socket = app.socket(&ann).await;
     socket.join(room).await;
 
@@ -192,7 +192,7 @@ async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
     .await;
     let ann = app.user("ann").await;
     let bob = app.user("bob").await;
-    let room = app.room(&ann, "Outage", None).await;
+    let room = app.as_user(&ann).create_room("Outage", None).await;
     let mut sender = app.socket(&ann).await;
     let mut reader = app.socket(&bob).await;
     sender.join(room).await;
@@ -350,7 +350,7 @@ async fn an_unconfirmed_message_is_code_8_after_10_s_and_its_resend_is_stored_on
     .await;
     let ann = app.user("ann").await;
     let bob = app.user("bob").await;
-    let room = app.room(&ann, "Long outage", None).await;
+    let room = app.as_user(&ann).create_room("Long outage", None).await;
     let mut sender = app.socket(&ann).await;
     let mut reader = app.socket(&bob).await;
     sender.join(room).await;
@@ -486,9 +486,9 @@ async fn a_redis_restart_announces_no_one_online_again_and_misses_no_one_offline
     let ann = app.user("ann").await;
     let cat = app.user("cat").await;
     let bob = app.user("bob").await;
-    let room = app.room(&ann, "Presence", None).await;
+    let room = app.as_user(&ann).create_room("Presence", None).await;
     for user in [&cat, &bob] {
-        app.join_public(user, room).await;
+        app.as_user(user).join(room).await;
     }
     let mut watcher = app.socket(&bob).await;
     watcher.join(room).await;
@@ -546,8 +546,8 @@ async fn a_broker_outage_longer_than_the_timeout_takes_no_one_offline() {
     .await;
     let ann = app.user("ann").await;
     let bob = app.user("bob").await;
-    let room = app.room(&ann, "Presence", None).await;
-    app.join_public(&bob, room).await;
+    let room = app.as_user(&ann).create_room("Presence", None).await;
+    app.as_user(&bob).join(room).await;
     let mut watcher = app.socket(&bob).await;
     watcher.join(room).await;
     let stop = tokio_util::sync::CancellationToken::new();

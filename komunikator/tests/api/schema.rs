@@ -295,7 +295,7 @@ async fn embedded_data_survives_a_restart() {
     };
     let mut app = TestApp::start_with(Backend::Embedded, options.clone()).await;
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "kept", None).await;
+    let room = app.as_user(&ann).create_room("kept", None).await;
     assert_eq!(app.terminate().await, Some(0));
     let secret = app.secret.clone();
     drop(app);
