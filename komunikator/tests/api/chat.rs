@@ -52,8 +52,7 @@ fn ids(res: &Resp) -> Vec<i64> {
 
 async fn history_lists_a_rooms_messages_oldest_first_with_every_field(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
     let room_id = app.as_user(&alice).create_room("Talk", None).await;
     let other = app.as_user(&bob).create_room("Elsewhere", None).await;
     // Inserted out of order, and interleaved with another room's messages.
@@ -180,18 +179,14 @@ async fn history_limit_must_be_from_1_to_1000(backend: Backend) {
         "+5",
         " 5",
     ] {
-        let res = app
-            .chat_history(&format!("room_id={room_id}&limit={bad}"), None)
-            .await;
-        assert_eq!(res.status, 400, "limit={bad}: {res:?}");
-        assert!(!res.error().is_empty());
+        app.chat_history(&format!("room_id={room_id}&limit={bad}"), None)
+            .await
+            .expect_refused(400, &format!("limit={bad}"));
     }
     for bad in ["abc", "-1", "1.5", "9007199254740992", "true"] {
-        let res = app
-            .chat_history(&format!("room_id={room_id}&before={bad}"), None)
-            .await;
-        assert_eq!(res.status, 400, "before={bad}: {res:?}");
-        assert!(!res.error().is_empty());
+        app.chat_history(&format!("room_id={room_id}&before={bad}"), None)
+            .await
+            .expect_refused(400, &format!("before={bad}"));
     }
 }
 
@@ -247,9 +242,7 @@ async fn history_pages_backwards_with_before(backend: Backend) {
 
 async fn private_room_history_is_only_for_members(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let eve = app.user("eve").await;
+    let [alice, bob, eve] = app.users(["alice", "bob", "eve"]).await;
     let room_id = app.as_user(&alice).create_room("Private", Some("pk")).await;
     app.as_user(&bob).join_private("pk").await;
     seed(
@@ -302,8 +295,7 @@ async fn history_needs_an_existing_room_id(backend: Backend) {
 
 async fn deleting_a_room_deletes_its_history_and_memberships(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
     let doomed = app.as_user(&alice).create_room("Doomed", Some("dk")).await;
     let kept = app.as_user(&alice).create_room("Kept", None).await;
     app.as_user(&bob).join_private("dk").await;

@@ -147,9 +147,7 @@ async fn create_answers_room_id_and_makes_the_creator_owner_and_member(backend: 
 
 async fn private_room_key_is_shown_only_to_its_owner(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let eve = app.user("eve").await;
+    let [alice, bob, eve] = app.users(["alice", "bob", "eve"]).await;
     let room_id = app
         .as_user(&alice)
         .create_room("Secret", Some("sesame"))
@@ -186,8 +184,7 @@ async fn private_room_key_is_shown_only_to_its_owner(backend: Backend) {
 async fn room_list_shows_every_public_room_and_no_private_one(backend: Backend) {
     let app = TestApp::start(backend).await;
     assert_eq!(public_rooms(&app, None).await, Vec::<Value>::new());
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
     let a = app.as_user(&alice).create_room("Alpha", None).await;
     let b = app.as_user(&bob).create_room("Beta", None).await;
     let hidden = app
@@ -263,8 +260,7 @@ async fn private_room_without_access_key_is_rejected(backend: Backend) {
 
 async fn duplicate_access_key_is_rejected_on_create_and_edit(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
     let first = app
         .as_user(&alice)
         .create_room("First", Some("shared-key"))
@@ -323,15 +319,13 @@ async fn room_name_limit_is_64_characters_not_bytes(backend: Backend) {
         assert_room(&res.body, room_id, &name, &alice.name, false, None);
     }
     for name in ["ż".repeat(65), "a".repeat(65)] {
-        let res = app
-            .post(
-                "/api/room/create",
-                Some(&alice.token),
-                json!({ "room_name": name, "is_private": false }),
-            )
-            .await;
-        assert_eq!(res.status, 400, "{res:?}");
-        assert!(!res.error().is_empty());
+        app.post(
+            "/api/room/create",
+            Some(&alice.token),
+            json!({ "room_name": name, "is_private": false }),
+        )
+        .await
+        .expect_refused(400, "over 64 characters");
     }
     assert_eq!(public_rooms(&app, None).await.len(), 3);
 
@@ -341,15 +335,13 @@ async fn room_name_limit_is_64_characters_not_bytes(backend: Backend) {
     app.as_user(&alice).edit_room(room_id, &long, None).await;
     let res = app.get_room(room_id, None).await;
     assert_room(&res.body, room_id, &long, &alice.name, false, None);
-    let res = app
-        .post(
-            "/api/room/edit",
-            Some(&alice.token),
-            json!({ "room_id": room_id, "new_name": "😀".repeat(65), "is_private": false }),
-        )
-        .await;
-    assert_eq!(res.status, 400, "{res:?}");
-    assert!(!res.error().is_empty());
+    app.post(
+        "/api/room/edit",
+        Some(&alice.token),
+        json!({ "room_id": room_id, "new_name": "😀".repeat(65), "is_private": false }),
+    )
+    .await
+    .expect_refused(400, "over 64 characters");
     let res = app.get_room(room_id, None).await;
     assert_eq!(res.body["room_name"].as_str(), Some(long.as_str()));
 }
@@ -362,15 +354,13 @@ async fn access_key_limit_is_64_characters_on_create_and_edit(backend: Backend) 
     let res = app.get_room(room_id, Some(&alice)).await;
     assert_room(&res.body, room_id, "Keyed", &alice.name, true, Some(&key64));
 
-    let res = app
-        .post(
-            "/api/room/create",
-            Some(&alice.token),
-            json!({ "room_name": "TooLong", "is_private": true, "access_key": "k".repeat(65) }),
-        )
-        .await;
-    assert_eq!(res.status, 400, "{res:?}");
-    assert!(!res.error().is_empty());
+    app.post(
+        "/api/room/create",
+        Some(&alice.token),
+        json!({ "room_name": "TooLong", "is_private": true, "access_key": "k".repeat(65) }),
+    )
+    .await
+    .expect_refused(400, "over 64 characters");
 
     let ascii64 = "k".repeat(64);
     app.post(
@@ -381,16 +371,14 @@ async fn access_key_limit_is_64_characters_on_create_and_edit(backend: Backend) 
     )
     .await
     .expect_message("Room edited successfully");
-    let res = app
-        .post(
-            "/api/room/edit",
-            Some(&alice.token),
-            json!({ "room_id": room_id, "new_name": "Keyed", "is_private": true,
+    app.post(
+        "/api/room/edit",
+        Some(&alice.token),
+        json!({ "room_id": room_id, "new_name": "Keyed", "is_private": true,
                     "new_access_key": "😀".repeat(65) }),
-        )
-        .await;
-    assert_eq!(res.status, 400, "{res:?}");
-    assert!(!res.error().is_empty());
+    )
+    .await
+    .expect_refused(400, "over 64 characters");
     let res = app.get_room(room_id, Some(&alice)).await;
     assert_room(
         &res.body,
@@ -504,9 +492,7 @@ async fn edit_with_a_blank_new_name_is_rejected(backend: Backend) {
 
 async fn edit_by_a_non_owner_is_forbidden_and_changes_nothing(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let eve = app.user("eve").await;
+    let [alice, bob, eve] = app.users(["alice", "bob", "eve"]).await;
     let public = app.as_user(&alice).create_room("Public", None).await;
     let private = app.as_user(&alice).create_room("Private", Some("pk")).await;
     app.as_user(&bob).join(public).await;
@@ -587,8 +573,7 @@ async fn get_room_needs_an_existing_room_id(backend: Backend) {
 
 async fn owner_deletes_a_room_for_everyone(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
     let room_id = app.as_user(&alice).create_room("Doomed", None).await;
     let kept = app.as_user(&alice).create_room("Kept", None).await;
     app.as_user(&bob).join(room_id).await;
@@ -617,9 +602,7 @@ async fn owner_deletes_a_room_for_everyone(backend: Backend) {
 
 async fn delete_by_a_non_owner_answers_room_not_found_and_keeps_the_room(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let eve = app.user("eve").await;
+    let [alice, bob, eve] = app.users(["alice", "bob", "eve"]).await;
     let public = app.as_user(&alice).create_room("Public", None).await;
     let private = app.as_user(&alice).create_room("Private", Some("pk")).await;
     app.as_user(&bob).join_private("pk").await;
@@ -692,9 +675,9 @@ async fn malformed_room_ids_are_rejected_with_400_everywhere(backend: Backend) {
         ] {
             let mut body = extra;
             body["room_id"] = bad.clone();
-            let res = app.post(path, Some(&alice.token), body).await;
-            assert_eq!(res.status, 400, "{path} with room_id {bad}: {res:?}");
-            assert!(!res.error().is_empty());
+            app.post(path, Some(&alice.token), body)
+                .await
+                .expect_refused(400, &format!("{path} with room_id {bad}"));
         }
     }
     for bad in [
@@ -708,11 +691,9 @@ async fn malformed_room_ids_are_rejected_with_400_everywhere(backend: Backend) {
         "0x1",
     ] {
         for path in ["/api/room", "/api/user_list", "/api/chat_history"] {
-            let res = app
-                .get(&format!("{path}?room_id={bad}"), Some(&alice.token))
-                .await;
-            assert_eq!(res.status, 400, "{path} with room_id {bad}: {res:?}");
-            assert!(!res.error().is_empty());
+            app.get(&format!("{path}?room_id={bad}"), Some(&alice.token))
+                .await
+                .expect_refused(400, &format!("{path} with room_id {bad}"));
         }
     }
     // Nothing happened to the room.
@@ -735,18 +716,16 @@ async fn endpoints_needing_a_token_refuse_anonymous_callers(backend: Backend) {
     ] {
         let body = json!({ "room_id": room_id, "room_name": "x", "is_private": false,
                            "new_name": "x", "access_key": "k", "user_to_kick": alice.name });
-        let res = app.post(path, None, body.clone()).await;
-        assert_eq!(res.status, 401, "{path}: {res:?}");
-        assert!(!res.error().is_empty());
+        app.post(path, None, body.clone())
+            .await
+            .expect_refused(401, path);
         let bad = wrongly_signed_token(&alice.name);
-        let res = app.post(path, Some(&bad), body).await;
-        assert_eq!(res.status, 401, "{path}: {res:?}");
-        assert!(!res.error().is_empty());
+        app.post(path, Some(&bad), body)
+            .await
+            .expect_refused(401, path);
     }
     for path in ["/api/user_rooms", "/api/user/get_info"] {
-        let res = app.get(path, None).await;
-        assert_eq!(res.status, 401, "{path}: {res:?}");
-        assert!(!res.error().is_empty());
+        app.get(path, None).await.expect_refused(401, path);
     }
     let res = app.get_room(room_id, None).await;
     assert_room(&res.body, room_id, "Room", &alice.name, false, None);
@@ -762,9 +741,7 @@ async fn optional_auth_endpoints_refuse_a_badly_signed_token(backend: Backend) {
         assert_eq!(app.get(&path, None).await.status, 200, "{path} anonymously");
         assert_eq!(app.get(&path, Some(&alice.token)).await.status, 200);
         for token in [bad.as_str(), "not-a-jwt"] {
-            let res = app.get(&path, Some(token)).await;
-            assert_eq!(res.status, 401, "{path}: {res:?}");
-            assert!(!res.error().is_empty());
+            app.get(&path, Some(token)).await.expect_refused(401, &path);
         }
     }
 }
