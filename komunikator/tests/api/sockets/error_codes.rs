@@ -83,12 +83,10 @@ async fn a_missing_room_id_or_watchdog_user_name_is_code_3(backend: Backend) {
 
 async fn a_message_to_a_room_not_joined_is_code_4(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let [ann, bob] = app.users(["ann", "bob"]).await;
-    let room = app.as_user(&ann).create_room("lobby", None).await;
+    let Chat(room, [ann], [mut a]) = app.chat("lobby", ["ann"]).await;
+    let bob = app.user("bob").await;
     let other = app.as_user(&ann).create_room("other", None).await;
-    let mut a = app.socket(&ann).await;
     let mut b = app.socket(&bob).await;
-    a.join(room).await;
     b.join(other).await;
     // Bob is not a member of `room` and his socket has not joined it.
     for target in [room, room + 1000] {

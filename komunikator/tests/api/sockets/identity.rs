@@ -6,15 +6,23 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{QUIET, history};
-use crate::harness::{Backend, TestApp};
+use crate::harness::{Backend, TestApp, User};
+use crate::sio::Socket;
 
-async fn a_user_name_naming_someone_else_is_forbidden_for_every_event(backend: Backend) {
-    let app = TestApp::start(backend).await;
+/// Ann and Bob (`.1`) with a socket each (`.2`): Ann's joined to her
+/// room (`.0`), Bob's in no room yet.
+async fn ann_in_her_room_and_bob(app: &TestApp) -> (i64, [User; 2], [Socket; 2]) {
     let [ann, bob] = app.users(["ann", "bob"]).await;
     let room = app.as_user(&ann).create_room("lobby", None).await;
     let mut a = app.socket(&ann).await;
-    let mut b = app.socket(&bob).await;
+    let b = app.socket(&bob).await;
     a.join(room).await;
+    (room, [ann, bob], [a, b])
+}
+
+async fn a_user_name_naming_someone_else_is_forbidden_for_every_event(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (room, [ann, bob], [mut a, mut b]) = ann_in_her_room_and_bob(&app).await;
 
     // join: refused, and nobody hears of it.
     let as_ann = json!({ "room_id": room, "user_name": ann.name });
@@ -56,11 +64,7 @@ async fn a_user_name_naming_someone_else_is_forbidden_for_every_event(backend: B
 
 async fn payloads_without_user_name_or_in_another_letter_case_are_accepted(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let [ann, bob] = app.users(["ann", "bob"]).await;
-    let room = app.as_user(&ann).create_room("lobby", None).await;
-    let mut a = app.socket(&ann).await;
-    let mut b = app.socket(&bob).await;
-    a.join(room).await;
+    let (room, [ann, bob], [mut a, mut b]) = ann_in_her_room_and_bob(&app).await;
     let shouted = bob.name.to_uppercase();
     assert_ne!(shouted, bob.name);
 

@@ -183,20 +183,13 @@ async fn events_of_one_socket_are_handled_in_the_order_sent(backend: Backend) {
             .as_user(&ann)
             .create_room(&format!("r{round}"), None)
             .await;
+        let message = |text: &str| json!({ "room_id": room, "message": text });
         socket.emit("join", json!({ "room_id": room }));
-        let ack = socket
-            .emit_with_ack(
-                "message",
-                json!({ "room_id": room, "message": "right away" }),
-            )
-            .await;
+        let ack = socket.emit_with_ack("message", message("right away")).await;
         assert!(ack["chat_id"].is_i64(), "round {round}: {ack}");
         socket.emit("leave", json!({ "room_id": room }));
         let refused = socket
-            .emit_with_ack(
-                "message",
-                json!({ "room_id": room, "message": "after leaving" }),
-            )
+            .emit_with_ack("message", message("after leaving"))
             .await;
         assert_eq!(
             refused,

@@ -78,17 +78,10 @@ async fn user_list_updated_reaches_the_room_on_join_leave_and_kick(backend: Back
 
 async fn a_kicked_user_is_told_and_gets_no_more_messages_from_the_room(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let [ann, bob, cid] = app.users(["ann", "bob", "cid"]).await;
-    let room = app.as_user(&ann).create_room("lobby", None).await;
-    app.as_user(&bob).join(room).await;
-    app.as_user(&cid).join(room).await;
-    let mut a = app.socket(&ann).await;
-    let mut b = app.socket(&bob).await;
+    let Chat(room, [ann, bob, _], [mut a, mut b, mut c]) =
+        app.chat_of_members("lobby", ["ann", "bob", "cid"]).await;
     let mut b2 = app.socket(&bob).await;
-    let mut c = app.socket(&cid).await;
-    for s in [&mut a, &mut b, &mut b2, &mut c] {
-        s.join(room).await;
-    }
+    b2.join(room).await;
 
     app.as_user(&ann).kick(room, &bob).await;
     let kicked = json!({ "user_name": bob.name });

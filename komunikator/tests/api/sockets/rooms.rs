@@ -141,13 +141,8 @@ async fn a_non_member_never_receives_a_private_rooms_messages(backend: Backend) 
 
 async fn sockets_in_another_room_do_not_get_its_messages_or_joins(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let [ann, bob] = app.users(["ann", "bob"]).await;
-    let one = app.as_user(&ann).create_room("one", None).await;
-    let two = app.as_user(&bob).create_room("two", None).await;
-    let mut a = app.socket(&ann).await;
-    let mut b = app.socket(&bob).await;
-    a.join(one).await;
-    b.join(two).await;
+    let Chat(one, [ann], [mut a]) = app.chat("one", ["ann"]).await;
+    let Chat(two, _, [mut b]) = app.chat("two", ["bob"]).await;
     let in_one = a.send(one, "in one").await;
     let in_two = b.send(two, "in two").await;
     assert_eq!(a.next_message().await["chat_id"], in_one);
