@@ -48,6 +48,16 @@ impl Listener {
         assert_eq!(self.next().await, expected);
     }
 
+    /// Asserts the next event is `event` of `room`, with no payload.
+    async fn expect_room_event(&mut self, room: i64, event: &str) {
+        self.expect_empty(&format!("room.{room}.{event}")).await;
+    }
+
+    /// Asserts the next event is the room list's update, with no payload.
+    async fn expect_list_updated(&mut self) {
+        self.expect_empty("rooms.room_list_updated").await;
+    }
+
     /// Asserts nothing more arrives for a moment.
     async fn silent(&mut self) {
         let extra = tokio::time::timeout(Duration::from_millis(300), self.sub.next()).await;
@@ -68,29 +78,21 @@ async fn room_changes_publish_their_events_on_nats() {
     let mut events = Listener::start(&app).await;
 
     let room = ann_acts.create_room("public", None).await;
-    events.expect_empty("rooms.room_list_updated").await;
+    events.expect_list_updated().await;
     let private = ann_acts.create_room("private", Some("key-1")).await;
-    events.expect_empty("rooms.room_list_updated").await;
+    events.expect_list_updated().await;
 
     bob_acts.join(room).await;
-    events
-        .expect_empty(&format!("room.{room}.user_list_updated"))
-        .await;
+    events.expect_room_event(room, "user_list_updated").await;
 
     bob_acts.join_private("key-1").await;
-    events
-        .expect_empty(&format!("room.{private}.user_list_updated"))
-        .await;
+    events.expect_room_event(private, "user_list_updated").await;
 
     bob_acts.leave(room).await;
-    events
-        .expect_empty(&format!("room.{room}.user_list_updated"))
-        .await;
+    events.expect_room_event(room, "user_list_updated").await;
 
     ann_acts.kick(private, &bob).await;
-    events
-        .expect_empty(&format!("room.{private}.user_list_updated"))
-        .await;
+    events.expect_room_event(private, "user_list_updated").await;
     let (subject, payload) = events.next().await;
     assert_eq!(subject, format!("{p}.room.{private}.user_kicked"));
     assert_eq!(
@@ -99,21 +101,18 @@ async fn room_changes_publish_their_events_on_nats() {
     );
 
     ann_acts.edit_room(room, "renamed", None).await;
-    events.expect_empty("rooms.room_list_updated").await;
+    events.expect_list_updated().await;
 
     ann_acts.delete_room(room).await;
-    events
-        .expect_empty(&format!("room.{room}.room_deleted"))
-        .await;
-    events.expect_empty("rooms.room_list_updated").await;
+    events.expect_room_event(room, "room_deleted").await;
+    events.expect_list_updated().await;
     events.silent().await;
 }
 
 #[tokio::test]
 async fn refused_requests_publish_nothing() {
     let app = TestApp::start(Backend::MySql).await;
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
+    let [ann, bob] = app.users(["ann", "bob"]).await;
     let room = app.as_user(&ann).create_room("public", None).await;
     let mut events = Listener::start(&app).await;
     app.as_user(&ann)

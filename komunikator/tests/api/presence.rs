@@ -35,6 +35,12 @@ async fn watched_by_bob(app: &TestApp) -> ([User; 2], Socket) {
     ([ann, bob], watcher)
 }
 
+/// Asserts the next `user_online` a socket receives announces `user`.
+async fn expect_online(socket: &mut Socket, user: &User) {
+    let online = socket.expect("user_online").await;
+    assert_eq!(online, json!({ "user_name": user.name }));
+}
+
 fn beat(socket: &Socket, user: &User) {
     socket.emit("watchdog", json!({ "user_name": user.name }));
 }
@@ -62,10 +68,7 @@ async fn heartbeats_bring_a_user_online_and_silence_takes_them_offline(backend: 
     let ann_socket = app.socket(&ann).await;
 
     beat(&ann_socket, &ann);
-    assert_eq!(
-        watcher.expect("user_online").await,
-        json!({ "user_name": ann.name })
-    );
+    expect_online(&mut watcher, &ann).await;
     assert_eq!(online_list(&app, &bob).await, json!([ann.name]));
 
     // Steady heartbeats, 10 a second and then some: no offline, no second online.
@@ -96,10 +99,7 @@ async fn heartbeats_bring_a_user_online_and_silence_takes_them_offline(backend: 
 
     // Back again: online once more.
     beat(&ann_socket, &ann);
-    assert_eq!(
-        watcher.expect("user_online").await,
-        json!({ "user_name": ann.name })
-    );
+    expect_online(&mut watcher, &ann).await;
 }
 
 async fn presence_events_go_only_to_the_rooms_the_user_is_a_member_of(backend: Backend) {
@@ -162,10 +162,7 @@ async fn malformed_watchdogs_are_refused_and_break_nothing(backend: Backend) {
         .expect_none("user_online", Duration::from_millis(300))
         .await;
     beat(&ann_socket, &ann);
-    assert_eq!(
-        watcher.expect("user_online").await,
-        json!({ "user_name": ann.name })
-    );
+    expect_online(&mut watcher, &ann).await;
 }
 
 crate::on_both_stores!(

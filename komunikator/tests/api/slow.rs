@@ -19,8 +19,7 @@ const FLOOD: usize = 4000;
 
 async fn a_socket_that_stops_reading_is_disconnected_not_left_with_a_gap(backend: Backend) {
     let app = TestApp::start_with(backend, Options::unlimited()).await;
-    let talker = app.user("talker").await;
-    let sleeper = app.user("sleeper").await;
+    let [talker, sleeper] = app.users(["talker", "sleeper"]).await;
     let room = app.as_user(&talker).create_room("flood", None).await;
     app.as_user(&sleeper).join(room).await;
 
