@@ -4,17 +4,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Backend, Options, TestApp, User, claims_for};
+use crate::harness::{Backend, Options, TestApp, User, claims_for, forged_token, sign_with};
 
 async fn register_answers_201_with_a_token_naming_the_user(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let res = app
-        .post(
-            "/api/register",
-            None,
-            json!({ "user_name": "ann", "password": "pw" }),
-        )
-        .await;
+    let res = app.register("ann", "pw").await;
     assert_eq!(res.status, 201, "{res:?}");
     let token = res.body["access_token"].as_str().expect("token");
     let claims = decode_claims(token);
@@ -56,13 +50,7 @@ async fn registering_a_taken_name_is_409_in_any_letter_case(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann = app.user("ann").await;
     for name in [ann.name.clone(), ann.name.to_uppercase()] {
-        app.post(
-            "/api/register",
-            None,
-            json!({ "user_name": name, "password": "x" }),
-        )
-        .await
-        .expect(409, "User Exists");
+        app.register(&name, "x").await.expect(409, "User Exists");
     }
 }
 
@@ -71,69 +59,27 @@ async fn user_name_and_password_limits_count_characters(backend: Backend) {
     // 48 two-byte characters: 96 bytes, still within the limit.
     let name48 = "ż".repeat(48);
     let pw128 = "ł".repeat(128);
-    let res = app
-        .post(
-            "/api/register",
-            None,
-            json!({ "user_name": name48, "password": pw128 }),
-        )
-        .await;
+    let res = app.register(&name48, &pw128).await;
     assert_eq!(res.status, 201, "{res:?}");
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": name48, "password": pw128 }),
-        )
-        .await;
+    let res = app.login(&name48, &pw128).await;
     assert_eq!(res.status, 200, "{res:?}");
 
     let name49 = "ż".repeat(49);
-    let res = app
-        .post(
-            "/api/register",
-            None,
-            json!({ "user_name": name49, "password": "pw" }),
-        )
-        .await;
+    let res = app.register(&name49, "pw").await;
     res.expect(400, "user_name must be at most 48 characters");
     let pw129 = "ł".repeat(129);
-    let res = app
-        .post(
-            "/api/register",
-            None,
-            json!({ "user_name": "bob", "password": pw129 }),
-        )
-        .await;
+    let res = app.register("bob", &pw129).await;
     res.expect(400, "password must be at most 128 characters");
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": name48, "password": pw129 }),
-        )
-        .await;
+    let res = app.login(&name48, &pw129).await;
     res.expect(400, "password must be at most 128 characters");
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": name49, "password": "pw" }),
-        )
-        .await;
+    let res = app.login(&name49, "pw").await;
     res.expect(400, "user_name must be at most 48 characters");
 }
 
 async fn user_names_with_surrounding_spaces_or_control_characters_are_refused(backend: Backend) {
     let app = TestApp::start(backend).await;
     for name in [" ann", "ann ", "an\u{0}n", "an\nn"] {
-        let res = app
-            .post(
-                "/api/register",
-                None,
-                json!({ "user_name": name, "password": "pw" }),
-            )
-            .await;
+        let res = app.register(name, "pw").await;
         assert_eq!(res.status, 400, "{name:?}: {res:?}");
     }
 }
@@ -156,34 +102,16 @@ async fn wrong_types_in_credentials_are_400(backend: Backend) {
 async fn login_returns_a_token_only_for_the_right_password(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann = app.user("ann").await;
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": ann.name, "password": ann.password }),
-        )
-        .await;
+    let res = app.login(&ann.name, &ann.password).await;
     assert_eq!(res.status, 200, "{res:?}");
     assert_eq!(
         decode_claims(res.body["access_token"].as_str().expect("token"))["sub"],
         ann.name.as_str()
     );
 
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": ann.name, "password": "nope" }),
-        )
-        .await;
+    let res = app.login(&ann.name, "nope").await;
     res.expect(401, "Invalid user credentials");
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": "nobody", "password": "nope" }),
-        )
-        .await;
+    let res = app.login("nobody", "nope").await;
     res.expect(401, "Invalid user credentials");
     let res = app
         .post("/api/login", None, json!({ "user_name": ann.name }))
@@ -195,13 +123,7 @@ async fn login_in_another_letter_case_gets_the_stored_name(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann = app.user("ann").await;
     let upper = ann.name.to_uppercase();
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": upper, "password": ann.password }),
-        )
-        .await;
+    let res = app.login(&upper, &ann.password).await;
     assert_eq!(res.status, 200, "{res:?}");
     // The token names the user as stored, so ownership checks stay exact.
     assert_eq!(
@@ -225,23 +147,11 @@ async fn legacy_plaintext_password_logs_in_once_and_is_rehashed(backend: Backend
     let app = TestApp::start(backend).await;
     app.sql("INSERT INTO users (user_name, password) VALUES ('olduser', 'plain-old-pw')")
         .await;
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": "olduser", "password": "wrong" }),
-        )
-        .await;
+    let res = app.login("olduser", "wrong").await;
     res.expect(401, "Invalid user credentials");
     assert_eq!(app.stored_password("olduser").await, "plain-old-pw");
 
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": "olduser", "password": "plain-old-pw" }),
-        )
-        .await;
+    let res = app.login("olduser", "plain-old-pw").await;
     assert_eq!(res.status, 200, "{res:?}");
     let stored = app.stored_password("olduser").await;
     assert!(
@@ -249,22 +159,10 @@ async fn legacy_plaintext_password_logs_in_once_and_is_rehashed(backend: Backend
         "rehashed on login: {stored}"
     );
 
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": "olduser", "password": "plain-old-pw" }),
-        )
-        .await;
+    let res = app.login("olduser", "plain-old-pw").await;
     assert_eq!(res.status, 200, "still logs in after the rehash: {res:?}");
     // The stored hash itself is not a password.
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": "olduser", "password": stored }),
-        )
-        .await;
+    let res = app.login("olduser", &stored).await;
     res.expect(401, "Invalid user credentials");
 }
 
@@ -293,18 +191,12 @@ async fn protected_endpoints_refuse_missing_malformed_expired_and_forged_tokens(
     refresh["type"] = json!("refresh");
     let mut no_exp = claims_for(&ann.name, 600);
     no_exp.as_object_mut().expect("object").remove("exp");
-    let other_secret = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+    let other_secret = forged_token(&ann.name);
+    let hs512 = sign_with(
+        jsonwebtoken::Algorithm::HS512,
+        app.secret.as_bytes(),
         &claims_for(&ann.name, 600),
-        &jsonwebtoken::EncodingKey::from_secret(b"some other secret, 32 bytes long!"),
-    )
-    .expect("sign");
-    let hs512 = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
-        &claims_for(&ann.name, 600),
-        &jsonwebtoken::EncodingKey::from_secret(app.secret.as_bytes()),
-    )
-    .expect("sign");
+    );
     let claims_b64 = valid.split('.').nth(1).expect("claims");
     let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{claims_b64}.");
     let bad: Vec<(&str, Option<String>)> = vec![
@@ -356,15 +248,10 @@ async fn protected_endpoints_refuse_missing_malformed_expired_and_forged_tokens(
 async fn changing_the_password_replaces_the_old_one(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann = app.user("ann").await;
-    let change = |old: &str, new: &str| json!({ "old_password": old, "new_password": new });
-    let res = app
-        .post(
-            "/api/user/change_password",
-            Some(&ann.token),
-            change("wrong", "new-pw"),
-        )
-        .await;
-    res.expect(401, "Invalid old password");
+    let acts = app.as_user(&ann);
+    acts.change_password("wrong", "new-pw")
+        .await
+        .expect(401, "Invalid old password");
     for body in [
         json!({}),
         json!({ "old_password": ann.password }),
@@ -376,32 +263,18 @@ async fn changing_the_password_replaces_the_old_one(backend: Backend) {
         res.expect(400, "Missing password parameter");
     }
     let long = "x".repeat(129);
-    let res = app
-        .post(
-            "/api/user/change_password",
-            Some(&ann.token),
-            change(&ann.password, &long),
-        )
-        .await;
-    res.expect(400, "new_password must be at most 128 characters");
+    acts.change_password(&ann.password, &long)
+        .await
+        .expect(400, "new_password must be at most 128 characters");
     let pw128 = "y".repeat(128);
-    let res = app
-        .post(
-            "/api/user/change_password",
-            Some(&ann.token),
-            change(&ann.password, &pw128),
-        )
-        .await;
-    res.expect_message("Password changed successfully");
+    acts.change_password(&ann.password, &pw128)
+        .await
+        .expect_message("Password changed successfully");
 
-    let login = |pw: &str| json!({ "user_name": ann.name, "password": pw });
-    app.post("/api/login", None, login(&ann.password))
+    app.login(&ann.name, &ann.password)
         .await
         .expect(401, "Invalid user credentials");
-    assert_eq!(
-        app.post("/api/login", None, login(&pw128)).await.status,
-        200
-    );
+    assert_eq!(app.login(&ann.name, &pw128).await.status, 200);
     assert!(
         app.stored_password(&ann.name)
             .await
@@ -410,10 +283,7 @@ async fn changing_the_password_replaces_the_old_one(backend: Backend) {
 }
 
 async fn token_lifetime_is_configurable(backend: Backend) {
-    let options = Options {
-        env: vec![("JWT_ACCESS_TOKEN_EXPIRES", "60".into())],
-        ..Options::default()
-    };
+    let options = Options::default().with("JWT_ACCESS_TOKEN_EXPIRES", "60");
     let app = TestApp::start_with(backend, options).await;
     let ann = app.user("ann").await;
     let claims = decode_claims(&ann.token);
@@ -459,7 +329,7 @@ async fn tokens_keep_working_for_their_user_only(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ann: User = app.user("ann").await;
     let bob: User = app.user("bob").await;
-    let room = app.room(&ann, "ann's", None).await;
+    let room = app.as_user(&ann).create_room("ann's", None).await;
     // Bob's token cannot act as Ann, whatever names the body carries.
     let res = app
         .post(

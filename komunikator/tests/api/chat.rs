@@ -3,7 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, Options, Resp, TestApp, User};
+use crate::harness::{Backend, Options, Resp, TestApp};
+use crate::members::counters;
 use crate::rooms::{assert_timestamp, keys};
 
 /// Inserts messages `(chat_id, room_id, user_name, message)` in one statement;
@@ -42,32 +43,18 @@ fn wire_date(id: i64) -> String {
     format!("{}Z", sql.replace(' ', "T"))
 }
 
-async fn history(app: &TestApp, query: &str, viewer: Option<&User>) -> Resp {
-    app.get(
-        &format!("/api/chat_history?{query}"),
-        viewer.map(|u| u.token.as_str()),
-    )
-    .await
-}
-
 /// The chat ids of a successful history answer, in order.
 #[track_caller]
 fn ids(res: &Resp) -> Vec<i64> {
     assert_eq!(res.status, 200, "{res:?}");
-    res.body
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {res:?}"))
-        .iter()
-        .map(|m| m["chat_id"].as_i64().expect("chat_id"))
-        .collect()
+    res.chat_ids()
 }
 
 async fn history_lists_a_rooms_messages_oldest_first_with_every_field(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let room_id = app.room(&alice, "Talk", None).await;
-    let other = app.room(&bob, "Elsewhere", None).await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let room_id = app.as_user(&alice).create_room("Talk", None).await;
+    let other = app.as_user(&bob).create_room("Elsewhere", None).await;
     // Inserted out of order, and interleaved with another room's messages.
     seed(
         &app,
@@ -80,7 +67,7 @@ async fn history_lists_a_rooms_messages_oldest_first_with_every_field(backend: B
     )
     .await;
 
-    let res = history(&app, &format!("room_id={room_id}"), None).await;
+    let res = app.chat_history(&format!("room_id={room_id}"), None).await;
     assert_eq!(ids(&res), [1, 3, 4]);
     let list = res.body.as_array().expect("list");
     for m in list {
@@ -106,24 +93,26 @@ async fn history_lists_a_rooms_messages_oldest_first_with_every_field(backend: B
     );
 
     // The same with a token, and for the other room.
-    let res = history(&app, &format!("room_id={room_id}"), Some(&bob)).await;
+    let res = app
+        .chat_history(&format!("room_id={room_id}"), Some(&bob))
+        .await;
     assert_eq!(ids(&res), [1, 3, 4]);
-    let res = history(&app, &format!("room_id={other}"), None).await;
+    let res = app.chat_history(&format!("room_id={other}"), None).await;
     assert_eq!(ids(&res), [2]);
 }
 
 async fn a_room_without_messages_has_an_empty_history(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Quiet", None).await;
-    let res = history(&app, &format!("room_id={room_id}"), None).await;
+    let room_id = app.as_user(&alice).create_room("Quiet", None).await;
+    let res = app.chat_history(&format!("room_id={room_id}"), None).await;
     assert_eq!((res.status, &res.body), (200, &json!([])), "{res:?}");
 }
 
 async fn history_without_limit_returns_the_newest_1000_messages(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Busy", None).await;
+    let room_id = app.as_user(&alice).create_room("Busy", None).await;
     let texts: Vec<String> = (1..=1001).map(|i| format!("message {i}")).collect();
     let rows: Vec<(i64, i64, &str, &str)> = (1..=1001_i64)
         .zip(&texts)
@@ -131,7 +120,7 @@ async fn history_without_limit_returns_the_newest_1000_messages(backend: Backend
         .collect();
     seed(&app, &rows).await;
 
-    let res = history(&app, &format!("room_id={room_id}"), None).await;
+    let res = app.chat_history(&format!("room_id={room_id}"), None).await;
     let got = ids(&res);
     assert_eq!(got.len(), 1000);
     assert_eq!(got.first(), Some(&2), "the oldest message is left out");
@@ -139,18 +128,24 @@ async fn history_without_limit_returns_the_newest_1000_messages(backend: Backend
     assert!(got.windows(2).all(|w| w[0] + 1 == w[1]), "oldest first");
     assert_eq!(res.body[0]["message"], "message 2");
 
-    let res = history(&app, &format!("room_id={room_id}&limit=1000"), None).await;
+    let res = app
+        .chat_history(&format!("room_id={room_id}&limit=1000"), None)
+        .await;
     assert_eq!(ids(&res), (2..=1001).collect::<Vec<_>>());
-    let res = history(&app, &format!("room_id={room_id}&limit=1"), None).await;
+    let res = app
+        .chat_history(&format!("room_id={room_id}&limit=1"), None)
+        .await;
     assert_eq!(ids(&res), [1001], "the newest one");
-    let res = history(&app, &format!("room_id={room_id}&before=1001"), None).await;
+    let res = app
+        .chat_history(&format!("room_id={room_id}&before=1001"), None)
+        .await;
     assert_eq!(ids(&res), (1..=1000).collect::<Vec<_>>());
 }
 
 async fn history_limit_must_be_from_1_to_1000(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Limits", None).await;
+    let room_id = app.as_user(&alice).create_room("Limits", None).await;
     seed(
         &app,
         &[
@@ -160,11 +155,17 @@ async fn history_limit_must_be_from_1_to_1000(backend: Backend) {
         ],
     )
     .await;
-    let res = history(&app, &format!("room_id={room_id}&limit=1"), None).await;
+    let res = app
+        .chat_history(&format!("room_id={room_id}&limit=1"), None)
+        .await;
     assert_eq!(ids(&res), [3]);
-    let res = history(&app, &format!("room_id={room_id}&limit=2"), None).await;
+    let res = app
+        .chat_history(&format!("room_id={room_id}&limit=2"), None)
+        .await;
     assert_eq!(ids(&res), [2, 3]);
-    let res = history(&app, &format!("room_id={room_id}&limit=1000"), None).await;
+    let res = app
+        .chat_history(&format!("room_id={room_id}&limit=1000"), None)
+        .await;
     assert_eq!(ids(&res), [1, 2, 3]);
     for bad in [
         "0",
@@ -178,44 +179,52 @@ async fn history_limit_must_be_from_1_to_1000(backend: Backend) {
         "+5",
         " 5",
     ] {
-        let res = history(&app, &format!("room_id={room_id}&limit={bad}"), None).await;
-        assert_eq!(res.status, 400, "limit={bad}: {res:?}");
-        assert!(!res.error().is_empty());
+        app.chat_history(&format!("room_id={room_id}&limit={bad}"), None)
+            .await
+            .expect_refused(400, &format!("limit={bad}"));
     }
     for bad in ["abc", "-1", "1.5", "9007199254740992", "true"] {
-        let res = history(&app, &format!("room_id={room_id}&before={bad}"), None).await;
-        assert_eq!(res.status, 400, "before={bad}: {res:?}");
-        assert!(!res.error().is_empty());
+        app.chat_history(&format!("room_id={room_id}&before={bad}"), None)
+            .await
+            .expect_refused(400, &format!("before={bad}"));
     }
 }
 
 async fn history_pages_backwards_with_before(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Pages", None).await;
-    let other = app.room(&alice, "Other", None).await;
+    let room_id = app.as_user(&alice).create_room("Pages", None).await;
+    let other = app.as_user(&alice).create_room("Other", None).await;
     let mut rows: Vec<(i64, i64, &str, &str)> = (1..=10)
         .map(|i| (i * 2, room_id, alice.name.as_str(), "m"))
         .collect();
     rows.push((7, other, &alice.name, "other room"));
     seed(&app, &rows).await;
-    let whole = ids(&history(&app, &format!("room_id={room_id}"), None).await);
+    let whole = ids(&app.chat_history(&format!("room_id={room_id}"), None).await);
     assert_eq!(whole, (1..=10).map(|i| i * 2).collect::<Vec<_>>());
 
-    let res = history(&app, &format!("room_id={room_id}&before=11"), None).await;
+    let res = app
+        .chat_history(&format!("room_id={room_id}&before=11"), None)
+        .await;
     assert_eq!(ids(&res), [2, 4, 6, 8, 10], "only chat_id < before");
-    let res = history(&app, &format!("room_id={room_id}&before=10"), None).await;
+    let res = app
+        .chat_history(&format!("room_id={room_id}&before=10"), None)
+        .await;
     assert_eq!(ids(&res), [2, 4, 6, 8]);
-    let res = history(&app, &format!("room_id={room_id}&before=2"), None).await;
+    let res = app
+        .chat_history(&format!("room_id={room_id}&before=2"), None)
+        .await;
     assert_eq!(ids(&res), Vec::<i64>::new());
-    let res = history(&app, &format!("room_id={room_id}&before=1000"), None).await;
+    let res = app
+        .chat_history(&format!("room_id={room_id}&before=1000"), None)
+        .await;
     assert_eq!(ids(&res), whole);
 
     // Pages of 4, newest first, each oldest first; joined they are the whole.
     let mut pages: Vec<Vec<i64>> = Vec::new();
     let mut query = format!("room_id={room_id}&limit=4");
     loop {
-        let page = ids(&history(&app, &query, None).await);
+        let page = ids(&app.chat_history(&query, None).await);
         let Some(oldest) = page.first().copied() else {
             break;
         };
@@ -233,17 +242,9 @@ async fn history_pages_backwards_with_before(backend: Backend) {
 
 async fn private_room_history_is_only_for_members(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let eve = app.user("eve").await;
-    let room_id = app.room(&alice, "Private", Some("pk")).await;
-    app.post(
-        "/api/room/join_private",
-        Some(&bob.token),
-        json!({ "access_key": "pk" }),
-    )
-    .await
-    .expect_message("Joined room successfully");
+    let [alice, bob, eve] = app.users(["alice", "bob", "eve"]).await;
+    let room_id = app.as_user(&alice).create_room("Private", Some("pk")).await;
+    app.as_user(&bob).join_private("pk").await;
     seed(
         &app,
         &[
@@ -254,29 +255,23 @@ async fn private_room_history_is_only_for_members(backend: Backend) {
     .await;
     let query = format!("room_id={room_id}");
 
-    history(&app, &query, None)
+    app.chat_history(&query, None)
         .await
         .expect(404, "Room not found");
-    history(&app, &query, Some(&eve))
+    app.chat_history(&query, Some(&eve))
         .await
         .expect(404, "Room not found");
-    history(&app, &format!("{query}&limit=1&before=2"), Some(&eve))
+    app.chat_history(&format!("{query}&limit=1&before=2"), Some(&eve))
         .await
         .expect(404, "Room not found");
     for member in [&alice, &bob] {
-        let res = history(&app, &query, Some(member)).await;
+        let res = app.chat_history(&query, Some(member)).await;
         assert_eq!(ids(&res), [1, 2]);
         assert_eq!(res.body[1]["message"], "secret 2");
     }
 
-    app.post(
-        "/api/room/leave",
-        Some(&bob.token),
-        json!({ "room_id": room_id }),
-    )
-    .await
-    .expect_message("Left room successfully");
-    history(&app, &query, Some(&bob))
+    app.as_user(&bob).leave(room_id).await;
+    app.chat_history(&query, Some(&bob))
         .await
         .expect(404, "Room not found");
 }
@@ -290,28 +285,21 @@ async fn history_needs_an_existing_room_id(backend: Backend) {
     app.get("/api/chat_history?limit=5", Some(&alice.token))
         .await
         .expect(400, "Missing room_id parameter");
-    history(&app, "room_id=777", None)
+    app.chat_history("room_id=777", None)
         .await
         .expect(404, "Room not found");
-    history(&app, "room_id=9007199254740991", Some(&alice))
+    app.chat_history("room_id=9007199254740991", Some(&alice))
         .await
         .expect(404, "Room not found");
 }
 
 async fn deleting_a_room_deletes_its_history_and_memberships(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let doomed = app.room(&alice, "Doomed", Some("dk")).await;
-    let kept = app.room(&alice, "Kept", None).await;
-    for (path, body) in [
-        ("/api/room/join_private", json!({ "access_key": "dk" })),
-        ("/api/room/join_public", json!({ "room_id": kept })),
-    ] {
-        app.post(path, Some(&bob.token), body)
-            .await
-            .expect_message("Joined room successfully");
-    }
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let doomed = app.as_user(&alice).create_room("Doomed", Some("dk")).await;
+    let kept = app.as_user(&alice).create_room("Kept", None).await;
+    app.as_user(&bob).join_private("dk").await;
+    app.as_user(&bob).join(kept).await;
     seed(
         &app,
         &[
@@ -322,71 +310,42 @@ async fn deleting_a_room_deletes_its_history_and_memberships(backend: Backend) {
         ],
     )
     .await;
-    let info = app.get("/api/user/get_info", Some(&bob.token)).await;
-    assert_eq!(info.body["message_count"], 3);
-    assert_eq!(info.body["private_rooms_member"], 1);
+    let info = app.as_user(&bob).info().await;
+    assert_eq!(info["message_count"], 3);
+    assert_eq!(info["private_rooms_member"], 1);
 
-    app.post(
-        "/api/room/delete",
-        Some(&alice.token),
-        json!({ "room_id": doomed }),
-    )
-    .await
-    .expect_message("Room deleted successfully");
+    app.as_user(&alice).delete_room(doomed).await;
 
     // Through the API.
     for user in [&alice, &bob] {
-        history(&app, &format!("room_id={doomed}"), Some(user))
+        app.chat_history(&format!("room_id={doomed}"), Some(user))
             .await
             .expect(404, "Room not found");
-        app.get(
-            &format!("/api/user_list?room_id={doomed}"),
-            Some(&user.token),
-        )
-        .await
-        .expect(404, "Room not found");
+        app.user_list(doomed, Some(user))
+            .await
+            .expect(404, "Room not found");
         let rooms = app.get("/api/user_rooms", Some(&user.token)).await;
         let listed: Vec<Value> = rooms.body.as_array().expect("list").clone();
         assert_eq!(listed.len(), 1, "{listed:?}");
         assert_eq!(listed[0]["room_id"].as_i64(), Some(kept));
     }
-    let info = app.get("/api/user/get_info", Some(&bob.token)).await;
+    assert_eq!(app.as_user(&bob).info().await, counters(1, (0, 0), (0, 1)));
     assert_eq!(
-        info.body,
-        json!({ "message_count": 1, "private_rooms_owned": 0, "public_rooms_owned": 0,
-                "private_rooms_member": 0, "public_rooms_member": 1 })
-    );
-    let info = app.get("/api/user/get_info", Some(&alice.token)).await;
-    assert_eq!(
-        info.body,
-        json!({ "message_count": 0, "private_rooms_owned": 0, "public_rooms_owned": 1,
-                "private_rooms_member": 0, "public_rooms_member": 1 })
+        app.as_user(&alice).info().await,
+        counters(0, (0, 1), (0, 1))
     );
     // The other room is untouched.
-    let res = history(&app, &format!("room_id={kept}"), None).await;
+    let res = app.chat_history(&format!("room_id={kept}"), None).await;
     assert_eq!(ids(&res), [3]);
 
     // In the database.
     for table in ["chat_history", "users_room", "rooms"] {
-        let n = app
-            .scalar::<i64>(format!(
-                "SELECT COUNT(*) FROM {table} WHERE room_id = {doomed}"
-            ))
-            .await;
+        let n = app.count_rows(table, &format!("room_id = {doomed}")).await;
         assert_eq!(n, 0, "{table} rows of the deleted room");
     }
-    let n = app
-        .scalar::<i64>(format!(
-            "SELECT COUNT(*) FROM chat_history WHERE room_id = {kept}"
-        ))
-        .await;
-    assert_eq!(n, 1);
-    let n = app
-        .scalar::<i64>(format!(
-            "SELECT COUNT(*) FROM users_room WHERE room_id = {kept}"
-        ))
-        .await;
-    assert_eq!(n, 2);
+    let kept_rows = format!("room_id = {kept}");
+    assert_eq!(app.count_rows("chat_history", &kept_rows).await, 1);
+    assert_eq!(app.count_rows("users_room", &kept_rows).await, 2);
 }
 
 /// Read your writes (CONTRACT.md): once a message is acknowledged, the very
@@ -395,7 +354,7 @@ async fn deleting_a_room_deletes_its_history_and_memberships(backend: Backend) {
 async fn an_acknowledged_message_is_in_the_next_read(backend: Backend) {
     let app = TestApp::start_with(backend, Options::unlimited()).await;
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "Fresh", None).await;
+    let room = app.as_user(&ann).create_room("Fresh", None).await;
     let mut socket = app.socket(&ann).await;
     socket.join(room).await;
     for round in 1..=100 {
@@ -405,15 +364,17 @@ async fn an_acknowledged_message_is_in_the_next_read(backend: Backend) {
                 json!({ "room_id": room, "message": format!("m{round}") }),
             )
             .await;
-        let res = history(&app, &format!("room_id={room}&limit=1"), None).await;
+        let res = app
+            .chat_history(&format!("room_id={room}&limit=1"), None)
+            .await;
         assert_eq!(
             res.body[0]["chat_id"], ack["chat_id"],
             "round {round}: {res:?}"
         );
         assert_eq!(res.body[0]["message"], format!("m{round}"));
         if round % 25 == 0 {
-            let info = app.get("/api/user/get_info", Some(&ann.token)).await;
-            assert_eq!(info.body["message_count"], round, "{info:?}");
+            let info = app.as_user(&ann).info().await;
+            assert_eq!(info["message_count"], round, "{info:?}");
         }
     }
 }

@@ -1,10 +1,8 @@
 //! Startup configuration: documented in `--help`, validated with every
 //! problem reported at once, secrets only from the environment and never logged.
 
-use serde_json::json;
-
 use crate::harness::{
-    Backend, Options, TestApp, TestDb, nats_url, random_hex, redis_url, run_to_end,
+    Backend, CONFIG_VARS, Options, TestApp, TestDb, nats_url, random_hex, redis_url, run_to_end,
 };
 
 #[tokio::test]
@@ -16,25 +14,8 @@ async fn help_documents_every_option_and_environment_variable() {
     }
     let (_, api) = run_to_end(&["api", "--help"], &[]).await;
     let (_, all) = run_to_end(&["all", "--help"], &[]).await;
-    for var in [
-        "LISTEN_ADDR",
-        "CORS_ALLOWED_ORIGINS",
-        "DATABASE_URL",
-        "DB_HOST",
-        "DB_PORT",
-        "DB_USER",
-        "DB_PASSWORD",
-        "DB_NAME",
-        "JWT_SECRET_KEY",
-        "JWT_ACCESS_TOKEN_EXPIRES",
-        "NATS_URL",
-        "REDIS_URL",
-        "PRESENCE_TIMEOUT_MS",
-        "KOM_PREFIX",
-        "LOG_FORMAT",
-        "RUST_LOG",
-        "PASSWORD_HASH_THREADS",
-    ] {
+    // Every variable the harness controls; DATA_DIR is `all`'s alone.
+    for var in CONFIG_VARS.iter().filter(|v| **v != "DATA_DIR") {
         assert!(
             api.contains(&format!("env: {var}")),
             "api --help lacks {var}:\n{api}"
@@ -126,18 +107,8 @@ async fn legacy_db_variables_configure_the_database() {
 async fn secrets_never_appear_in_the_logs() {
     let app = TestApp::start(Backend::MySql).await;
     let ann = app.user("ann").await;
-    app.post(
-        "/api/login",
-        None,
-        json!({ "user_name": ann.name, "password": ann.password }),
-    )
-    .await;
-    app.post(
-        "/api/login",
-        None,
-        json!({ "user_name": ann.name, "password": "wrong-pw-xyz" }),
-    )
-    .await;
+    app.login(&ann.name, &ann.password).await;
+    app.login(&ann.name, "wrong-pw-xyz").await;
     let logs = app.logs();
     for secret in [
         app.secret.as_str(),

@@ -7,21 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, Options, TestApp, TestDb, random_hex, run_to_end};
+use crate::harness::{Backend, Chat, Options, TestApp, TestDb, random_hex, run_to_end};
 use crate::sio::Socket;
-
-/// Every `chat_id` of a room's stored history (at most the newest 1000).
-async fn history_ids(app: &TestApp, room: i64) -> Vec<i64> {
-    let res = app
-        .get(&format!("/api/chat_history?room_id={room}"), None)
-        .await;
-    res.body
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|m| m["chat_id"].as_i64().expect("id"))
-        .collect()
-}
 
 /// The `chat_id`s stored in MySQL for `room`, in order.
 async fn stored_ids(app: &TestApp, room: i64) -> Vec<i64> {
@@ -55,16 +42,6 @@ async fn wait_for_stored(db: &TestDb, room: i64, n: usize) -> Vec<i64> {
     }
 }
 
-/// The ids of the next `n` `new_message` events a socket receives.
-async fn received_ids(socket: &mut Socket, n: usize) -> Vec<i64> {
-    let mut ids = Vec::with_capacity(n);
-    while ids.len() < n {
-        let message = socket.expect("new_message").await;
-        ids.push(message["chat_id"].as_i64().expect("chat_id"));
-    }
-    ids
-}
-
 /// Sends `count` messages, one after the other, each waiting for its ack.
 async fn send_acked(
     socket: &Socket,
@@ -93,20 +70,8 @@ async fn send_acked(
 async fn every_member_sees_every_message_once_in_one_order_across_two_gateways() {
     let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     app.add_gateway().await;
-    let owner = app.user("own").await;
-    let room = app.room(&owner, "busy", None).await;
-    let mut users = vec![owner];
-    for i in 0..3 {
-        let user = app.user(&format!("u{i}")).await;
-        app.join_public(&user, room).await;
-        users.push(user);
-    }
-    let mut sockets = Vec::new();
-    for (i, user) in users.iter().enumerate() {
-        let mut socket = app.socket_on(i % 2, user).await;
-        socket.join(room).await;
-        sockets.push(socket);
-    }
+    // Every user a member, their sockets on both gateways in turn.
+    let Chat(room, _, mut sockets) = app.chat_of_members("busy", ["own", "u0", "u1", "u2"]).await;
     // Every socket sends 25 messages at once; 100 in all, from both gateways.
     let per_socket = 25;
     let senders = sockets
@@ -127,7 +92,7 @@ async fn every_member_sees_every_message_once_in_one_order_across_two_gateways()
     let total = acked.len();
     let mut orders = Vec::new();
     for socket in &mut sockets {
-        let ids = received_ids(socket, total).await;
+        let ids = socket.next_chat_ids(total).await;
         assert!(
             ids.windows(2).all(|w| w[0] < w[1]),
             "chat_id strictly increasing: {ids:?}"
@@ -152,10 +117,7 @@ async fn every_member_sees_every_message_once_in_one_order_across_two_gateways()
 #[tokio::test]
 async fn acked_messages_survive_a_persister_kill_exactly_once() {
     let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
-    let ann = app.user("ann").await;
-    let room = app.room(&ann, "durable", None).await;
-    let mut socket = app.socket(&ann).await;
-    socket.join(room).await;
+    let Chat(room, _, [mut socket]) = app.chat("durable", ["ann"]).await;
 
     let first = send_acked(&socket, room, "before", 100).await;
     // Kill the persister in the middle of its work, keep chatting, restart it.
@@ -184,14 +146,12 @@ async fn acked_messages_survive_a_persister_kill_exactly_once() {
         stored, acked,
         "MySQL holds exactly the acked messages, once each, in order"
     );
-    let rows: i64 = app
-        .scalar(format!(
-            "SELECT COUNT(*) FROM chat_history WHERE room_id = {room}"
-        ))
+    let rows = app
+        .count_rows("chat_history", &format!("room_id = {room}"))
         .await;
     assert_eq!(rows, 400);
     assert_eq!(
-        received_ids(&mut socket, 400).await,
+        socket.next_chat_ids(400).await,
         acked,
         "and every one was delivered live"
     );
@@ -203,11 +163,8 @@ async fn acked_messages_survive_a_persister_kill_exactly_once() {
 #[tokio::test]
 async fn reads_include_acked_messages_while_the_persister_is_down() {
     let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
-    let ann = app.user("ann").await;
-    let room = app.room(&ann, "unstored", None).await;
-    let other = app.room(&ann, "other", None).await;
-    let mut socket = app.socket(&ann).await;
-    socket.join(room).await;
+    let Chat(room, [ann], [mut socket]) = app.chat("unstored", ["ann"]).await;
+    let other = app.as_user(&ann).create_room("other", None).await;
     socket.join(other).await;
     let stored = send_acked(&socket, room, "stored", 5).await;
     assert_eq!(wait_for_history(&app, room, 5).await, stored);
@@ -221,7 +178,7 @@ async fn reads_include_acked_messages_while_the_persister_is_down() {
 
     let all: Vec<i64> = stored.iter().chain(&unstored).copied().collect();
     assert_eq!(
-        history_ids(&app, room).await,
+        app.history_ids(room).await,
         all,
         "every acked message, in order"
     );
@@ -234,14 +191,11 @@ async fn reads_include_acked_messages_while_the_persister_is_down() {
             None,
         )
         .await;
-    let ids: Vec<i64> = page
-        .body
-        .as_array()
-        .expect("page")
-        .iter()
-        .map(|m| m["chat_id"].as_i64().expect("id"))
-        .collect();
-    assert_eq!(ids, unstored[6..10], "a page of unstored messages");
+    assert_eq!(
+        page.chat_ids(),
+        unstored[6..10],
+        "a page of unstored messages"
+    );
     let newest = &app
         .get(&format!("/api/chat_history?room_id={room}&limit=1"), None)
         .await
@@ -266,11 +220,11 @@ async fn reads_include_acked_messages_while_the_persister_is_down() {
             "not stored within 60 s"
         );
         // Reads stay exact while the persister catches up.
-        assert_eq!(history_ids(&app, room).await, all);
+        assert_eq!(app.history_ids(room).await, all);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stored_ids(&app, room).await, all, "stored once each");
-    assert_eq!(history_ids(&app, room).await, all, "read once each");
+    assert_eq!(app.history_ids(room).await, all, "read once each");
     let info = app.get("/api/user/get_info", Some(&ann.token)).await;
     assert_eq!(info.body["message_count"], 28, "{info:?}");
 }
@@ -279,14 +233,9 @@ async fn reads_include_acked_messages_while_the_persister_is_down() {
 async fn a_restarted_gateway_loses_nothing_acked_while_others_keep_chatting() {
     let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     app.add_gateway().await;
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
-    let room = app.room(&ann, "resilient", None).await;
-    app.join_public(&bob, room).await;
-    let mut on_first = app.socket_on(0, &ann).await;
-    let mut on_second = app.socket_on(1, &bob).await;
-    on_first.join(room).await;
-    on_second.join(room).await;
+    // Ann's socket on the first gateway, Bob's on the second.
+    let Chat(room, [ann, _], [on_first, mut on_second]) =
+        app.chat_of_members("resilient", ["ann", "bob"]).await;
 
     let before = send_acked(&on_first, room, "ann", 20).await;
     let mut gateway = app.gateways.remove(0);
@@ -311,7 +260,7 @@ async fn a_restarted_gateway_loses_nothing_acked_while_others_keep_chatting() {
         .copied()
         .collect();
     assert_eq!(
-        received_ids(&mut on_second, acked.len()).await,
+        on_second.next_chat_ids(acked.len()).await,
         acked,
         "bob saw everything"
     );
@@ -347,7 +296,7 @@ async fn chat_ids_continue_above_the_ids_of_an_existing_database() {
     };
     let app = TestApp::start_with(Backend::MySql, options).await;
     let ann = app.user("ann").await;
-    app.join_public(&ann, 3).await;
+    app.as_user(&ann).join(3).await;
     let mut socket = app.socket(&ann).await;
     socket.emit("join", json!({ "room_id": 3 }));
     if socket
@@ -361,7 +310,7 @@ async fn chat_ids_continue_above_the_ids_of_an_existing_database() {
     let acked = send_acked(&socket, 3, "new", 2).await;
     assert_eq!(acked, [70001, 70002]);
     assert_eq!(wait_for_stored(&db, 3, 3).await, [70000, 70001, 70002]);
-    assert_eq!(history_ids(&app, 3).await, [70000, 70001, 70002]);
+    assert_eq!(app.history_ids(3).await, [70000, 70001, 70002]);
 }
 
 /// Publishes a raw chat message to the stream, as a gateway does.
@@ -392,15 +341,9 @@ async fn publish_raw(
 async fn a_retried_publish_is_stored_once_and_a_deleted_rooms_message_is_dropped() {
     let app = TestApp::start(Backend::MySql).await;
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "r", None).await;
-    let gone = app.room(&ann, "gone", None).await;
-    app.post(
-        "/api/room/delete",
-        Some(&ann.token),
-        json!({ "room_id": gone }),
-    )
-    .await
-    .expect_message("Room deleted successfully");
+    let room = app.as_user(&ann).create_room("r", None).await;
+    let gone = app.as_user(&ann).create_room("gone", None).await;
+    app.as_user(&ann).delete_room(gone).await;
     let body = |room: i64, text: &str| {
         json!({ "room_id": room, "user_name": ann.name, "message": text,
                 "create_date": "2026-11-24T19:20:24.123Z" })
@@ -416,10 +359,8 @@ async fn a_retried_publish_is_stored_once_and_a_deleted_rooms_message_is_dropped
     let last = publish_raw(&app, room, &random_hex(8), body(room, "after")).await;
     let stored = wait_for_history(&app, room, 2).await;
     assert_eq!(stored, [first.sequence as i64, last.sequence as i64]);
-    let orphans: i64 = app
-        .scalar(format!(
-            "SELECT COUNT(*) FROM chat_history WHERE room_id = {gone}"
-        ))
+    let orphans = app
+        .count_rows("chat_history", &format!("room_id = {gone}"))
         .await;
     assert_eq!(orphans, 0);
 }
@@ -428,10 +369,7 @@ async fn a_retried_publish_is_stored_once_and_a_deleted_rooms_message_is_dropped
 async fn two_persister_replicas_share_the_work_and_store_each_message_once() {
     let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
     let second = crate::harness::Service::spawn(&["persister"], &app.env(), "127.0.0.1:0").await;
-    let ann = app.user("ann").await;
-    let room = app.room(&ann, "shared work", None).await;
-    let mut socket = app.socket(&ann).await;
-    socket.join(room).await;
+    let Chat(room, _, [socket]) = app.chat("shared work", ["ann"]).await;
     let acked = send_acked(&socket, room, "m", 300).await;
     assert_eq!(wait_for_history(&app, room, acked.len()).await, acked);
     // Both replicas took part, and together inserted each message once.
@@ -466,10 +404,7 @@ async fn two_persister_replicas_share_the_work_and_store_each_message_once() {
 #[tokio::test]
 async fn the_gateway_exports_socket_metrics() {
     let app = TestApp::start(Backend::MySql).await;
-    let ann = app.user("ann").await;
-    let room = app.room(&ann, "metered", None).await;
-    let mut socket = app.socket(&ann).await;
-    socket.join(room).await;
+    let Chat(room, _, [mut socket]) = app.chat("metered", ["ann"]).await;
     send_acked(&socket, room, "m", 2).await;
     socket.emit("message", json!("not an object"));
     socket.expect("error").await;

@@ -11,6 +11,7 @@ use crate::harness::{Backend, TestApp, nats_url};
 /// Collects what the server publishes under its prefix.
 struct Listener {
     sub: async_nats::Subscriber,
+    prefix: String,
 }
 
 impl Listener {
@@ -23,7 +24,10 @@ impl Listener {
             .await
             .expect("subscribe");
         client.flush().await.expect("flush");
-        Self { sub }
+        Self {
+            sub,
+            prefix: app.prefix.clone(),
+        }
     }
 
     /// The next (subject, payload) published, within 5 s.
@@ -36,6 +40,22 @@ impl Listener {
             msg.subject.to_string(),
             String::from_utf8_lossy(&msg.payload).into_owned(),
         )
+    }
+
+    /// Asserts the next event is `<prefix>.<subject>` with no payload.
+    async fn expect_empty(&mut self, subject: &str) {
+        let expected = (format!("{}.{subject}", self.prefix), String::new());
+        assert_eq!(self.next().await, expected);
+    }
+
+    /// Asserts the next event is `event` of `room`, with no payload.
+    async fn expect_room_event(&mut self, room: i64, event: &str) {
+        self.expect_empty(&format!("room.{room}.{event}")).await;
+    }
+
+    /// Asserts the next event is the room list's update, with no payload.
+    async fn expect_list_updated(&mut self) {
+        self.expect_empty("rooms.room_list_updated").await;
     }
 
     /// Asserts nothing more arrives for a moment.
@@ -53,74 +73,26 @@ impl Listener {
 async fn room_changes_publish_their_events_on_nats() {
     let app = TestApp::start(Backend::MySql).await;
     let p = app.prefix.clone();
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
+    let [ann, bob] = app.users(["ann", "bob"]).await;
+    let (ann_acts, bob_acts) = (app.as_user(&ann), app.as_user(&bob));
     let mut events = Listener::start(&app).await;
 
-    let room = app.room(&ann, "public", None).await;
-    assert_eq!(
-        events.next().await,
-        (format!("{p}.rooms.room_list_updated"), String::new())
-    );
-    let private = app.room(&ann, "private", Some("key-1")).await;
-    assert_eq!(
-        events.next().await,
-        (format!("{p}.rooms.room_list_updated"), String::new())
-    );
+    let room = ann_acts.create_room("public", None).await;
+    events.expect_list_updated().await;
+    let private = ann_acts.create_room("private", Some("key-1")).await;
+    events.expect_list_updated().await;
 
-    let res = app
-        .post(
-            "/api/room/join_public",
-            Some(&bob.token),
-            json!({ "room_id": room }),
-        )
-        .await;
-    res.expect_message("Joined room successfully");
-    assert_eq!(
-        events.next().await,
-        (format!("{p}.room.{room}.user_list_updated"), String::new())
-    );
+    bob_acts.join(room).await;
+    events.expect_room_event(room, "user_list_updated").await;
 
-    let res = app
-        .post(
-            "/api/room/join_private",
-            Some(&bob.token),
-            json!({ "access_key": "key-1" }),
-        )
-        .await;
-    res.expect_message("Joined room successfully");
-    assert_eq!(
-        events.next().await,
-        (
-            format!("{p}.room.{private}.user_list_updated"),
-            String::new()
-        )
-    );
+    bob_acts.join_private("key-1").await;
+    events.expect_room_event(private, "user_list_updated").await;
 
-    let res = app
-        .post(
-            "/api/room/leave",
-            Some(&bob.token),
-            json!({ "room_id": room }),
-        )
-        .await;
-    res.expect_message("Left room successfully");
-    assert_eq!(
-        events.next().await,
-        (format!("{p}.room.{room}.user_list_updated"), String::new())
-    );
+    bob_acts.leave(room).await;
+    events.expect_room_event(room, "user_list_updated").await;
 
-    let kick = json!({ "room_id": private, "user_to_kick": bob.name });
-    app.post("/api/user_kick", Some(&ann.token), kick)
-        .await
-        .expect_message("User kicked successfully");
-    assert_eq!(
-        events.next().await,
-        (
-            format!("{p}.room.{private}.user_list_updated"),
-            String::new()
-        )
-    );
+    ann_acts.kick(private, &bob).await;
+    events.expect_room_event(private, "user_list_updated").await;
     let (subject, payload) = events.next().await;
     assert_eq!(subject, format!("{p}.room.{private}.user_kicked"));
     assert_eq!(
@@ -128,48 +100,32 @@ async fn room_changes_publish_their_events_on_nats() {
         json!({ "user_name": bob.name })
     );
 
-    let edit = json!({ "room_id": room, "new_name": "renamed", "is_private": false });
-    app.post("/api/room/edit", Some(&ann.token), edit)
-        .await
-        .expect_message("Room edited successfully");
-    assert_eq!(
-        events.next().await,
-        (format!("{p}.rooms.room_list_updated"), String::new())
-    );
+    ann_acts.edit_room(room, "renamed", None).await;
+    events.expect_list_updated().await;
 
-    app.post(
-        "/api/room/delete",
-        Some(&ann.token),
-        json!({ "room_id": room }),
-    )
-    .await
-    .expect_message("Room deleted successfully");
-    assert_eq!(
-        events.next().await,
-        (format!("{p}.room.{room}.room_deleted"), String::new())
-    );
-    assert_eq!(
-        events.next().await,
-        (format!("{p}.rooms.room_list_updated"), String::new())
-    );
+    ann_acts.delete_room(room).await;
+    events.expect_room_event(room, "room_deleted").await;
+    events.expect_list_updated().await;
     events.silent().await;
 }
 
 #[tokio::test]
 async fn refused_requests_publish_nothing() {
     let app = TestApp::start(Backend::MySql).await;
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
-    let room = app.room(&ann, "public", None).await;
+    let [ann, bob] = app.users(["ann", "bob"]).await;
+    let room = app.as_user(&ann).create_room("public", None).await;
     let mut events = Listener::start(&app).await;
-    let join = json!({ "room_id": room });
-    app.post("/api/room/join_public", Some(&ann.token), join.clone())
+    app.as_user(&ann)
+        .try_join(room)
         .await
         .expect(400, "User already in room");
-    app.post("/api/room/delete", Some(&bob.token), join.clone())
+    let bob_acts = app.as_user(&bob);
+    bob_acts
+        .try_delete_room(room)
         .await
         .expect(404, "Room not found");
-    app.post("/api/room/leave", Some(&bob.token), join)
+    bob_acts
+        .try_leave(room)
         .await
         .expect(404, "User not in room");
     let edit = json!({ "room_id": room, "new_name": "x" });

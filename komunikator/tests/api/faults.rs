@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::harness::{Backend, Options, TestApp};
+use crate::harness::{Backend, Chat, Options, TestApp};
 use crate::sio::Socket;
 
 /// The database killed: REST calls that need it answer 503 JSON with
@@ -25,10 +25,7 @@ async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
         Options::unlimited().with("DATABASE_URL", db.url.clone()),
     )
     .await;
-    let ann = app.user("ann").await;
-    let room = app.room(&ann, "Outage", None).await;
-    let mut socket = app.socket(&ann).await;
-    socket.join(room).await;
+    let Chat(room, [ann], [socket]) = app.chat("Outage", ["ann"]).await;
 
     db.kill9();
     let calls = [
@@ -190,13 +187,7 @@ async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
         Options::unlimited().with("NATS_URL", nats.url.clone()),
     )
     .await;
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
-    let room = app.room(&ann, "Outage", None).await;
-    let mut sender = app.socket(&ann).await;
-    let mut reader = app.socket(&bob).await;
-    sender.join(room).await;
-    reader.join(room).await;
+    let Chat(room, _, [sender, mut reader]) = app.chat("Outage", ["ann", "bob"]).await;
 
     let count = 200;
     let interval = Duration::from_millis(50);
@@ -302,37 +293,21 @@ async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
         .await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    let stored = loop {
-        let history = app
-            .get(&format!("/api/chat_history?room_id={room}"), None)
-            .await;
-        let rows: i64 = app
-            .scalar(format!(
-                "SELECT COUNT(*) FROM chat_history WHERE room_id = {room}"
-            ))
-            .await;
+    let in_room = format!("room_id = {room}");
+    let ids = loop {
+        let history = app.history_ids(room).await;
+        let rows = app.count_rows("chat_history", &in_room).await;
         if rows >= count as i64 || Instant::now() > deadline {
             break history;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let ids: Vec<i64> = stored
-        .body
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|m| m["chat_id"].as_i64().expect("id"))
-        .collect();
     let acked_in_order: Vec<i64> = acked.iter().copied().collect();
     assert_eq!(
         ids, acked_in_order,
         "every acked message stored once, in order"
     );
-    let rows: i64 = app
-        .scalar(format!(
-            "SELECT COUNT(*) FROM chat_history WHERE room_id = {room}"
-        ))
-        .await;
+    let rows = app.count_rows("chat_history", &in_room).await;
     assert_eq!(rows, count as i64);
 }
 
@@ -348,13 +323,7 @@ async fn an_unconfirmed_message_is_code_8_after_10_s_and_its_resend_is_stored_on
         Options::default().with("NATS_URL", nats.url.clone()),
     )
     .await;
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
-    let room = app.room(&ann, "Long outage", None).await;
-    let mut sender = app.socket(&ann).await;
-    let mut reader = app.socket(&bob).await;
-    sender.join(room).await;
-    reader.join(room).await;
+    let Chat(room, _, [mut sender, mut reader]) = app.chat("Long outage", ["ann", "bob"]).await;
     let message = json!({ "room_id": room, "message": "patient", "client_msg_id": "late-1" });
 
     nats.kill9();
@@ -387,22 +356,9 @@ async fn an_unconfirmed_message_is_code_8_after_10_s_and_its_resend_is_stored_on
         .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let rows: Vec<i64> = {
-            let history = app
-                .get(&format!("/api/chat_history?room_id={room}"), None)
-                .await;
-            history
-                .body
-                .as_array()
-                .expect("history")
-                .iter()
-                .map(|m| m["chat_id"].as_i64().expect("id"))
-                .collect()
-        };
-        let stored: i64 = app
-            .scalar(format!(
-                "SELECT COUNT(*) FROM chat_history WHERE room_id = {room}"
-            ))
+        let rows = app.history_ids(room).await;
+        let stored = app
+            .count_rows("chat_history", &format!("room_id = {room}"))
             .await;
         assert_eq!(rows, [chat_id], "read once");
         if stored == 1 {
@@ -483,12 +439,10 @@ async fn a_redis_restart_announces_no_one_online_again_and_misses_no_one_offline
             ),
     )
     .await;
-    let ann = app.user("ann").await;
-    let cat = app.user("cat").await;
-    let bob = app.user("bob").await;
-    let room = app.room(&ann, "Presence", None).await;
+    let [ann, cat, bob] = app.users(["ann", "cat", "bob"]).await;
+    let room = app.as_user(&ann).create_room("Presence", None).await;
     for user in [&cat, &bob] {
-        app.join_public(user, room).await;
+        app.as_user(user).join(room).await;
     }
     let mut watcher = app.socket(&bob).await;
     watcher.join(room).await;
@@ -544,10 +498,9 @@ async fn a_broker_outage_longer_than_the_timeout_takes_no_one_offline() {
         ),
     )
     .await;
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
-    let room = app.room(&ann, "Presence", None).await;
-    app.join_public(&bob, room).await;
+    let [ann, bob] = app.users(["ann", "bob"]).await;
+    let room = app.as_user(&ann).create_room("Presence", None).await;
+    app.as_user(&bob).join(room).await;
     let mut watcher = app.socket(&bob).await;
     watcher.join(room).await;
     let stop = tokio_util::sync::CancellationToken::new();

@@ -241,7 +241,7 @@ async fn wrong_field_types_are_400(backend: Backend) {
     }
     let rooms = app.get("/api/user_rooms", Some(&ann.token)).await;
     assert_eq!(rooms.body, json!([]), "no room was created");
-    let room = app.room(&ann, "Edited", None).await;
+    let room = app.as_user(&ann).create_room("Edited", None).await;
     for bad in [json!("false"), json!("yes"), json!("true"), json!([true])] {
         app.post(
             "/api/room/edit",

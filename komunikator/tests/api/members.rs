@@ -6,50 +6,6 @@ use serde_json::{Value, json};
 use crate::harness::{Backend, Resp, TestApp, User};
 use crate::rooms::keys;
 
-async fn join_public(app: &TestApp, user: &User, room_id: i64) -> Resp {
-    app.post(
-        "/api/room/join_public",
-        Some(&user.token),
-        json!({ "room_id": room_id }),
-    )
-    .await
-}
-
-async fn join_private(app: &TestApp, user: &User, key: &str) -> Resp {
-    app.post(
-        "/api/room/join_private",
-        Some(&user.token),
-        json!({ "access_key": key }),
-    )
-    .await
-}
-
-async fn leave(app: &TestApp, user: &User, room_id: i64) -> Resp {
-    app.post(
-        "/api/room/leave",
-        Some(&user.token),
-        json!({ "room_id": room_id }),
-    )
-    .await
-}
-
-async fn kick(app: &TestApp, by: &User, room_id: i64, target: &str) -> Resp {
-    app.post(
-        "/api/user_kick",
-        Some(&by.token),
-        json!({ "room_id": room_id, "user_to_kick": target }),
-    )
-    .await
-}
-
-async fn user_list(app: &TestApp, room_id: i64, viewer: Option<&User>) -> Resp {
-    app.get(
-        &format!("/api/user_list?room_id={room_id}"),
-        viewer.map(|u| u.token.as_str()),
-    )
-    .await
-}
-
 /// The member names of a room, sorted, checking each entry's shape.
 #[track_caller]
 fn member_names(res: &Resp, room_id: i64) -> Vec<String> {
@@ -76,9 +32,7 @@ fn sorted(names: &[&str]) -> Vec<String> {
 }
 
 async fn user_rooms(app: &TestApp, user: &User) -> Vec<Value> {
-    let res = app.get("/api/user_rooms", Some(&user.token)).await;
-    assert_eq!(res.status, 200, "{res:?}");
-    res.body.as_array().expect("a list").clone()
+    app.as_user(user).user_rooms().await
 }
 
 fn room_ids(entries: &[Value]) -> Vec<i64> {
@@ -92,18 +46,17 @@ fn room_ids(entries: &[Value]) -> Vec<i64> {
 
 async fn join_public_makes_the_user_a_listed_member(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let room_id = app.room(&alice, "Lobby", None).await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let room_id = app.as_user(&alice).create_room("Lobby", None).await;
     assert_eq!(user_rooms(&app, &bob).await, Vec::<Value>::new());
 
-    let res = join_public(&app, &bob, room_id).await;
+    let res = app.as_user(&bob).try_join(room_id).await;
     res.expect_message("Joined room successfully");
     assert_eq!(keys(&res.body), ["message"]);
 
-    let names = member_names(&user_list(&app, room_id, None).await, room_id);
+    let names = member_names(&app.user_list(room_id, None).await, room_id);
     assert_eq!(names, sorted(&[&alice.name, &bob.name]));
-    let names = member_names(&user_list(&app, room_id, Some(&bob)).await, room_id);
+    let names = member_names(&app.user_list(room_id, Some(&bob)).await, room_id);
     assert_eq!(names, sorted(&[&alice.name, &bob.name]));
 
     let entries = user_rooms(&app, &bob).await;
@@ -125,7 +78,8 @@ async fn join_public_makes_the_user_a_listed_member(backend: Backend) {
     assert_eq!(entry["room_owner"].as_str(), Some(alice.name.as_str()));
     assert_eq!(entry["is_private"].as_bool(), Some(false));
 
-    join_public(&app, &bob, room_id)
+    app.as_user(&bob)
+        .try_join(room_id)
         .await
         .expect(400, "User already in room");
     assert_eq!(user_rooms(&app, &bob).await.len(), 1);
@@ -133,18 +87,19 @@ async fn join_public_makes_the_user_a_listed_member(backend: Backend) {
 
 async fn user_rooms_lists_every_membership_of_the_caller_only(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let own = app.room(&alice, "Own", Some("own-key")).await;
-    let public = app.room(&bob, "Bobs public", None).await;
-    let private = app.room(&bob, "Bobs private", Some("bob-key")).await;
-    let _not_joined = app.room(&bob, "Elsewhere", None).await;
-    join_public(&app, &alice, public)
-        .await
-        .expect_message("Joined room successfully");
-    join_private(&app, &alice, "bob-key")
-        .await
-        .expect_message("Joined room successfully");
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let own = app
+        .as_user(&alice)
+        .create_room("Own", Some("own-key"))
+        .await;
+    let public = app.as_user(&bob).create_room("Bobs public", None).await;
+    let private = app
+        .as_user(&bob)
+        .create_room("Bobs private", Some("bob-key"))
+        .await;
+    let _not_joined = app.as_user(&bob).create_room("Elsewhere", None).await;
+    app.as_user(&alice).join(public).await;
+    app.as_user(&alice).join_private("bob-key").await;
 
     let entries = user_rooms(&app, &alice).await;
     assert_eq!(room_ids(&entries), {
@@ -173,9 +128,8 @@ async fn user_rooms_lists_every_membership_of_the_caller_only(backend: Backend) 
 
 async fn join_public_refuses_missing_unknown_and_private_rooms(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let private = app.room(&alice, "Private", Some("pk")).await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let private = app.as_user(&alice).create_room("Private", Some("pk")).await;
     for body in [
         json!({}),
         json!({ "room_id": null }),
@@ -185,25 +139,26 @@ async fn join_public_refuses_missing_unknown_and_private_rooms(backend: Backend)
             .await
             .expect(400, "Missing room_id parameter");
     }
-    join_public(&app, &bob, private + 100)
+    app.as_user(&bob)
+        .try_join(private + 100)
         .await
         .expect(404, "Room not found");
-    join_public(&app, &bob, private)
+    app.as_user(&bob)
+        .try_join(private)
         .await
         .expect(404, "Room not found");
     assert_eq!(user_rooms(&app, &bob).await, Vec::<Value>::new());
-    let names = member_names(&user_list(&app, private, Some(&alice)).await, private);
+    let names = member_names(&app.user_list(private, Some(&alice)).await, private);
     assert_eq!(names, std::slice::from_ref(&alice.name));
 }
 
 async fn join_private_by_key_makes_the_user_a_member(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
     let key64 = "😀".repeat(64);
-    let room_id = app.room(&alice, "Vault", Some(&key64)).await;
+    let room_id = app.as_user(&alice).create_room("Vault", Some(&key64)).await;
 
-    let res = join_private(&app, &bob, &key64).await;
+    let res = app.as_user(&bob).try_join_private(&key64).await;
     res.expect_message("Joined room successfully");
     assert_eq!(keys(&res.body), ["message"]);
     let entries = user_rooms(&app, &bob).await;
@@ -214,23 +169,26 @@ async fn join_private_by_key_makes_the_user_a_member(backend: Backend) {
                  "room_owner": alice.name, "is_private": true })
         ]
     );
-    let names = member_names(&user_list(&app, room_id, Some(&bob)).await, room_id);
+    let names = member_names(&app.user_list(room_id, Some(&bob)).await, room_id);
     assert_eq!(names, sorted(&[&alice.name, &bob.name]));
 
-    join_private(&app, &bob, &key64)
+    app.as_user(&bob)
+        .try_join_private(&key64)
         .await
         .expect(400, "User already in room");
-    join_private(&app, &alice, &key64)
+    app.as_user(&alice)
+        .try_join_private(&key64)
         .await
         .expect(400, "User already in room");
 }
 
 async fn join_private_refuses_missing_wrong_and_overlong_keys(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    app.room(&alice, "Vault", Some("right-key")).await;
-    app.room(&alice, "Open", None).await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    app.as_user(&alice)
+        .create_room("Vault", Some("right-key"))
+        .await;
+    app.as_user(&alice).create_room("Open", None).await;
     for body in [
         json!({}),
         json!({ "access_key": null }),
@@ -241,36 +199,35 @@ async fn join_private_refuses_missing_wrong_and_overlong_keys(backend: Backend) 
             .await
             .expect(400, "Missing access_key parameter");
     }
-    join_private(&app, &bob, "wrong-key")
+    app.as_user(&bob)
+        .try_join_private("wrong-key")
         .await
         .expect(404, "Room not found");
-    join_private(&app, &bob, &"k".repeat(64))
+    app.as_user(&bob)
+        .try_join_private(&"k".repeat(64))
         .await
         .expect(404, "Room not found");
-    let res = join_private(&app, &bob, &"ż".repeat(65)).await;
-    assert_eq!(res.status, 400, "{res:?}");
-    assert!(!res.error().is_empty());
+    app.as_user(&bob)
+        .try_join_private(&"ż".repeat(65))
+        .await
+        .expect_refused(400, "over 64 characters");
     assert_eq!(user_rooms(&app, &bob).await, Vec::<Value>::new());
 }
 
 async fn private_member_list_is_only_for_members(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let eve = app.user("eve").await;
-    let room_id = app.room(&alice, "Private", Some("pk")).await;
-    join_private(&app, &bob, "pk")
-        .await
-        .expect_message("Joined room successfully");
+    let [alice, bob, eve] = app.users(["alice", "bob", "eve"]).await;
+    let room_id = app.as_user(&alice).create_room("Private", Some("pk")).await;
+    app.as_user(&bob).join_private("pk").await;
 
-    user_list(&app, room_id, None)
+    app.user_list(room_id, None)
         .await
         .expect(404, "Room not found");
-    user_list(&app, room_id, Some(&eve))
+    app.user_list(room_id, Some(&eve))
         .await
         .expect(404, "Room not found");
     for viewer in [&alice, &bob] {
-        let names = member_names(&user_list(&app, room_id, Some(viewer)).await, room_id);
+        let names = member_names(&app.user_list(room_id, Some(viewer)).await, room_id);
         assert_eq!(names, sorted(&[&alice.name, &bob.name]));
     }
 }
@@ -287,60 +244,51 @@ async fn user_list_needs_an_existing_room_id(backend: Backend) {
     app.get("/api/user_list?room_id=4242", None)
         .await
         .expect(404, "Room not found");
-    let room_id = app.room(&alice, "Room", None).await;
+    let room_id = app.as_user(&alice).create_room("Room", None).await;
     // A numeric string in the query is the normal form; it works anonymously.
-    let names = member_names(&user_list(&app, room_id, None).await, room_id);
+    let names = member_names(&app.user_list(room_id, None).await, room_id);
     assert_eq!(names, std::slice::from_ref(&alice.name));
 }
 
 async fn leave_removes_the_membership(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let public = app.room(&alice, "Public", None).await;
-    let private = app.room(&alice, "Private", Some("pk")).await;
-    join_public(&app, &bob, public)
-        .await
-        .expect_message("Joined room successfully");
-    join_private(&app, &bob, "pk")
-        .await
-        .expect_message("Joined room successfully");
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let public = app.as_user(&alice).create_room("Public", None).await;
+    let private = app.as_user(&alice).create_room("Private", Some("pk")).await;
+    app.as_user(&bob).join(public).await;
+    app.as_user(&bob).join_private("pk").await;
     assert_eq!(user_rooms(&app, &bob).await.len(), 2);
 
-    let res = leave(&app, &bob, public).await;
+    let res = app.as_user(&bob).try_leave(public).await;
     res.expect_message("Left room successfully");
     assert_eq!(keys(&res.body), ["message"]);
     assert_eq!(room_ids(&user_rooms(&app, &bob).await), [private]);
-    let names = member_names(&user_list(&app, public, None).await, public);
+    let names = member_names(&app.user_list(public, None).await, public);
     assert_eq!(names, std::slice::from_ref(&alice.name));
-    leave(&app, &bob, public)
+    app.as_user(&bob)
+        .try_leave(public)
         .await
         .expect(404, "User not in room");
 
     // Leaving a private room also ends read access to it.
-    leave(&app, &bob, private)
-        .await
-        .expect_message("Left room successfully");
+    app.as_user(&bob).leave(private).await;
     assert_eq!(user_rooms(&app, &bob).await, Vec::<Value>::new());
     app.get(&format!("/api/room?room_id={private}"), Some(&bob.token))
         .await
         .expect(404, "Room not found");
-    user_list(&app, private, Some(&bob))
+    app.user_list(private, Some(&bob))
         .await
         .expect(404, "Room not found");
-    let names = member_names(&user_list(&app, private, Some(&alice)).await, private);
+    let names = member_names(&app.user_list(private, Some(&alice)).await, private);
     assert_eq!(names, std::slice::from_ref(&alice.name));
     // Re-joining works.
-    join_private(&app, &bob, "pk")
-        .await
-        .expect_message("Joined room successfully");
+    app.as_user(&bob).join_private("pk").await;
 }
 
 async fn leave_refuses_missing_unknown_and_foreign_rooms(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let public = app.room(&alice, "Public", None).await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let public = app.as_user(&alice).create_room("Public", None).await;
     for body in [
         json!({}),
         json!({ "room_id": null }),
@@ -350,10 +298,12 @@ async fn leave_refuses_missing_unknown_and_foreign_rooms(backend: Backend) {
             .await
             .expect(400, "Missing room_id or user_name parameter");
     }
-    leave(&app, &bob, public + 100)
+    app.as_user(&bob)
+        .try_leave(public + 100)
         .await
         .expect(404, "Room not found");
-    leave(&app, &bob, public)
+    app.as_user(&bob)
+        .try_leave(public)
         .await
         .expect(404, "User not in room");
     // The token decides who leaves, not a user_name in the body.
@@ -364,28 +314,22 @@ async fn leave_refuses_missing_unknown_and_foreign_rooms(backend: Backend) {
     )
     .await
     .expect(404, "User not in room");
-    let names = member_names(&user_list(&app, public, None).await, public);
+    let names = member_names(&app.user_list(public, None).await, public);
     assert_eq!(names, std::slice::from_ref(&alice.name));
 }
 
 async fn owner_kicks_a_member_who_then_loses_access(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let carol = app.user("carol").await;
-    let room_id = app.room(&alice, "Private", Some("pk")).await;
-    join_private(&app, &bob, "pk")
-        .await
-        .expect_message("Joined room successfully");
-    join_private(&app, &carol, "pk")
-        .await
-        .expect_message("Joined room successfully");
+    let [alice, bob, carol] = app.users(["alice", "bob", "carol"]).await;
+    let room_id = app.as_user(&alice).create_room("Private", Some("pk")).await;
+    app.as_user(&bob).join_private("pk").await;
+    app.as_user(&carol).join_private("pk").await;
 
-    let res = kick(&app, &alice, room_id, &bob.name).await;
+    let res = app.as_user(&alice).try_kick(room_id, &bob).await;
     res.expect_message("User kicked successfully");
     assert_eq!(keys(&res.body), ["message"]);
 
-    let names = member_names(&user_list(&app, room_id, Some(&alice)).await, room_id);
+    let names = member_names(&app.user_list(room_id, Some(&alice)).await, room_id);
     assert_eq!(names, sorted(&[&alice.name, &carol.name]));
     assert_eq!(user_rooms(&app, &bob).await, Vec::<Value>::new());
     for path in ["/api/room", "/api/user_list", "/api/chat_history"] {
@@ -393,54 +337,47 @@ async fn owner_kicks_a_member_who_then_loses_access(backend: Backend) {
             .await
             .expect(404, "Room not found");
     }
-    kick(&app, &alice, room_id, &bob.name)
+    app.as_user(&alice)
+        .try_kick(room_id, &bob)
         .await
         .expect(404, "User not in room");
 
     // Kicking from a public room works the same way.
-    let public = app.room(&alice, "Public", None).await;
-    join_public(&app, &bob, public)
-        .await
-        .expect_message("Joined room successfully");
-    kick(&app, &alice, public, &bob.name)
-        .await
-        .expect_message("User kicked successfully");
-    let names = member_names(&user_list(&app, public, None).await, public);
+    let public = app.as_user(&alice).create_room("Public", None).await;
+    app.as_user(&bob).join(public).await;
+    app.as_user(&alice).kick(public, &bob).await;
+    let names = member_names(&app.user_list(public, None).await, public);
     assert_eq!(names, std::slice::from_ref(&alice.name));
 }
 
 async fn only_the_owner_may_kick(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let carol = app.user("carol").await;
-    let eve = app.user("eve").await;
-    let private = app.room(&alice, "Private", Some("pk")).await;
-    let public = app.room(&alice, "Public", None).await;
+    let [alice, bob, carol, eve] = app.users(["alice", "bob", "carol", "eve"]).await;
+    let private = app.as_user(&alice).create_room("Private", Some("pk")).await;
+    let public = app.as_user(&alice).create_room("Public", None).await;
     for user in [&bob, &carol] {
-        join_private(&app, user, "pk")
-            .await
-            .expect_message("Joined room successfully");
-        join_public(&app, user, public)
-            .await
-            .expect_message("Joined room successfully");
+        app.as_user(user).join_private("pk").await;
+        app.as_user(user).join(public).await;
     }
 
     // A member who is not the owner.
     for room_id in [private, public] {
-        kick(&app, &carol, room_id, &bob.name)
+        app.as_user(&carol)
+            .try_kick(room_id, &bob)
             .await
             .expect(403, "You are not the owner of this room");
-        kick(&app, &carol, room_id, &alice.name)
+        app.as_user(&carol)
+            .try_kick(room_id, &alice)
             .await
             .expect(403, "You are not the owner of this room");
     }
     // A stranger to a public room.
-    kick(&app, &eve, public, &bob.name)
+    app.as_user(&eve)
+        .try_kick(public, &bob)
         .await
         .expect(403, "You are not the owner of this room");
     // A stranger to a private room is refused too (and learns nothing more).
-    let res = kick(&app, &eve, private, &bob.name).await;
+    let res = app.as_user(&eve).try_kick(private, &bob).await;
     assert!(
         [
             (403, "You are not the owner of this room"),
@@ -451,7 +388,7 @@ async fn only_the_owner_may_kick(backend: Backend) {
     );
 
     for room_id in [private, public] {
-        let names = member_names(&user_list(&app, room_id, Some(&alice)).await, room_id);
+        let names = member_names(&app.user_list(room_id, Some(&alice)).await, room_id);
         assert_eq!(names, sorted(&[&alice.name, &bob.name, &carol.name]));
     }
 }
@@ -459,19 +396,18 @@ async fn only_the_owner_may_kick(backend: Backend) {
 async fn the_owner_cannot_be_kicked(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Mine", None).await;
-    let res = kick(&app, &alice, room_id, &alice.name).await;
+    let room_id = app.as_user(&alice).create_room("Mine", None).await;
+    let res = app.as_user(&alice).try_kick(room_id, &alice).await;
     assert_eq!(res.status, 400, "{res:?}");
     assert_eq!(res.error(), "The owner cannot be kicked");
-    let names = member_names(&user_list(&app, room_id, None).await, room_id);
+    let names = member_names(&app.user_list(room_id, None).await, room_id);
     assert_eq!(names, std::slice::from_ref(&alice.name));
 }
 
 async fn kick_refuses_missing_parameters_and_non_members(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let room_id = app.room(&alice, "Room", None).await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let room_id = app.as_user(&alice).create_room("Room", None).await;
     for body in [
         json!({}),
         json!({ "room_id": room_id }),
@@ -484,40 +420,46 @@ async fn kick_refuses_missing_parameters_and_non_members(backend: Backend) {
             .expect(400, "Missing user_name or room_id parameter");
     }
     // A registered user who is not a member, and a name nobody has.
-    kick(&app, &alice, room_id, &bob.name)
+    app.as_user(&alice)
+        .try_kick(room_id, &bob)
         .await
         .expect(404, "User not in room");
-    kick(&app, &alice, room_id, "nobody_at_all")
+    app.as_user(&alice)
+        .try_kick(room_id, "nobody_at_all")
         .await
         .expect(404, "User not in room");
-    let res = kick(&app, &alice, room_id + 100, &bob.name).await;
+    let res = app.as_user(&alice).try_kick(room_id + 100, &bob).await;
     assert_eq!(res.status, 404, "{res:?}");
+}
+
+/// The body of `GET /api/user/get_info`: messages sent, private and public
+/// rooms owned, private and public rooms the user is a member of.
+pub(crate) fn counters(messages: u32, owned: (u32, u32), member: (u32, u32)) -> Value {
+    json!({ "message_count": messages,
+            "private_rooms_owned": owned.0, "public_rooms_owned": owned.1,
+            "private_rooms_member": member.0, "public_rooms_member": member.1 })
 }
 
 async fn user_info_counts_rooms_owned_joined_and_messages_sent(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let zero = json!({ "message_count": 0, "private_rooms_owned": 0, "public_rooms_owned": 0,
-                       "private_rooms_member": 0, "public_rooms_member": 0 });
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let (ann_acts, bob_acts) = (app.as_user(&alice), app.as_user(&bob));
     let res = app.get("/api/user/get_info", Some(&alice.token)).await;
-    assert_eq!((res.status, &res.body), (200, &zero), "{res:?}");
+    assert_eq!(
+        (res.status, &res.body),
+        (200, &counters(0, (0, 0), (0, 0))),
+        "{res:?}"
+    );
 
-    let own_public = app.room(&alice, "A public", None).await;
-    let own_private = app.room(&alice, "A private 1", Some("a-key-1")).await;
-    app.room(&alice, "A private 2", Some("a-key-2")).await;
-    let bob_public = app.room(&bob, "B public", None).await;
-    let bob_public_2 = app.room(&bob, "B public 2", None).await;
-    let bob_private = app.room(&bob, "B private", Some("b-key")).await;
-    join_public(&app, &alice, bob_public)
-        .await
-        .expect_message("Joined room successfully");
-    join_public(&app, &alice, bob_public_2)
-        .await
-        .expect_message("Joined room successfully");
-    join_private(&app, &alice, "b-key")
-        .await
-        .expect_message("Joined room successfully");
+    let own_public = ann_acts.create_room("A public", None).await;
+    let own_private = ann_acts.create_room("A private 1", Some("a-key-1")).await;
+    ann_acts.create_room("A private 2", Some("a-key-2")).await;
+    let bob_public = bob_acts.create_room("B public", None).await;
+    let bob_public_2 = bob_acts.create_room("B public 2", None).await;
+    let bob_private = bob_acts.create_room("B private", Some("b-key")).await;
+    ann_acts.join(bob_public).await;
+    ann_acts.join(bob_public_2).await;
+    ann_acts.join_private("b-key").await;
     app.sql(format!(
         "INSERT INTO chat_history (message_id, room_id, user_name, message, message_date) VALUES \
          (1, {own_public}, '{a}', 'one', '2026-11-24 19:20:24.123'), \
@@ -532,35 +474,13 @@ async fn user_info_counts_rooms_owned_joined_and_messages_sent(backend: Backend)
 
     let res = app.get("/api/user/get_info", Some(&alice.token)).await;
     assert_eq!(res.status, 200, "{res:?}");
-    assert_eq!(
-        res.body,
-        json!({ "message_count": 4, "private_rooms_owned": 2, "public_rooms_owned": 1,
-                "private_rooms_member": 3, "public_rooms_member": 3 })
-    );
-    let res = app.get("/api/user/get_info", Some(&bob.token)).await;
-    assert_eq!(
-        res.body,
-        json!({ "message_count": 1, "private_rooms_owned": 1, "public_rooms_owned": 2,
-                "private_rooms_member": 1, "public_rooms_member": 2 })
-    );
+    assert_eq!(res.body, counters(4, (2, 1), (3, 3)));
+    assert_eq!(bob_acts.info().await, counters(1, (1, 2), (1, 2)));
 
     // Leaving and turning a private room public move the counters.
-    leave(&app, &alice, bob_public_2)
-        .await
-        .expect_message("Left room successfully");
-    app.post(
-        "/api/room/edit",
-        Some(&alice.token),
-        json!({ "room_id": own_private, "new_name": "Now public", "is_private": false }),
-    )
-    .await
-    .expect_message("Room edited successfully");
-    let res = app.get("/api/user/get_info", Some(&alice.token)).await;
-    assert_eq!(
-        res.body,
-        json!({ "message_count": 4, "private_rooms_owned": 1, "public_rooms_owned": 2,
-                "private_rooms_member": 2, "public_rooms_member": 3 })
-    );
+    ann_acts.leave(bob_public_2).await;
+    ann_acts.edit_room(own_private, "Now public", None).await;
+    assert_eq!(ann_acts.info().await, counters(4, (1, 2), (2, 3)));
 }
 
 crate::on_both_stores!(

@@ -13,25 +13,32 @@ use crate::sio::Socket;
 const TIMEOUT_MS: u64 = 2000;
 
 fn short_timeout() -> Options {
-    Options {
-        env: vec![("PRESENCE_TIMEOUT_MS", TIMEOUT_MS.to_string())],
-        ..Options::default()
-    }
+    Options::default().with("PRESENCE_TIMEOUT_MS", TIMEOUT_MS.to_string())
 }
 
 /// A room owned by `owner` with `members` joined over REST.
 async fn room_with(app: &TestApp, owner: &User, members: &[&User]) -> i64 {
-    let room = app.room(owner, "presence", None).await;
+    let room = app.as_user(owner).create_room("presence", None).await;
     for member in members {
-        app.post(
-            "/api/room/join_public",
-            Some(&member.token),
-            json!({ "room_id": room }),
-        )
-        .await
-        .expect_message("Joined room successfully");
+        app.as_user(member).join(room).await;
     }
     room
+}
+
+/// Ann and Bob (`.0`), members of a room that Bob watches with a joined
+/// socket (`.1`).
+async fn watched_by_bob(app: &TestApp) -> ([User; 2], Socket) {
+    let [ann, bob] = app.users(["ann", "bob"]).await;
+    let room = room_with(app, &ann, &[&bob]).await;
+    let mut watcher = app.socket(&bob).await;
+    watcher.join(room).await;
+    ([ann, bob], watcher)
+}
+
+/// Asserts the next `user_online` a socket receives announces `user`.
+async fn expect_online(socket: &mut Socket, user: &User) {
+    let online = socket.expect("user_online").await;
+    assert_eq!(online, json!({ "user_name": user.name }));
 }
 
 fn beat(socket: &Socket, user: &User) {
@@ -52,23 +59,16 @@ async fn heartbeat_for(socket: &Socket, user: &User, period: Duration) -> Instan
 }
 
 async fn online_list(app: &TestApp, user: &User) -> serde_json::Value {
-    app.get("/api/users/online", Some(&user.token)).await.body
+    app.as_user(user).online().await
 }
 
 async fn heartbeats_bring_a_user_online_and_silence_takes_them_offline(backend: Backend) {
     let app = TestApp::start_with(backend, short_timeout()).await;
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
-    let room = room_with(&app, &ann, &[&bob]).await;
-    let mut watcher = app.socket(&bob).await;
-    watcher.join(room).await;
+    let ([ann, bob], mut watcher) = watched_by_bob(&app).await;
     let ann_socket = app.socket(&ann).await;
 
     beat(&ann_socket, &ann);
-    assert_eq!(
-        watcher.expect("user_online").await,
-        json!({ "user_name": ann.name })
-    );
+    expect_online(&mut watcher, &ann).await;
     assert_eq!(online_list(&app, &bob).await, json!([ann.name]));
 
     // Steady heartbeats, 10 a second and then some: no offline, no second online.
@@ -99,20 +99,15 @@ async fn heartbeats_bring_a_user_online_and_silence_takes_them_offline(backend: 
 
     // Back again: online once more.
     beat(&ann_socket, &ann);
-    assert_eq!(
-        watcher.expect("user_online").await,
-        json!({ "user_name": ann.name })
-    );
+    expect_online(&mut watcher, &ann).await;
 }
 
 async fn presence_events_go_only_to_the_rooms_the_user_is_a_member_of(backend: Backend) {
     let app = TestApp::start_with(backend, short_timeout()).await;
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
-    let eve = app.user("eve").await;
+    let [ann, bob, eve] = app.users(["ann", "bob", "eve"]).await;
     let shared = room_with(&app, &ann, &[&bob]).await;
     let elsewhere = room_with(&app, &eve, &[]).await;
-    let private = app.room(&eve, "secret", Some("key")).await;
+    let private = app.as_user(&eve).create_room("secret", Some("key")).await;
     let mut in_shared = app.socket(&bob).await;
     in_shared.join(shared).await;
     let mut in_other = app.socket(&eve).await;
@@ -132,21 +127,9 @@ async fn presence_events_go_only_to_the_rooms_the_user_is_a_member_of(backend: B
     );
 
     // Joining a private room by key brings presence events there from then on.
-    app.post(
-        "/api/room/join_private",
-        Some(&ann.token),
-        json!({ "access_key": "key" }),
-    )
-    .await
-    .expect_message("Joined room successfully");
+    app.as_user(&ann).join_private("key").await;
     // Leaving stops them in that room.
-    app.post(
-        "/api/room/leave",
-        Some(&ann.token),
-        json!({ "room_id": shared }),
-    )
-    .await
-    .expect_message("Left room successfully");
+    app.as_user(&ann).leave(shared).await;
     let offline = in_other.expect("user_offline").await;
     assert_eq!(offline, json!({ "user_name": ann.name }));
     in_shared
@@ -156,11 +139,7 @@ async fn presence_events_go_only_to_the_rooms_the_user_is_a_member_of(backend: B
 
 async fn malformed_watchdogs_are_refused_and_break_nothing(backend: Backend) {
     let app = TestApp::start_with(backend, short_timeout()).await;
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
-    let room = room_with(&app, &ann, &[&bob]).await;
-    let mut watcher = app.socket(&bob).await;
-    watcher.join(room).await;
+    let ([ann, bob], mut watcher) = watched_by_bob(&app).await;
     let mut ann_socket = app.socket(&ann).await;
     for bad in [
         json!("ann"),
@@ -183,10 +162,7 @@ async fn malformed_watchdogs_are_refused_and_break_nothing(backend: Backend) {
         .expect_none("user_online", Duration::from_millis(300))
         .await;
     beat(&ann_socket, &ann);
-    assert_eq!(
-        watcher.expect("user_online").await,
-        json!({ "user_name": ann.name })
-    );
+    expect_online(&mut watcher, &ann).await;
 }
 
 crate::on_both_stores!(
@@ -244,11 +220,7 @@ async fn two_presence_replicas_announce_each_transition_once() {
     let mut app = TestApp::start_with(Backend::MySql, short_timeout()).await;
     let second = Service::spawn(&["presence"], &app.env(), "127.0.0.1:0").await;
     app.add_gateway().await;
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
-    let room = room_with(&app, &ann, &[&bob]).await;
-    let mut watcher = app.socket(&bob).await;
-    watcher.join(room).await;
+    let ([ann, _], mut watcher) = watched_by_bob(&app).await;
     // Heartbeats through both gateways reach both replicas.
     let first = app.socket_on(0, &ann).await;
     let other = app.socket_on(1, &ann).await;
@@ -279,11 +251,7 @@ async fn two_presence_replicas_announce_each_transition_once() {
 #[tokio::test]
 async fn killing_presence_during_steady_heartbeats_causes_no_offline_storm() {
     let mut app = TestApp::start_with(Backend::MySql, short_timeout()).await;
-    let ann = app.user("ann").await;
-    let bob = app.user("bob").await;
-    let room = room_with(&app, &ann, &[&bob]).await;
-    let mut watcher = app.socket(&bob).await;
-    watcher.join(room).await;
+    let ([ann, _], mut watcher) = watched_by_bob(&app).await;
     let ann_socket = app.socket(&ann).await;
     beat(&ann_socket, &ann);
     watcher.expect("user_online").await;

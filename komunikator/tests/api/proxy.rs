@@ -54,7 +54,7 @@ async fn rest_sockets_and_cors_work_through_nginx() {
     assert_cors(&proxied.nginx.url).await;
 
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "Proxied", None).await;
+    let room = app.as_user(&ann).create_room("Proxied", None).await;
     let listed = app.get("/api/rooms", None).await;
     assert!(
         listed
@@ -182,7 +182,7 @@ async fn acknowledged_messages_are_in_every_later_read_on_every_api_replica() {
     let proxied = Proxied::start(Options::unlimited()).await;
     let app = &proxied.app;
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "Reads", None).await;
+    let room = app.as_user(&ann).create_room("Reads", None).await;
     let mut socket = Socket::connect(&proxied.nginx.url, Auth::Payload(&ann.token))
         .await
         .expect("socket");
@@ -238,7 +238,11 @@ async fn acknowledged_messages_are_in_every_later_read_on_every_api_replica() {
 async fn every_client_rejoins_within_5s_when_a_gateway_is_killed() {
     let mut proxied = Proxied::start(Options::default()).await;
     let owner = proxied.app.user("owner").await;
-    let room = proxied.app.room(&owner, "Restarts", None).await;
+    let room = proxied
+        .app
+        .as_user(&owner)
+        .create_room("Restarts", None)
+        .await;
     // Users written directly (100 argon2 hashes would take long).
     let mut lines = String::new();
     let mut values = Vec::new();

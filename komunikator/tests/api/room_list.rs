@@ -34,7 +34,7 @@ async fn the_list_follows_every_change_at_once(backend: Backend) {
     for _ in 0..3 {
         assert!(names(&app.base).await.is_empty());
     }
-    let room = app.room(&owner, "first", None).await;
+    let room = app.as_user(&owner).create_room("first", None).await;
     assert_eq!(names(&app.base).await, ["first"]);
     app.post(
         "/api/room/edit",
@@ -44,26 +44,16 @@ async fn the_list_follows_every_change_at_once(backend: Backend) {
     .await
     .expect_message("Room edited successfully");
     assert_eq!(names(&app.base).await, ["renamed"]);
-    app.post(
-        "/api/room/edit",
-        Some(&owner.token),
-        json!({ "room_id": room, "new_name": "hidden", "is_private": true, "new_access_key": "k" }),
-    )
-    .await
-    .expect_message("Room edited successfully");
+    app.as_user(&owner)
+        .edit_room(room, "hidden", Some("k"))
+        .await;
     assert!(
         names(&app.base).await.is_empty(),
         "a private room is not listed"
     );
-    let other = app.room(&owner, "second", None).await;
+    let other = app.as_user(&owner).create_room("second", None).await;
     assert_eq!(names(&app.base).await, ["second"]);
-    app.post(
-        "/api/room/delete",
-        Some(&owner.token),
-        json!({ "room_id": other }),
-    )
-    .await
-    .expect_message("Room deleted successfully");
+    app.as_user(&owner).delete_room(other).await;
     assert!(names(&app.base).await.is_empty());
 }
 
@@ -79,7 +69,7 @@ async fn another_replica_lists_a_change_by_the_time_a_socket_hears_of_it() {
         assert_eq!(names(&other.url).await, before);
         // ...when this one creates a room.
         let name = format!("room {round}");
-        app.room(&owner, &name, None).await;
+        app.as_user(&owner).create_room(&name, None).await;
         socket.expect("room_list_updated").await;
         assert!(
             names(&other.url).await.contains(&name),

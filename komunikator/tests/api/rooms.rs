@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, Resp, TestApp, User};
+use crate::harness::{Backend, TestApp};
 
 /// The sorted keys of a JSON object.
 pub(crate) fn keys(v: &Value) -> Vec<&str> {
@@ -92,19 +92,9 @@ pub(crate) fn wrongly_signed_token(user_name: &str) -> String {
     .expect("sign token")
 }
 
-async fn get_room(app: &TestApp, room_id: i64, viewer: Option<&User>) -> Resp {
-    app.get(
-        &format!("/api/room?room_id={room_id}"),
-        viewer.map(|u| u.token.as_str()),
-    )
-    .await
-}
-
-/// The public room list as (room_id -> room object).
+/// The public room list.
 async fn public_rooms(app: &TestApp, token: Option<&str>) -> Vec<Value> {
-    let res = app.get("/api/rooms", token).await;
-    assert_eq!(res.status, 200, "{res:?}");
-    res.body.as_array().expect("a list of rooms").clone()
+    app.get("/api/rooms", token).await.list()
 }
 
 fn find(rooms: &[Value], room_id: i64) -> Option<&Value> {
@@ -116,36 +106,25 @@ fn find(rooms: &[Value], room_id: i64) -> Option<&Value> {
 async fn create_answers_room_id_and_makes_the_creator_owner_and_member(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let res = app
-        .post(
-            "/api/room/create",
-            Some(&alice.token),
-            json!({ "room_name": "Lobby", "is_private": false, "access_key": null }),
-        )
-        .await;
+    let res = app.as_user(&alice).try_create_room("Lobby", None).await;
     res.expect_message("Room created successfully");
     assert_eq!(keys(&res.body), ["message", "room_id"], "{res:?}");
     let room_id = res.body["room_id"].as_i64().expect("room_id is an integer");
     assert!(room_id > 0);
 
     // Anyone may read a public room; the creator is its owner.
-    let res = get_room(&app, room_id, None).await;
+    let res = app.get_room(room_id, None).await;
     assert_eq!(res.status, 200, "{res:?}");
     assert_room(&res.body, room_id, "Lobby", &alice.name, false, None);
-    let res = get_room(&app, room_id, Some(&alice)).await;
+    let res = app.get_room(room_id, Some(&alice)).await;
     assert_room(&res.body, room_id, "Lobby", &alice.name, false, None);
 
     // ... and a member: an older client's follow-up join is refused.
-    app.post(
-        "/api/room/join_public",
-        Some(&alice.token),
-        json!({ "room_id": room_id }),
-    )
-    .await
-    .expect(400, "User already in room");
-    let res = app
-        .get(&format!("/api/user_list?room_id={room_id}"), None)
-        .await;
+    app.as_user(&alice)
+        .try_join(room_id)
+        .await
+        .expect(400, "User already in room");
+    let res = app.user_list(room_id, None).await;
     assert_eq!(
         res.body,
         json!([{ "user_name": alice.name, "room_id": room_id }])
@@ -162,26 +141,19 @@ async fn create_answers_room_id_and_makes_the_creator_owner_and_member(backend: 
     res.expect_message("Room created successfully");
     let other = res.body["room_id"].as_i64().expect("room_id");
     assert_ne!(other, room_id);
-    let res = get_room(&app, other, Some(&alice)).await;
+    let res = app.get_room(other, Some(&alice)).await;
     assert_room(&res.body, other, "Other", &alice.name, false, None);
 }
 
 async fn private_room_key_is_shown_only_to_its_owner(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let eve = app.user("eve").await;
-    let res = app
-        .post(
-            "/api/room/create",
-            Some(&alice.token),
-            json!({ "room_name": "Secret", "is_private": true, "access_key": "sesame" }),
-        )
+    let [alice, bob, eve] = app.users(["alice", "bob", "eve"]).await;
+    let room_id = app
+        .as_user(&alice)
+        .create_room("Secret", Some("sesame"))
         .await;
-    res.expect_message("Room created successfully");
-    let room_id = res.body["room_id"].as_i64().expect("room_id");
 
-    let res = get_room(&app, room_id, Some(&alice)).await;
+    let res = app.get_room(room_id, Some(&alice)).await;
     assert_eq!(res.status, 200, "{res:?}");
     assert_room(
         &res.body,
@@ -192,21 +164,15 @@ async fn private_room_key_is_shown_only_to_its_owner(backend: Backend) {
         Some("sesame"),
     );
 
-    app.post(
-        "/api/room/join_private",
-        Some(&bob.token),
-        json!({ "access_key": "sesame" }),
-    )
-    .await
-    .expect_message("Joined room successfully");
-    let res = get_room(&app, room_id, Some(&bob)).await;
+    app.as_user(&bob).join_private("sesame").await;
+    let res = app.get_room(room_id, Some(&bob)).await;
     assert_eq!(res.status, 200, "a member reads the room: {res:?}");
     assert_room(&res.body, room_id, "Secret", &alice.name, true, None);
 
-    get_room(&app, room_id, None)
+    app.get_room(room_id, None)
         .await
         .expect(404, "Room not found");
-    get_room(&app, room_id, Some(&eve))
+    app.get_room(room_id, Some(&eve))
         .await
         .expect(404, "Room not found");
 
@@ -218,11 +184,13 @@ async fn private_room_key_is_shown_only_to_its_owner(backend: Backend) {
 async fn room_list_shows_every_public_room_and_no_private_one(backend: Backend) {
     let app = TestApp::start(backend).await;
     assert_eq!(public_rooms(&app, None).await, Vec::<Value>::new());
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let a = app.room(&alice, "Alpha", None).await;
-    let b = app.room(&bob, "Beta", None).await;
-    let hidden = app.room(&alice, "Hidden", Some("k-hidden")).await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let a = app.as_user(&alice).create_room("Alpha", None).await;
+    let b = app.as_user(&bob).create_room("Beta", None).await;
+    let hidden = app
+        .as_user(&alice)
+        .create_room("Hidden", Some("k-hidden"))
+        .await;
 
     let rooms = public_rooms(&app, None).await;
     assert_eq!(rooms.len(), 2, "{rooms:?}");
@@ -292,39 +260,32 @@ async fn private_room_without_access_key_is_rejected(backend: Backend) {
 
 async fn duplicate_access_key_is_rejected_on_create_and_edit(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let first = app.room(&alice, "First", Some("shared-key")).await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let first = app
+        .as_user(&alice)
+        .create_room("First", Some("shared-key"))
+        .await;
 
-    app.post(
-        "/api/room/create",
-        Some(&bob.token),
-        json!({ "room_name": "Copy", "is_private": true, "access_key": "shared-key" }),
-    )
-    .await
-    .expect(400, "Room with this access key already exists");
+    let bob_acts = app.as_user(&bob);
+    let taken = "Room with this access key already exists";
+    bob_acts
+        .try_create_room("Copy", Some("shared-key"))
+        .await
+        .expect(400, taken);
 
-    let second = app.room(&bob, "Second", Some("other-key")).await;
-    app.post(
-        "/api/room/edit",
-        Some(&bob.token),
-        json!({ "room_id": second, "new_name": "Second", "is_private": true,
-                "new_access_key": "shared-key" }),
-    )
-    .await
-    .expect(400, "Room with this access key already exists");
-    let public = app.room(&bob, "Public", None).await;
-    app.post(
-        "/api/room/edit",
-        Some(&bob.token),
-        json!({ "room_id": public, "new_name": "Public", "is_private": true,
-                "new_access_key": "shared-key" }),
-    )
-    .await
-    .expect(400, "Room with this access key already exists");
+    let second = bob_acts.create_room("Second", Some("other-key")).await;
+    bob_acts
+        .try_edit_room(second, "Second", Some("shared-key"))
+        .await
+        .expect(400, taken);
+    let public = bob_acts.create_room("Public", None).await;
+    bob_acts
+        .try_edit_room(public, "Public", Some("shared-key"))
+        .await
+        .expect(400, taken);
 
     // Nothing changed, and a room may keep its own key.
-    let res = get_room(&app, second, Some(&bob)).await;
+    let res = app.get_room(second, Some(&bob)).await;
     assert_room(
         &res.body,
         second,
@@ -333,17 +294,12 @@ async fn duplicate_access_key_is_rejected_on_create_and_edit(backend: Backend) {
         true,
         Some("other-key"),
     );
-    let res = get_room(&app, public, Some(&bob)).await;
+    let res = app.get_room(public, Some(&bob)).await;
     assert_room(&res.body, public, "Public", &bob.name, false, None);
-    app.post(
-        "/api/room/edit",
-        Some(&bob.token),
-        json!({ "room_id": second, "new_name": "Renamed", "is_private": true,
-                "new_access_key": "other-key" }),
-    )
-    .await
-    .expect_message("Room edited successfully");
-    let res = get_room(&app, first, Some(&alice)).await;
+    bob_acts
+        .edit_room(second, "Renamed", Some("other-key"))
+        .await;
+    let res = app.get_room(first, Some(&alice)).await;
     assert_room(
         &res.body,
         first,
@@ -358,45 +314,35 @@ async fn room_name_limit_is_64_characters_not_bytes(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
     for name in ["ż".repeat(64), "😀".repeat(64), "a".repeat(64)] {
-        let room_id = app.room(&alice, &name, None).await;
-        let res = get_room(&app, room_id, None).await;
+        let room_id = app.as_user(&alice).create_room(&name, None).await;
+        let res = app.get_room(room_id, None).await;
         assert_room(&res.body, room_id, &name, &alice.name, false, None);
     }
     for name in ["ż".repeat(65), "a".repeat(65)] {
-        let res = app
-            .post(
-                "/api/room/create",
-                Some(&alice.token),
-                json!({ "room_name": name, "is_private": false }),
-            )
-            .await;
-        assert_eq!(res.status, 400, "{res:?}");
-        assert!(!res.error().is_empty());
+        app.post(
+            "/api/room/create",
+            Some(&alice.token),
+            json!({ "room_name": name, "is_private": false }),
+        )
+        .await
+        .expect_refused(400, "over 64 characters");
     }
     assert_eq!(public_rooms(&app, None).await.len(), 3);
 
     // The same limit on edit.
-    let room_id = app.room(&alice, "short", None).await;
+    let room_id = app.as_user(&alice).create_room("short", None).await;
     let long = "😀".repeat(64);
+    app.as_user(&alice).edit_room(room_id, &long, None).await;
+    let res = app.get_room(room_id, None).await;
+    assert_room(&res.body, room_id, &long, &alice.name, false, None);
     app.post(
         "/api/room/edit",
         Some(&alice.token),
-        json!({ "room_id": room_id, "new_name": long, "is_private": false }),
+        json!({ "room_id": room_id, "new_name": "😀".repeat(65), "is_private": false }),
     )
     .await
-    .expect_message("Room edited successfully");
-    let res = get_room(&app, room_id, None).await;
-    assert_room(&res.body, room_id, &long, &alice.name, false, None);
-    let res = app
-        .post(
-            "/api/room/edit",
-            Some(&alice.token),
-            json!({ "room_id": room_id, "new_name": "😀".repeat(65), "is_private": false }),
-        )
-        .await;
-    assert_eq!(res.status, 400, "{res:?}");
-    assert!(!res.error().is_empty());
-    let res = get_room(&app, room_id, None).await;
+    .expect_refused(400, "over 64 characters");
+    let res = app.get_room(room_id, None).await;
     assert_eq!(res.body["room_name"].as_str(), Some(long.as_str()));
 }
 
@@ -404,19 +350,17 @@ async fn access_key_limit_is_64_characters_on_create_and_edit(backend: Backend) 
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
     let key64 = "ż".repeat(64);
-    let room_id = app.room(&alice, "Keyed", Some(&key64)).await;
-    let res = get_room(&app, room_id, Some(&alice)).await;
+    let room_id = app.as_user(&alice).create_room("Keyed", Some(&key64)).await;
+    let res = app.get_room(room_id, Some(&alice)).await;
     assert_room(&res.body, room_id, "Keyed", &alice.name, true, Some(&key64));
 
-    let res = app
-        .post(
-            "/api/room/create",
-            Some(&alice.token),
-            json!({ "room_name": "TooLong", "is_private": true, "access_key": "k".repeat(65) }),
-        )
-        .await;
-    assert_eq!(res.status, 400, "{res:?}");
-    assert!(!res.error().is_empty());
+    app.post(
+        "/api/room/create",
+        Some(&alice.token),
+        json!({ "room_name": "TooLong", "is_private": true, "access_key": "k".repeat(65) }),
+    )
+    .await
+    .expect_refused(400, "over 64 characters");
 
     let ascii64 = "k".repeat(64);
     app.post(
@@ -427,17 +371,15 @@ async fn access_key_limit_is_64_characters_on_create_and_edit(backend: Backend) 
     )
     .await
     .expect_message("Room edited successfully");
-    let res = app
-        .post(
-            "/api/room/edit",
-            Some(&alice.token),
-            json!({ "room_id": room_id, "new_name": "Keyed", "is_private": true,
+    app.post(
+        "/api/room/edit",
+        Some(&alice.token),
+        json!({ "room_id": room_id, "new_name": "Keyed", "is_private": true,
                     "new_access_key": "😀".repeat(65) }),
-        )
-        .await;
-    assert_eq!(res.status, 400, "{res:?}");
-    assert!(!res.error().is_empty());
-    let res = get_room(&app, room_id, Some(&alice)).await;
+    )
+    .await
+    .expect_refused(400, "over 64 characters");
+    let res = app.get_room(room_id, Some(&alice)).await;
     assert_room(
         &res.body,
         room_id,
@@ -453,17 +395,12 @@ async fn access_key_limit_is_64_characters_on_create_and_edit(backend: Backend) 
 async fn edit_to_private_hides_the_room_and_edit_to_public_clears_the_key(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Open", None).await;
+    let room_id = app.as_user(&alice).create_room("Open", None).await;
 
-    app.post(
-        "/api/room/edit",
-        Some(&alice.token),
-        json!({ "room_id": room_id, "new_name": "Closed", "is_private": true,
-                "new_access_key": "door" }),
-    )
-    .await
-    .expect_message("Room edited successfully");
-    let res = get_room(&app, room_id, Some(&alice)).await;
+    app.as_user(&alice)
+        .edit_room(room_id, "Closed", Some("door"))
+        .await;
+    let res = app.get_room(room_id, Some(&alice)).await;
     assert_room(
         &res.body,
         room_id,
@@ -472,7 +409,7 @@ async fn edit_to_private_hides_the_room_and_edit_to_public_clears_the_key(backen
         true,
         Some("door"),
     );
-    get_room(&app, room_id, None)
+    app.get_room(room_id, None)
         .await
         .expect(404, "Room not found");
     assert!(find(&public_rooms(&app, None).await, room_id).is_none());
@@ -486,9 +423,9 @@ async fn edit_to_private_hides_the_room_and_edit_to_public_clears_the_key(backen
     )
     .await
     .expect_message("Room edited successfully");
-    let res = get_room(&app, room_id, Some(&alice)).await;
+    let res = app.get_room(room_id, Some(&alice)).await;
     assert_room(&res.body, room_id, "Open again", &alice.name, false, None);
-    let res = get_room(&app, room_id, None).await;
+    let res = app.get_room(room_id, None).await;
     assert_room(&res.body, room_id, "Open again", &alice.name, false, None);
     let rooms = public_rooms(&app, None).await;
     assert_room(
@@ -501,20 +438,19 @@ async fn edit_to_private_hides_the_room_and_edit_to_public_clears_the_key(backen
     );
     // The old key no longer opens anything and is free for another room.
     let bob = app.user("bob").await;
-    app.post(
-        "/api/room/join_private",
-        Some(&bob.token),
-        json!({ "access_key": "door" }),
-    )
-    .await
-    .expect(404, "Room not found");
-    app.room(&bob, "New door", Some("door")).await;
+    app.as_user(&bob)
+        .try_join_private("door")
+        .await
+        .expect(404, "Room not found");
+    app.as_user(&bob)
+        .create_room("New door", Some("door"))
+        .await;
 }
 
 async fn edit_to_private_requires_a_non_blank_new_access_key(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Open", None).await;
+    let room_id = app.as_user(&alice).create_room("Open", None).await;
     for key in [json!(null), json!(""), json!("   ")] {
         app.post(
             "/api/room/edit",
@@ -532,14 +468,14 @@ async fn edit_to_private_requires_a_non_blank_new_access_key(backend: Backend) {
     )
     .await
     .expect(400, "Missing new_access_key parameter for private room");
-    let res = get_room(&app, room_id, None).await;
+    let res = app.get_room(room_id, None).await;
     assert_room(&res.body, room_id, "Open", &alice.name, false, None);
 }
 
 async fn edit_with_a_blank_new_name_is_rejected(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Named", Some("nk")).await;
+    let room_id = app.as_user(&alice).create_room("Named", Some("nk")).await;
     for name in ["", "   "] {
         app.post(
             "/api/room/edit",
@@ -550,58 +486,33 @@ async fn edit_with_a_blank_new_name_is_rejected(backend: Backend) {
         .await
         .expect(400, "Room name cannot be empty");
     }
-    let res = get_room(&app, room_id, Some(&alice)).await;
+    let res = app.get_room(room_id, Some(&alice)).await;
     assert_room(&res.body, room_id, "Named", &alice.name, true, Some("nk"));
 }
 
 async fn edit_by_a_non_owner_is_forbidden_and_changes_nothing(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let eve = app.user("eve").await;
-    let public = app.room(&alice, "Public", None).await;
-    let private = app.room(&alice, "Private", Some("pk")).await;
-    app.post(
-        "/api/room/join_public",
-        Some(&bob.token),
-        json!({ "room_id": public }),
-    )
-    .await
-    .expect_message("Joined room successfully");
-    app.post(
-        "/api/room/join_private",
-        Some(&bob.token),
-        json!({ "access_key": "pk" }),
-    )
-    .await
-    .expect_message("Joined room successfully");
+    let [alice, bob, eve] = app.users(["alice", "bob", "eve"]).await;
+    let public = app.as_user(&alice).create_room("Public", None).await;
+    let private = app.as_user(&alice).create_room("Private", Some("pk")).await;
+    app.as_user(&bob).join(public).await;
+    app.as_user(&bob).join_private("pk").await;
 
+    let not_owner = "You are not the owner of this room";
     // A stranger and a member of a public room.
     for user in [&eve, &bob] {
-        app.post(
-            "/api/room/edit",
-            Some(&user.token),
-            json!({ "room_id": public, "new_name": "Mine", "is_private": false }),
-        )
-        .await
-        .expect(403, "You are not the owner of this room");
+        app.as_user(user)
+            .try_edit_room(public, "Mine", None)
+            .await
+            .expect(403, not_owner);
     }
     // A member of a private room.
-    app.post(
-        "/api/room/edit",
-        Some(&bob.token),
-        json!({ "room_id": private, "new_name": "Mine", "is_private": false }),
-    )
-    .await
-    .expect(403, "You are not the owner of this room");
+    app.as_user(&bob)
+        .try_edit_room(private, "Mine", None)
+        .await
+        .expect(403, not_owner);
     // A stranger to a private room learns nothing either way.
-    let res = app
-        .post(
-            "/api/room/edit",
-            Some(&eve.token),
-            json!({ "room_id": private, "new_name": "Mine", "is_private": false }),
-        )
-        .await;
+    let res = app.as_user(&eve).try_edit_room(private, "Mine", None).await;
     assert!(
         [
             (403, "You are not the owner of this room"),
@@ -611,16 +522,16 @@ async fn edit_by_a_non_owner_is_forbidden_and_changes_nothing(backend: Backend) 
         "{res:?}"
     );
 
-    let res = get_room(&app, public, None).await;
+    let res = app.get_room(public, None).await;
     assert_room(&res.body, public, "Public", &alice.name, false, None);
-    let res = get_room(&app, private, Some(&alice)).await;
+    let res = app.get_room(private, Some(&alice)).await;
     assert_room(&res.body, private, "Private", &alice.name, true, Some("pk"));
 }
 
 async fn edit_and_delete_need_an_existing_room_id(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Kept", None).await;
+    let room_id = app.as_user(&alice).create_room("Kept", None).await;
     for path in ["/api/room/edit", "/api/room/delete"] {
         for body in [
             json!({ "new_name": "x", "is_private": false }),
@@ -640,7 +551,7 @@ async fn edit_and_delete_need_an_existing_room_id(backend: Backend) {
             .expect(404, "Room not found");
         }
     }
-    let res = get_room(&app, room_id, None).await;
+    let res = app.get_room(room_id, None).await;
     assert_room(&res.body, room_id, "Kept", &alice.name, false, None);
 }
 
@@ -662,29 +573,16 @@ async fn get_room_needs_an_existing_room_id(backend: Backend) {
 
 async fn owner_deletes_a_room_for_everyone(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let room_id = app.room(&alice, "Doomed", None).await;
-    let kept = app.room(&alice, "Kept", None).await;
-    app.post(
-        "/api/room/join_public",
-        Some(&bob.token),
-        json!({ "room_id": room_id }),
-    )
-    .await
-    .expect_message("Joined room successfully");
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let room_id = app.as_user(&alice).create_room("Doomed", None).await;
+    let kept = app.as_user(&alice).create_room("Kept", None).await;
+    app.as_user(&bob).join(room_id).await;
 
-    let res = app
-        .post(
-            "/api/room/delete",
-            Some(&alice.token),
-            json!({ "room_id": room_id }),
-        )
-        .await;
+    let res = app.as_user(&alice).try_delete_room(room_id).await;
     res.expect_message("Room deleted successfully");
     assert_eq!(keys(&res.body), ["message"]);
 
-    get_room(&app, room_id, None)
+    app.get_room(room_id, None)
         .await
         .expect(404, "Room not found");
     let rooms = public_rooms(&app, None).await;
@@ -692,130 +590,66 @@ async fn owner_deletes_a_room_for_everyone(backend: Backend) {
     assert!(find(&rooms, kept).is_some());
     let res = app.get("/api/user_rooms", Some(&bob.token)).await;
     assert_eq!(res.body, json!([]));
-    app.post(
-        "/api/room/delete",
-        Some(&alice.token),
-        json!({ "room_id": room_id }),
-    )
-    .await
-    .expect(404, "Room not found");
-    app.post(
-        "/api/room/join_public",
-        Some(&bob.token),
-        json!({ "room_id": room_id }),
-    )
-    .await
-    .expect(404, "Room not found");
+    app.as_user(&alice)
+        .try_delete_room(room_id)
+        .await
+        .expect(404, "Room not found");
+    app.as_user(&bob)
+        .try_join(room_id)
+        .await
+        .expect(404, "Room not found");
 }
 
 async fn delete_by_a_non_owner_answers_room_not_found_and_keeps_the_room(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let eve = app.user("eve").await;
-    let public = app.room(&alice, "Public", None).await;
-    let private = app.room(&alice, "Private", Some("pk")).await;
-    app.post(
-        "/api/room/join_private",
-        Some(&bob.token),
-        json!({ "access_key": "pk" }),
-    )
-    .await
-    .expect_message("Joined room successfully");
+    let [alice, bob, eve] = app.users(["alice", "bob", "eve"]).await;
+    let public = app.as_user(&alice).create_room("Public", None).await;
+    let private = app.as_user(&alice).create_room("Private", Some("pk")).await;
+    app.as_user(&bob).join_private("pk").await;
     for (user, room_id) in [
         (&bob, private),
         (&eve, private),
         (&bob, public),
         (&eve, public),
     ] {
-        app.post(
-            "/api/room/delete",
-            Some(&user.token),
-            json!({ "room_id": room_id }),
-        )
-        .await
-        .expect(404, "Room not found");
+        app.as_user(user)
+            .try_delete_room(room_id)
+            .await
+            .expect(404, "Room not found");
     }
-    let res = get_room(&app, public, None).await;
+    let res = app.get_room(public, None).await;
     assert_room(&res.body, public, "Public", &alice.name, false, None);
-    let res = get_room(&app, private, Some(&bob)).await;
+    let res = app.get_room(private, Some(&bob)).await;
     assert_room(&res.body, private, "Private", &alice.name, true, None);
 }
 
 async fn room_id_may_be_a_number_or_a_numeric_string(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    let room_id = app.room(&alice, "Ids", None).await;
+    let [alice, bob] = app.users(["alice", "bob"]).await;
+    let room_id = app.as_user(&alice).create_room("Ids", None).await;
     let text = room_id.to_string();
 
-    app.post(
-        "/api/room/edit",
-        Some(&alice.token),
-        json!({ "room_id": room_id, "new_name": "By number", "is_private": false }),
-    )
-    .await
-    .expect_message("Room edited successfully");
-    app.post(
-        "/api/room/edit",
-        Some(&alice.token),
-        json!({ "room_id": text, "new_name": "By string", "is_private": false }),
-    )
-    .await
-    .expect_message("Room edited successfully");
-    let res = get_room(&app, room_id, None).await;
+    // Each call sends the id as given: a JSON number or a JSON string.
+    let (owner, member) = (app.as_user(&alice), app.as_user(&bob));
+    owner.edit_room(room_id, "By number", None).await;
+    owner.edit_room(text.as_str(), "By string", None).await;
+    let res = app.get_room(room_id, None).await;
     assert_room(&res.body, room_id, "By string", &alice.name, false, None);
 
-    app.post(
-        "/api/room/join_public",
-        Some(&bob.token),
-        json!({ "room_id": text }),
-    )
-    .await
-    .expect_message("Joined room successfully");
-    app.post(
-        "/api/room/leave",
-        Some(&bob.token),
-        json!({ "room_id": text }),
-    )
-    .await
-    .expect_message("Left room successfully");
-    app.post(
-        "/api/room/join_public",
-        Some(&bob.token),
-        json!({ "room_id": room_id }),
-    )
-    .await
-    .expect_message("Joined room successfully");
-    app.post(
-        "/api/user_kick",
-        Some(&alice.token),
-        json!({ "room_id": text, "user_to_kick": bob.name }),
-    )
-    .await
-    .expect_message("User kicked successfully");
-    app.post(
-        "/api/room/delete",
-        Some(&alice.token),
-        json!({ "room_id": text }),
-    )
-    .await
-    .expect_message("Room deleted successfully");
+    member.join(text.as_str()).await;
+    member.leave(text.as_str()).await;
+    member.join(room_id).await;
+    owner.kick(text.as_str(), &bob).await;
+    owner.delete_room(text.as_str()).await;
 
-    let second = app.room(&alice, "Second", None).await;
-    app.post(
-        "/api/room/delete",
-        Some(&alice.token),
-        json!({ "room_id": second }),
-    )
-    .await
-    .expect_message("Room deleted successfully");
+    let second = owner.create_room("Second", None).await;
+    owner.delete_room(second).await;
 }
 
 async fn malformed_room_ids_are_rejected_with_400_everywhere(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Target", None).await;
+    let room_id = app.as_user(&alice).create_room("Target", None).await;
     let bad_json = [
         json!("abc"),
         json!(-1),
@@ -841,9 +675,9 @@ async fn malformed_room_ids_are_rejected_with_400_everywhere(backend: Backend) {
         ] {
             let mut body = extra;
             body["room_id"] = bad.clone();
-            let res = app.post(path, Some(&alice.token), body).await;
-            assert_eq!(res.status, 400, "{path} with room_id {bad}: {res:?}");
-            assert!(!res.error().is_empty());
+            app.post(path, Some(&alice.token), body)
+                .await
+                .expect_refused(400, &format!("{path} with room_id {bad}"));
         }
     }
     for bad in [
@@ -857,22 +691,20 @@ async fn malformed_room_ids_are_rejected_with_400_everywhere(backend: Backend) {
         "0x1",
     ] {
         for path in ["/api/room", "/api/user_list", "/api/chat_history"] {
-            let res = app
-                .get(&format!("{path}?room_id={bad}"), Some(&alice.token))
-                .await;
-            assert_eq!(res.status, 400, "{path} with room_id {bad}: {res:?}");
-            assert!(!res.error().is_empty());
+            app.get(&format!("{path}?room_id={bad}"), Some(&alice.token))
+                .await
+                .expect_refused(400, &format!("{path} with room_id {bad}"));
         }
     }
     // Nothing happened to the room.
-    let res = get_room(&app, room_id, None).await;
+    let res = app.get_room(room_id, None).await;
     assert_room(&res.body, room_id, "Target", &alice.name, false, None);
 }
 
 async fn endpoints_needing_a_token_refuse_anonymous_callers(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Room", None).await;
+    let room_id = app.as_user(&alice).create_room("Room", None).await;
     for path in [
         "/api/room/create",
         "/api/room/edit",
@@ -884,36 +716,32 @@ async fn endpoints_needing_a_token_refuse_anonymous_callers(backend: Backend) {
     ] {
         let body = json!({ "room_id": room_id, "room_name": "x", "is_private": false,
                            "new_name": "x", "access_key": "k", "user_to_kick": alice.name });
-        let res = app.post(path, None, body.clone()).await;
-        assert_eq!(res.status, 401, "{path}: {res:?}");
-        assert!(!res.error().is_empty());
+        app.post(path, None, body.clone())
+            .await
+            .expect_refused(401, path);
         let bad = wrongly_signed_token(&alice.name);
-        let res = app.post(path, Some(&bad), body).await;
-        assert_eq!(res.status, 401, "{path}: {res:?}");
-        assert!(!res.error().is_empty());
+        app.post(path, Some(&bad), body)
+            .await
+            .expect_refused(401, path);
     }
     for path in ["/api/user_rooms", "/api/user/get_info"] {
-        let res = app.get(path, None).await;
-        assert_eq!(res.status, 401, "{path}: {res:?}");
-        assert!(!res.error().is_empty());
+        app.get(path, None).await.expect_refused(401, path);
     }
-    let res = get_room(&app, room_id, None).await;
+    let res = app.get_room(room_id, None).await;
     assert_room(&res.body, room_id, "Room", &alice.name, false, None);
 }
 
 async fn optional_auth_endpoints_refuse_a_badly_signed_token(backend: Backend) {
     let app = TestApp::start(backend).await;
     let alice = app.user("alice").await;
-    let room_id = app.room(&alice, "Open", None).await;
+    let room_id = app.as_user(&alice).create_room("Open", None).await;
     let bad = wrongly_signed_token(&alice.name);
     for path in ["/api/room", "/api/user_list", "/api/chat_history"] {
         let path = format!("{path}?room_id={room_id}");
         assert_eq!(app.get(&path, None).await.status, 200, "{path} anonymously");
         assert_eq!(app.get(&path, Some(&alice.token)).await.status, 200);
         for token in [bad.as_str(), "not-a-jwt"] {
-            let res = app.get(&path, Some(token)).await;
-            assert_eq!(res.status, 401, "{path}: {res:?}");
-            assert!(!res.error().is_empty());
+            app.get(&path, Some(token)).await.expect_refused(401, &path);
         }
     }
 }

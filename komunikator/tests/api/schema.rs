@@ -87,13 +87,20 @@ async fn migrate(db: &TestDb) {
     assert_eq!(code, Some(0), "{out}");
 }
 
-#[tokio::test]
-async fn an_upgraded_legacy_database_matches_a_fresh_one_and_keeps_every_row() {
+/// A database as an older server left it, with its rows, then migrated;
+/// and a connection to it.
+async fn upgraded_legacy_database() -> (TestDb, MySqlConnection) {
     let legacy = TestDb::create().await;
     let mut conn = legacy.connect().await;
     exec(&mut conn, LEGACY_SCHEMA).await;
     exec(&mut conn, LEGACY_ROWS).await;
     migrate(&legacy).await;
+    (legacy, conn)
+}
+
+#[tokio::test]
+async fn an_upgraded_legacy_database_matches_a_fresh_one_and_keeps_every_row() {
+    let (legacy, mut conn) = upgraded_legacy_database().await;
     migrate(&legacy).await; // a second run has nothing to do
 
     let fresh = TestDb::create().await;
@@ -123,29 +130,12 @@ async fn an_upgraded_legacy_database_matches_a_fresh_one_and_keeps_every_row() {
 
 #[tokio::test]
 async fn the_api_serves_an_upgraded_legacy_database() {
-    let legacy = TestDb::create().await;
-    let mut conn = legacy.connect().await;
-    exec(&mut conn, LEGACY_SCHEMA).await;
-    exec(&mut conn, LEGACY_ROWS).await;
-    migrate(&legacy).await;
-    let url = legacy.url();
-    let app = TestApp::start_with(
-        Backend::MySql,
-        Options {
-            env: vec![("DATABASE_URL", url)],
-            ..Options::default()
-        },
-    )
-    .await;
+    let (legacy, mut conn) = upgraded_legacy_database().await;
+    let options = Options::default().with("DATABASE_URL", legacy.url());
+    let app = TestApp::start_with(Backend::MySql, options).await;
 
     // Old plaintext passwords log in once and are rehashed.
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": "alice", "password": "alice-plain" }),
-        )
-        .await;
+    let res = app.login("alice", "alice-plain").await;
     assert_eq!(res.status, 200, "{res:?}");
     let alice = res.body["access_token"].as_str().expect("token").to_owned();
     let stored: String = sqlx::query_scalar("SELECT password FROM users WHERE user_name = 'alice'")
@@ -295,7 +285,7 @@ async fn embedded_data_survives_a_restart() {
     };
     let mut app = TestApp::start_with(Backend::Embedded, options.clone()).await;
     let ann = app.user("ann").await;
-    let room = app.room(&ann, "kept", None).await;
+    let room = app.as_user(&ann).create_room("kept", None).await;
     assert_eq!(app.terminate().await, Some(0));
     let secret = app.secret.clone();
     drop(app);
@@ -305,13 +295,7 @@ async fn embedded_data_survives_a_restart() {
     // The token issued before the restart still works.
     let rooms = app.get("/api/user_rooms", Some(&ann.token)).await;
     assert_eq!(rooms.body[0]["room_id"], room);
-    let res = app
-        .post(
-            "/api/login",
-            None,
-            json!({ "user_name": ann.name, "password": ann.password }),
-        )
-        .await;
+    let res = app.login(&ann.name, &ann.password).await;
     assert_eq!(res.status, 200);
     drop(app);
     std::fs::remove_dir_all(dir).expect("cleanup");

@@ -226,6 +226,85 @@ impl Socket {
     }
 }
 
+/// The body of an `error` event refusing a client event.
+pub fn refusal(message: &str, code: u8) -> Value {
+    serde_json::json!({ "message": message, "code": code })
+}
+
+/// Komunikator's client events, as the tests send them again and again.
+impl Socket {
+    /// Sends a chat message with an ack; returns its chat id, asserting
+    /// the ack is exactly `{chat_id}`.
+    pub async fn send(&self, room: i64, text: &str) -> i64 {
+        let ack = self
+            .emit_with_ack(
+                "message",
+                serde_json::json!({ "room_id": room, "message": text }),
+            )
+            .await;
+        let chat_id = ack["chat_id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no chat_id in the ack: {ack}"));
+        assert_eq!(ack, serde_json::json!({ "chat_id": chat_id }));
+        chat_id
+    }
+
+    /// The next `new_message`.
+    pub async fn next_message(&mut self) -> Value {
+        self.expect("new_message").await
+    }
+
+    /// The chat ids of the next `n` `new_message`s, in order.
+    pub async fn next_chat_ids(&mut self, n: usize) -> Vec<i64> {
+        let mut ids = Vec::with_capacity(n);
+        while ids.len() < n {
+            let message = self.next_message().await;
+            ids.push(message["chat_id"].as_i64().expect("chat_id"));
+        }
+        ids
+    }
+
+    /// Emits `event` and asserts the socket gets exactly this `error`.
+    pub async fn expect_refusal(&mut self, event: &str, payload: Value, message: &str, code: u8) {
+        self.emit(event, payload.clone());
+        assert_eq!(
+            self.expect("error").await,
+            refusal(message, code),
+            "{event} {payload}"
+        );
+    }
+
+    /// Sends a `message` asking for an ack and asserts it is refused: the
+    /// ack is `{error, code}` and an `error` event `{message, code}` arrives too.
+    pub async fn expect_refused_message(&mut self, payload: Value, message: &str, code: u8) {
+        let ack = self.emit_with_ack("message", payload.clone()).await;
+        assert_eq!(
+            ack,
+            serde_json::json!({ "error": message, "code": code }),
+            "ack of {payload}"
+        );
+        assert_eq!(
+            self.expect("error").await,
+            refusal(message, code),
+            "error of {payload}"
+        );
+    }
+
+    /// Asserts a message `text` to `room` is refused as the socket is not
+    /// in the room: "Join failed", code 4.
+    pub async fn expect_not_in_room(&mut self, room: i64, text: &str) {
+        let payload = serde_json::json!({ "room_id": room, "message": text });
+        self.expect_refused_message(payload, "Join failed", 4).await;
+    }
+
+    /// Proves the socket still works: a valid message is acknowledged and comes back.
+    pub async fn assert_usable(&mut self, room: i64) {
+        let chat_id = self.send(room, "still here").await;
+        let got = self.next_message().await;
+        assert_eq!(got["chat_id"], chat_id, "{got}");
+    }
+}
+
 async fn next_text<S>(stream: &mut S) -> Option<String>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,

@@ -19,10 +19,9 @@ const FLOOD: usize = 4000;
 
 async fn a_socket_that_stops_reading_is_disconnected_not_left_with_a_gap(backend: Backend) {
     let app = TestApp::start_with(backend, Options::unlimited()).await;
-    let talker = app.user("talker").await;
-    let sleeper = app.user("sleeper").await;
-    let room = app.room(&talker, "flood", None).await;
-    app.join_public(&sleeper, room).await;
+    let [talker, sleeper] = app.users(["talker", "sleeper"]).await;
+    let room = app.as_user(&talker).create_room("flood", None).await;
+    app.as_user(&sleeper).join(room).await;
 
     // The sleeper joins, then reads nothing; a small receive buffer makes
     // the gateway's side fill sooner.

@@ -1,0 +1,70 @@
+//! The Socket.IO gateway, black-box: authentication, the client events
+//! (`join`, `leave`, `message`, `watchdog`), every error code, the server
+//! events REST changes cause, private-room isolation, and (MariaDB) two
+//! gateways sharing rooms. What the tests here share is below; what a
+//! socket sends and expects again and again is on [`crate::sio::Socket`].
+
+mod connect;
+mod error_codes;
+mod gateways;
+mod identity;
+mod messages;
+mod rest_events;
+mod rooms;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{TestApp, User};
+use crate::sio::{Auth, Socket, refusal};
+
+/// How long a test waits to be sure an event does not arrive.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Connects with `auth` and returns the connect error's message.
+async fn refused(url: &str, auth: Auth<'_>) -> String {
+    match Socket::connect(url, auth).await {
+        Ok(_) => panic!("the connection was accepted"),
+        Err(e) => e,
+    }
+}
+
+/// The room's history (as `viewer`), polled until it holds at least `n`
+/// messages or 3 s passed: the persister writes asynchronously.
+async fn history(app: &TestApp, viewer: &User, room: i64, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let items = app
+            .chat_history(&format!("room_id={room}"), Some(viewer))
+            .await
+            .list();
+        if items.len() >= n || tokio::time::Instant::now() >= deadline {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends messages until one to `room` is refused with 4 (within 5 s): a
+/// removal from a room may land shortly after the event announcing it.
+async fn until_join_failed(sock: &mut Socket, room: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ack = sock
+            .emit_with_ack(
+                "message",
+                serde_json::json!({ "room_id": room, "message": "probe" }),
+            )
+            .await;
+        if ack == serde_json::json!({ "error": "Join failed", "code": 4 }) {
+            assert_eq!(sock.expect("error").await, refusal("Join failed", 4));
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the socket is still in room {room}: {ack}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
