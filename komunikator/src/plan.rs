@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::config::{AuthArgs, DataDirArgs, DbArgs, NatsArgs, PrefixArgs, Problems, RedisArgs};
+use common::config::{
+    AuthArgs, DataDirArgs, DbArgs, HttpArgs, NatsArgs, PrefixArgs, Problems, RedisArgs,
+};
 use common::store::StoreSettings;
 
 use crate::cli::{AllCmd, ApiCmd, GatewayCmd, MigrateCmd, PersisterCmd, PresenceCmd};
@@ -37,7 +39,7 @@ impl From<String> for Failure {
 pub struct Plan {
     /// The NATS client name (`komunikator-<command>`).
     pub name: &'static str,
-    pub http: common::config::HttpArgs,
+    pub http: HttpArgs,
     pub adapters: Adapters,
     pub services: Vec<Service>,
 }
@@ -162,83 +164,84 @@ fn tokens(auth: &AuthArgs, problems: &mut Problems) -> TokenConfig {
     }
 }
 
+/// The plan of a service run on its own, once every problem is known.
+fn alone(
+    name: &'static str,
+    http: HttpArgs,
+    adapters: Adapters,
+    service: Service,
+    mut problems: Problems,
+) -> Result<Plan, Failure> {
+    http.validate(&mut problems);
+    problems.into_result()?;
+    Ok(Plan {
+        name,
+        http,
+        adapters,
+        services: vec![service],
+    })
+}
+
 impl ApiCmd {
     pub fn plan(self) -> Result<Plan, Failure> {
         let mut problems = Problems::default();
-        self.http.validate(&mut problems);
+        let redis = Some(&self.redis);
+        let adapters = remote(&self.db, &self.nats, redis, &self.prefix, &mut problems);
         let tokens = tokens(&self.auth, &mut problems);
-        let adapters = remote(
-            &self.db,
-            &self.nats,
-            Some(&self.redis),
-            &self.prefix,
-            &mut problems,
-        );
-        problems.into_result()?;
-        Ok(Plan {
-            name: "komunikator-api",
-            http: self.http,
-            adapters,
-            services: vec![Service::Api {
-                tokens,
-                args: self.api,
-            }],
-        })
+        let api = Service::Api {
+            tokens,
+            args: self.api,
+        };
+        alone("komunikator-api", self.http, adapters, api, problems)
     }
 }
 
 impl GatewayCmd {
     pub fn plan(self) -> Result<Plan, Failure> {
         let mut problems = Problems::default();
-        self.http.validate(&mut problems);
-        let tokens = tokens(&self.auth, &mut problems);
         let adapters = remote(&self.db, &self.nats, None, &self.prefix, &mut problems);
-        problems.into_result()?;
-        Ok(Plan {
-            name: "komunikator-gateway",
-            http: self.http,
+        let tokens = tokens(&self.auth, &mut problems);
+        let gateway = Service::Gateway {
+            tokens,
+            args: self.gateway,
+        };
+        alone(
+            "komunikator-gateway",
+            self.http,
             adapters,
-            services: vec![Service::Gateway {
-                tokens,
-                args: self.gateway,
-            }],
-        })
+            gateway,
+            problems,
+        )
     }
 }
 
 impl PersisterCmd {
     pub fn plan(self) -> Result<Plan, Failure> {
         let mut problems = Problems::default();
-        self.http.validate(&mut problems);
         let adapters = remote(&self.db, &self.nats, None, &self.prefix, &mut problems);
-        problems.into_result()?;
-        Ok(Plan {
-            name: "komunikator-persister",
-            http: self.http,
+        let persister = Service::Persister(self.persister);
+        alone(
+            "komunikator-persister",
+            self.http,
             adapters,
-            services: vec![Service::Persister(self.persister)],
-        })
+            persister,
+            problems,
+        )
     }
 }
 
 impl PresenceCmd {
     pub fn plan(self) -> Result<Plan, Failure> {
         let mut problems = Problems::default();
-        self.http.validate(&mut problems);
-        let adapters = remote(
-            &self.db,
-            &self.nats,
-            Some(&self.redis),
-            &self.prefix,
-            &mut problems,
-        );
-        problems.into_result()?;
-        Ok(Plan {
-            name: "komunikator-presence",
-            http: self.http,
+        let redis = Some(&self.redis);
+        let adapters = remote(&self.db, &self.nats, redis, &self.prefix, &mut problems);
+        alone(
+            "komunikator-presence",
+            self.http,
             adapters,
-            services: vec![Service::Presence],
-        })
+            Service::Presence,
+            problems,
+        )
     }
 }
 

@@ -254,6 +254,22 @@ mod tests {
         }
     }
 
+    impl TestLog {
+        /// A new room, owned by a new user `ann`.
+        async fn room_of_ann(&self) -> RoomId {
+            self.store.create_user("ann", "x").await.expect("user");
+            let new_room = crate::domain::NewRoom {
+                name: "r".into(),
+                owner: "ann".into(),
+                access_key: None,
+            };
+            self.store
+                .create_room(&new_room, crate::domain::now())
+                .await
+                .expect("room")
+        }
+    }
+
     async fn test_log() -> TestLog {
         let dir = std::env::temp_dir().join(format!("kom-unit-{}", crate::random_hex(6)));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -288,19 +304,7 @@ mod tests {
         };
         // No room 1 yet: refused, and nothing is delivered.
         assert!(t.log.append(&draft).await.is_err());
-        store.create_user("ann", "x").await.expect("user");
-        let new_room = crate::domain::NewRoom {
-            name: "r".into(),
-            owner: "ann".into(),
-            access_key: None,
-        };
-        assert_eq!(
-            store
-                .create_room(&new_room, crate::domain::now())
-                .await
-                .expect("room"),
-            1
-        );
+        assert_eq!(t.room_of_ann().await, 1);
         let id = t.log.append(&draft).await.expect("append");
         let delivered = room.next().await.expect("delivered");
         assert_eq!(
@@ -321,17 +325,7 @@ mod tests {
     #[tokio::test]
     async fn pipelined_messages_are_stored_together_in_order_and_fail_alone() {
         let t = test_log().await;
-        t.store.create_user("ann", "x").await.expect("user");
-        let new_room = crate::domain::NewRoom {
-            name: "r".into(),
-            owner: "ann".into(),
-            access_key: None,
-        };
-        let room = t
-            .store
-            .create_room(&new_room, crate::domain::now())
-            .await
-            .expect("room");
+        let room = t.room_of_ann().await;
         let mut live = t
             .bus
             .subscribe("kom.room.*.new_message".into())
@@ -376,17 +370,7 @@ mod tests {
     #[tokio::test]
     async fn reads_after_an_id_give_the_newest_and_say_whether_that_is_all() {
         let t = test_log().await;
-        t.store.create_user("ann", "x").await.expect("user");
-        let new_room = crate::domain::NewRoom {
-            name: "r".into(),
-            owner: "ann".into(),
-            access_key: None,
-        };
-        let room = t
-            .store
-            .create_room(&new_room, crate::domain::now())
-            .await
-            .expect("room");
+        let room = t.room_of_ann().await;
         let mut ids = Vec::new();
         for i in 0..5 {
             let draft = ChatDraft {
