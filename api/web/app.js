@@ -460,8 +460,7 @@ function onSocketConnect() {
   renderConnection();
   state.socket.emit('watchdog', { user_name: state.user });
   if (state.room) {
-    joinSocketRoom();
-    quietly(loadHistory()); // catch up on what was missed while disconnected
+    rejoinSocketRoom(); // catches up on what was missed while disconnected
     quietly(loadMembers());
   }
   quietly(refreshLists());
@@ -519,6 +518,27 @@ function onSocketEvent(name, p) {
 function joinSocketRoom() {
   state.joined = false;
   if (state.room) state.socket?.emit('join', { room_id: state.room.room_id, user_name: state.user });
+}
+
+// After a reconnect: join with the newest chat_id we have, so the server
+// replays what was sent meanwhile before the live messages (no gap, no
+// duplicate). If it could not replay it all, the history fills the rest.
+function rejoinSocketRoom() {
+  const last = state.messages[state.messages.length - 1];
+  if (!state.room || !last) {
+    joinSocketRoom();
+    quietly(loadHistory());
+    return;
+  }
+  state.joined = false;
+  const seq = state.roomSeq;
+  const join = { room_id: state.room.room_id, user_name: state.user, last_chat_id: last.chat_id };
+  if (!state.socket) return;
+  state.socket.emitWithAck('join', join)
+    .then((ack) => {
+      if (seq === state.roomSeq && ack && ack.complete === false) quietly(loadHistory());
+    })
+    .catch(() => quietly(loadHistory()));
 }
 
 function markJoined() {

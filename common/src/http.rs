@@ -136,10 +136,25 @@ pub async fn serve(
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // In-flight requests get a moment to finish; an Engine.IO long poll,
+    // which would wait for its ping interval, is not waited for.
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(REQUEST_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served,
+        () = grace => {
+            tracing::info!("requests still open after the grace period are dropped");
+            Ok(())
+        }
+    }
 }
+
+/// How long in-flight HTTP requests may take to finish after shutdown.
+const REQUEST_GRACE: Duration = Duration::from_secs(3);
 
 /// The CORS policy of every HTTP path: the methods and headers the API and
 /// Engine.IO use, for the allowed origins (`None`: any).

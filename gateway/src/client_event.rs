@@ -2,7 +2,7 @@
 //! Anything that does not fit becomes a [`Refusal`] with its contract error
 //! code here, in one place, so handlers only see well-formed requests.
 
-use common::domain::{MAX_ID, MESSAGE_MAX, RoomId, char_len, is_blank};
+use common::domain::{ChatId, MAX_ID, MESSAGE_MAX, RoomId, char_len, is_blank};
 use serde_json::{Map, Value};
 
 use crate::refusal::Refusal;
@@ -10,7 +10,7 @@ use crate::refusal::Refusal;
 /// An event a client sends (CONTRACT.md, "Client to server").
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientEvent {
-    Join(RoomRequest),
+    Join(JoinRequest),
     Leave(RoomRequest),
     Message(MessageRequest),
     Watchdog(Heartbeat),
@@ -23,7 +23,7 @@ impl ClientEvent {
     /// Parses the payload of the event called `name` (one of [`Self::NAMES`]).
     pub fn parse(name: &str, payload: Option<&Value>) -> Result<Self, Refusal> {
         match name {
-            "join" => RoomRequest::parse(payload).map(Self::Join),
+            "join" => JoinRequest::parse(payload).map(Self::Join),
             "leave" => RoomRequest::parse(payload).map(Self::Leave),
             "message" => MessageRequest::parse(payload).map(Self::Message),
             "watchdog" => Heartbeat::parse(payload).map(Self::Watchdog),
@@ -34,14 +34,24 @@ impl ClientEvent {
     /// The `user_name` the payload claims, which must be the socket's user.
     pub fn claimed_user(&self) -> Option<&str> {
         match self {
-            Self::Join(r) | Self::Leave(r) => r.user_name.as_deref(),
+            Self::Join(j) => j.room.user_name.as_deref(),
+            Self::Leave(r) => r.user_name.as_deref(),
             Self::Message(m) => m.user_name.as_deref(),
             Self::Watchdog(h) => Some(&h.user_name),
         }
     }
 }
 
-/// `join` and `leave`: `{room_id, user_name}`.
+/// `join`: `{room_id, user_name, last_chat_id?}`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub room: RoomRequest,
+    /// The newest `chat_id` the client has: it wants every later message
+    /// replayed before the live ones.
+    pub last_chat_id: Option<ChatId>,
+}
+
+/// `leave` (and the room of a `join`): `{room_id, user_name}`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RoomRequest {
     pub room_id: RoomId,
@@ -65,6 +75,21 @@ pub const CLIENT_MSG_ID_MAX: usize = 64;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Heartbeat {
     pub user_name: String,
+}
+
+impl JoinRequest {
+    pub fn parse(payload: Option<&Value>) -> Result<Self, Refusal> {
+        let room = RoomRequest::parse(payload)?;
+        let last_chat_id = match object(payload)?.get("last_chat_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(id) if (0..=MAX_ID).contains(&id) => Some(id),
+                _ => return Err(Refusal::Invalid),
+            },
+            Some(_) => return Err(Refusal::Invalid),
+        };
+        Ok(Self { room, last_chat_id })
+    }
 }
 
 impl RoomRequest {
@@ -231,7 +256,10 @@ mod tests {
         let room = json!({ "room_id": 5, "user_name": "ann" });
         assert!(matches!(
             ClientEvent::parse("join", Some(&room)),
-            Ok(ClientEvent::Join(RoomRequest { room_id: 5, .. }))
+            Ok(ClientEvent::Join(JoinRequest {
+                room: RoomRequest { room_id: 5, .. },
+                last_chat_id: None
+            }))
         ));
         assert!(matches!(
             ClientEvent::parse("leave", Some(&room)),
@@ -244,6 +272,24 @@ mod tests {
         );
         assert_eq!(
             ClientEvent::parse("dance", Some(&room)),
+            Err(Refusal::Invalid)
+        );
+    }
+
+    #[test]
+    fn last_chat_id_is_a_non_negative_integer() {
+        let parse = |id: Value| {
+            JoinRequest::parse(Some(&json!({ "room_id": 1, "last_chat_id": id })))
+                .map(|j| j.last_chat_id)
+        };
+        assert_eq!(parse(json!(0)), Ok(Some(0)));
+        assert_eq!(parse(json!(42)), Ok(Some(42)));
+        assert_eq!(parse(json!(null)), Ok(None));
+        assert_eq!(parse(json!(-1)), Err(Refusal::Invalid));
+        assert_eq!(parse(json!(1.5)), Err(Refusal::Invalid));
+        assert_eq!(parse(json!("42")), Err(Refusal::Invalid));
+        assert_eq!(
+            parse(json!(9_007_199_254_740_992_u64)),
             Err(Refusal::Invalid)
         );
     }

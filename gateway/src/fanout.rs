@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::catch_up::Seam;
 use crate::sequencer::Sequencer;
 use crate::session::Session;
 
@@ -35,7 +36,14 @@ pub struct Fanout {
     bus: Arc<dyn Bus>,
     subjects: Subjects,
     slow_consumers: Counter,
-    rooms: Mutex<HashMap<RoomId, JoinHandle<()>>>,
+    rooms: Mutex<HashMap<RoomId, Subscribed>>,
+}
+
+/// A room this gateway receives: the task forwarding its events, and the
+/// seam where sockets catching up meet the live messages.
+struct Subscribed {
+    task: JoinHandle<()>,
+    seam: Arc<Seam>,
 }
 
 impl Fanout {
@@ -58,33 +66,66 @@ impl Fanout {
     /// subscription is active, so nothing published afterwards is missed.
     pub async fn subscribe(&self, room_id: RoomId) -> Result<(), BusError> {
         let mut rooms = self.rooms.lock().await;
-        if rooms.get(&room_id).is_some_and(|task| !task.is_finished()) {
-            return Ok(());
+        self.subscribed(&mut rooms, room_id).await.map(drop)
+    }
+
+    /// [`Self::subscribe`], and the room's live chat messages held for
+    /// `socket` until it has caught up ([`Seam::finish`]).
+    pub async fn subscribe_catching_up(
+        &self,
+        room_id: RoomId,
+        socket: &SocketRef,
+    ) -> Result<Arc<Seam>, BusError> {
+        let mut rooms = self.rooms.lock().await;
+        let seam = self.subscribed(&mut rooms, room_id).await?;
+        seam.hold_for(socket);
+        Ok(seam)
+    }
+
+    async fn subscribed(
+        &self,
+        rooms: &mut HashMap<RoomId, Subscribed>,
+        room_id: RoomId,
+    ) -> Result<Arc<Seam>, BusError> {
+        if let Some(room) = rooms.get(&room_id)
+            && !room.task.is_finished()
+        {
+            return Ok(room.seam.clone());
         }
         let subscription = self
             .bus
             .subscribe(self.subjects.room_events(room_id))
             .await?;
+        let seam = Arc::new(Seam::default());
         let room = Room {
             io: self.io.clone(),
             key: room_key(room_id),
             room_id,
             slow_consumers: self.slow_consumers.clone(),
+            seam: seam.clone(),
         };
         let task = tokio::spawn(forward(room, subscription));
-        rooms.insert(room_id, task);
+        rooms.insert(
+            room_id,
+            Subscribed {
+                task,
+                seam: seam.clone(),
+            },
+        );
         tracing::debug!(room_id, "subscribed to room");
-        Ok(())
+        Ok(seam)
     }
 
-    /// Drops the subscriptions of rooms without local sockets.
+    /// Drops the subscriptions of rooms without local sockets (joined, or
+    /// catching up).
     pub async fn sweep(&self) {
         let mut rooms = self.rooms.lock().await;
-        rooms.retain(|room_id, task| {
-            let keep =
-                !self.io.within(room_key(*room_id)).sockets().is_empty() && !task.is_finished();
+        rooms.retain(|room_id, room| {
+            let keep = (!self.io.within(room_key(*room_id)).sockets().is_empty()
+                || room.seam.is_busy())
+                && !room.task.is_finished();
             if !keep {
-                task.abort();
+                room.task.abort();
                 tracing::debug!(room_id, "unsubscribed from room");
             }
             keep
@@ -98,6 +139,7 @@ struct Room {
     key: String,
     room_id: RoomId,
     slow_consumers: Counter,
+    seam: Arc<Seam>,
 }
 
 /// Emits a room's bus messages to its local sockets, chat messages in
@@ -138,7 +180,15 @@ impl Room {
         };
         let name = event.name();
         match event {
-            ServerEvent::NewMessage(message) => self.emit(name, &message),
+            ServerEvent::NewMessage(message) => {
+                self.seam.deliver(&message, |replayed| {
+                    let mut sockets = self.sockets();
+                    if !replayed.is_empty() {
+                        sockets.retain(|s| !replayed.contains(&s.id));
+                    }
+                    self.emit_to(&sockets, name, &message);
+                });
+            }
             ServerEvent::UserJoined(member) | ServerEvent::UserLeft(member) => {
                 self.emit(name, &member);
             }
@@ -151,11 +201,13 @@ impl Room {
             ServerEvent::UserKicked { user, .. } => {
                 // The kicked sockets leave before anyone is told: a client
                 // that reacts to `user_kicked` at once must already be out.
+                self.seam.refuse(Some(&user.user_name));
                 let sockets = self.sockets();
                 remove_sockets(&sockets, &self.key, |s| s.is(&user.user_name));
                 self.emit_to(&sockets, name, &user);
             }
             ServerEvent::RoomDeleted { .. } => {
+                self.seam.refuse(None);
                 remove_sockets(&self.sockets(), &self.key, |_| true);
             }
             // Goes to every socket, on its own subject (`Gateway::run`).

@@ -3,15 +3,17 @@
 //! the client asked for one); the socket stays usable.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use common::chat_log::{ChatLogError, IdempotencyKey};
-use common::domain::{ChatDraft, RoomId, now};
+use common::domain::{ChatDraft, ChatId, RoomId, now};
 use common::events::{ServerEvent, UserInRoom};
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef};
 
 use crate::Gateway;
-use crate::client_event::{ClientEvent, Heartbeat, MessageRequest, RoomRequest};
+use crate::catch_up::REPLAY_MAX;
+use crate::client_event::{ClientEvent, Heartbeat, JoinRequest, MessageRequest, RoomRequest};
 use crate::event_queue::Queued;
 use crate::fanout::{room_key, session};
 use crate::refusal::Refusal;
@@ -35,16 +37,23 @@ impl Gateway {
         });
         let result = match event {
             Err(refusal) => Err(refusal),
-            Ok(ClientEvent::Join(request)) => self.join(&socket, &session, request).await,
-            Ok(ClientEvent::Leave(request)) => self.leave(&socket, &session, request).await,
-            Ok(ClientEvent::Watchdog(heartbeat)) => self.watchdog(&session, heartbeat).await,
+            Ok(ClientEvent::Join(request)) => self.join(&socket, &session, request).await.map(Some),
+            Ok(ClientEvent::Leave(request)) => {
+                self.leave(&socket, &session, request).await.map(|()| None)
+            }
+            Ok(ClientEvent::Watchdog(heartbeat)) => {
+                self.watchdog(&session, heartbeat).await.map(|()| None)
+            }
+            Ok(ClientEvent::Message(_)) if self.draining.load(Ordering::SeqCst) => {
+                Err(Refusal::Unavailable)
+            }
             Ok(ClientEvent::Message(request)) => {
                 match self.begin_message(&socket, &session, request).await {
                     // Stored in the background: the socket's next events (and
                     // messages) go on while this one waits for its acknowledgement.
                     Ok(stored) => {
                         let gateway = self.clone();
-                        tokio::spawn(async move {
+                        self.appends.spawn(async move {
                             let result = stored.await;
                             gateway.count(name, &result);
                             answer(&socket, ack, name, result.map(Some));
@@ -55,18 +64,47 @@ impl Gateway {
                 }
             }
         };
-        let result = result.map(|()| None);
         self.count(name, &result);
         answer(&socket, ack, name, result);
     }
 
+    /// Joins the socket to the room, after replaying what it missed when it
+    /// says what it has (`last_chat_id`); the acknowledgement says how many
+    /// messages were replayed and whether that was all of them.
     async fn join(
         &self,
         socket: &SocketRef,
         session: &Session,
-        request: RoomRequest,
-    ) -> Result<(), Refusal> {
-        let room_id = request.room_id;
+        request: JoinRequest,
+    ) -> Result<Value, Refusal> {
+        let room_id = request.room.room_id;
+        self.check_access(session, room_id).await?;
+        let key = room_key(room_id);
+        let (replayed, complete) = match request.last_chat_id {
+            None => {
+                // In the room before subscribing: the sweeper never drops
+                // the subscription of a room that has a local socket.
+                socket.join(key.clone());
+                if let Err(e) = self.fanout.subscribe(room_id).await {
+                    socket.leave(key);
+                    return Err(unavailable(e));
+                }
+                (0, true)
+            }
+            Some(after) => {
+                // Live messages go through the catch-up from here on.
+                socket.leave(key.clone());
+                self.catch_up(socket, room_id, after).await?
+            }
+        };
+        self.events
+            .publish(ServerEvent::UserJoined(member(session, room_id)))
+            .await;
+        Ok(json!({ "room_id": room_id, "replayed": replayed, "complete": complete }))
+    }
+
+    /// A room missing, or private without a membership: refused (code 4).
+    async fn check_access(&self, session: &Session, room_id: RoomId) -> Result<(), Refusal> {
         let room = self.deps.store.room(room_id).await.map_err(unavailable)?;
         let room = room.ok_or(Refusal::JoinFailed)?;
         if room.is_private
@@ -81,17 +119,38 @@ impl Gateway {
         {
             return Err(Refusal::JoinFailed);
         }
-        // In the room before subscribing: the sweeper never drops the
-        // subscription of a room that has a local socket.
-        socket.join(room_key(room_id));
-        if let Err(e) = self.fanout.subscribe(room_id).await {
-            socket.leave(room_key(room_id));
-            return Err(unavailable(e));
-        }
-        self.events
-            .publish(ServerEvent::UserJoined(member(session, room_id)))
-            .await;
         Ok(())
+    }
+
+    /// Subscribes, reads what the socket missed after `after` from the chat
+    /// log, replays it, and puts the socket in the room (see `catch_up`).
+    async fn catch_up(
+        &self,
+        socket: &SocketRef,
+        room_id: RoomId,
+        after: ChatId,
+    ) -> Result<(usize, bool), Refusal> {
+        let seam = self
+            .fanout
+            .subscribe_catching_up(room_id, socket)
+            .await
+            .map_err(unavailable)?;
+        let page = match self
+            .deps
+            .chat_log
+            .read_after(room_id, after, REPLAY_MAX)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                seam.release(socket.id);
+                return Err(unavailable(e));
+            }
+        };
+        let replayed = seam
+            .finish(socket, &room_key(room_id), page.messages, after)
+            .await?;
+        Ok((replayed, page.complete))
     }
 
     async fn leave(

@@ -8,8 +8,10 @@
 //! Inside, by concern: `connect` (authentication), `client_event` (parsing),
 //! `event_queue` (per-socket order), `handlers` (one per event), `refusal`
 //! (error codes), `heartbeats` (coalescing), `fanout` (room subscriptions and
-//! delivery, with `sequencer`), `session` (one socket's user and rate).
+//! delivery, with `sequencer`), `catch_up` (replay on join), `session` (one
+//! socket's user and rate).
 
+mod catch_up;
 mod client_event;
 mod connect;
 mod event_queue;
@@ -23,6 +25,7 @@ mod sequencer;
 mod session;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -34,6 +37,7 @@ use common::store::Store;
 use futures_util::StreamExt;
 use socketioxide::SocketIo;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use metrics::GatewayMetrics;
 pub use refusal::Refusal;
@@ -78,6 +82,11 @@ pub struct Gateway {
     events: Events,
     fanout: fanout::Fanout,
     heartbeats: heartbeats::Heartbeats,
+    /// Chat messages being appended, each waiting for its acknowledgement.
+    appends: TaskTracker,
+    /// Set on shutdown: new chat messages are refused (code 8, "try again"),
+    /// the ones in flight are acknowledged, then every socket is closed.
+    draining: AtomicBool,
 }
 
 /// Bytes read at a time from a WebSocket (socketioxide's default is 4 KiB):
@@ -97,6 +106,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often held-back heartbeats are checked for forwarding.
 const HEARTBEAT_FLUSH: Duration = Duration::from_millis(100);
+
+/// Longest a shutdown waits for the chat messages in flight to be
+/// acknowledged (a little more than the chat log's 10 s to confirm one),
+/// well within the gateway's 45 s grace period (`deploy/k8s/gateway.yaml`).
+const DRAIN_APPENDS: Duration = Duration::from_secs(12);
 
 impl Gateway {
     pub fn new(deps: Deps) -> Arc<Self> {
@@ -122,6 +136,8 @@ impl Gateway {
             deps,
             fanout,
             heartbeats: heartbeats::Heartbeats::default(),
+            appends: TaskTracker::new(),
+            draining: AtomicBool::new(false),
         });
         connect::register(&io, gateway.clone());
         gateway
@@ -134,8 +150,7 @@ impl Gateway {
 
     /// Delivers `room_list_updated` to every socket, keeps room
     /// subscriptions tidy and forwards held-back heartbeats until
-    /// `shutdown`; then disconnects every socket, so clients reconnect to
-    /// another replica.
+    /// `shutdown`; then drains (see [`Self::drain`]).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), GatewayError> {
         let mut room_lists = self
             .deps
@@ -164,8 +179,33 @@ impl Gateway {
                 }
             }
         }
-        tracing::info!(sockets = self.io.sockets().len(), "closing every socket");
-        self.io.close().await;
+        self.drain().await;
         Ok(())
+    }
+
+    /// Lets the chat messages in flight be acknowledged. The sockets stay
+    /// open until the process exits: their connections then drop, which
+    /// every client takes as a lost transport and reconnects (to another
+    /// replica, and catches up there). Closing them with a Socket.IO or
+    /// Engine.IO close packet instead would tell some clients (python-socketio)
+    /// that the server meant it, and they would not reconnect.
+    async fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.appends.close();
+        let in_flight = self.appends.len();
+        if tokio::time::timeout(DRAIN_APPENDS, self.appends.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.appends.len(),
+                "chat messages still unconfirmed at shutdown; their senders resend"
+            );
+        }
+        tracing::info!(
+            sockets = self.io.sockets().len(),
+            in_flight,
+            "messages in flight acknowledged; the sockets close with the process"
+        );
     }
 }

@@ -231,6 +231,89 @@ async fn acknowledged_messages_are_in_every_later_read_on_every_api_replica() {
     }
 }
 
+/// `n` users, written directly (argon2 hashes for 100 would take long),
+/// as a users file of `name token room` lines for the python clients, the
+/// room of user `i` being `room_of(i)`.
+async fn client_users(proxied: &Proxied, n: usize, room_of: impl Fn(usize) -> i64) -> PythonUsers {
+    let mut lines = String::new();
+    let mut values = Vec::new();
+    for i in 0..n {
+        let name = format!("client{i}_{}", crate::harness::random_hex(3));
+        values.push(format!("('{name}', 'x')"));
+        let token = proxied.app.sign(&claims_for(&name, 600));
+        lines.push_str(&format!("{name} {token} {}\n", room_of(i)));
+    }
+    proxied
+        .app
+        .sql(format!(
+            "INSERT INTO users (user_name, password) VALUES {}",
+            values.join(", ")
+        ))
+        .await;
+    let path = std::env::temp_dir().join(format!("kom-users-{}", crate::harness::random_hex(4)));
+    std::fs::write(&path, lines).expect("users file");
+    PythonUsers(path)
+}
+
+/// The users file of python clients; removed on drop.
+struct PythonUsers(std::path::PathBuf);
+
+impl Drop for PythonUsers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A python script of `tests/compat` driving many clients: commands go to
+/// its stdin, it answers one JSON object per line.
+struct PythonClients {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    out: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl PythonClients {
+    fn start(script: &str, args: &[&str]) -> Self {
+        let script = format!("{}/tests/compat/{script}", env!("CARGO_MANIFEST_DIR"));
+        let mut child = tokio::process::Command::new(python())
+            .arg(script)
+            .args(args)
+            .env("NO_PROXY", "*")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python");
+        let stdin = child.stdin.take();
+        let out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self { child, stdin, out }
+    }
+
+    async fn say(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .expect("stdin");
+    }
+
+    /// The next line the clients print, within 90 s.
+    async fn next(&mut self, what: &str) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(90), self.out.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} from the clients"))
+            .expect("read")
+            .unwrap_or_else(|| panic!("the clients exited before {what}"));
+        serde_json::from_str(&line).expect("JSON line")
+    }
+
+    /// Closes their stdin and lets them exit.
+    async fn finish(mut self) {
+        drop(self.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
 /// 100 python-socketio clients behind nginx; each gateway in turn is killed
 /// and restarted: every client that lost its gateway is connected to the
 /// other and has rejoined its room within 5 s.
@@ -243,52 +326,19 @@ async fn every_client_rejoins_within_5s_when_a_gateway_is_killed() {
         .as_user(&owner)
         .create_room("Restarts", None)
         .await;
-    // Users written directly (100 argon2 hashes would take long).
-    let mut lines = String::new();
-    let mut values = Vec::new();
-    for i in 0..100 {
-        let name = format!("client{i}_{}", crate::harness::random_hex(3));
-        values.push(format!("('{name}', 'x')"));
-        let token = proxied.app.sign(&claims_for(&name, 600));
-        lines.push_str(&format!("{name} {token}\n"));
-    }
-    proxied
-        .app
-        .sql(format!(
-            "INSERT INTO users (user_name, password) VALUES {}",
-            values.join(", ")
-        ))
-        .await;
-    let users = std::env::temp_dir().join(format!("kom-users-{}", crate::harness::random_hex(4)));
-    std::fs::write(&users, lines).expect("users file");
-
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat/reconnect.py");
-    let mut clients = tokio::process::Command::new(python())
-        .args([script, &proxied.nginx.url, &room.to_string()])
-        .arg(&users)
-        .env("NO_PROXY", "*")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python");
-    let mut stdin = clients.stdin.take().expect("stdin");
-    let mut out = BufReader::new(clients.stdout.take().expect("stdout")).lines();
-    let mut next = async |what: &str| -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(90), out.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no {what} from the clients"))
-            .expect("read")
-            .unwrap_or_else(|| panic!("the clients exited before {what}"));
-        serde_json::from_str(&line).expect("JSON line")
-    };
-    let ready = next("ready").await;
+    let users = client_users(&proxied, 100, |_| room).await;
+    let users_file = users.0.to_string_lossy().into_owned();
+    let mut clients = PythonClients::start(
+        "reconnect.py",
+        &[&proxied.nginx.url, &room.to_string(), &users_file],
+    );
+    let ready = clients.next("ready").await;
     assert_eq!(ready["ready"], 100, "{ready}");
 
     for i in [0, 1] {
         proxied.app.gateways[i].kill9().await;
-        stdin.write_all(b"round\n").await.expect("stdin");
-        let round = next("round").await;
+        clients.say("round").await;
+        let round = clients.next("round").await;
         let logs = proxied.logs();
         assert!(
             round["lost"].as_u64() > Some(0),
@@ -305,7 +355,50 @@ async fn every_client_rejoins_within_5s_when_a_gateway_is_killed() {
         );
         proxied.app.gateways[i].restart().await;
     }
-    drop(stdin);
-    let _ = tokio::time::timeout(Duration::from_secs(10), clients.wait()).await;
-    let _ = std::fs::remove_file(users);
+    clients.finish().await;
+}
+
+/// A rolling restart under load: 100 python-socketio clients in 10 rooms
+/// behind nginx send 300 messages/s in all while each gateway in turn is
+/// stopped with SIGTERM (drained: in-flight messages acknowledged, sockets
+/// closed) and started again. The clients rejoin with `last_chat_id`:
+/// afterwards every client has every message of its room (acknowledged
+/// to anyone, or seen by anyone) exactly once, in `chat_id` order.
+#[tokio::test]
+async fn a_rolling_restart_under_load_loses_no_message_for_anyone() {
+    let mut proxied = Proxied::start(Options::default()).await;
+    let owner = proxied.app.user("owner").await;
+    let mut rooms = Vec::new();
+    for i in 0..10 {
+        let room = proxied.app.as_user(&owner);
+        rooms.push(room.create_room(&format!("Rolling {i}"), None).await);
+    }
+    let users = client_users(&proxied, 100, |i| rooms[i % rooms.len()]).await;
+    let users_file = users.0.to_string_lossy().into_owned();
+    let mut clients = PythonClients::start("rolling.py", &[&proxied.nginx.url, &users_file, "300"]);
+    let ready = clients.next("ready").await;
+    assert_eq!(ready["ready"], 100, "{ready}");
+
+    for i in [0, 1] {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let started = tokio::time::Instant::now();
+        let code = proxied.app.gateways[i].terminate().await;
+        let took = started.elapsed();
+        assert_eq!(code, Some(0), "gateway {i}:\n{}", proxied.logs());
+        assert!(
+            took < Duration::from_secs(15),
+            "gateway {i} took {took:?} to drain"
+        );
+        proxied.app.gateways[i].restart().await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    clients.say("stop").await;
+    let summary = clients.next("summary").await;
+    println!("rolling restart: {summary}");
+    assert!(summary["acked"].as_u64() > Some(1000), "{summary}");
+    assert!(summary["reconnects"].as_u64() > Some(0), "{summary}");
+    for what in ["missing", "duplicates", "out_of_order"] {
+        assert_eq!(summary[what], 0, "{what}: {summary}\n{}", proxied.logs());
+    }
+    clients.finish().await;
 }

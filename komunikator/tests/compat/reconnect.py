@@ -4,7 +4,7 @@ reconnection) behind a load balancer, each rejoining its room whenever it
 then the upgrade), half WebSocket only; they connect from different
 loopback addresses so that the balancer spreads them over the gateways.
 
-usage: reconnect.py URL ROOM_ID USERS_FILE   (USERS_FILE: "name token" lines)
+usage: reconnect.py URL ROOM_ID USERS_FILE   (USERS_FILE: "name token ..." lines)
 
 Protocol on stdin/stdout (one JSON object per line on stdout):
 - prints {"ready": N} once every client is connected and has joined;
@@ -75,7 +75,7 @@ def say(obj):
 
 
 async def main():
-    members = [Member(i, name, token) for i, (name, token) in enumerate(USERS)]
+    members = [Member(i, name, token) for i, (name, token, *_) in enumerate(USERS)]
     await asyncio.gather(*(m.start() for m in members))
     await asyncio.wait_for(asyncio.gather(*(m.joined.wait() for m in members)), READY_WITHIN)
     for m in members:

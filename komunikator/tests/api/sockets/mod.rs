@@ -4,6 +4,7 @@
 //! gateways sharing rooms. What the tests here share is below; what a
 //! socket sends and expects again and again is on [`crate::sio::Socket`].
 
+mod catch_up;
 mod connect;
 mod error_codes;
 mod gateways;
