@@ -95,6 +95,58 @@ try {
   await shot(a, "chat-alice");
   await shot(b, "chat-bob");
 
+  // Catch-up: the connection under Dave's page is cut; Alice sends while
+  // it is down; the page rejoins with the newest chat_id it has, and the
+  // missed messages appear, once each, without a reload of the history.
+  const dave = `dave_${run}`;
+  const flaky = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  const joins = [];
+  let current = null;
+  let hold = null;
+  await flaky.routeWebSocket(/\/socket\.io\//, async (ws) => {
+    if (hold) await hold; // a reconnect waits while the "network" is down
+    current = ws;
+    const server = ws.connectToServer();
+    ws.onMessage((message) => {
+      if (String(message).includes('"join"')) joins.push(String(message));
+      server.send(message);
+    });
+  });
+  const d = await flaky.newPage();
+  await d.goto(base);
+  await id(d, "login-user").fill(dave);
+  await id(d, "login-password").fill(`pw-${dave}`);
+  await id(d, "register-button").click();
+  await id(d, "current-user").filter({ hasText: dave }).waitFor();
+  const lobbyForDave = id(d, "public-room").filter({ hasText: lobby });
+  await lobbyForDave.waitFor();
+  await lobbyForDave.getByTestId("join-room").click();
+  await openMyRoom(d, lobby);
+  await send(a, "before the cut");
+  await seesMessage(d, alice, "before the cut");
+  let release;
+  hold = new Promise((resolve) => { release = resolve; });
+  const historyReads = [];
+  d.on("request", (r) => { if (r.url().includes("/api/chat_history")) historyReads.push(r.url()); });
+  await current.close();
+  await d.locator("#conn-status:not(.ok)").waitFor({ timeout: 15000 });
+  await send(a, "missed while down 1");
+  await send(a, "missed while down 2");
+  await seesMessage(a, alice, "missed while down 2");
+  hold = null;
+  release();
+  await d.locator("#conn-status.ok").waitFor({ timeout: 15000 });
+  await seesMessage(d, alice, "missed while down 1");
+  await seesMessage(d, alice, "missed while down 2");
+  const rejoin = joins[joins.length - 1] || "";
+  if (!rejoin.includes('"last_chat_id"')) throw new Error(`the page rejoined without last_chat_id: ${joins}`);
+  for (const text of ["before the cut", "missed while down 1", "missed while down 2"]) {
+    const n = await id(d, "message").filter({ has: id(d, "message-text").filter({ hasText: text }) }).count();
+    if (n !== 1) throw new Error(`"${text}" shown ${n} times after the catch-up`);
+  }
+  if (historyReads.length) throw new Error(`the page reloaded the history: ${historyReads}`);
+  await shot(d, "caught-up-after-reconnect");
+
   // A private room, joined by key.
   const secret = `secret ${run}`;
   await id(a, "new-room-name").fill(secret);
