@@ -77,6 +77,8 @@ run fanout "$complete and r['expected'] == r['acked'] * 30" \
 run idle 'r["connected"] == 300 and r["presence"]["correct"] and r["heartbeats_per_second"] > 0 and r["gateway_rss_kb_per_connection"] >= 0 and r["errors"] == {}' \
   idle --gateway "$GATEWAY" --api "$API" --presence "$PRESENCE" --connections 300 --sources 3 \
   --seconds 2 --check-offline "${PRESENCE_TIMEOUT_MS:-5000}"
+run rejoin 'r["caught_up"] == r["connected"] == 200 and r["errors"] == {}' \
+  rejoin --gateway "$GATEWAY" --connections 200 --rooms 10 --behind 3
 run presence 'r["processed_ratio"] == 1 and r["came_online"] == r["expected_online"] == 500' \
   presence --presence "$PRESENCE" --users 500 --rate 1000 --seconds 1
 run rest 'r["rooms"]["requests"]["ok"] > 0 and r["rooms"]["requests"]["errors"] == {} and r["rooms"]["rooms_listed"] >= 5 and r["login_flood"]["login"]["ok"] > 0 and r["probe_quiet"]["user_rooms"]["ok"] > 0' \
@@ -92,6 +94,8 @@ run all-chat "$complete" \
   chat --api "$API" --gateways "$GATEWAYS" --rooms 2 --users 3 --rate 50 --seconds 2
 run all-idle 'r["connected"] == 100 and r["presence"]["correct"]' \
   idle --gateway "$GATEWAY" --presence "$PRESENCE" --connections 100 --seconds 1
+run all-rejoin 'r["caught_up"] == r["connected"] == 200 and r["errors"] == {}' \
+  rejoin --gateway "$GATEWAY" --connections 200 --rooms 10 --behind 3
 fi
 
 # The Socket.IO peer the table compares with (bench/peer): it must still

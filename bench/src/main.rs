@@ -10,6 +10,7 @@ mod metrics;
 mod persist_lag;
 mod presence;
 mod procs;
+mod rejoin;
 mod report;
 mod rest;
 mod setup;
@@ -43,6 +44,8 @@ enum Scenario {
     Rest(rest::RestArgs),
     /// Time from a message's live delivery to its appearance in chat_history.
     PersistLag(persist_lag::PersistLagArgs),
+    /// N sockets rejoining at once with `last_chat_id` a few messages behind.
+    Rejoin(rejoin::RejoinArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::History(args) => history::history(args).await,
             Scenario::Rest(args) => rest::rest(args).await,
             Scenario::PersistLag(args) => persist_lag::persist_lag(args).await,
+            Scenario::Rejoin(args) => rejoin::rejoin(args).await,
         }
     })
 }

@@ -138,11 +138,8 @@ pub struct Direct {
 }
 
 impl Direct {
-    /// Writes `names` to the store (each with the same argon2id hash of
-    /// "bench-password"), all members of one new public room owned by the
-    /// first, and signs a token for each. Returns the users and the room.
-    pub async fn seed(&self, names: Vec<String>) -> anyhow::Result<(Vec<User>, i64)> {
-        anyhow::ensure!(!names.is_empty(), "nobody to seed");
+    /// The deployment's store and its token secret.
+    async fn open(&self) -> anyhow::Result<(Store, String)> {
         let mut problems = Problems::default();
         let settings = self
             .db
@@ -156,7 +153,34 @@ impl Direct {
             None if !self.db.is_set() => self.data.jwt_secret()?,
             None => bail!("JWT_SECRET_KEY is needed to sign tokens for a MySQL deployment"),
         };
-        let store = Store::connect(&settings).await?;
+        Ok((Store::connect(&settings).await?, secret))
+    }
+
+    /// `n` more public rooms owned by `owner`.
+    pub async fn rooms(&self, owner: &str, n: usize) -> anyhow::Result<Vec<i64>> {
+        let (store, _) = self.open().await?;
+        let mut rooms = Vec::with_capacity(n);
+        for i in 0..n {
+            let room = NewRoom {
+                name: format!("{owner} room {i}"),
+                owner: owner.to_owned(),
+                access_key: None,
+            };
+            rooms.push(
+                store
+                    .create_room(&room, chrono::Utc::now().naive_utc())
+                    .await?,
+            );
+        }
+        Ok(rooms)
+    }
+
+    /// Writes `names` to the store (each with the same argon2id hash of
+    /// "bench-password"), all members of one new public room owned by the
+    /// first, and signs a token for each. Returns the users and the room.
+    pub async fn seed(&self, names: Vec<String>) -> anyhow::Result<(Vec<User>, i64)> {
+        anyhow::ensure!(!names.is_empty(), "nobody to seed");
+        let (store, secret) = self.open().await?;
         let hash = common::password::Passwords::new(1, 1)
             .hash("bench-password".to_owned())
             .await?;

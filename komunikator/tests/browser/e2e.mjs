@@ -44,8 +44,8 @@ let step = 0;
 const shot = async (page, name) => page.screenshot({ path: join(artifacts, `${String(++step).padStart(2, "0")}-${name}.png`), fullPage: true });
 const run = Math.random().toString(16).slice(2, 8);
 
-async function user(name) {
-  const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+async function user(name, context = null) {
+  context ??= await browser.newContext({ viewport: { width: 1200, height: 800 } });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${name}] page error:`, e.message));
   await page.goto(base);
@@ -112,12 +112,7 @@ try {
       server.send(message);
     });
   });
-  const d = await flaky.newPage();
-  await d.goto(base);
-  await id(d, "login-user").fill(dave);
-  await id(d, "login-password").fill(`pw-${dave}`);
-  await id(d, "register-button").click();
-  await id(d, "current-user").filter({ hasText: dave }).waitFor();
+  const d = await user(dave, flaky);
   const lobbyForDave = id(d, "public-room").filter({ hasText: lobby });
   await lobbyForDave.waitFor();
   await lobbyForDave.getByTestId("join-room").click();
@@ -191,12 +186,7 @@ try {
     });
     ws.send(`0${JSON.stringify({ sid: `stand-in-${attempts.length}`, upgrades: [], pingInterval: 25000, pingTimeout: 20000, maxPayload: 1000000 })}`);
   });
-  const c2 = await degraded.newPage();
-  await c2.goto(base);
-  await id(c2, "login-user").fill(carol);
-  await id(c2, "login-password").fill(`pw-${carol}`);
-  await id(c2, "register-button").click();
-  await id(c2, "current-user").filter({ hasText: carol }).waitFor();
+  const c2 = await user(carol, degraded);
   await c2.locator("#conn-status.ok").waitFor({ timeout: 15000 });
   if (attempts.length !== 3) throw new Error(`expected 2 refused attempts and a third that connects, saw ${attempts.length}`);
   const gaps = attempts.slice(1).map((t, i) => t - attempts[i]);

@@ -16,12 +16,10 @@ Protocol on stdin/stdout (one JSON object per line on stdout):
 - stdin closed: disconnects every client and exits.
 """
 import asyncio
-import json
 import sys
 import time
 
-import aiohttp
-import socketio
+from spread import Client, say
 
 URL, ROOM = sys.argv[1], int(sys.argv[2])
 USERS = [line.split() for line in open(sys.argv[3]) if line.strip()]
@@ -29,27 +27,16 @@ READY_WITHIN = 60
 ROUND_WITHIN = 30
 
 
-class Member:
+class Member(Client):
     def __init__(self, index, name, token):
-        self.name = name
-        self.token = token
-        self.transports = None if index % 2 == 0 else ["websocket"]
-        self.local = f"127.0.0.{2 + index % 50}"
+        super().__init__(index, name, token)
         self.joined = asyncio.Event()
         self.lost = False
         self.joined_at = 0.0
-        self.session = None
-        self.sio = None
 
     async def start(self):
-        connector = aiohttp.TCPConnector(local_addr=(self.local, 0), force_close=False)
-        self.session = aiohttp.ClientSession(connector=connector)
-        self.sio = socketio.AsyncClient(http_session=self.session)
-        self.sio.on("connect", self.on_connect)
-        self.sio.on("disconnect", self.on_disconnect)
-        self.sio.on("user_joined", self.on_user_joined)
-        await self.sio.connect(URL, auth={"token": self.token}, transports=self.transports,
-                               wait_timeout=10)
+        await super().start(URL, {"connect": self.on_connect, "disconnect": self.on_disconnect,
+                                  "user_joined": self.on_user_joined})
 
     async def on_connect(self):
         await self.sio.emit("join", {"room_id": ROOM, "user_name": self.name})
@@ -62,16 +49,6 @@ class Member:
         if data.get("user_name") == self.name and data.get("room_id") == ROOM:
             self.joined_at = time.monotonic()
             self.joined.set()
-
-    async def stop(self):
-        try:
-            await self.sio.disconnect()
-        finally:
-            await self.session.close()
-
-
-def say(obj):
-    print(json.dumps(obj), flush=True)
 
 
 async def main():

@@ -21,13 +21,11 @@ Protocol on stdin/stdout (one JSON object per line on stdout):
   anyone) that a member of the room never received.
 """
 import asyncio
-import json
 import random
 import sys
 import time
 
-import aiohttp
-import socketio
+from spread import Client, say
 
 URL, USERS_FILE, RATE = sys.argv[1], sys.argv[2], float(sys.argv[3])
 CATCH_UP = "--no-catch-up" not in sys.argv[4:]
@@ -36,30 +34,19 @@ READY_WITHIN = 60
 QUIET_WITHIN = 30
 
 
-class Member:
+class Member(Client):
     def __init__(self, index, name, token, room):
-        self.name = name
-        self.token = token
+        super().__init__(index, name, token)
         self.room = int(room)
-        self.transports = None if index % 2 == 0 else ["websocket"]
-        self.local = f"127.0.0.{2 + index % 50}"
         self.joined = asyncio.Event()
         self.received = []  # chat ids of new_message, in arrival order
         self.acked = []  # chat ids of our own acknowledged messages
         self.connects = 0
         self.refused = 0
-        self.session = None
-        self.sio = None
 
     async def start(self):
-        connector = aiohttp.TCPConnector(local_addr=(self.local, 0), force_close=False)
-        self.session = aiohttp.ClientSession(connector=connector)
-        self.sio = socketio.AsyncClient(http_session=self.session)
-        self.sio.on("connect", self.on_connect)
-        self.sio.on("disconnect", self.on_disconnect)
-        self.sio.on("new_message", self.on_new_message)
-        await self.sio.connect(URL, auth={"token": self.token}, transports=self.transports,
-                               wait_timeout=10)
+        await super().start(URL, {"connect": self.on_connect, "disconnect": self.on_disconnect,
+                                  "new_message": self.on_new_message})
 
     async def on_connect(self):
         self.connects += 1
@@ -98,16 +85,6 @@ class Member:
                                     callback=self.on_message_ack)
             except Exception:  # disconnected meanwhile: not sent
                 self.refused += 1
-
-    async def stop(self):
-        try:
-            await self.sio.disconnect()
-        finally:
-            await self.session.close()
-
-
-def say(obj):
-    print(json.dumps(obj), flush=True)
 
 
 def expected_by_room(members):
