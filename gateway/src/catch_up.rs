@@ -14,7 +14,7 @@
 //! floor until the task has sent past it.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::domain::{ChatId, ChatMessage};
 use socketioxide::extract::SocketRef;
@@ -26,6 +26,10 @@ use crate::session::Session;
 
 /// Most messages one catch-up replays: the newest of those missed.
 pub const REPLAY_MAX: u32 = 1000;
+
+/// How long a caught-up socket's floor is kept: well past the sequencer's
+/// reorder window, the longest the forwarding task holds a message back.
+const FLOOR_KEPT: Duration = Duration::from_secs(2);
 
 /// Longest a replay waits for room in a socket's send buffer, per message,
 /// before the socket counts as not reading.
@@ -43,9 +47,23 @@ struct SeamState {
     /// Sockets that joined the group after a replay up to this `chat_id`.
     /// A message the room's forwarding task still held back for ordering
     /// (see `sequencer`) may be one they were replayed: it is not sent to
-    /// them again. Forgotten once a later message went out, as the task
-    /// sends in `chat_id` order.
-    floors: Vec<(Sid, ChatId)>,
+    /// them again. Forgotten once a later message went out (the task sends
+    /// in `chat_id` order), or after [`FLOOR_KEPT`] (the task holds a
+    /// message back for at most the sequencer's reorder window).
+    floors: Vec<Floor>,
+}
+
+struct Floor {
+    sid: Sid,
+    chat_id: ChatId,
+    since: Instant,
+}
+
+impl Floor {
+    /// Still needed for a message with this id.
+    fn covers(&self, chat_id: ChatId) -> bool {
+        chat_id <= self.chat_id && self.since.elapsed() < FLOOR_KEPT
+    }
 }
 
 struct CatchingUp {
@@ -71,9 +89,9 @@ impl Seam {
     /// True while some socket of the room is catching up (the room's
     /// subscription must stay).
     pub fn is_busy(&self) -> bool {
-        self.state
-            .lock()
-            .map_or(true, |s| !s.catching_up.is_empty() || !s.floors.is_empty())
+        self.state.lock().map_or(true, |s| {
+            !s.catching_up.is_empty() || s.floors.iter().any(|f| f.since.elapsed() < FLOOR_KEPT)
+        })
     }
 
     /// Stops holding for `socket` (its catch-up failed).
@@ -93,14 +111,9 @@ impl Seam {
         if state.floors.is_empty() {
             emit(&[]);
         } else {
-            let replayed: Vec<Sid> = state
-                .floors
-                .iter()
-                .filter(|(_, floor)| message.chat_id <= *floor)
-                .map(|(sid, _)| *sid)
-                .collect();
+            state.floors.retain(|f| f.covers(message.chat_id));
+            let replayed: Vec<Sid> = state.floors.iter().map(|f| f.sid).collect();
             emit(&replayed);
-            state.floors.retain(|(_, floor)| message.chat_id <= *floor);
         }
         for c in state.catching_up.iter_mut() {
             c.held.push(message.clone());
@@ -167,7 +180,11 @@ impl Seam {
             }
             last = message.chat_id;
         }
-        state.floors.push((socket.id, last));
+        state.floors.push(Floor {
+            sid: socket.id,
+            chat_id: last,
+            since: Instant::now(),
+        });
         socket.join(key.to_owned());
         Ok(())
     }

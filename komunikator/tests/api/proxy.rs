@@ -389,6 +389,7 @@ async fn a_rolling_restart_under_load_loses_no_message_for_anyone() {
             took < Duration::from_secs(15),
             "gateway {i} took {took:?} to drain"
         );
+        println!("gateway {i} drained and exited {took:?} after SIGTERM");
         proxied.app.gateways[i].restart().await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
