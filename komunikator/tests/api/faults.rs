@@ -369,6 +369,60 @@ async fn an_unconfirmed_message_is_code_8_after_10_s_and_its_resend_is_stored_on
     }
 }
 
+/// A gateway stopped (SIGTERM) while a chat message waits for the broker:
+/// it keeps the socket until the message is acknowledged, and only then
+/// exits, cleanly, well within its grace period; a message sent during the
+/// drain is refused with code 8 (resend it elsewhere).
+#[tokio::test]
+async fn a_stopped_gateway_acknowledges_the_messages_in_flight_before_it_exits() {
+    let mut nats = crate::servers::nats().await;
+    let mut app = TestApp::start_with(
+        Backend::MySql,
+        Options::default().with("NATS_URL", nats.url.clone()),
+    )
+    .await;
+    let Chat(room, _, [sender, _reader]) = app.chat("Draining", ["ann", "bob"]).await;
+    let in_flight = json!({ "room_id": room, "message": "in flight", "client_msg_id": "drain-1" });
+    let during = json!({ "room_id": room, "message": "during the drain" });
+
+    nats.kill9();
+    let acknowledged = sender.emit_with_ack_within("message", in_flight, Duration::from_secs(20));
+    let stop = async {
+        // The message is waiting for the broker when the stop comes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let gateway = &mut app.gateways[0];
+        let stopping = gateway.terminate();
+        let meanwhile = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let refused = sender.emit_with_ack("message", during).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            nats.launch().await;
+            refused
+        };
+        let (code, refused) = tokio::join!(stopping, meanwhile);
+        (code, refused, started.elapsed())
+    };
+    let (ack, (code, refused, took)) = tokio::join!(acknowledged, stop);
+    assert!(ack["chat_id"].is_i64(), "the message in flight: {ack}");
+    assert_eq!(
+        refused,
+        json!({ "error": "Service unavailable, try again", "code": 8 }),
+        "a message during the drain"
+    );
+    assert_eq!(code, Some(0), "{}", app.logs());
+    assert!(took < Duration::from_secs(10), "drained in {took:?}");
+    let chat_id = ack["chat_id"].as_i64().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.history_ids(room).await != [chat_id] {
+        assert!(
+            Instant::now() < deadline,
+            "the acknowledged message is not in the history"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The presence timeout of the presence fault tests.
 const PRESENCE_TIMEOUT: Duration = Duration::from_millis(2000);
 
