@@ -396,4 +396,21 @@ mod tests {
         let none = t.log.read_after(room, ids[4], 10).await.expect("read");
         assert_eq!((ids_of(&none), none.complete), (vec![], true));
     }
+
+    #[test]
+    fn a_resend_key_is_remembered_for_the_idempotency_window_only() {
+        let mut remembered = Remembered::default();
+        let t0 = Instant::now();
+        let key = IdempotencyKey::new("ann", "m1");
+        remembered.remember(key.clone(), 7, t0);
+        remembered.forget_expired(t0 + IDEMPOTENCY_WINDOW);
+        assert_eq!(
+            remembered.ids.get(&key),
+            Some(&7),
+            "kept for the whole window"
+        );
+        remembered.forget_expired(t0 + IDEMPOTENCY_WINDOW + std::time::Duration::from_millis(1));
+        assert_eq!(remembered.ids.get(&key), None, "forgotten after it");
+        assert!(remembered.stored.is_empty());
+    }
 }
