@@ -17,7 +17,7 @@ import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
-import { id, openMyRoom, seesMessage, send } from "./ui.mjs";
+import { id, joinListed, openMyRoom, seesMessage, send } from "./ui.mjs";
 
 const DEADLINE_MS = 90000;
 const SIO_PAGE_MS = 20000;
@@ -362,10 +362,7 @@ try {
   }, watched);
   await step(`web client: ${bob} registers, sees the room live, joins and opens it`, async () => {
     b = await user(bob);
-    const listed = id(b.page, "public-room").filter({ hasText: lobby });
-    await listed.waitFor();
-    await listed.getByTestId("join-room").click();
-    await openMyRoom(b.page, lobby);
+    await joinListed(b.page, lobby);
   }, watched);
   await step(`web client: ${alice} sends a message, ${bob} sees it live`, async () => {
     await send(a.page, "hello from another origin");

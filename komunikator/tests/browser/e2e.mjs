@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { createRequire } from "node:module";
-import { id, openMyRoom, seesMessage, send } from "./ui.mjs";
+import { id, joinListed, openMyRoom, seesMessage, send } from "./ui.mjs";
 
 // ES modules ignore NODE_PATH: resolve playwright-core from KOM_NODE_DIR.
 const require = createRequire(join(process.env.KOM_NODE_DIR || process.cwd(), "index.js"));
@@ -77,10 +77,7 @@ try {
   await id(a, "new-room-name").fill(lobby);
   await id(a, "create-room-button").click();
   await openMyRoom(a, lobby);
-  const listed = id(b, "public-room").filter({ hasText: lobby });
-  await listed.waitFor();
-  await listed.getByTestId("join-room").click();
-  await openMyRoom(b, lobby);
+  await joinListed(b, lobby);
 
   // Messages flow both ways, live.
   await send(a, "hello from alice");
@@ -113,10 +110,7 @@ try {
     });
   });
   const d = await user(dave, flaky);
-  const lobbyForDave = id(d, "public-room").filter({ hasText: lobby });
-  await lobbyForDave.waitFor();
-  await lobbyForDave.getByTestId("join-room").click();
-  await openMyRoom(d, lobby);
+  await joinListed(d, lobby);
   await send(a, "before the cut");
   await seesMessage(d, alice, "before the cut");
   let release;

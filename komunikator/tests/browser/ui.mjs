@@ -17,3 +17,11 @@ export async function seesMessage(page, author, text) {
   await id(page, "message").filter({ has: id(page, "message-text").filter({ hasText: text }) })
     .filter({ has: id(page, "message-user").filter({ hasText: author }) }).first().waitFor();
 }
+
+// Joins the public room `roomName` from the room list and opens it.
+export async function joinListed(page, roomName) {
+  const listed = id(page, "public-room").filter({ hasText: roomName });
+  await listed.waitFor();
+  await listed.getByTestId("join-room").click();
+  await openMyRoom(page, roomName);
+}
