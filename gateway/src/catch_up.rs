@@ -86,8 +86,8 @@ impl Seam {
         }
     }
 
-    /// True while some socket of the room is catching up (the room's
-    /// subscription must stay).
+    /// True while some socket of the room is catching up, or has a fresh
+    /// floor: the room's subscription must stay.
     pub fn is_busy(&self) -> bool {
         self.state.lock().map_or(true, |s| {
             !s.catching_up.is_empty() || s.floors.iter().any(|f| f.since.elapsed() < FLOOR_KEPT)
