@@ -66,12 +66,6 @@ pub struct Metrics {
     http_seconds: Family<HttpLabels, Histogram>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -84,19 +78,6 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// A registry with the HTTP metrics only.
-    pub fn new() -> Self {
-        Self::with(|_| ()).0
-    }
-
-    /// A registry with the HTTP metrics and a service's own, which `extend`
-    /// registers and returns.
-    pub fn with<T>(extend: impl FnOnce(&mut Registry) -> T) -> (Self, T) {
-        let mut registry = Self::registry();
-        let extension = extend(&mut registry);
-        (Self::from_registry(registry), extension)
-    }
-
     /// An empty registry, for the services of a process to register their
     /// metrics in before [`Self::from_registry`].
     pub fn registry() -> Registry {
