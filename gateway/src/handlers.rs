@@ -3,7 +3,6 @@
 //! the client asked for one); the socket stays usable.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use common::chat_log::{ChatLogError, IdempotencyKey};
 use common::domain::{ChatDraft, ChatId, RoomId, now};
@@ -44,9 +43,7 @@ impl Gateway {
             Ok(ClientEvent::Watchdog(heartbeat)) => {
                 self.watchdog(&session, heartbeat).await.map(|()| None)
             }
-            Ok(ClientEvent::Message(_)) if self.draining.load(Ordering::SeqCst) => {
-                Err(Refusal::Unavailable)
-            }
+            Ok(ClientEvent::Message(_)) if self.draining() => Err(Refusal::Unavailable),
             Ok(ClientEvent::Message(request)) => {
                 match self.begin_message(&socket, &session, request).await {
                     // Stored in the background: the socket's next events (and

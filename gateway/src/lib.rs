@@ -24,8 +24,7 @@ mod request_headers;
 mod sequencer;
 mod session;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clap::Args;
@@ -84,9 +83,10 @@ pub struct Gateway {
     heartbeats: heartbeats::Heartbeats,
     /// Chat messages being appended, each waiting for its acknowledgement.
     appends: TaskTracker,
-    /// Set on shutdown: new chat messages are refused (code 8, "try again"),
+    /// The token [`Gateway::run`] stops on, the one `/readyz` reports: once
+    /// it is cancelled new chat messages are refused (code 8, "try again"),
     /// the ones in flight are acknowledged, then every socket is closed.
-    draining: AtomicBool,
+    shutdown: OnceLock<CancellationToken>,
 }
 
 /// Bytes read at a time from a WebSocket (socketioxide's default is 4 KiB):
@@ -137,7 +137,7 @@ impl Gateway {
             fanout,
             heartbeats: heartbeats::Heartbeats::default(),
             appends: TaskTracker::new(),
-            draining: AtomicBool::new(false),
+            shutdown: OnceLock::new(),
         });
         connect::register(&io, gateway.clone());
         gateway
@@ -152,6 +152,7 @@ impl Gateway {
     /// subscriptions tidy and forwards held-back heartbeats until
     /// `shutdown`; then drains (see [`Self::drain`]).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), GatewayError> {
+        let _ = self.shutdown.set(shutdown.clone());
         let mut room_lists = self
             .deps
             .bus
@@ -189,8 +190,14 @@ impl Gateway {
     /// replica, and catches up there). Closing them with a Socket.IO or
     /// Engine.IO close packet instead would tell some clients (python-socketio)
     /// that the server meant it, and they would not reconnect.
+    /// True once shutdown has begun: chat messages are refused.
+    pub(crate) fn draining(&self) -> bool {
+        self.shutdown
+            .get()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
     async fn drain(&self) {
-        self.draining.store(true, Ordering::SeqCst);
         self.appends.close();
         let in_flight = self.appends.len();
         if tokio::time::timeout(DRAIN_APPENDS, self.appends.wait())

@@ -388,19 +388,17 @@ async fn a_stopped_gateway_acknowledges_the_messages_in_flight_before_it_exits()
     nats.kill9();
     let acknowledged = sender.emit_with_ack_within("message", in_flight, Duration::from_secs(20));
     let stop = async {
-        // The message is waiting for the broker when the stop comes.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let started = Instant::now();
         let gateway = &mut app.gateways[0];
-        let stopping = gateway.terminate();
-        let meanwhile = async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let refused = sender.emit_with_ack("message", during).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            nats.launch().await;
-            refused
-        };
-        let (code, refused) = tokio::join!(stopping, meanwhile);
+        // The stop comes while the message waits for the broker: once the
+        // chat log says it retries (its first publish timed out).
+        wait_for_log(gateway, "chat message not acknowledged, retrying").await;
+        let started = Instant::now();
+        gateway.sigterm();
+        // Draining from the moment the signal is handled.
+        wait_for_log(gateway, "SIGTERM received").await;
+        let refused = sender.emit_with_ack("message", during).await;
+        nats.launch().await;
+        let code = gateway.exited().await;
         (code, refused, started.elapsed())
     };
     let (ack, (code, refused, took)) = tokio::join!(acknowledged, stop);
@@ -420,6 +418,15 @@ async fn a_stopped_gateway_acknowledges_the_messages_in_flight_before_it_exits()
             "the acknowledged message is not in the history"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (at most 8 s) until `service` has logged `line`.
+async fn wait_for_log(service: &crate::harness::Service, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !service.logs().contains(line) {
+        assert!(Instant::now() < deadline, "never logged: {line}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

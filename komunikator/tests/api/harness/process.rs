@@ -116,12 +116,22 @@ impl Service {
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
     pub async fn terminate(&mut self) -> Option<i32> {
+        self.sigterm();
+        self.exited().await
+    }
+
+    /// Sends SIGTERM, without waiting.
+    pub fn sigterm(&self) {
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
+    }
+
+    /// Waits (at most 10 s) for the process to exit; returns its exit code.
+    pub async fn exited(&mut self) -> Option<i32> {
         let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .expect("exited within 10 s after SIGTERM")
