@@ -19,7 +19,9 @@ use crate::plan::{Adapters, BusAt, PresenceAt, Schema};
 pub struct Infra {
     pub store: Store,
     pub bus: Arc<dyn Bus>,
-    pub chat_log: Arc<dyn ChatLog>,
+    /// `None` in a process none of whose services appends or reads chat
+    /// messages (presence): it sets up no chat stream.
+    pub chat_log: Option<Arc<dyn ChatLog>>,
     /// The NATS connection, when the bus is NATS (the presence snapshot).
     pub nats: Option<NatsBus>,
     /// `None` in a process that keeps no presence.
@@ -39,25 +41,48 @@ pub struct SharedState {
 }
 
 impl Infra {
+    /// The chat log, for a service that needs it.
+    pub fn chat_log(&self) -> anyhow::Result<Arc<dyn ChatLog>> {
+        self.chat_log
+            .clone()
+            .context("this process was built without a chat log")
+    }
+
     /// Connects to (or opens) every dependency; fails at once on one that
-    /// does not answer.
-    pub async fn build(adapters: &Adapters, client_name: &str) -> anyhow::Result<Self> {
+    /// does not answer. The chat log only `with_chat_log`.
+    pub async fn build(
+        adapters: &Adapters,
+        client_name: &str,
+        with_chat_log: bool,
+    ) -> anyhow::Result<Self> {
         let subjects = Subjects::new(&adapters.prefix);
         let store = open_store(adapters).await?;
-        let (bus, chat_log, nats): (Arc<dyn Bus>, Arc<dyn ChatLog>, _) = match &adapters.bus {
+        let (bus, chat_log, nats): (Arc<dyn Bus>, Option<Arc<dyn ChatLog>>, _) = match &adapters.bus
+        {
             BusAt::Nats { url } => {
                 let nats = NatsBus::connect(url, client_name, subjects.clone())
                     .await
                     .context("connecting to NATS")?;
-                let log = JetStreamChatLog::open(&nats, store.clone())
-                    .await
-                    .context("setting up the chat stream")?;
-                (Arc::new(nats.clone()), Arc::new(log), Some(nats))
+                let log: Option<Arc<dyn ChatLog>> = if with_chat_log {
+                    let log = JetStreamChatLog::open(&nats, store.clone())
+                        .await
+                        .context("setting up the chat stream")?;
+                    Some(Arc::new(log))
+                } else {
+                    None
+                };
+                (Arc::new(nats.clone()), log, Some(nats))
             }
             BusAt::InProcess => {
                 let bus = LocalBus::new();
-                let log = EmbeddedChatLog::new(store.clone(), bus.clone(), subjects.clone());
-                (Arc::new(bus), Arc::new(log), None)
+                let log: Option<Arc<dyn ChatLog>> = with_chat_log.then(|| {
+                    Arc::new(EmbeddedChatLog::new(
+                        store.clone(),
+                        bus.clone(),
+                        subjects.clone(),
+                    )) as Arc<dyn ChatLog>
+                });
+                (Arc::new(bus), log, None)
             }
         };
         let shared = match &adapters.presence {

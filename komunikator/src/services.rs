@@ -30,7 +30,12 @@ struct Started {
 /// Builds the infrastructure once, starts every service of the plan, and
 /// serves until `shutdown` (or until one of them fails).
 pub async fn serve(plan: Plan, shutdown: CancellationToken) -> Result<(), Failure> {
-    let infra = Infra::build(&plan.adapters, plan.name).await?;
+    // Every service but presence appends or reads chat messages.
+    let with_chat_log = plan
+        .services
+        .iter()
+        .any(|s| !matches!(s, Service::Presence));
+    let infra = Infra::build(&plan.adapters, plan.name, with_chat_log).await?;
     tracing::info!(
         store = ?plan.adapters.store,
         bus = ?plan.adapters.bus,
@@ -52,7 +57,7 @@ pub async fn serve(plan: Plan, shutdown: CancellationToken) -> Result<(), Failur
     let readiness = Readiness {
         store: Some(infra.store.clone()),
         bus: Some(infra.bus.clone()),
-        chat_log: Some(infra.chat_log.clone()),
+        chat_log: infra.chat_log.clone(),
         presence: infra.shared.as_ref().map(|s| s.presence.clone()),
         shutdown: shutdown.clone(),
     };
@@ -97,7 +102,7 @@ async fn start(
             let gateway = gateway::Gateway::new(gateway::Deps {
                 store: infra.store.clone(),
                 bus: infra.bus.clone(),
-                chat_log: infra.chat_log.clone(),
+                chat_log: infra.chat_log()?,
                 subjects: infra.subjects.clone(),
                 tokens: self::tokens(&tokens),
                 allowed_origins: origins.clone(),
@@ -116,7 +121,7 @@ async fn start(
         }
         Service::Persister(args) => {
             let deps = persister::Deps {
-                chat_log: infra.chat_log.clone(),
+                chat_log: infra.chat_log()?,
                 args,
                 metrics: persister::PersisterMetrics::new(registry),
             };
@@ -148,7 +153,7 @@ fn api_deps(infra: &Infra, tokens: &TokenConfig, args: &api::ApiArgs) -> anyhow:
     Ok(api::Deps {
         store: infra.store.clone(),
         events: Events::new(infra.bus.clone(), infra.subjects.clone()),
-        chat_log: infra.chat_log.clone(),
+        chat_log: infra.chat_log()?,
         presence: shared.presence.clone(),
         tokens: self::tokens(tokens),
         passwords: Passwords::new(args.hash_threads(), args.password_hash_queue),
