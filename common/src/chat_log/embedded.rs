@@ -311,13 +311,11 @@ mod tests {
             (delivered.subject.as_str(), delivered.sequence),
             ("kom.room.1.new_message", Some(id))
         );
-        let query = crate::domain::HistoryQuery {
-            room_id: 1,
-            before: None,
-            limit: 10,
-        };
         assert_eq!(
-            store.history(query).await.expect("history"),
+            store
+                .newest_between(1, 0, ChatId::MAX, 10)
+                .await
+                .expect("history"),
             vec![draft.with_id(id)]
         );
     }
@@ -359,12 +357,8 @@ mod tests {
             let delivered = live.next().await.expect("delivered");
             assert_eq!(delivered.sequence, Some(*id), "delivered in id order");
         }
-        let query = crate::domain::HistoryQuery {
-            room_id: room,
-            before: None,
-            limit: 1000,
-        };
-        assert_eq!(t.store.history(query).await.expect("history").len(), 270);
+        let stored = t.store.newest_between(room, 0, ChatId::MAX, 1000).await;
+        assert_eq!(stored.expect("history").len(), 270);
     }
 
     #[tokio::test]

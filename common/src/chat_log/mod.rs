@@ -99,44 +99,53 @@ pub trait ChatLog: Send + Sync + 'static {
         after: ChatId,
         limit: u32,
     ) -> Result<Page, ChatLogError> {
-        // The log first: the store then holds everything up to `after`.
-        let unstored = self.unstored(Some(room_id)).await?;
-        let stored = self
-            .store()
-            .newest_messages_after(room_id, after, limit.saturating_add(1))
-            .await?;
-        let mut messages: Vec<ChatMessage> = stored
-            .into_iter()
-            .chain(unstored.messages.into_iter().filter(|m| m.chat_id > after))
-            .collect();
-        messages.sort_unstable_by_key(|m| m.chat_id);
-        messages.dedup_by_key(|m| m.chat_id);
-        let extra = messages.len().saturating_sub(limit as usize);
-        messages.drain(..extra);
-        Ok(Page {
-            messages,
-            complete: extra == 0,
-        })
+        newest_between(self, room_id, after, ChatId::MAX, limit).await
     }
 
-    /// A page of a room's history (`GET /chat_history`): the store's rows
-    /// merged with the messages acknowledged but not stored yet, so that a
-    /// message is in every read once its sender has the ack (CONTRACT.md,
-    /// "Read your writes").
+    /// A page of a room's history (`GET /chat_history`): the newest `limit`
+    /// acknowledged messages before `query.before`, oldest first.
     async fn history(&self, query: HistoryQuery) -> Result<Vec<ChatMessage>, ChatLogError> {
-        // The log first: the store then holds everything up to `after`.
-        let unstored = self.unstored(Some(query.room_id)).await?;
-        let mut rows = self.store().history(query).await?;
         let before = query.before.unwrap_or(ChatId::MAX);
-        if !unstored.messages.is_empty() {
-            rows.extend(unstored.messages.into_iter().filter(|m| m.chat_id < before));
-            rows.sort_unstable_by_key(|m| m.chat_id);
-            rows.dedup_by_key(|m| m.chat_id);
-        }
-        let excess = rows.len().saturating_sub(query.limit as usize);
-        rows.drain(..excess);
-        Ok(rows)
+        let page = newest_between(self, query.room_id, 0, before, query.limit).await?;
+        Ok(page.messages)
     }
+}
+
+/// The newest `limit` of a room's acknowledged messages between `after` and
+/// `before` (both excluded): the store's rows merged with the messages
+/// acknowledged but not stored yet, so that a message is in every read once
+/// its sender has the ack (CONTRACT.md, "Read your writes").
+async fn newest_between<L: ChatLog + ?Sized>(
+    log: &L,
+    room_id: RoomId,
+    after: ChatId,
+    before: ChatId,
+    limit: u32,
+) -> Result<Page, ChatLogError> {
+    // The log first: the store then holds everything up to `unstored.after`.
+    let unstored = log.unstored(Some(room_id)).await?;
+    // One more than asked for tells whether the page is all there is.
+    let mut messages = log
+        .store()
+        .newest_between(room_id, after, before, limit.saturating_add(1))
+        .await?;
+    let len = messages.len();
+    messages.extend(
+        unstored
+            .messages
+            .into_iter()
+            .filter(|m| m.chat_id > after && m.chat_id < before),
+    );
+    if messages.len() > len {
+        messages.sort_unstable_by_key(|m| m.chat_id);
+        messages.dedup_by_key(|m| m.chat_id);
+    }
+    let extra = messages.len().saturating_sub(limit as usize);
+    messages.drain(..extra);
+    Ok(Page {
+        messages,
+        complete: extra == 0,
+    })
 }
 
 /// Some of a room's messages, oldest first (see [`ChatLog::read_after`]).

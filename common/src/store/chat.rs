@@ -5,40 +5,29 @@
 use chrono::NaiveDateTime;
 
 use super::{Result, Store, StoreError, insert_ignore, inserted_id, on_unique_violation};
-use crate::domain::{ChatDraft, ChatId, ChatMessage, HistoryQuery, RoomId};
+use crate::domain::{ChatDraft, ChatId, ChatMessage, RoomId};
 
 impl Store {
-    /// A page of a room's messages before `query.before`, oldest first.
-    pub async fn history(&self, query: HistoryQuery) -> Result<Vec<ChatMessage>> {
+    /// The newest `limit` of a room's stored messages with a `chat_id`
+    /// between `after` and `before` (both excluded), oldest first: a page
+    /// of history, or what a socket catching up missed.
+    pub async fn newest_between(
+        &self,
+        room_id: RoomId,
+        after: ChatId,
+        before: ChatId,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>> {
         // Newest first through the (room_id, message_id) index, then turned
         // around.
         let sql = "SELECT message_id AS chat_id, room_id, user_name, message, \
                    message_date AS create_date FROM chat_history \
-                   WHERE room_id = ? AND message_id < ? ORDER BY message_id DESC LIMIT ?";
-        let mut rows: Vec<MessageRow> = on_reader!(self, |pool| sqlx::query_as(sql)
-            .bind(query.room_id)
-            .bind(query.before.unwrap_or(ChatId::MAX))
-            .bind(i64::from(query.limit))
-            .fetch_all(pool)
-            .await)?;
-        rows.reverse();
-        Ok(rows.into_iter().map(Into::into).collect())
-    }
-
-    /// The newest `limit` of a room's stored messages after `after`,
-    /// oldest first.
-    pub async fn newest_messages_after(
-        &self,
-        room_id: RoomId,
-        after: ChatId,
-        limit: u32,
-    ) -> Result<Vec<ChatMessage>> {
-        let sql = "SELECT message_id AS chat_id, room_id, user_name, message, \
-                   message_date AS create_date FROM chat_history \
-                   WHERE room_id = ? AND message_id > ? ORDER BY message_id DESC LIMIT ?";
+                   WHERE room_id = ? AND message_id > ? AND message_id < ? \
+                   ORDER BY message_id DESC LIMIT ?";
         let mut rows: Vec<MessageRow> = on_reader!(self, |pool| sqlx::query_as(sql)
             .bind(room_id)
             .bind(after)
+            .bind(before)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await)?;
