@@ -79,8 +79,9 @@ pub struct Heartbeat {
 
 impl JoinRequest {
     pub fn parse(payload: Option<&Value>) -> Result<Self, Refusal> {
-        let room = RoomRequest::parse(payload)?;
-        let last_chat_id = match object(payload)?.get("last_chat_id") {
+        let map = object(payload)?;
+        let room = RoomRequest::from_map(map)?;
+        let last_chat_id = match map.get("last_chat_id") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => match n.as_i64() {
                 Some(id) if (0..=MAX_ID).contains(&id) => Some(id),
@@ -94,7 +95,10 @@ impl JoinRequest {
 
 impl RoomRequest {
     pub fn parse(payload: Option<&Value>) -> Result<Self, Refusal> {
-        let map = object(payload)?;
+        Self::from_map(object(payload)?)
+    }
+
+    fn from_map(map: &Map<String, Value>) -> Result<Self, Refusal> {
         Ok(Self {
             room_id: room_id(map)?,
             user_name: user_name(map)?,
