@@ -151,6 +151,31 @@ async fn a_malformed_last_chat_id_is_an_invalid_payload(backend: Backend) {
         .await;
 }
 
+/// With the persister down, what a socket missed is not in MySQL yet: the
+/// catch-up reads it from the chat stream (and the store holds none of it).
+#[tokio::test]
+async fn with_the_persister_down_a_rejoin_replays_from_the_chat_stream() {
+    let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
+    let Chat(room, [_, bob], [a, b]) = app.chat("lobby", ["ann", "bob"]).await;
+    let seen = a.send(room, "before").await;
+    drop(b);
+    let mut persister = app.persister.take().expect("persister");
+    persister.kill9().await;
+
+    let missed = send_many(&a, room, 0, 5).await;
+    let stored = app
+        .count_rows("chat_history", &format!("message_id > {seen}"))
+        .await;
+    assert_eq!(stored, 0, "the persister is down: nothing new is stored");
+    let mut b = app.socket(&bob).await;
+    assert_eq!(
+        rejoin(&b, room, seen).await,
+        json!({ "room_id": room, "replayed": 5, "complete": true })
+    );
+    assert_eq!(b.next_chat_ids(5).await, missed);
+    persister.restart().await;
+}
+
 crate::on_both_stores!(
     a_rejoin_replays_what_was_missed_then_the_live_messages,
     more_than_1000_missed_replays_the_newest_1000_and_says_so,
