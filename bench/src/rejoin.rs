@@ -5,6 +5,7 @@
 //! per-socket catch-up latency, and the CPU of each process meanwhile.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,7 +138,7 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<()> {
         let _ = d.await;
     }
     let latency = report::latency(&shared.latency.lock().expect("latency"));
-    errors.add("wrong_replay", *shared.wrong.lock().expect("wrong"));
+    errors.add("wrong_replay", shared.wrong.load(Ordering::Relaxed));
     errors.add("not_caught_up", (connected - caught_up) as u64);
     let report = json!({
         "scenario": "rejoin", "gateway": args.gateway, "connections": args.connections,
@@ -187,7 +188,7 @@ async fn missed_messages(
             let count = acks.count.clone();
             let driver = tokio::spawn(socket.drive(acks, None, Some(rx), stop.clone()));
             let wait = async {
-                while *count.lock().expect("count") <= args.behind {
+                while count.load(Ordering::Relaxed) <= args.behind {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             };
@@ -212,7 +213,7 @@ async fn missed_messages(
 #[derive(Default)]
 struct Acks {
     first: Arc<Mutex<Option<i64>>>,
-    count: Arc<Mutex<usize>>,
+    count: Arc<AtomicUsize>,
 }
 
 impl Events for Acks {
@@ -221,15 +222,15 @@ impl Events for Acks {
         if id == 1 {
             *self.first.lock().expect("first") = chat_id;
         }
-        *self.count.lock().expect("count") += 1;
+        self.count.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// What the rejoining sockets report.
 struct Progress {
-    done: std::sync::atomic::AtomicUsize,
+    done: AtomicUsize,
     latency: Mutex<Histogram<u64>>,
-    wrong: Mutex<u64>,
+    wrong: AtomicU64,
 }
 
 impl Default for Progress {
@@ -237,14 +238,14 @@ impl Default for Progress {
         Self {
             done: Default::default(),
             latency: Mutex::new(report::histogram()),
-            wrong: Mutex::default(),
+            wrong: AtomicU64::default(),
         }
     }
 }
 
 impl Progress {
     fn done(&self) -> usize {
-        self.done.load(std::sync::atomic::Ordering::Relaxed)
+        self.done.load(Ordering::Relaxed)
     }
 }
 
@@ -268,9 +269,7 @@ impl CatchingUp {
                 .lock()
                 .expect("latency")
                 .record(u64::try_from(us).unwrap_or(u64::MAX));
-            self.shared
-                .done
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared.done.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -288,7 +287,7 @@ impl Events for CatchingUp {
             return;
         }
         if field_u64(body, "\"replayed\"") != Some(self.want as u64) {
-            *self.shared.wrong.lock().expect("wrong") += 1;
+            self.shared.wrong.fetch_add(1, Ordering::Relaxed);
         }
         self.acked = true;
         self.check_done();
