@@ -52,8 +52,25 @@ for doc in docs + [secret]:
     check(all(k in doc for k in ("apiVersion", "kind", "metadata")), f"incomplete document {doc}")
     by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
 
+# The OpenTelemetry SDK reads its standard variables itself, so --help does
+# not list them. Named one by one, not as OTEL_*, so a misspelt one that
+# nothing would read still fails.
+OTEL_VARIABLE = re.compile(
+    r"OTEL_(SDK_DISABLED|SERVICE_NAME|RESOURCE_ATTRIBUTES|LOG_LEVEL|PROPAGATORS"
+    r"|TRACES_SAMPLER(_ARG)?|(TRACES|METRICS|LOGS)_EXPORTER"
+    r"|EXPORTER_OTLP(_(TRACES|METRICS|LOGS))?_(ENDPOINT|PROTOCOL|HEADERS|TIMEOUT|COMPRESSION"
+    r"|CERTIFICATE|CLIENT_KEY|CLIENT_CERTIFICATE|INSECURE)"
+    r"|BSP_(SCHEDULE_DELAY|EXPORT_TIMEOUT|MAX_QUEUE_SIZE|MAX_EXPORT_BATCH_SIZE)"
+    r"|(SPAN_|EVENT_|LINK_)?ATTRIBUTE_(COUNT|VALUE_LENGTH)_LIMIT|SPAN_(EVENT|LINK)_COUNT_LIMIT)"
+)
+
+
+def known_setting(key):
+    return key in env_vars or OTEL_VARIABLE.fullmatch(key) is not None
+
+
 for key in list(by_kind["ConfigMap"]["komunikator"]["data"]) + list(secret["stringData"]):
-    check(key in env_vars, f"k8s setting {key} is not a komunikator option")
+    check(known_setting(key), f"k8s setting {key} is not a komunikator option")
 
 deployments = by_kind["Deployment"]
 for name, deployment in deployments.items():
@@ -64,6 +81,10 @@ for name, deployment in deployments.items():
     check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{name}: liveness probe")
     check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{name}: readiness probe")
     check("resources" in container, f"{name}: resources")
+    scrape = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    check(scrape.get("prometheus.io/scrape") == "true" and scrape.get("prometheus.io/path") == "/metrics"
+          and scrape.get("prometheus.io/port") == str(container["ports"][0]["containerPort"]),
+          f"{name}: Prometheus scrape annotations")
 job = by_kind["Job"]["komunikator-migrate"]["spec"]["template"]["spec"]["containers"][0]
 check(job["args"] == ["migrate"], "migrate job runs `komunikator migrate`")
 
@@ -103,7 +124,7 @@ for name, service in services.items():
     if service.get("image") == "komunikator:local":
         check(service["command"][0] in commands, f"compose {name}: unknown command")
         for key in service["environment"]:
-            check(key in env_vars, f"compose setting {key} is not a komunikator option")
+            check(known_setting(key), f"compose setting {key} is not a komunikator option")
 check(sum(1 for s in services.values() if s.get("command") == ["gateway"]) >= 2, "two gateways")
 nginx = (ROOT / "deploy" / "nginx.conf").read_text()
 upstream_servers = re.findall(r"server (\w+):\d+([^;]*);", nginx)

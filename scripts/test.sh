@@ -20,6 +20,8 @@ wait_port() {
   return 1
 }
 
+# need_package COMMAND PACKAGE [APT_OPTION...]: installs PACKAGE unless
+# COMMAND is already there.
 apt_updated=0
 need_package() {
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -29,7 +31,7 @@ need_package() {
     apt_updated=1
   fi
   log "installing $2"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:3}" "$2" >/dev/null
 }
 
 ensure_mariadb() {
@@ -100,10 +102,24 @@ ensure_nginx() {
   need_package /usr/sbin/nginx nginx
 }
 
+# The alert rules are checked and unit-tested with promtool, from Debian's
+# prometheus package (without its recommended node exporter). Its postinst
+# starts a Prometheus server through invoke-rc.d unless policy-rc.d forbids
+# it (as in our containers): one that did start is stopped, by its pid file.
+ensure_promtool() {
+  if ! command -v promtool >/dev/null 2>&1; then
+    need_package promtool prometheus --no-install-recommends
+    if [ -x /etc/init.d/prometheus ]; then /etc/init.d/prometheus stop >/dev/null 2>&1 || true; fi
+  fi
+  KOM_PROMTOOL="$(command -v promtool)"
+  export KOM_PROMTOOL
+}
+
 ensure_mariadb
 ensure_redis
 ensure_nats
 ensure_nginx
+ensure_promtool
 ensure_python_client
 ensure_browser
 
@@ -117,6 +133,8 @@ trap 'rm -f "$out"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$out"
 log "deployment files"
 "$KOM_TEST_PYTHON" deploy/validate.py "$CARGO_TARGET_DIR/debug/komunikator"
+log "dashboard and alert rules"
+"$KOM_TEST_PYTHON" deploy/check_observability.py --static-only
 log "browser test (screenshots in $CARGO_TARGET_DIR/browser-artifacts)"
 browser=0
 node komunikator/tests/browser/e2e.mjs "$CARGO_TARGET_DIR/debug/komunikator" \

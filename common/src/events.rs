@@ -186,9 +186,20 @@ impl Events {
         Self { bus, subjects }
     }
 
+    /// Publishes `event` to its room's (or everyone's) subscribers, in a
+    /// producer span of the current trace when traces are exported.
     pub async fn publish(&self, event: ServerEvent) {
         let subject = event.subject(&self.subjects);
-        if let Err(e) = self.bus.publish(subject.clone(), event.encode()).await {
+        let span = crate::trace_span!(
+            "publish event",
+            otel.name = %format!("send {}", event.name()),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+        );
+        let published = self.bus.publish(subject.clone(), event.encode());
+        if let Err(e) = tracing::Instrument::instrument(published, span).await {
             tracing::error!(subject, event = event.name(), error = %e, "event not published");
         }
     }
@@ -204,6 +215,7 @@ mod tests {
             payload: event.encode(),
             sequence,
             previous: None,
+            trace: None,
         }
     }
 
@@ -288,6 +300,7 @@ mod tests {
             payload: Bytes::new(),
             sequence: None,
             previous: None,
+            trace: None,
         };
         assert!(ServerEvent::decode(&unknown).is_err());
     }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -14,9 +15,11 @@ use axum::serve::ListenerExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tracing::Instrument;
 
 use crate::bus::Bus;
 use crate::chat_log::ChatLog;
+use crate::otel::TraceParent;
 use crate::presence::Presence;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -54,32 +57,7 @@ pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn ready(State(state): State<OpsState>) -> Response {
-    let r = &state.readiness;
-    let mut failed = Vec::new();
-    if r.shutdown.is_cancelled() {
-        failed.push("shutting down");
-    }
-    if let Some(store) = &r.store
-        && !answers(store.ping()).await
-    {
-        failed.push("database");
-    }
-    if let Some(bus) = &r.bus
-        && bus.check_ready().is_err()
-    {
-        failed.push("nats");
-    }
-    if let Some(log) = &r.chat_log
-        && log.check_ready().is_err()
-        && !failed.contains(&"nats")
-    {
-        failed.push("nats");
-    }
-    if let Some(presence) = &r.presence
-        && !answers(presence.check_ready()).await
-    {
-        failed.push("redis");
-    }
+    let failed = check(&state.readiness, &state.metrics).await;
     if failed.is_empty() {
         Json(json!({ "status": "ready" })).into_response()
     } else {
@@ -89,6 +67,63 @@ async fn ready(State(state): State<OpsState>) -> Response {
             Json(json!({ "status": "not ready", "failed": failed })),
         )
             .into_response()
+    }
+}
+
+/// What keeps the process from being ready (nothing: ready), also set in
+/// the `ready` and `dependency_up` gauges.
+async fn check(r: &Readiness, metrics: &Metrics) -> Vec<&'static str> {
+    let mut failed = Vec::new();
+    if r.shutdown.is_cancelled() {
+        failed.push("shutting down");
+    }
+    for (dependency, up) in dependencies(r).await {
+        metrics.set_dependency(dependency, up);
+        if !up {
+            failed.push(dependency);
+        }
+    }
+    metrics.set_ready(failed.is_empty());
+    failed
+}
+
+/// Each dependency the process has, and whether it answers now. The bus
+/// and the chat log are one dependency, NATS (in single-node mode both are
+/// in process, and always up).
+async fn dependencies(r: &Readiness) -> Vec<(&'static str, bool)> {
+    let mut dependencies = Vec::with_capacity(3);
+    if let Some(store) = &r.store {
+        dependencies.push(("database", answers(store.ping()).await));
+    }
+    let bus = r.bus.as_ref().map(|bus| bus.check_ready().is_ok());
+    let log = r.chat_log.as_ref().map(|log| log.check_ready().is_ok());
+    if bus.is_some() || log.is_some() {
+        dependencies.push(("nats", bus.unwrap_or(true) && log.unwrap_or(true)));
+    }
+    if let Some(presence) = &r.presence {
+        dependencies.push(("redis", answers(presence.check_ready()).await));
+    }
+    dependencies
+}
+
+/// How often the readiness gauges are brought up to date between probes.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps the readiness gauges current until shutdown (alerts read them
+/// even when no probe asks).
+async fn keep_gauges(readiness: Readiness, metrics: Metrics) {
+    let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = readiness.shutdown.cancelled() => {
+                metrics.set_ready(false);
+                return;
+            }
+            _ = tick.tick() => {
+                check(&readiness, &metrics).await;
+            }
+        }
     }
 }
 
@@ -120,12 +155,14 @@ pub async fn serve(
     allowed_origins: &Option<Vec<String>>,
 ) -> std::io::Result<()> {
     let shutdown = readiness.shutdown.clone();
+    tokio::spawn(keep_gauges(readiness.clone(), metrics.clone()));
     let app = router(readiness, metrics.clone())
         .merge(app)
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::telemetry::track_http,
         ))
+        .layer(axum::middleware::from_fn(trace_http))
         .layer(cors(allowed_origins.as_deref()));
     tracing::info!(addr = %listener.local_addr()?, "listening");
     // Small writes (a Socket.IO packet, an API answer) go out at once:
@@ -151,6 +188,57 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// Middleware: a server span per request when traces are exported,
+/// continuing the caller's trace (`traceparent`). The operational
+/// endpoints and Engine.IO's transport requests get none (a socket's events
+/// are traced by the gateway; its connect span continues the handshake's
+/// `traceparent`).
+async fn trace_http(req: Request, next: Next) -> Response {
+    if !crate::otel::enabled() {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") || path.starts_with("/socket.io") {
+        return next.run(req).await;
+    }
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let span = crate::trace_span!(
+        "http request",
+        otel.name = %match &route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_string(),
+        },
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route,
+        url.path = %path,
+        url.scheme = "http",
+        user_agent.original = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let headers = req.headers();
+    if let Some(parent) =
+        TraceParent::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()))
+    {
+        parent.adopt(&span);
+    }
+    let response = next.run(req).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    response
 }
 
 /// How long in-flight HTTP requests may take to finish after shutdown.

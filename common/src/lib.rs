@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod otel;
 pub mod password;
 pub mod presence;
 pub mod redis_pool;

@@ -1,4 +1,5 @@
-//! Structured logs (JSON by default) and the process-wide Prometheus registry.
+//! Structured logs (JSON by default, with trace ids when traces are
+//! exported) and the process-wide Prometheus registry.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,8 +11,17 @@ use clap::{Args, ValueEnum};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::otel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -36,19 +46,95 @@ pub struct LogArgs {
     pub log_filter: String,
 }
 
-/// Installs the global tracing subscriber. Logs go to standard output.
-pub fn init_tracing(args: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
-    let installed = match args.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+/// Installs the global tracing subscriber: logs to standard output and,
+/// when the standard `OTEL_*` variables name an endpoint, spans exported
+/// over OTLP/HTTP (see [`crate::otel`]). `service` names the process in
+/// traces (`komunikator-<service>` unless `OTEL_SERVICE_NAME` is set).
+/// The returned exporter is to be shut down on exit, which flushes it.
+pub fn init_tracing(args: &LogArgs, service: &str) -> Result<otel::Exporter, String> {
+    let settings = otel::ExportSettings::from_env(|name| std::env::var(name).ok(), service)?;
+    let mut filter = EnvFilter::try_new(&args.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (exporter, otel_layer) = match settings {
+        Some(settings) => {
+            let (exporter, tracer) = otel::exporter(&settings)?;
+            // The traced spans whatever the log level; of the rest, only
+            // events (inside traced spans they become span events).
+            if let Ok(directive) = format!("{}=info", otel::TARGET).parse() {
+                filter = filter.add_directive(directive);
+            }
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(filter_fn(|m| m.is_event() || m.target() == otel::TARGET));
+            (exporter, Some(layer))
+        }
+        None => (otel::Exporter::default(), None),
     };
+    let (json, text) = match args.log_format {
+        LogFormat::Json => (
+            Some(tracing_subscriber::fmt::layer().json().flatten_event(true).map_event_format(|f| WithTraceIds {
+                inner: f,
+                json: true,
+            })),
+            None,
+        ),
+        LogFormat::Text => (
+            None,
+            Some(tracing_subscriber::fmt::layer().map_event_format(|f| WithTraceIds { inner: f, json: false })),
+        ),
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(text)
+        .with(otel_layer);
+    let dispatch = tracing::Dispatch::new(subscriber);
+    otel::set_dispatch(&dispatch);
     // Only fails when a subscriber is already installed (tests): keep that one.
-    drop(installed);
+    drop(tracing::dispatcher::set_global_default(dispatch));
+    Ok(exporter)
+}
+
+/// A log line format with the `trace_id` and `span_id` of the span it was
+/// written in, when that span is part of an exported trace.
+struct WithTraceIds<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let span = event
+            .parent()
+            .cloned()
+            .or_else(|| ctx.lookup_current().map(|span| span.id()));
+        let Some((trace_id, span_id)) = span.as_ref().and_then(otel::ids) else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        if !self.json {
+            write!(writer, "trace_id={trace_id} span_id={span_id} ")?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +150,13 @@ pub struct Metrics {
     registry: Arc<Registry>,
     http_requests: Family<HttpLabels, Counter>,
     http_seconds: Family<HttpLabels, Histogram>,
+    ready: Gauge,
+    dependency_up: Family<DependencyLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabels {
+    dependency: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,11 +192,35 @@ impl Metrics {
             "Time to answer an HTTP request",
             http_seconds.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when the process is ready (what /readyz says), else 0",
+            ready.clone(),
+        );
+        let dependency_up = Family::<DependencyLabels, Gauge>::default();
+        registry.register(
+            "dependency_up",
+            "1 when the dependency (database, nats, redis) answers, else 0",
+            dependency_up.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             http_requests,
             http_seconds,
+            ready,
+            dependency_up,
         }
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    pub(crate) fn set_dependency(&self, dependency: &'static str, up: bool) {
+        self.dependency_up
+            .get_or_create(&DependencyLabels { dependency })
+            .set(i64::from(up));
     }
 
     /// The OpenMetrics text exposition.

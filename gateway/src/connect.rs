@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use common::auth::TokenError;
+use common::otel::TraceParent;
 use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
+use tracing::Instrument;
 
 use crate::Gateway;
 use crate::session::Session;
@@ -68,7 +70,11 @@ pub fn register(io: &SocketIo, gateway: Arc<Gateway>) {
     let authenticate = move |socket: SocketRef, TryData(auth): TryData<Value>| {
         let gateway = gateway.clone();
         async move {
-            gateway.authenticate(&socket, auth.ok()).await?;
+            let span = connect_span(&socket);
+            gateway
+                .authenticate(&socket, auth.ok())
+                .instrument(span)
+                .await?;
             gateway.attach_queue(&socket);
             Ok::<(), ConnectError>(())
         }
@@ -77,6 +83,24 @@ pub fn register(io: &SocketIo, gateway: Arc<Gateway>) {
         tracing::debug!(sid = %socket.id, "socket connected");
     };
     io.ns("/", connected.with(authenticate));
+}
+
+/// The span of a socket's connection, continuing the trace of the
+/// handshake request (`traceparent`), when traces are exported.
+fn connect_span(socket: &SocketRef) -> tracing::Span {
+    let span = common::trace_span!(
+        "socket.io connect",
+        otel.kind = "server",
+        error.type = tracing::field::Empty,
+        user.name = tracing::field::Empty,
+    );
+    let headers = &socket.req_parts().headers;
+    if let Some(parent) =
+        TraceParent::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()))
+    {
+        parent.adopt(&span);
+    }
+    span
 }
 
 impl Gateway {
@@ -91,6 +115,7 @@ impl Gateway {
     ) -> Result<(), ConnectError> {
         let refused = match self.identify(socket, auth).await {
             Ok(user) => {
+                tracing::Span::current().record("user.name", &user);
                 socket
                     .extensions
                     .insert(Arc::new(Session::new(user, self.deps.rate)));
@@ -98,6 +123,8 @@ impl Gateway {
             }
             Err(refused) => refused,
         };
+        let span = tracing::Span::current();
+        span.record("error.type", refused.reason());
         let parts = socket.req_parts();
         let header = |name: &str| {
             parts

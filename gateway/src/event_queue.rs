@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
+use tracing::Instrument;
 
 use crate::Gateway;
 use crate::client_event::ClientEvent;
@@ -50,6 +51,9 @@ pub struct Queued {
     pub event: Result<ClientEvent, Refusal>,
     pub socket: SocketRef,
     pub ack: AckSender,
+    /// The event's span (a trace of its own), from its arrival on; `none`
+    /// when traces are not exported.
+    pub span: tracing::Span,
 }
 
 impl Gateway {
@@ -69,11 +73,13 @@ impl Gateway {
                 name,
                 move |socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
                     // Runs synchronously, in arrival order: only parsing and queueing.
+                    let span = event_span(name, &socket);
                     let queued = Queued {
                         name,
                         event: ClientEvent::parse(name, data.ok().as_ref()),
                         socket,
                         ack,
+                        span,
                     };
                     gateway.enqueue(&queue, queued);
                     async {}
@@ -108,11 +114,34 @@ impl Gateway {
             tokio::spawn(async move {
                 while let Some(queued) = queue.next() {
                     wait_until_connected(&queued.socket).await;
-                    gateway.handle(queued).await;
+                    let span = queued.span.clone();
+                    gateway.handle(queued).instrument(span).await;
                 }
             });
         }
     }
+}
+
+/// The span of one client event, linked to its socket's connect span.
+fn event_span(name: &'static str, socket: &SocketRef) -> tracing::Span {
+    if !common::otel::enabled() {
+        return tracing::Span::none();
+    }
+    let session = crate::fanout::session(socket);
+    let span = common::trace_span!(
+        "socket.io event",
+        otel.name = %format!("socket.io {name}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        socket.io.event = name,
+        user.name = session.as_ref().map(|s| s.user.as_str()),
+        messaging.message.id = tracing::field::Empty,
+    );
+    if let Some(connection) = session.as_ref().and_then(|s| s.connection.as_ref()) {
+        connection.link_from(&span);
+    }
+    span
 }
 
 /// socketioxide sends the connect acknowledgement a moment before it marks

@@ -10,6 +10,7 @@ use common::domain::RoomId;
 use common::events::ServerEvent;
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
@@ -18,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::catch_up::Seam;
+use crate::metrics::EventLabels;
 use crate::sequencer::Sequencer;
 use crate::session::Session;
 
@@ -36,6 +38,7 @@ pub struct Fanout {
     bus: Arc<dyn Bus>,
     subjects: Subjects,
     slow_consumers: Counter,
+    deliveries: Family<EventLabels, Counter>,
     rooms: Mutex<HashMap<RoomId, Subscribed>>,
 }
 
@@ -52,12 +55,14 @@ impl Fanout {
         bus: Arc<dyn Bus>,
         subjects: Subjects,
         slow_consumers: Counter,
+        deliveries: Family<EventLabels, Counter>,
     ) -> Self {
         Self {
             io,
             bus,
             subjects,
             slow_consumers,
+            deliveries,
             rooms: Mutex::default(),
         }
     }
@@ -102,6 +107,7 @@ impl Fanout {
             key: room_key(room_id),
             room_id,
             slow_consumers: self.slow_consumers.clone(),
+            deliveries: self.deliveries.clone(),
             seam: seam.clone(),
         };
         let task = tokio::spawn(forward(room, subscription));
@@ -139,6 +145,7 @@ struct Room {
     key: String,
     room_id: RoomId,
     slow_consumers: Counter,
+    deliveries: Family<EventLabels, Counter>,
     seam: Arc<Seam>,
 }
 
@@ -179,6 +186,23 @@ impl Room {
             }
         };
         let name = event.name();
+        self.deliveries
+            .get_or_create(&EventLabels { event: name })
+            .inc();
+        let span = common::trace_span!(
+            "deliver",
+            otel.name = %format!("process {name}"),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %message.subject,
+            socket.io.event = name,
+            chat.room_id = self.room_id,
+        );
+        if let Some(trace) = &message.trace {
+            trace.adopt(&span);
+        }
+        let _in_span = span.enter();
         match event {
             ServerEvent::NewMessage(message) => {
                 self.seam.deliver(&message, |replayed| {

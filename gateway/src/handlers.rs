@@ -9,6 +9,7 @@ use common::domain::{ChatDraft, ChatId, RoomId, now};
 use common::events::{ServerEvent, UserInRoom};
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef};
+use tracing::Instrument;
 
 use crate::Gateway;
 use crate::catch_up::REPLAY_MAX;
@@ -26,6 +27,7 @@ impl Gateway {
             event,
             socket,
             ack,
+            span,
         } = queued;
         let Some(session) = session(&socket) else {
             return;
@@ -50,11 +52,13 @@ impl Gateway {
                     // messages) go on while this one waits for its acknowledgement.
                     Ok(stored) => {
                         let gateway = self.clone();
-                        self.appends.spawn(async move {
+                        let answered = async move {
                             let result = stored.await;
                             gateway.count(name, &result);
+                            record(&tracing::Span::current(), &result);
                             answer(&socket, ack, name, result.map(Some));
-                        });
+                        };
+                        self.appends.spawn(answered.instrument(span));
                         return;
                     }
                     Err(refusal) => Err(refusal),
@@ -62,6 +66,7 @@ impl Gateway {
             }
         };
         self.count(name, &result);
+        record(&span, &result);
         answer(&socket, ack, name, result);
     }
 
@@ -175,11 +180,20 @@ impl Gateway {
         session: &Session,
         request: MessageRequest,
     ) -> Result<impl Future<Output = Result<Value, Refusal>> + Send + 'static, Refusal> {
-        if !in_room(socket, &room_key(request.room_id)) {
-            return Err(Refusal::JoinFailed);
-        }
-        session.take_message()?;
-        let permit = session.pending_append().await?;
+        let checked = async {
+            if !in_room(socket, &room_key(request.room_id)) {
+                return Err(Refusal::JoinFailed);
+            }
+            session.take_message()?;
+            session.pending_append().await
+        };
+        let permit = checked
+            .instrument(common::trace_span!(
+                "check message",
+                chat.room_id = request.room_id,
+                chat.message.length = request.message.chars().count(),
+            ))
+            .await?;
         let draft = ChatDraft {
             room_id: request.room_id,
             user_name: session.user.clone(),
@@ -234,6 +248,17 @@ impl Gateway {
 
 /// The payload of `user_joined`/`user_left`: the socket's user, spelled as
 /// stored.
+/// Marks the event's span with its refusal code; "try again" (code 8) is a
+/// failure of the service, the others the client's.
+fn record<T>(span: &tracing::Span, result: &Result<T, Refusal>) {
+    if let Err(refusal) = result {
+        span.record("error.type", refusal.code());
+        if *refusal == Refusal::Unavailable {
+            span.record("otel.status_code", "error");
+        }
+    }
+}
+
 fn member(session: &Session, room_id: RoomId) -> UserInRoom {
     UserInRoom {
         user_name: session.user.clone(),

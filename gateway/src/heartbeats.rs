@@ -89,7 +89,17 @@ impl Gateway {
             }
         };
         let subject = self.deps.subjects.heartbeats();
-        if let Err(e) = self.deps.bus.publish(subject, body.into()).await {
+        let span = common::trace_span!(
+            "forward heartbeat",
+            otel.name = %format!("send {subject}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+            user.name = user,
+        );
+        let published = self.deps.bus.publish(subject, body.into());
+        if let Err(e) = tracing::Instrument::instrument(published, span).await {
             tracing::error!(user, error = %e, "heartbeat not forwarded");
         }
     }

@@ -123,6 +123,7 @@ impl Gateway {
             deps.bus.clone(),
             deps.subjects.clone(),
             deps.metrics.slow_consumers.clone(),
+            deps.metrics.deliveries.clone(),
         );
         let path = format!("{SOCKET_IO_PATH}/");
         let routes = axum::Router::new()

@@ -36,6 +36,9 @@ pub struct GatewayMetrics {
     pub append_seconds: Histogram,
     /// Sockets disconnected because their send buffer was full.
     pub slow_consumers: Counter,
+    /// Server events delivered to this gateway's sockets of a room (one per
+    /// event and gateway, whatever the number of sockets).
+    pub deliveries: Family<EventLabels, Counter>,
 }
 
 impl GatewayMetrics {
@@ -47,6 +50,7 @@ impl GatewayMetrics {
             connect_refusals: Family::default(),
             append_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             slow_consumers: Counter::default(),
+            deliveries: Family::default(),
         };
         registry.register(
             "gateway_sockets",
@@ -77,6 +81,11 @@ impl GatewayMetrics {
             "gateway_slow_consumers",
             "Sockets disconnected because they did not read what was sent to them",
             metrics.slow_consumers.clone(),
+        );
+        registry.register(
+            "gateway_deliveries",
+            "Server events delivered to the sockets of a room on this gateway",
+            metrics.deliveries.clone(),
         );
         metrics
     }

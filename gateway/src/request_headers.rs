@@ -2,14 +2,17 @@
 
 /// The request headers a socket keeps: what Engine.IO needs to open it
 /// (`sec-websocket-key`, a polling request's `content-type`) and what the
-/// gateway reads when it connects (see `connect`), or logs when it refuses.
-pub const KEPT_HEADERS: [&str; 6] = [
+/// gateway reads when it connects (see `connect`), or logs when it refuses,
+/// and the trace context the connect span continues.
+pub const KEPT_HEADERS: [&str; 8] = [
     "sec-websocket-key",
     "content-type",
     "origin",
     "authorization",
     "user-agent",
     "x-forwarded-for",
+    "traceparent",
+    "tracestate",
 ];
 
 /// hyper parses a request's URI and header values as slices of the

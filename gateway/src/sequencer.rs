@@ -90,6 +90,7 @@ mod tests {
 
     fn chat(id: ChatId, previous: ChatId) -> BusMessage {
         BusMessage {
+            trace: None,
             subject: "kom.room.1.new_message".into(),
             payload: Bytes::new(),
             sequence: Some(id),

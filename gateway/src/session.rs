@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::otel::TraceParent;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::refusal::Refusal;
@@ -17,6 +18,9 @@ pub struct Session {
     bucket: Mutex<TokenBucket>,
     /// Permits for messages sent but not yet stored.
     appends: Arc<Semaphore>,
+    /// The connect span's trace context, when traces are exported: each
+    /// event's span (a trace of its own) links to it.
+    pub connection: Option<TraceParent>,
 }
 
 impl Session {
@@ -26,6 +30,7 @@ impl Session {
             user,
             bucket: Mutex::new(TokenBucket::new(rate, Instant::now())),
             appends: Arc::new(Semaphore::new(Self::MAX_PENDING_APPENDS)),
+            connection: TraceParent::current(),
         }
     }
 

@@ -40,6 +40,20 @@ pub enum Command {
     Migrate(MigrateCmd),
 }
 
+impl Command {
+    /// The subcommand's name, as on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Api(_) => "api",
+            Self::Gateway(_) => "gateway",
+            Self::Persister(_) => "persister",
+            Self::Presence(_) => "presence",
+            Self::All(_) => "all",
+            Self::Migrate(_) => "migrate",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ApiCmd {
     #[command(flatten)]

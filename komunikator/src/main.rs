@@ -21,8 +21,13 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let (cli, matches) = parse(std::env::args_os().collect());
-    common::telemetry::init_tracing(&cli.log);
+    let command = cli
+        .command
+        .unwrap_or_else(|| unreachable!("parse() defaults to `all`"));
     let mut problems = Problems::default();
+    let traces = common::telemetry::init_tracing(&cli.log, command.name())
+        .map_err(|problem| problems.push(problem))
+        .unwrap_or_default();
     cli::check_secrets_from_env(&matches, &mut problems);
     if let Err(report) = problems.into_result() {
         eprintln!("komunikator: {report}");
@@ -40,18 +45,23 @@ fn main() -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     runtime.spawn(cancel_on_signal(shutdown.clone()));
-    let command = cli
-        .command
-        .unwrap_or_else(|| unreachable!("parse() defaults to `all`"));
-    let plan = match command {
-        Command::Api(cmd) => cmd.plan(),
-        Command::Gateway(cmd) => cmd.plan(),
-        Command::Persister(cmd) => cmd.plan(),
-        Command::Presence(cmd) => cmd.plan(),
-        Command::All(cmd) => cmd.plan(),
-        Command::Migrate(cmd) => return exit(runtime.block_on(migrate(cmd))),
-    };
-    exit(plan.and_then(|plan| runtime.block_on(services::serve(plan, shutdown))))
+    let result = match command {
+        Command::Api(cmd) => cmd.plan().map(Some),
+        Command::Gateway(cmd) => cmd.plan().map(Some),
+        Command::Persister(cmd) => cmd.plan().map(Some),
+        Command::Presence(cmd) => cmd.plan().map(Some),
+        Command::All(cmd) => cmd.plan().map(Some),
+        Command::Migrate(cmd) => runtime.block_on(migrate(cmd)).map(|()| None),
+    }
+    .and_then(|plan| match plan {
+        Some(plan) => runtime.block_on(services::serve(plan, shutdown)),
+        None => Ok(()),
+    });
+    // The spans of tasks still running end here; then what is buffered is
+    // exported (outside the runtime: the exporter's client blocks).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    traces.shutdown();
+    exit(result)
 }
 
 /// The exit code of a run: 2 for a configuration problem, 1 for a failure.

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use common::chat_log::{ChatLog, ChatLogError, Delivery};
+use common::chat_log::{ChatLog, ChatLogError, Delivery, PERSISTER_CONSUMER};
+use common::otel::BatchSpans;
 use common::domain::ChatMessage;
 use common::store::{Store, StoreError};
 use futures_util::StreamExt;
@@ -18,6 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Pause between two attempts to write a batch the store refused.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -49,6 +51,7 @@ pub struct PersisterMetrics {
     rows: Counter,
     messages: Counter,
     batch_size: Histogram,
+    lag_seconds: Histogram,
 }
 
 impl PersisterMetrics {
@@ -57,6 +60,8 @@ impl PersisterMetrics {
             rows: Counter::default(),
             messages: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            // 1 ms .. ~65 s
+            lag_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
         };
         registry.register(
             "persister_rows_inserted",
@@ -72,6 +77,11 @@ impl PersisterMetrics {
             "persister_batch_size",
             "Messages per batch",
             metrics.batch_size.clone(),
+        );
+        registry.register(
+            "persister_lag_seconds",
+            "Time from a message's acceptance by a gateway to its commit in the store",
+            metrics.lag_seconds.clone(),
         );
         metrics
     }
@@ -143,14 +153,20 @@ async fn persist(
     let rows: Vec<ChatMessage> = batch.iter().filter_map(|d| d.message.clone()).collect();
     metrics.messages.inc_by(batch.len() as u64);
     metrics.batch_size.observe(batch.len() as f64);
+    let spans = spans(&batch);
     loop {
-        match store.insert_messages(&rows).await {
+        match store
+            .insert_messages(&rows)
+            .instrument(spans.batch.clone())
+            .await
+        {
             Ok(inserted) => {
                 metrics.rows.inc_by(inserted);
                 break;
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = rows.len(), "batch not written, retrying");
+                common::otel::fail(&spans.batch);
                 for delivery in &batch {
                     delivery.receipt.in_progress().await;
                 }
@@ -161,11 +177,46 @@ async fn persist(
             }
         }
     }
+    let committed = common::domain::now();
+    for created in rows.iter().filter_map(|row| row.create_date) {
+        let lag = (committed - created).num_milliseconds().max(0);
+        metrics.lag_seconds.observe(lag as f64 / 1000.0);
+    }
     for delivery in batch {
         if let Err(e) = delivery.receipt.stored().await {
             // Handed over again after the ack wait; the insert skips it then.
             tracing::warn!(error = %e, "ack failed");
         }
     }
+    drop(spans);
     true
+}
+
+/// The spans of one batch, when traces are exported: one per message, a
+/// child of the span that appended it (so that a message's trace runs from
+/// the sender's gateway to its commit), and the batch's, linked to each.
+fn spans(batch: &[Delivery]) -> BatchSpans {
+    if !common::otel::enabled() {
+        return BatchSpans::none();
+    }
+    let messages = batch
+        .iter()
+        .map(|delivery| {
+            let span = common::trace_span!(
+                "persist",
+                otel.name = "process chat message",
+                otel.kind = "consumer",
+                messaging.system = "nats",
+                messaging.operation.type = "process",
+                messaging.consumer.group.name = PERSISTER_CONSUMER,
+                messaging.nats.stream.sequence = delivery.message.as_ref().map(|m| m.chat_id),
+            );
+            (span, delivery.trace.as_ref())
+        })
+        .collect();
+    let batch_span = common::trace_span!(
+        "persist batch",
+        messaging.batch.message_count = batch.len(),
+    );
+    BatchSpans::new(batch_span, messages)
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::bus::{Bus, BusError, BusMessage, Subjects, Subscription};
 use common::events::{Events, ServerEvent, UserName};
+use common::otel::BatchSpans;
 use common::presence::{Beat, Heartbeat, Presence, PresenceError};
 use common::store::{Store, StoreError};
 use futures_util::stream::FuturesUnordered;
@@ -23,6 +24,7 @@ use futures_util::{FutureExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How often lapsed users are looked for: offline events go out at most this
 /// long after the timeout (well within the contract's timeout + 1 s).
@@ -128,8 +130,9 @@ pub async fn run(deps: Deps, shutdown: CancellationToken) -> Result<(), Presence
                 let Some(first) = heartbeat else {
                     return Err(PresenceServiceError::SubscriptionEnded);
                 };
-                let beats = take_batch(first, &mut heartbeats);
-                in_flight.push(Box::pin(record(&deps, beats)));
+                let (beats, spans) = take_batch(first, &mut heartbeats);
+                let batch = spans.batch.clone();
+                in_flight.push(Box::pin(record(&deps, beats, spans).instrument(batch)));
             }
             _ = sweep.tick() => {
                 if deps.bus.check_ready().is_err() {
@@ -155,7 +158,10 @@ pub async fn run(deps: Deps, shutdown: CancellationToken) -> Result<(), Presence
 
 /// The heartbeat `first` and whatever else has arrived meanwhile, as
 /// `(user, client time)`; malformed ones are logged and left out.
-fn take_batch(first: BusMessage, heartbeats: &mut Subscription) -> Vec<(String, i64)> {
+fn take_batch(
+    first: BusMessage,
+    heartbeats: &mut Subscription,
+) -> (Vec<(String, i64)>, BatchSpans) {
     let mut batch = vec![first];
     while batch.len() < BATCH_MAX {
         match heartbeats.next().now_or_never() {
@@ -163,7 +169,8 @@ fn take_batch(first: BusMessage, heartbeats: &mut Subscription) -> Vec<(String, 
             _ => break,
         }
     }
-    batch
+    let spans = spans(&batch);
+    let beats = batch
         .iter()
         .filter_map(|m| match serde_json::from_slice::<Heartbeat>(&m.payload) {
             Ok(beat) => Some((
@@ -175,7 +182,37 @@ fn take_batch(first: BusMessage, heartbeats: &mut Subscription) -> Vec<(String, 
                 None
             }
         })
-        .collect()
+        .collect();
+    (beats, spans)
+}
+
+/// The spans of a batch of heartbeats, when traces are exported: one per
+/// heartbeat, continuing the trace of the gateway that forwarded it, and
+/// the batch's (the Redis call, the presence events), linked to each.
+fn spans(batch: &[BusMessage]) -> BatchSpans {
+    if !common::otel::enabled() {
+        return BatchSpans::none();
+    }
+    let messages = batch
+        .iter()
+        .map(|m| {
+            let span = common::trace_span!(
+                "heartbeat",
+                otel.name = %format!("process {}", m.subject),
+                otel.kind = "consumer",
+                messaging.system = "nats",
+                messaging.operation.type = "process",
+                messaging.destination.name = %m.subject,
+                messaging.consumer.group.name = QUEUE_GROUP,
+            );
+            (span, m.trace.as_ref())
+        })
+        .collect();
+    let batch_span = common::trace_span!(
+        "record heartbeats",
+        messaging.batch.message_count = batch.len(),
+    );
+    BatchSpans::new(batch_span, messages)
 }
 
 /// Restores the presence store's lost state from the snapshot (only the
@@ -213,7 +250,9 @@ where
     }
 }
 
-async fn record(deps: &Deps, beats: Vec<(String, i64)>) {
+/// Records a batch of heartbeats and announces the transitions; `_spans`
+/// (the batch's traces) end when it is done.
+async fn record(deps: &Deps, beats: Vec<(String, i64)>, _spans: BatchSpans) {
     let metrics = &deps.metrics;
     metrics.heartbeats.inc_by(beats.len() as u64);
     let outcomes = match restoring(deps, || deps.presence.heartbeats(&beats)).await {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Bus, BusError, BusMessage, Subscription};
+use crate::otel::TraceParent;
 
 /// The bus of one process; clones share their subscribers.
 #[derive(Clone, Default)]
@@ -55,6 +56,7 @@ impl Bus for LocalBus {
             payload,
             sequence: None,
             previous: None,
+            trace: TraceParent::current(),
         })
     }
 

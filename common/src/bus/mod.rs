@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::domain::ChatId;
+use crate::otel::TraceParent;
 
 mod local;
 mod nats;
@@ -17,6 +18,7 @@ mod nats;
 pub use crate::subjects::Subjects;
 pub use local::LocalBus;
 pub use nats::NatsBus;
+pub(crate) use nats::{trace_headers, trace_parent};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
@@ -42,6 +44,9 @@ pub struct BusMessage {
     /// the bus may deliver out of order and says so; `None` when it delivers
     /// in order anyway.
     pub previous: Option<ChatId>,
+    /// The trace context of the span that published it, when traces are
+    /// exported: the subscriber's span continues that trace.
+    pub trace: Option<TraceParent>,
 }
 
 /// The messages published on a subject (pattern) from subscription on.
@@ -49,6 +54,8 @@ pub type Subscription = Pin<Box<dyn Stream<Item = BusMessage> + Send>>;
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
+    /// Publishes `payload` on `subject`, with the trace context of the
+    /// current span when traces are exported.
     async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError>;
     /// Subscribes to a subject; `*` matches one token and `>` the rest, as in
     /// NATS. Returns once the subscription is active: nothing published

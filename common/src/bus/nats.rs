@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 
 use super::{Bus, BusError, BusMessage, Subscription};
 use crate::domain::ChatId;
+use crate::otel::TraceParent;
 use crate::subjects::Subjects;
 
 /// Pause before reconnecting after losing the server: short, so that
@@ -79,6 +80,7 @@ impl NatsBus {
                     .headers
                     .as_ref()
                     .and_then(|h| number_header(h, "Nats-Last-Sequence")),
+                trace: m.headers.as_ref().and_then(trace_parent),
                 subject: m.subject.to_string(),
                 payload: m.payload,
             }
@@ -89,10 +91,15 @@ impl NatsBus {
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
-        self.client
-            .publish(subject, payload)
-            .await
-            .map_err(|e| BusError::Publish(e.to_string()))
+        let published = match TraceParent::current() {
+            Some(trace) => {
+                self.client
+                    .publish_with_headers(subject, trace_headers(&trace), payload)
+                    .await
+            }
+            None => self.client.publish(subject, payload).await,
+        };
+        published.map_err(|e| BusError::Publish(e.to_string()))
     }
 
     async fn subscribe(&self, subject: String) -> Result<Subscription, BusError> {
@@ -122,6 +129,20 @@ impl Bus for NatsBus {
 /// that is in the same room (`Nats-Last-Sequence`). RePublish can deliver a
 /// room's messages out of order when several connections publish at once
 /// (seen on NATS 2.9.10); the second lets subscribers restore the order.
+/// The NATS headers carrying a trace context.
+pub(crate) fn trace_headers(trace: &TraceParent) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in trace.headers() {
+        headers.insert(name, value);
+    }
+    headers
+}
+
+/// The trace context in a message's headers, if any.
+pub(crate) fn trace_parent(headers: &HeaderMap) -> Option<TraceParent> {
+    TraceParent::from_headers(|name| headers.get(name).map(|v| v.as_str()))
+}
+
 fn number_header(headers: &HeaderMap, name: &str) -> Option<ChatId> {
     headers.get(name)?.as_str().parse().ok()
 }

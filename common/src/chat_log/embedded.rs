@@ -10,11 +10,13 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::{
     ChatLog, ChatLogError, IDEMPOTENCY_WINDOW, IdempotencyKey, PendingAppend, ToStore, Unstored,
 };
 use crate::bus::{BusMessage, LocalBus};
+use crate::otel::TraceParent;
 use crate::domain::{ChatDraft, ChatId, RoomId};
 use crate::store::{Store, StoreError};
 use crate::subjects::Subjects;
@@ -67,6 +69,7 @@ impl ChatLog for EmbeddedChatLog {
                 draft: draft.clone(),
                 key: key.cloned(),
                 done,
+                trace: TraceParent::current(),
             })
             .map_err(|_| ChatLogError::NotConnected)?;
         Ok(Box::pin(async move {
@@ -96,6 +99,8 @@ struct Append {
     draft: ChatDraft,
     key: Option<IdempotencyKey>,
     done: oneshot::Sender<Result<ChatId, ChatLogError>>,
+    /// The appending span's context: the message's delivery continues it.
+    trace: Option<TraceParent>,
 }
 
 /// The ids of recently stored messages by idempotency key, for
@@ -130,6 +135,7 @@ impl Remembered {
 struct Batch {
     drafts: Vec<ChatDraft>,
     keys: Vec<Option<IdempotencyKey>>,
+    traces: Vec<Option<TraceParent>>,
     waiting: Vec<Vec<oneshot::Sender<Result<ChatId, ChatLogError>>>>,
 }
 
@@ -155,7 +161,7 @@ impl Writer {
             if batch.drafts.is_empty() {
                 continue;
             }
-            let outcomes = self.store_and_publish(&batch.drafts).await;
+            let outcomes = self.store_and_publish(&batch.drafts, &batch.traces).await;
             for ((outcome, key), senders) in outcomes.into_iter().zip(batch.keys).zip(batch.waiting)
             {
                 if let (Ok(id), Some(key)) = (&outcome, key) {
@@ -173,7 +179,13 @@ impl Writer {
     fn fold_resends(&self, appends: &mut Vec<Append>) -> Batch {
         let mut batch = Batch::default();
         let mut in_batch: HashMap<IdempotencyKey, usize> = HashMap::new();
-        for Append { draft, key, done } in appends.drain(..) {
+        for Append {
+            draft,
+            key,
+            done,
+            trace,
+        } in appends.drain(..)
+        {
             if let Some(key) = &key {
                 if let Some(&id) = self.remembered.ids.get(key) {
                     let _ = done.send(Ok(id));
@@ -187,6 +199,7 @@ impl Writer {
             }
             batch.drafts.push(draft);
             batch.keys.push(key);
+            batch.traces.push(trace);
             batch.waiting.push(vec![done]);
         }
         batch
@@ -194,8 +207,20 @@ impl Writer {
 
     /// Stores the drafts in one transaction, then publishes each stored one
     /// in id order; the outcome of each.
-    async fn store_and_publish(&self, drafts: &[ChatDraft]) -> Vec<Result<ChatId, ChatLogError>> {
-        let ids = match self.store.append_messages(drafts).await {
+    async fn store_and_publish(
+        &self,
+        drafts: &[ChatDraft],
+        traces: &[Option<TraceParent>],
+    ) -> Vec<Result<ChatId, ChatLogError>> {
+        let span = crate::trace_span!(
+            "store chat messages",
+            messaging.batch.message_count = drafts.len()
+        );
+        for trace in traces.iter().flatten() {
+            trace.link_from(&span);
+        }
+        let stored = self.store.append_messages(drafts).instrument(span).await;
+        let ids = match stored {
             Ok(ids) => ids,
             Err(e) => {
                 let e = ChatLogError::Append(e.to_string());
@@ -205,19 +230,25 @@ impl Writer {
         drafts
             .iter()
             .zip(ids)
-            .map(|(draft, id)| {
+            .zip(traces)
+            .map(|((draft, id), trace)| {
                 let id = id.map_err(|e| match e {
                     StoreError::Missing => ChatLogError::Append("the room no longer exists".into()),
                     e => ChatLogError::Append(e.to_string()),
                 })?;
-                self.publish(draft, id)?;
+                self.publish(draft, id, trace.clone())?;
                 Ok(id)
             })
             .collect()
     }
 
     /// A stored chat message, to its room's subscribers.
-    fn publish(&self, draft: &ChatDraft, chat_id: ChatId) -> Result<(), ChatLogError> {
+    fn publish(
+        &self,
+        draft: &ChatDraft,
+        chat_id: ChatId,
+        trace: Option<TraceParent>,
+    ) -> Result<(), ChatLogError> {
         let payload = Bytes::from(
             serde_json::to_vec(draft).map_err(|e| ChatLogError::Append(e.to_string()))?,
         );
@@ -227,6 +258,7 @@ impl Writer {
                 payload,
                 sequence: Some(chat_id),
                 previous: None,
+                trace,
             })
             .map_err(|e| ChatLogError::Append(e.to_string()))
     }

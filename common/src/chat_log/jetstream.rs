@@ -13,6 +13,7 @@ use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, strea
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tracing::Instrument;
 
 use super::{
     ChatLog, ChatLogError, Delivery, IDEMPOTENCY_WINDOW, IdempotencyKey, PendingAppend, Receipt,
@@ -20,6 +21,7 @@ use super::{
 };
 use crate::bus::NatsBus;
 use crate::domain::{ChatDraft, ChatId, RoomId};
+use crate::otel::TraceParent;
 use crate::store::Store;
 use crate::subjects::Subjects;
 
@@ -182,18 +184,36 @@ impl ChatLog for JetStreamChatLog {
         );
         let msg_id = key.map_or_else(|| crate::random_hex(12), |k| k.as_str().to_owned());
         let subject = self.subjects.chat(draft.room_id);
+        // From the publish to the stream's acknowledgement; the persister's
+        // and every gateway's spans of the message are its children.
+        let span = crate::trace_span!(
+            "publish",
+            otel.name = %format!("send {subject}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+            messaging.message.id = %msg_id,
+            messaging.nats.stream.sequence = tracing::field::Empty,
+        );
+        let headers = TraceParent::of(&span).map(|trace| crate::bus::trace_headers(&trace));
         let publish = move |payload: &Bytes| {
-            PublishMessage::build()
+            let message = PublishMessage::build()
                 .payload(payload.clone())
-                .message_id(&msg_id)
+                .message_id(&msg_id);
+            match &headers {
+                Some(headers) => message.headers(headers.clone()),
+                None => message,
+            }
         };
         let first = self
             .jetstream
             .send_publish(subject.clone(), publish(&payload))
+            .instrument(span.clone())
             .await;
         let jetstream = self.jetstream.clone();
         let deadline = tokio::time::Instant::now() + CONFIRM_WITHIN;
-        Ok(Box::pin(async move {
+        let confirmed = async move {
             let mut last_error = match first {
                 Ok(ack) => match ack.await {
                     Ok(ack) => return chat_id(ack.sequence),
@@ -222,7 +242,21 @@ impl ChatLog for JetStreamChatLog {
             }
             tracing::warn!(attempt, error = %last_error, "chat message not confirmed in time");
             Err(ChatLogError::Append(last_error))
-        }))
+        };
+        Ok(Box::pin(
+            async move {
+                let confirmed = confirmed.await;
+                let span = tracing::Span::current();
+                match &confirmed {
+                    Ok(id) => {
+                        span.record("messaging.nats.stream.sequence", id);
+                    }
+                    Err(_) => crate::otel::fail(&span),
+                }
+                confirmed
+            }
+            .instrument(span),
+        ))
     }
 
     async fn unstored(&self, room: Option<RoomId>) -> Result<Unstored, ChatLogError> {
@@ -313,6 +347,7 @@ impl ChatLog for JetStreamChatLog {
             let message = m.map_err(|e| ChatLogError::Read(e.to_string()))?;
             Ok(Delivery {
                 message: row(&message),
+                trace: message.headers.as_ref().and_then(crate::bus::trace_parent),
                 receipt: Box::new(message),
             })
         }))))

@@ -209,6 +209,9 @@ pub struct Delivery {
     /// `None` when the entry is not a chat message: it is acknowledged with
     /// its batch and never retried.
     pub message: Option<ChatMessage>,
+    /// The trace context the message was appended in, when traces are
+    /// exported: the persister's span of it continues that trace.
+    pub trace: Option<crate::otel::TraceParent>,
     pub receipt: Box<dyn Receipt>,
 }
 

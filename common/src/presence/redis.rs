@@ -4,6 +4,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tracing::Instrument;
 
 use super::{Beat, EXPIRE_BATCH, HEARING_GAP, Presence, PresenceError, millis};
 
@@ -184,6 +185,19 @@ impl RedisPresence {
     }
 }
 
+/// The span of one presence script call, when traces are exported.
+fn script_span(script: &'static str, batch: usize) -> tracing::Span {
+    crate::trace_span!(
+        "redis",
+        otel.name = %format!("EVALSHA {script}"),
+        otel.kind = "client",
+        db.system.name = "redis",
+        db.operation.name = "EVALSHA",
+        db.stored_procedure.name = script,
+        db.operation.batch.size = batch,
+    )
+}
+
 fn redis_error(e: redis::RedisError) -> PresenceError {
     if e.code() == Some("LOST") {
         PresenceError::Lost
@@ -203,11 +217,12 @@ impl Presence for RedisPresence {
         for (user, at_ms) in beats {
             invocation.arg(user).arg(at_ms.saturating_add(timeout));
         }
-        let mut conn = self.connection().await?;
-        let outcomes: Vec<i64> = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_error)?;
+        let outcomes: Vec<i64> = async {
+            let mut conn = self.connection().await?;
+            invocation.invoke_async(&mut conn).await.map_err(redis_error)
+        }
+        .instrument(script_span("heartbeats", beats.len()))
+        .await?;
         Ok(outcomes
             .into_iter()
             .map(|outcome| match outcome {
@@ -220,12 +235,16 @@ impl Presence for RedisPresence {
     }
 
     async fn expire(&self) -> Result<Vec<String>, PresenceError> {
-        let mut conn = self.connection().await?;
-        self.deciding(&EXPIRE)
-            .arg(EXPIRE_BATCH)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_error)
+        async {
+            let mut conn = self.connection().await?;
+            self.deciding(&EXPIRE)
+                .arg(EXPIRE_BATCH)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)
+        }
+        .instrument(script_span("expire", 1))
+        .await
     }
 
     async fn restore(&self, users: &[String]) -> Result<bool, PresenceError> {
@@ -234,11 +253,12 @@ impl Presence for RedisPresence {
         for user in users {
             invocation.arg(user);
         }
-        let mut conn = self.connection().await?;
-        let restored: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_error)?;
+        let restored: i64 = async {
+            let mut conn = self.connection().await?;
+            invocation.invoke_async(&mut conn).await.map_err(redis_error)
+        }
+        .instrument(script_span("restore", users.len()))
+        .await?;
         Ok(restored == 1)
     }
 

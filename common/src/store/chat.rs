@@ -24,7 +24,7 @@ impl Store {
                    message_date AS create_date FROM chat_history \
                    WHERE room_id = ? AND message_id > ? AND message_id < ? \
                    ORDER BY message_id DESC LIMIT ?";
-        let mut rows: Vec<MessageRow> = on_reader!(self, |pool| sqlx::query_as(sql)
+        let mut rows: Vec<MessageRow> = on_reader!(self, "newest_between", |pool| sqlx::query_as(sql)
             .bind(room_id)
             .bind(after)
             .bind(before)
@@ -41,7 +41,7 @@ impl Store {
     pub async fn append_messages(&self, drafts: &[ChatDraft]) -> Result<Vec<Result<ChatId>>> {
         let sql = "INSERT INTO chat_history (room_id, user_name, message, message_date) \
                    VALUES (?, ?, ?, ?)";
-        on_writer!(self, |pool| {
+        on_writer!(self, "append_messages", |pool| {
             let mut tx = pool.begin().await?;
             let mut ids = Vec::with_capacity(drafts.len());
             for draft in drafts {
@@ -74,7 +74,7 @@ impl Store {
         let mut rooms: Vec<RoomId> = batch.iter().map(|m| m.room_id).collect();
         rooms.sort_unstable();
         rooms.dedup();
-        on_writer!(self, |pool| {
+        on_writer!(self, "insert_messages", |pool| {
             let mut tx = pool.begin().await?;
             let mut query = sqlx::QueryBuilder::new("SELECT room_id FROM rooms WHERE room_id IN (");
             let mut ids = query.separated(", ");
@@ -111,7 +111,7 @@ impl Store {
     /// The largest `chat_id` stored (0 when there is none).
     pub async fn max_chat_id(&self) -> Result<ChatId> {
         let sql = "SELECT COALESCE(MAX(message_id), 0) FROM chat_history";
-        Ok(on_reader!(self, |pool| sqlx::query_scalar(sql)
+        Ok(on_reader!(self, "max_chat_id", |pool| sqlx::query_scalar(sql)
             .fetch_one(pool)
             .await)?)
     }

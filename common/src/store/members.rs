@@ -10,7 +10,7 @@ impl Store {
     /// The stored spelling of `user` if they are a member of the room.
     pub async fn member(&self, room_id: RoomId, user: &str) -> Result<Option<String>> {
         let sql = "SELECT user_name FROM users_room WHERE room_id = ? AND user_name = ?";
-        Ok(on_reader!(self, |pool| sqlx::query_scalar(sql)
+        Ok(on_reader!(self, "member", |pool| sqlx::query_scalar(sql)
             .bind(room_id)
             .bind(user)
             .fetch_optional(pool)
@@ -20,7 +20,7 @@ impl Store {
     /// False when the user already was a member; `Missing` when the room is gone.
     pub async fn add_member(&self, room_id: RoomId, user: &str) -> Result<bool> {
         let sql = "INSERT INTO users_room (room_id, user_name) VALUES (?, ?)";
-        let done = on_writer!(self, |pool| sqlx::query(sql)
+        let done = on_writer!(self, "add_member", |pool| sqlx::query(sql)
             .bind(room_id)
             .bind(user)
             .execute(pool)
@@ -36,7 +36,7 @@ impl Store {
     /// False when the user was not a member.
     pub async fn remove_member(&self, room_id: RoomId, user: &str) -> Result<bool> {
         let sql = "DELETE FROM users_room WHERE room_id = ? AND user_name = ?";
-        let removed = on_writer!(self, |pool| sqlx::query(sql)
+        let removed = on_writer!(self, "remove_member", |pool| sqlx::query(sql)
             .bind(room_id)
             .bind(user)
             .execute(pool)
@@ -49,7 +49,7 @@ impl Store {
         let sql = "SELECT m.user_name, r.room_id, r.room_name, r.room_owner, r.is_private \
                    FROM users_room m JOIN rooms r ON r.room_id = m.room_id \
                    WHERE m.user_name = ? ORDER BY r.room_id";
-        let rows: Vec<MembershipRow> = on_reader!(self, |pool| sqlx::query_as(sql)
+        let rows: Vec<MembershipRow> = on_reader!(self, "memberships", |pool| sqlx::query_as(sql)
             .bind(user)
             .fetch_all(pool)
             .await)?;
@@ -60,7 +60,7 @@ impl Store {
     pub async fn rooms_of(&self, users: &[String]) -> Result<Vec<(String, RoomId)>> {
         let mut rooms = Vec::new();
         for chunk in users.chunks(IN_LIST_MAX) {
-            let found: Vec<(String, RoomId)> = on_reader!(self, |pool| {
+            let found: Vec<(String, RoomId)> = on_reader!(self, "rooms_of", |pool| {
                 let mut query = sqlx::QueryBuilder::new(
                     "SELECT user_name, room_id FROM users_room WHERE user_name IN (",
                 );
@@ -79,7 +79,7 @@ impl Store {
     pub async fn members(&self, room_id: RoomId) -> Result<Vec<Member>> {
         let sql = "SELECT user_name, room_id FROM users_room WHERE room_id = ? \
                    ORDER BY user_name";
-        let rows: Vec<(String, RoomId)> = on_reader!(self, |pool| sqlx::query_as(sql)
+        let rows: Vec<(String, RoomId)> = on_reader!(self, "members", |pool| sqlx::query_as(sql)
             .bind(room_id)
             .fetch_all(pool)
             .await)?;

@@ -14,8 +14,16 @@ use sqlx::sqlite::SqlitePool;
 /// (`on_reader!`) or writes (`on_writer!`), whichever engine it is: `$body`
 /// is written once and compiled for both. What differs between the engines
 /// it takes from [`Engine`], through [`insert_ignore`], [`inserted_id`] and
-/// [`migrator`].
+/// [`migrator`]. Given the query's name, it runs in a span of that name
+/// when traces are exported.
 macro_rules! on_reader {
+    ($store:expr, $query:literal, |$pool:ident| $body:expr) => {
+        ::tracing::Instrument::instrument(
+            async { on_reader!($store, |$pool| $body) },
+            $store.query_span($query),
+        )
+        .await
+    };
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.pools {
             $crate::store::Pools::MySql($pool) => $body,
@@ -26,6 +34,13 @@ macro_rules! on_reader {
 
 /// See [`on_reader!`].
 macro_rules! on_writer {
+    ($store:expr, $query:literal, |$pool:ident| $body:expr) => {
+        ::tracing::Instrument::instrument(
+            async { on_writer!($store, |$pool| $body) },
+            $store.query_span($query),
+        )
+        .await
+    };
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.pools {
             $crate::store::Pools::MySql($pool) => $body,
@@ -154,6 +169,20 @@ impl Store {
             }
         };
         Ok(Self { pools })
+    }
+
+    /// The span of one of the store's queries (see [`on_reader!`]).
+    fn query_span(&self, query: &'static str) -> tracing::Span {
+        crate::trace_span!(
+            "db query",
+            otel.name = query,
+            otel.kind = "client",
+            db.system.name = match self.pools {
+                Pools::MySql(_) => "mysql",
+                Pools::Sqlite { .. } => "sqlite",
+            },
+            db.operation.name = query,
+        )
     }
 }
 

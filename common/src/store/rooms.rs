@@ -11,14 +11,14 @@ impl Store {
         let sql = "SELECT room_id, room_name, room_owner, create_date, is_private, access_key \
                    FROM rooms WHERE is_private = 0 ORDER BY room_id";
         let rows: Vec<RoomRow> =
-            on_reader!(self, |pool| sqlx::query_as(sql).fetch_all(pool).await)?;
+            on_reader!(self, "public_rooms", |pool| sqlx::query_as(sql).fetch_all(pool).await)?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
     pub async fn room(&self, room_id: RoomId) -> Result<Option<Room>> {
         let sql = "SELECT room_id, room_name, room_owner, create_date, is_private, access_key \
                    FROM rooms WHERE room_id = ?";
-        let row: Option<RoomRow> = on_reader!(self, |pool| sqlx::query_as(sql)
+        let row: Option<RoomRow> = on_reader!(self, "room", |pool| sqlx::query_as(sql)
             .bind(room_id)
             .fetch_optional(pool)
             .await)?;
@@ -28,7 +28,7 @@ impl Store {
     pub async fn private_room_by_key(&self, access_key: &str) -> Result<Option<Room>> {
         let sql = "SELECT room_id, room_name, room_owner, create_date, is_private, access_key \
                    FROM rooms WHERE access_key = ? AND is_private = 1";
-        let row: Option<RoomRow> = on_reader!(self, |pool| sqlx::query_as(sql)
+        let row: Option<RoomRow> = on_reader!(self, "private_room_by_key", |pool| sqlx::query_as(sql)
             .bind(access_key)
             .fetch_optional(pool)
             .await)?;
@@ -40,7 +40,7 @@ impl Store {
         let insert_room = "INSERT INTO rooms (room_name, room_owner, create_date, is_private, \
                            access_key) VALUES (?, ?, ?, ?, ?)";
         let insert_owner = "INSERT INTO users_room (room_id, user_name) VALUES (?, ?)";
-        on_writer!(self, |pool| {
+        on_writer!(self, "create_room", |pool| {
             let mut tx = pool.begin().await?;
             let done = sqlx::query(insert_room)
                 .bind(&room.name)
@@ -65,7 +65,7 @@ impl Store {
     pub async fn update_room(&self, edit: &RoomEdit) -> Result<()> {
         let sql = "UPDATE rooms SET room_name = ?, is_private = ?, access_key = ? \
                    WHERE room_id = ?";
-        on_writer!(self, |pool| sqlx::query(sql)
+        on_writer!(self, "update_room", |pool| sqlx::query(sql)
             .bind(&edit.name)
             .bind(edit.access_key.is_some())
             .bind(&edit.access_key)
@@ -95,7 +95,7 @@ impl Store {
             "DELETE FROM users_room WHERE room_id = ?",
             "DELETE FROM rooms WHERE room_id = ?",
         ];
-        on_writer!(self, |pool| {
+        on_writer!(self, "delete_room_once", |pool| {
             let mut tx = pool.begin().await?;
             let mut deleted = 0;
             for sql in statements {

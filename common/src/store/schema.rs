@@ -6,7 +6,7 @@ use super::{Result, Store, StoreError, migrator};
 impl Store {
     /// Applies every pending migration.
     pub async fn migrate(&self) -> Result<()> {
-        on_writer!(self, |pool| migrator(pool).run(pool).await)?;
+        on_writer!(self, "migrate", |pool| migrator(pool).run(pool).await)?;
         Ok(())
     }
 
@@ -14,7 +14,7 @@ impl Store {
     pub async fn check_schema(&self) -> Result<()> {
         let sql = "SELECT version, checksum FROM _sqlx_migrations WHERE success = 1 \
                    ORDER BY version";
-        let (known, applied) = on_reader!(self, |pool| (
+        let (known, applied) = on_reader!(self, "check_schema", |pool| (
             migrator(pool),
             sqlx::query_as::<_, (i64, Vec<u8>)>(sql)
                 .fetch_all(pool)

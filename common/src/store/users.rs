@@ -7,7 +7,7 @@ impl Store {
     /// The stored spelling of a user name (MySQL compares names case-insensitively).
     pub async fn user_name(&self, user: &str) -> Result<Option<String>> {
         let sql = "SELECT user_name FROM users WHERE user_name = ?";
-        Ok(on_reader!(self, |pool| sqlx::query_scalar(sql)
+        Ok(on_reader!(self, "user_name", |pool| sqlx::query_scalar(sql)
             .bind(user)
             .fetch_optional(pool)
             .await)?)
@@ -15,7 +15,7 @@ impl Store {
 
     pub async fn create_user(&self, user: &str, password_hash: &str) -> Result<()> {
         let sql = "INSERT INTO users (user_name, password) VALUES (?, ?)";
-        on_writer!(self, |pool| sqlx::query(sql)
+        on_writer!(self, "create_user", |pool| sqlx::query(sql)
             .bind(user)
             .bind(password_hash)
             .execute(pool)
@@ -27,7 +27,7 @@ impl Store {
     /// The stored spelling of the name and the stored password (hash or legacy plaintext).
     pub async fn credentials(&self, user: &str) -> Result<Option<(String, String)>> {
         let sql = "SELECT user_name, password FROM users WHERE user_name = ?";
-        Ok(on_reader!(self, |pool| sqlx::query_as(sql)
+        Ok(on_reader!(self, "credentials", |pool| sqlx::query_as(sql)
             .bind(user)
             .fetch_optional(pool)
             .await)?)
@@ -36,7 +36,7 @@ impl Store {
     /// Replaces the password only if it still is `old`; false when it changed meanwhile.
     pub async fn replace_password(&self, user: &str, old: &str, new: &str) -> Result<bool> {
         let sql = "UPDATE users SET password = ? WHERE user_name = ? AND password = ?";
-        let changed = on_writer!(self, |pool| sqlx::query(sql)
+        let changed = on_writer!(self, "replace_password", |pool| sqlx::query(sql)
             .bind(new)
             .bind(user)
             .bind(old)
@@ -60,7 +60,7 @@ impl Store {
                WHERE m.user_name = ? AND r.is_private = 1) AS private_rooms_member, \
             (SELECT COUNT(*) FROM users_room m JOIN rooms r ON r.room_id = m.room_id \
                WHERE m.user_name = ? AND r.is_private = 0) AS public_rooms_member";
-        let row: UserInfoRow = on_reader!(self, |pool| sqlx::query_as(sql)
+        let row: UserInfoRow = on_reader!(self, "user_info", |pool| sqlx::query_as(sql)
             .bind(user)
             .bind(stored_up_to)
             .bind(user)
@@ -77,7 +77,7 @@ impl Store {
         let sql = "SELECT DISTINCT other.user_name FROM users_room me \
                    JOIN users_room other ON other.room_id = me.room_id \
                    WHERE me.user_name = ? AND other.user_name <> ?";
-        Ok(on_reader!(self, |pool| sqlx::query_scalar(sql)
+        Ok(on_reader!(self, "room_mates", |pool| sqlx::query_scalar(sql)
             .bind(user)
             .bind(user)
             .fetch_all(pool)

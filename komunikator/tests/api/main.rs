@@ -4,12 +4,14 @@
 
 mod harness;
 mod nginx;
+mod otlp;
 mod servers;
 mod sio;
 
 mod auth;
 mod chat;
 mod compat;
+mod dashboards;
 mod config;
 mod durability;
 mod events;
@@ -24,3 +26,4 @@ mod rooms;
 mod schema;
 mod slow;
 mod sockets;
+mod traces;

@@ -1,0 +1,404 @@
+//! OpenTelemetry traces: export over OTLP/HTTP, configured only by the
+//! standard `OTEL_*` variables, and the W3C trace context carried across
+//! processes (HTTP headers, the Socket.IO handshake, NATS headers).
+//!
+//! Without an endpoint nothing is installed: [`enabled`] is false, the
+//! [`trace_span!`](crate::trace_span) spans are `Span::none()` and no
+//! header is written, so tracing costs one relaxed load per span site.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry::KeyValue;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The target of every span made with [`trace_span!`](crate::trace_span):
+/// the log filter always lets it through when traces are exported.
+pub const TARGET: &str = "komunikator::trace";
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The process's dispatcher, for reading span ids into log lines.
+static DISPATCH: OnceLock<tracing::Dispatch> = OnceLock::new();
+
+/// True when traces are exported (an OTLP endpoint is configured).
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// A span of the exported traces: an `info` span on [`TARGET`] when traces
+/// are exported, else `Span::none()` (nothing recorded, nothing allocated).
+/// Field names follow the OpenTelemetry semantic conventions; `otel.name`,
+/// `otel.kind` and `otel.status_code` set the span's name, kind and status.
+#[macro_export]
+macro_rules! trace_span {
+    ($name:literal $(, $($fields:tt)*)?) => {
+        if $crate::otel::enabled() {
+            ::tracing::info_span!(target: "komunikator::trace", $name $(, $($fields)*)?)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+
+/// What the standard variables ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSettings {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: String,
+    /// `OTEL_SERVICE_NAME` when set, else this default.
+    pub default_service_name: String,
+}
+
+impl ExportSettings {
+    /// Reads the standard variables through `var`; `Ok(None)` when traces
+    /// are not exported (no endpoint, `OTEL_SDK_DISABLED=true` or
+    /// `OTEL_TRACES_EXPORTER=none`), `Err` for what this build cannot do.
+    pub fn from_env(
+        var: impl Fn(&str) -> Option<String>,
+        service: &str,
+    ) -> Result<Option<Self>, String> {
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        if set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        match set("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+            None | Some("otlp") => {}
+            Some("none") => return Ok(None),
+            Some(other) => {
+                return Err(format!(
+                    "OTEL_TRACES_EXPORTER={other} is not supported: use `otlp` or `none`"
+                ));
+            }
+        }
+        let Some(endpoint) = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        else {
+            return Ok(None);
+        };
+        let protocol = set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        if let Some(protocol) = protocol
+            && protocol.trim() != "http/protobuf"
+        {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not supported: traces are exported \
+                 as http/protobuf"
+            ));
+        }
+        if !endpoint.trim().starts_with("http://") {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}: only http:// endpoints are supported \
+                 (export to a collector agent next to the service; it forwards over TLS)"
+            ));
+        }
+        Ok(Some(Self {
+            endpoint: endpoint.trim().to_owned(),
+            default_service_name: format!("komunikator-{service}"),
+        }))
+    }
+}
+
+/// Exports the spans of this process while alive; [`Self::shutdown`]
+/// flushes what is still buffered.
+#[derive(Debug, Default)]
+pub struct Exporter {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Exporter {
+    /// Flushes and stops the export. Call it outside the async runtime: the
+    /// exporter's HTTP client blocks.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "traces not flushed");
+        }
+    }
+}
+
+/// Builds the exporter and the tracing layer for `settings`. The sampler
+/// (`OTEL_TRACES_SAMPLER`/`_ARG`), the batch processor (`OTEL_BSP_*`) and
+/// the resource (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`) come from
+/// the SDK's reading of the environment.
+pub(crate) fn exporter(
+    settings: &ExportSettings,
+) -> Result<(Exporter, opentelemetry_sdk::trace::Tracer), String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
+    let mut resource = Resource::builder();
+    let attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+    let in_env = |key: &str| {
+        attributes
+            .split(',')
+            .any(|kv| kv.split('=').next().is_some_and(|k| k.trim() == key))
+    };
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() && !in_env("service.name") {
+        resource = resource.with_service_name(settings.default_service_name.clone());
+    }
+    if !in_env("service.instance.id") {
+        // Tells the replicas of a service apart: the pod (HOSTNAME in
+        // Kubernetes) and the process.
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        let instance = format!("{host}-{}", std::process::id());
+        resource = resource.with_attribute(KeyValue::new("service.instance.id", instance));
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    let tracer = provider.tracer("komunikator");
+    ENABLED.store(true, Ordering::Relaxed);
+    Ok((
+        Exporter {
+            provider: Some(provider),
+        },
+        tracer,
+    ))
+}
+
+/// Remembers the process's dispatcher (see [`ids`]).
+pub(crate) fn set_dispatch(dispatch: &tracing::Dispatch) {
+    let _ = DISPATCH.set(dispatch.clone());
+}
+
+/// The trace and span ids of the span `id`, hex encoded, when it is part of
+/// an exported trace.
+pub(crate) fn ids(id: &tracing::span::Id) -> Option<(String, String)> {
+    let dispatch = DISPATCH.get()?;
+    let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid()
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
+/// The W3C trace context of a span, as it travels in headers
+/// (`traceparent`, `tracestate`) between processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    traceparent: String,
+    tracestate: Option<String>,
+}
+
+impl TraceParent {
+    pub const HEADER: &'static str = "traceparent";
+    pub const STATE_HEADER: &'static str = "tracestate";
+
+    /// The context of the current span; `None` when traces are not exported.
+    pub fn current() -> Option<Self> {
+        if !enabled() {
+            return None;
+        }
+        Self::of(&Span::current())
+    }
+
+    /// The context of `span`, when it is part of an exported trace.
+    pub fn of(span: &Span) -> Option<Self> {
+        if !enabled() || span.is_none() {
+            return None;
+        }
+        let mut headers = Headers::default();
+        TraceContextPropagator::new().inject_context(&span.context(), &mut headers);
+        Some(Self {
+            traceparent: headers.traceparent?,
+            tracestate: headers.tracestate.filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// Reads the context from headers (`get` returns a header's value);
+    /// `None` when there is none, it is malformed, or traces are off.
+    pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Self> {
+        if !enabled() {
+            return None;
+        }
+        let traceparent = get(Self::HEADER)?.trim();
+        let tracestate = get(Self::STATE_HEADER).map(str::to_owned);
+        let parsed = Self {
+            traceparent: traceparent.to_owned(),
+            tracestate,
+        };
+        parsed.span_context().is_valid().then_some(parsed)
+    }
+
+    /// The headers to send, as (name, value).
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        std::iter::once((Self::HEADER, self.traceparent.as_str())).chain(
+            self.tracestate
+                .as_deref()
+                .map(|state| (Self::STATE_HEADER, state)),
+        )
+    }
+
+    fn context(&self) -> opentelemetry::Context {
+        TraceContextPropagator::new().extract(self)
+    }
+
+    /// The remote span this context names.
+    pub fn span_context(&self) -> SpanContext {
+        self.context().span().span_context().clone()
+    }
+
+    /// Makes `span` a child of this context (before it is first entered).
+    pub fn adopt(&self, span: &Span) {
+        if !span.is_none() {
+            let _ = span.set_parent(self.context());
+        }
+    }
+
+    /// Links `span` to this context (a batch to each of its messages).
+    pub fn link_from(&self, span: &Span) {
+        if !span.is_none() {
+            span.add_link(self.span_context());
+        }
+    }
+}
+
+impl Extractor for TraceParent {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            Self::HEADER => Some(&self.traceparent),
+            Self::STATE_HEADER => self.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![Self::HEADER, Self::STATE_HEADER]
+    }
+}
+
+#[derive(Default)]
+struct Headers {
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl Injector for Headers {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            TraceParent::HEADER => self.traceparent = Some(value),
+            TraceParent::STATE_HEADER => self.tracestate = Some(value),
+            _ => {}
+        }
+    }
+}
+
+/// The spans of messages handled as one batch: each message's span
+/// continues the trace it came with, and the batch's span links to each.
+/// The message spans end when this is dropped (after the batch's work).
+#[derive(Debug)]
+pub struct BatchSpans {
+    pub batch: Span,
+    _messages: Vec<Span>,
+}
+
+impl BatchSpans {
+    /// `messages` are the spans of the batch's messages, each made a child
+    /// of the context it came with.
+    pub fn new(batch: Span, messages: Vec<(Span, Option<&TraceParent>)>) -> Self {
+        let messages = messages
+            .into_iter()
+            .map(|(span, parent)| {
+                if let Some(parent) = parent {
+                    parent.adopt(&span);
+                }
+                if let Some(trace) = TraceParent::of(&span) {
+                    trace.link_from(&batch);
+                }
+                span
+            })
+            .collect();
+        Self {
+            batch,
+            _messages: messages,
+        }
+    }
+
+    /// No spans (traces are not exported).
+    pub fn none() -> Self {
+        Self {
+            batch: Span::none(),
+            _messages: Vec::new(),
+        }
+    }
+}
+
+/// Marks `span` failed (`otel.status_code = "error"`), when it is recorded.
+pub fn fail(span: &Span) {
+    if !span.is_none() {
+        span.set_status(opentelemetry::trace::Status::error(""));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Option<ExportSettings>, String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ExportSettings::from_env(
+            |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+            "gateway",
+        )
+    }
+
+    #[test]
+    fn no_endpoint_means_no_export() {
+        assert_eq!(settings(&[]), Ok(None));
+        assert_eq!(settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]), Ok(None));
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        assert_eq!(settings(&[endpoint, ("OTEL_SDK_DISABLED", "true")]), Ok(None));
+        assert_eq!(
+            settings(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")]),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn the_endpoint_and_the_default_service_name() {
+        let got = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]);
+        assert_eq!(
+            got,
+            Ok(Some(ExportSettings {
+                endpoint: "http://collector:4318".into(),
+                default_service_name: "komunikator-gateway".into(),
+            }))
+        );
+        let traces = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:4318/v1/traces"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]);
+        assert_eq!(
+            traces.map(|s| s.map(|s| s.endpoint)),
+            Ok(Some("http://b:4318/v1/traces".into()))
+        );
+    }
+
+    #[test]
+    fn what_this_build_cannot_do_is_refused() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317");
+        for bad in [
+            vec![endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+            vec![endpoint, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")],
+            vec![endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")],
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")],
+        ] {
+            assert!(settings(&bad).is_err(), "{bad:?}");
+        }
+    }
+}
