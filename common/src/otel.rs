@@ -361,7 +361,10 @@ mod tests {
         assert_eq!(settings(&[]), Ok(None));
         assert_eq!(settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]), Ok(None));
         let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
-        assert_eq!(settings(&[endpoint, ("OTEL_SDK_DISABLED", "true")]), Ok(None));
+        assert_eq!(
+            settings(&[endpoint, ("OTEL_SDK_DISABLED", "true")]),
+            Ok(None)
+        );
         assert_eq!(
             settings(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")]),
             Ok(None)
@@ -380,7 +383,10 @@ mod tests {
         );
         let traces = settings(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:4318/v1/traces"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://b:4318/v1/traces",
+            ),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ]);
         assert_eq!(
@@ -394,7 +400,10 @@ mod tests {
         let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317");
         for bad in [
             vec![endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
-            vec![endpoint, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")],
+            vec![
+                endpoint,
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+            ],
             vec![endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")],
             vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")],
         ] {

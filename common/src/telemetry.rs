@@ -53,7 +53,8 @@ pub struct LogArgs {
 /// The returned exporter is to be shut down on exit, which flushes it.
 pub fn init_tracing(args: &LogArgs, service: &str) -> Result<otel::Exporter, String> {
     let settings = otel::ExportSettings::from_env(|name| std::env::var(name).ok(), service)?;
-    let mut filter = EnvFilter::try_new(&args.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter =
+        EnvFilter::try_new(&args.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (exporter, otel_layer) = match settings {
         Some(settings) => {
             let (exporter, tracer) = otel::exporter(&settings)?;
@@ -71,15 +72,25 @@ pub fn init_tracing(args: &LogArgs, service: &str) -> Result<otel::Exporter, Str
     };
     let (json, text) = match args.log_format {
         LogFormat::Json => (
-            Some(tracing_subscriber::fmt::layer().json().flatten_event(true).map_event_format(|f| WithTraceIds {
-                inner: f,
-                json: true,
-            })),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .map_event_format(|f| WithTraceIds {
+                        inner: f,
+                        json: true,
+                    }),
+            ),
             None,
         ),
         LogFormat::Text => (
             None,
-            Some(tracing_subscriber::fmt::layer().map_event_format(|f| WithTraceIds { inner: f, json: false })),
+            Some(
+                tracing_subscriber::fmt::layer().map_event_format(|f| WithTraceIds {
+                    inner: f,
+                    json: false,
+                }),
+            ),
         ),
     };
     let subscriber = tracing_subscriber::registry()

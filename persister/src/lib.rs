@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use clap::Args;
 use common::chat_log::{ChatLog, ChatLogError, Delivery, PERSISTER_CONSUMER};
-use common::otel::BatchSpans;
 use common::domain::ChatMessage;
+use common::otel::BatchSpans;
 use common::store::{Store, StoreError};
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
@@ -214,9 +214,7 @@ fn spans(batch: &[Delivery]) -> BatchSpans {
             (span, delivery.trace.as_ref())
         })
         .collect();
-    let batch_span = common::trace_span!(
-        "persist batch",
-        messaging.batch.message_count = batch.len(),
-    );
+    let batch_span =
+        common::trace_span!("persist batch", messaging.batch.message_count = batch.len(),);
     BatchSpans::new(batch_span, messages)
 }

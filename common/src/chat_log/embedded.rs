@@ -16,8 +16,8 @@ use super::{
     ChatLog, ChatLogError, IDEMPOTENCY_WINDOW, IdempotencyKey, PendingAppend, ToStore, Unstored,
 };
 use crate::bus::{BusMessage, LocalBus};
-use crate::otel::TraceParent;
 use crate::domain::{ChatDraft, ChatId, RoomId};
+use crate::otel::TraceParent;
 use crate::store::{Store, StoreError};
 use crate::subjects::Subjects;
 

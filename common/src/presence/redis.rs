@@ -219,7 +219,10 @@ impl Presence for RedisPresence {
         }
         let outcomes: Vec<i64> = async {
             let mut conn = self.connection().await?;
-            invocation.invoke_async(&mut conn).await.map_err(redis_error)
+            invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)
         }
         .instrument(script_span("heartbeats", beats.len()))
         .await?;
@@ -255,7 +258,10 @@ impl Presence for RedisPresence {
         }
         let restored: i64 = async {
             let mut conn = self.connection().await?;
-            invocation.invoke_async(&mut conn).await.map_err(redis_error)
+            invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)
         }
         .instrument(script_span("restore", users.len()))
         .await?;

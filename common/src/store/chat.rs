@@ -24,13 +24,14 @@ impl Store {
                    message_date AS create_date FROM chat_history \
                    WHERE room_id = ? AND message_id > ? AND message_id < ? \
                    ORDER BY message_id DESC LIMIT ?";
-        let mut rows: Vec<MessageRow> = on_reader!(self, "newest_between", |pool| sqlx::query_as(sql)
-            .bind(room_id)
-            .bind(after)
-            .bind(before)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await)?;
+        let mut rows: Vec<MessageRow> =
+            on_reader!(self, "newest_between", |pool| sqlx::query_as(sql)
+                .bind(room_id)
+                .bind(after)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await)?;
         rows.reverse();
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -111,9 +112,11 @@ impl Store {
     /// The largest `chat_id` stored (0 when there is none).
     pub async fn max_chat_id(&self) -> Result<ChatId> {
         let sql = "SELECT COALESCE(MAX(message_id), 0) FROM chat_history";
-        Ok(on_reader!(self, "max_chat_id", |pool| sqlx::query_scalar(sql)
-            .fetch_one(pool)
-            .await)?)
+        Ok(on_reader!(self, "max_chat_id", |pool| sqlx::query_scalar(
+            sql
+        )
+        .fetch_one(pool)
+        .await)?)
     }
 }
 

@@ -10,8 +10,9 @@ impl Store {
     pub async fn public_rooms(&self) -> Result<Vec<Room>> {
         let sql = "SELECT room_id, room_name, room_owner, create_date, is_private, access_key \
                    FROM rooms WHERE is_private = 0 ORDER BY room_id";
-        let rows: Vec<RoomRow> =
-            on_reader!(self, "public_rooms", |pool| sqlx::query_as(sql).fetch_all(pool).await)?;
+        let rows: Vec<RoomRow> = on_reader!(self, "public_rooms", |pool| sqlx::query_as(sql)
+            .fetch_all(pool)
+            .await)?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
@@ -28,10 +29,11 @@ impl Store {
     pub async fn private_room_by_key(&self, access_key: &str) -> Result<Option<Room>> {
         let sql = "SELECT room_id, room_name, room_owner, create_date, is_private, access_key \
                    FROM rooms WHERE access_key = ? AND is_private = 1";
-        let row: Option<RoomRow> = on_reader!(self, "private_room_by_key", |pool| sqlx::query_as(sql)
-            .bind(access_key)
-            .fetch_optional(pool)
-            .await)?;
+        let row: Option<RoomRow> =
+            on_reader!(self, "private_room_by_key", |pool| sqlx::query_as(sql)
+                .bind(access_key)
+                .fetch_optional(pool)
+                .await)?;
         Ok(row.map(Into::into))
     }
 

@@ -7,10 +7,12 @@ impl Store {
     /// The stored spelling of a user name (MySQL compares names case-insensitively).
     pub async fn user_name(&self, user: &str) -> Result<Option<String>> {
         let sql = "SELECT user_name FROM users WHERE user_name = ?";
-        Ok(on_reader!(self, "user_name", |pool| sqlx::query_scalar(sql)
-            .bind(user)
-            .fetch_optional(pool)
-            .await)?)
+        Ok(on_reader!(self, "user_name", |pool| sqlx::query_scalar(
+            sql
+        )
+        .bind(user)
+        .fetch_optional(pool)
+        .await)?)
     }
 
     pub async fn create_user(&self, user: &str, password_hash: &str) -> Result<()> {
@@ -77,11 +79,13 @@ impl Store {
         let sql = "SELECT DISTINCT other.user_name FROM users_room me \
                    JOIN users_room other ON other.room_id = me.room_id \
                    WHERE me.user_name = ? AND other.user_name <> ?";
-        Ok(on_reader!(self, "room_mates", |pool| sqlx::query_scalar(sql)
-            .bind(user)
-            .bind(user)
-            .fetch_all(pool)
-            .await)?)
+        Ok(on_reader!(self, "room_mates", |pool| sqlx::query_scalar(
+            sql
+        )
+        .bind(user)
+        .bind(user)
+        .fetch_all(pool)
+        .await)?)
     }
 }
 

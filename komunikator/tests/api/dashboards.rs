@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 
 use crate::compat::python;
+use serde_json::json;
+
 use crate::harness::{Backend, TestApp, metrics};
+use crate::sio::{Auth, Socket};
 
 #[tokio::test]
 async fn dashboards_and_alerts_use_the_metrics_the_services_export() {
@@ -18,6 +21,17 @@ async fn dashboards_and_alerts_use_the_metrics_the_services_export() {
         app.chat("dashboards", ["ann", "bob"]).await;
     socket.send(room, "counted").await;
     bob.next_message().await;
+    socket
+        .emit_with_ack(
+            "message",
+            json!({ "room_id": room + 1, "message": "refused" }),
+        )
+        .await;
+    assert!(
+        Socket::connect(app.gateway_url(0), Auth::Payload("not-a-token"))
+            .await
+            .is_err()
+    );
     app.as_user(&ann).try_create_room("", None).await;
     let dir = std::env::temp_dir().join(format!("kom-metrics-{}", app.prefix));
     std::fs::create_dir_all(&dir).expect("dump directory");

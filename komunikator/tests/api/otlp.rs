@@ -106,9 +106,8 @@ impl Collector {
     /// Waits until `found` finds what it looks for in the spans received;
     /// fails the test after [`WAIT`] plus a few export intervals.
     pub async fn wait_for<T>(&self, what: &str, found: impl Fn(&[Span]) -> Option<T>) -> T {
-        let deadline = tokio::time::Instant::now()
-            + WAIT
-            + Duration::from_millis(EXPORT_EVERY_MS * 10);
+        let deadline =
+            tokio::time::Instant::now() + WAIT + Duration::from_millis(EXPORT_EVERY_MS * 10);
         loop {
             if let Some(t) = found(&self.spans()) {
                 return t;
@@ -170,7 +169,12 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> Sta
 
 fn attributes(kvs: &[KeyValue]) -> HashMap<String, String> {
     kvs.iter()
-        .map(|kv| (kv.key.clone(), kv.value.as_ref().map(text).unwrap_or_default()))
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value.as_ref().map(text).unwrap_or_default(),
+            )
+        })
         .collect()
 }
 

@@ -16,7 +16,7 @@ fn caller_trace() -> (String, String, String) {
     (format!("00-{trace}-{span}-01"), trace, span)
 }
 
-fn one<'a>(spans: &'a [Span], what: impl Fn(&Span) -> bool) -> Option<&'a Span> {
+fn one(spans: &[Span], what: impl Fn(&Span) -> bool) -> Option<&Span> {
     spans.iter().find(|s| what(s))
 }
 
@@ -34,7 +34,8 @@ async fn one_chat_message_is_one_trace_from_gateway_to_persister() {
     let (event, publish) = collector
         .wait_for("the message's publish span", |spans| {
             let publish = one(spans, |s| {
-                s.name == sent && s.attr("messaging.nats.stream.sequence") == Some(&chat_id.to_string())
+                s.name == sent
+                    && s.attr("messaging.nats.stream.sequence") == Some(&chat_id.to_string())
             })?;
             let event = one(spans, |s| s.span_id == publish.parent)?;
             Some((event.clone(), publish.clone()))
@@ -45,10 +46,16 @@ async fn one_chat_message_is_one_trace_from_gateway_to_persister() {
     assert_eq!(event.name, "socket.io message");
     assert_eq!((event.kind, event.parent.as_str()), (SERVER, ""));
     assert_eq!(event.service, "komunikator-gateway");
-    assert!(!event.links.is_empty(), "linked to the socket's connect span");
+    assert!(
+        !event.links.is_empty(),
+        "linked to the socket's connect span"
+    );
     assert_eq!(publish.kind, PRODUCER);
     assert_eq!(publish.attr("messaging.system"), Some("nats"));
-    assert!(publish.end_ns <= event.end_ns, "acknowledged within the event");
+    assert!(
+        publish.end_ns <= event.end_ns,
+        "acknowledged within the event"
+    );
     let in_trace = |s: &Span| s.trace_id == trace;
     let check = collector
         .wait_for("the check span", |spans| {
@@ -86,7 +93,10 @@ async fn one_chat_message_is_one_trace_from_gateway_to_persister() {
         })
         .await;
     assert_eq!(persisted.service, "komunikator-persister");
-    assert_eq!((persisted.kind, &persisted.parent), (CONSUMER, &publish.span_id));
+    assert_eq!(
+        (persisted.kind, &persisted.parent),
+        (CONSUMER, &publish.span_id)
+    );
     let (batch, insert) = collector
         .wait_for("the batch that stored it", |spans| {
             let batch = one(spans, |s| {
@@ -199,7 +209,10 @@ async fn rest_requests_continue_the_callers_trace(backend: Backend) {
     };
     let query = collector
         .wait_for("the create_room query", |spans| {
-            one(spans, |s| s.parent == request.span_id && s.name == "create_room").cloned()
+            one(spans, |s| {
+                s.parent == request.span_id && s.name == "create_room"
+            })
+            .cloned()
         })
         .await;
     assert_eq!(query.attr("db.system.name"), Some(engine));
@@ -242,7 +255,10 @@ async fn log_lines_carry_the_trace_and_span_ids(backend: Backend) {
     // The refusal is logged in the connect span, a child of the handshake's.
     let connect = collector
         .wait_for("the connect span", |spans| {
-            one(spans, |s| s.trace_id == trace && s.name == "socket.io connect").cloned()
+            one(spans, |s| {
+                s.trace_id == trace && s.name == "socket.io connect"
+            })
+            .cloned()
         })
         .await;
     assert_eq!(connect.attr("error.type"), Some("invalid_token"));
