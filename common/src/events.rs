@@ -192,7 +192,7 @@ impl Events {
         let subject = event.subject(&self.subjects);
         let span = crate::trace_span!(
             "publish event",
-            otel.name = %format!("send {}", event.name()),
+            otel.name = %format_args!("send {}", event.name()),
             otel.kind = "producer",
             messaging.system = "nats",
             messaging.operation.type = "send",

@@ -172,6 +172,15 @@ pub(crate) fn set_dispatch(dispatch: &tracing::Dispatch) {
     let _ = DISPATCH.set(dispatch.clone());
 }
 
+/// The ids of the current span (see [`ids`]), traced spans included: they
+/// are the registry's, whatever a layer's filter hides.
+pub(crate) fn current_ids() -> Option<(String, String)> {
+    use tracing::Subscriber as _;
+    let registry = DISPATCH.get()?.downcast_ref::<tracing_subscriber::Registry>()?;
+    let current = registry.current_span();
+    ids(current.id()?)
+}
+
 /// The trace and span ids of the span `id`, hex encoded, when it is part of
 /// an exported trace.
 pub(crate) fn ids(id: &tracing::span::Id) -> Option<(String, String)> {

@@ -63,13 +63,32 @@ pub fn init_tracing(args: &LogArgs, service: &str) -> Result<otel::Exporter, Str
             if let Ok(directive) = format!("{}=info", otel::TARGET).parse() {
                 filter = filter.add_directive(directive);
             }
+            // Only what the spans are for: no code location, thread or
+            // target attributes, no activity timing on every poll, no
+            // OpenTelemetry context attached on every enter (nothing here
+            // reads it; spans parent through tracing's own context).
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
-                .with_filter(filter_fn(|m| m.is_event() || m.target() == otel::TARGET));
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_tracked_inactivity(false)
+                .with_context_activation(false)
+                .with_filter(filter_fn(|m| {
+                    if m.is_event() {
+                        // The SDK's own logs (export failures) go to the log only.
+                        !m.target().starts_with("opentelemetry")
+                    } else {
+                        m.target() == otel::TARGET
+                    }
+                }));
             (exporter, Some(layer))
         }
         None => (otel::Exporter::default(), None),
     };
+    // The log does not see the traced spans (formatting their fields for it
+    // would cost more than the spans); a line still gets their ids.
+    let untraced = || filter_fn(|m| !m.is_span() || m.target() != otel::TARGET);
     let (json, text) = match args.log_format {
         LogFormat::Json => (
             Some(
@@ -79,17 +98,20 @@ pub fn init_tracing(args: &LogArgs, service: &str) -> Result<otel::Exporter, Str
                     .map_event_format(|f| WithTraceIds {
                         inner: f,
                         json: true,
-                    }),
+                    })
+                    .with_filter(untraced()),
             ),
             None,
         ),
         LogFormat::Text => (
             None,
             Some(
-                tracing_subscriber::fmt::layer().map_event_format(|f| WithTraceIds {
-                    inner: f,
-                    json: false,
-                }),
+                tracing_subscriber::fmt::layer()
+                    .map_event_format(|f| WithTraceIds {
+                        inner: f,
+                        json: false,
+                    })
+                    .with_filter(untraced()),
             ),
         ),
     };
@@ -124,11 +146,11 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let span = event
-            .parent()
-            .cloned()
-            .or_else(|| ctx.lookup_current().map(|span| span.id()));
-        let Some((trace_id, span_id)) = span.as_ref().and_then(otel::ids) else {
+        let ids = match event.parent() {
+            Some(span) => otel::ids(span),
+            None => otel::current_ids(),
+        };
+        let Some((trace_id, span_id)) = ids else {
             return self.inner.format_event(ctx, writer, event);
         };
         if !self.json {

@@ -130,7 +130,7 @@ fn event_span(name: &'static str, socket: &SocketRef) -> tracing::Span {
     let session = crate::fanout::session(socket);
     let span = common::trace_span!(
         "socket.io event",
-        otel.name = %format!("socket.io {name}"),
+        otel.name = %format_args!("socket.io {name}"),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,

@@ -191,7 +191,7 @@ impl Room {
             .inc();
         let span = common::trace_span!(
             "deliver",
-            otel.name = %format!("process {name}"),
+            otel.name = %format_args!("process {name}"),
             otel.kind = "consumer",
             messaging.system = "nats",
             messaging.operation.type = "process",

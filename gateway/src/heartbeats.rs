@@ -91,7 +91,7 @@ impl Gateway {
         let subject = self.deps.subjects.heartbeats();
         let span = common::trace_span!(
             "forward heartbeat",
-            otel.name = %format!("send {subject}"),
+            otel.name = %format_args!("send {subject}"),
             otel.kind = "producer",
             messaging.system = "nats",
             messaging.operation.type = "send",

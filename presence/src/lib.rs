@@ -198,7 +198,7 @@ fn spans(batch: &[BusMessage]) -> BatchSpans {
         .map(|m| {
             let span = common::trace_span!(
                 "heartbeat",
-                otel.name = %format!("process {}", m.subject),
+                otel.name = %format_args!("process {}", m.subject),
                 otel.kind = "consumer",
                 messaging.system = "nats",
                 messaging.operation.type = "process",

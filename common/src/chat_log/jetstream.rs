@@ -188,7 +188,7 @@ impl ChatLog for JetStreamChatLog {
         // and every gateway's spans of the message are its children.
         let span = crate::trace_span!(
             "publish",
-            otel.name = %format!("send {subject}"),
+            otel.name = %format_args!("send {subject}"),
             otel.kind = "producer",
             messaging.system = "nats",
             messaging.operation.type = "send",

@@ -189,7 +189,7 @@ impl RedisPresence {
 fn script_span(script: &'static str, batch: usize) -> tracing::Span {
     crate::trace_span!(
         "redis",
-        otel.name = %format!("EVALSHA {script}"),
+        otel.name = %format_args!("EVALSHA {script}"),
         otel.kind = "client",
         db.system.name = "redis",
         db.operation.name = "EVALSHA",

@@ -223,6 +223,40 @@ async fn rest_requests_continue_the_callers_trace(backend: Backend) {
         .await;
     assert_eq!(event.name, "send room_list_updated");
 
+    // A room event continues the request's trace into each gateway that
+    // delivers it to the room's sockets.
+    let room = res.body["room_id"].as_i64().expect("room_id");
+    let mut socket = app.socket(&ann).await;
+    socket.join(room).await;
+    let bob = app.user("bob").await;
+    let (traceparent, trace, caller) = caller_trace();
+    let res = app
+        .send(
+            app.request(
+                reqwest::Method::POST,
+                "/api/room/join_public",
+                Some(&bob.token),
+            )
+            .header("traceparent", &traceparent)
+            .json(&json!({ "room_id": room })),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{res:?}");
+    socket.expect("user_list_updated").await;
+    let (request, send, delivered) = collector
+        .wait_for("the gateway's delivery of the room event", |spans| {
+            let delivered = one(spans, |s| {
+                s.trace_id == trace && s.name == "process user_list_updated"
+            })?;
+            let send = one(spans, |s| s.span_id == delivered.parent)?;
+            let request = one(spans, |s| s.span_id == send.parent)?;
+            Some((request.clone(), send.clone(), delivered.clone()))
+        })
+        .await;
+    assert_eq!(request.name, "POST /api/room/join_public");
+    assert_eq!(request.parent, caller);
+    assert_eq!((send.kind, delivered.kind), (PRODUCER, CONSUMER));
+
     // A refusal is the client's error: status code recorded, span not failed.
     let (traceparent, trace, _) = caller_trace();
     let res = app
@@ -273,7 +307,34 @@ async fn log_lines_carry_the_trace_and_span_ids(backend: Backend) {
     assert!(logged, "no log line with {ids}:\n{}", app.logs());
 }
 
+/// Spans still buffered when the process is told to stop are exported
+/// before it exits (the export interval is far longer than the test).
+async fn spans_are_flushed_on_graceful_shutdown(backend: Backend) {
+    let collector = Collector::start().await;
+    let options = collector
+        .options()
+        .with("OTEL_BSP_SCHEDULE_DELAY", "600000");
+    let mut app = TestApp::start_with(backend, options).await;
+    let (traceparent, trace, _) = caller_trace();
+    let res = app
+        .send(
+            app.request(reqwest::Method::GET, "/api/rooms", None)
+                .header("traceparent", &traceparent),
+        )
+        .await;
+    assert_eq!(res.status, 200);
+    assert!(collector.spans().iter().all(|s| s.trace_id != trace));
+    assert_eq!(app.terminate().await, Some(0));
+    let request = collector
+        .wait_for("the request's span, flushed at exit", |spans| {
+            one(spans, |s| s.trace_id == trace && s.kind == SERVER).cloned()
+        })
+        .await;
+    assert_eq!(request.name, "GET /api/rooms");
+}
+
 crate::on_both_stores!(
+    spans_are_flushed_on_graceful_shutdown,
     rest_requests_continue_the_callers_trace,
     log_lines_carry_the_trace_and_span_ids,
 );
