@@ -46,7 +46,7 @@ scenario() {
     chat) args="$chat --rate 8000 --seconds 10" ;;
     chat-max) args="$chat --rate 2000 --step 1.2 --seconds 5 --max --max-p99-ms 50" ;;
     # Finer steps near the distributed deployment's limit (tracing's cost).
-    chat-max-fine) args="$chat --rate 10000 --step 1.05 --seconds 5 --max --max-p99-ms 50" ;;
+    chat-max-fine) args="$chat --rate 8000 --step 1.05 --seconds 5 --max --max-p99-ms 50" ;;
     fanout) args="$fanout --rate 100 --warmup 5 --seconds 10" ;;
     fanout-cold) args="$fanout --rate 100 --seconds 10" ;;
     fanout-max) args="$fanout --rate 100 --step 1.2 --warmup 5 --seconds 5 --max" ;;

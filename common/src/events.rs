@@ -190,7 +190,7 @@ impl Events {
     /// producer span of the current trace when traces are exported.
     pub async fn publish(&self, event: ServerEvent) {
         let subject = event.subject(&self.subjects);
-        let span = crate::trace_span!(
+        let span = crate::child_span!(
             "publish event",
             otel.name = %format_args!("send {}", event.name()),
             otel.kind = "producer",

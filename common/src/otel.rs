@@ -48,6 +48,29 @@ macro_rules! trace_span {
     };
 }
 
+/// A span continuing the current trace: as [`trace_span!`](crate::trace_span)
+/// when the current span is part of a sampled trace, else `Span::none()`
+/// (it would not be recorded). For work that is only worth a span as part
+/// of a trace: store queries, Redis calls, publishing.
+#[macro_export]
+macro_rules! child_span {
+    ($name:literal $(, $($fields:tt)*)?) => {
+        if $crate::otel::in_sampled_trace() {
+            ::tracing::info_span!(target: "komunikator::trace", $name $(, $($fields)*)?)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+
+/// True when the current span is part of a sampled trace.
+pub fn in_sampled_trace() -> bool {
+    enabled() && {
+        let current = Span::current();
+        !current.is_none() && current.context().span().span_context().is_sampled()
+    }
+}
+
 /// What the standard variables ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportSettings {
@@ -176,7 +199,9 @@ pub(crate) fn set_dispatch(dispatch: &tracing::Dispatch) {
 /// are the registry's, whatever a layer's filter hides.
 pub(crate) fn current_ids() -> Option<(String, String)> {
     use tracing::Subscriber as _;
-    let registry = DISPATCH.get()?.downcast_ref::<tracing_subscriber::Registry>()?;
+    let registry = DISPATCH
+        .get()?
+        .downcast_ref::<tracing_subscriber::Registry>()?;
     let current = registry.current_span();
     ids(current.id()?)
 }
@@ -212,13 +237,19 @@ impl TraceParent {
         Self::of(&Span::current())
     }
 
-    /// The context of `span`, when it is part of an exported trace.
+    /// The context of `span`, when it is part of a sampled trace. An
+    /// unsampled one is not passed on: what continues it would not be
+    /// recorded either, so it costs no header and no span downstream.
     pub fn of(span: &Span) -> Option<Self> {
         if !enabled() || span.is_none() {
             return None;
         }
+        let cx = span.context();
+        if !cx.span().span_context().is_sampled() {
+            return None;
+        }
         let mut headers = Headers::default();
-        TraceContextPropagator::new().inject_context(&span.context(), &mut headers);
+        TraceContextPropagator::new().inject_context(&cx, &mut headers);
         Some(Self {
             traceparent: headers.traceparent?,
             tracestate: headers.tracestate.filter(|s| !s.is_empty()),
@@ -238,6 +269,16 @@ impl TraceParent {
             tracestate,
         };
         parsed.span_context().is_valid().then_some(parsed)
+    }
+
+    /// Whether this context's trace is sampled (the W3C `sampled` flag):
+    /// only then do its receivers record spans continuing it.
+    pub fn sampled(&self) -> bool {
+        self.traceparent
+            .rsplit('-')
+            .next()
+            .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+            .is_some_and(|flags| flags & 1 == 1)
     }
 
     /// The headers to send, as (name, value).
@@ -303,7 +344,7 @@ impl Injector for Headers {
     }
 }
 
-/// The spans of messages handled as one batch: each message's span
+/// The spans of messages handled as one batch: each sampled message's span
 /// continues the trace it came with, and the batch's span links to each.
 /// The message spans end when this is dropped (after the batch's work).
 #[derive(Debug)]
@@ -313,15 +354,28 @@ pub struct BatchSpans {
 }
 
 impl BatchSpans {
-    /// `messages` are the spans of the batch's messages, each made a child
-    /// of the context it came with.
-    pub fn new(batch: Span, messages: Vec<(Span, Option<&TraceParent>)>) -> Self {
-        let messages = messages
+    /// The spans of a batch whose messages came with `traces`: a span made
+    /// by `message` for each message of a sampled trace, a child of that
+    /// trace, and the batch's span made by `batch`. No span at all when no
+    /// message is sampled: nothing would be recorded.
+    pub fn new<'a>(
+        traces: impl Iterator<Item = Option<&'a TraceParent>>,
+        message: impl Fn() -> Span,
+        batch: impl FnOnce() -> Span,
+    ) -> Self {
+        if !enabled() {
+            return Self::none();
+        }
+        let sampled: Vec<&TraceParent> = traces.flatten().filter(|t| t.sampled()).collect();
+        if sampled.is_empty() {
+            return Self::none();
+        }
+        let batch = batch();
+        let messages = sampled
             .into_iter()
-            .map(|(span, parent)| {
-                if let Some(parent) = parent {
-                    parent.adopt(&span);
-                }
+            .map(|parent| {
+                let span = message();
+                parent.adopt(&span);
                 if let Some(trace) = TraceParent::of(&span) {
                     trace.link_from(&batch);
                 }
@@ -402,6 +456,18 @@ mod tests {
             traces.map(|s| s.map(|s| s.endpoint)),
             Ok(Some("http://b:4318/v1/traces".into()))
         );
+    }
+
+    #[test]
+    fn the_sampled_flag() {
+        let parent = |flags: &str| TraceParent {
+            traceparent: format!("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-{flags}"),
+            tracestate: None,
+        };
+        assert!(parent("01").sampled());
+        assert!(parent("03").sampled());
+        assert!(!parent("00").sampled());
+        assert!(!parent("zz").sampled());
     }
 
     #[test]

@@ -189,19 +189,25 @@ impl Room {
         self.deliveries
             .get_or_create(&EventLabels { event: name })
             .inc();
-        let span = common::trace_span!(
-            "deliver",
-            otel.name = %format_args!("process {name}"),
-            otel.kind = "consumer",
-            messaging.system = "nats",
-            messaging.operation.type = "process",
-            messaging.destination.name = %message.subject,
-            socket.io.event = name,
-            chat.room_id = self.room_id,
-        );
-        if let Some(trace) = &message.trace {
-            trace.adopt(&span);
-        }
+        // Only an event of a sampled trace gets a span: it would not be
+        // recorded otherwise.
+        let span = match &message.trace {
+            Some(trace) if trace.sampled() => {
+                let span = common::trace_span!(
+                    "deliver",
+                    otel.name = %format_args!("process {name}"),
+                    otel.kind = "consumer",
+                    messaging.system = "nats",
+                    messaging.operation.type = "process",
+                    messaging.destination.name = %message.subject,
+                    socket.io.event = name,
+                    chat.room_id = self.room_id,
+                );
+                trace.adopt(&span);
+                span
+            }
+            _ => tracing::Span::none(),
+        };
         let _in_span = span.enter();
         match event {
             ServerEvent::NewMessage(message) => {

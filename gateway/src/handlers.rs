@@ -188,7 +188,7 @@ impl Gateway {
             session.pending_append().await
         };
         let permit = checked
-            .instrument(common::trace_span!(
+            .instrument(common::child_span!(
                 "check message",
                 chat.room_id = request.room_id,
                 chat.message.length = request.message.chars().count(),

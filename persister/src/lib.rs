@@ -196,25 +196,18 @@ async fn persist(
 /// child of the span that appended it (so that a message's trace runs from
 /// the sender's gateway to its commit), and the batch's, linked to each.
 fn spans(batch: &[Delivery]) -> BatchSpans {
-    if !common::otel::enabled() {
-        return BatchSpans::none();
-    }
-    let messages = batch
-        .iter()
-        .map(|delivery| {
-            let span = common::trace_span!(
+    BatchSpans::new(
+        batch.iter().map(|delivery| delivery.trace.as_ref()),
+        || {
+            common::trace_span!(
                 "persist",
                 otel.name = "process chat message",
                 otel.kind = "consumer",
                 messaging.system = "nats",
                 messaging.operation.type = "process",
                 messaging.consumer.group.name = PERSISTER_CONSUMER,
-                messaging.nats.stream.sequence = delivery.message.as_ref().map(|m| m.chat_id),
-            );
-            (span, delivery.trace.as_ref())
-        })
-        .collect();
-    let batch_span =
-        common::trace_span!("persist batch", messaging.batch.message_count = batch.len(),);
-    BatchSpans::new(batch_span, messages)
+            )
+        },
+        || common::trace_span!("persist batch", messaging.batch.message_count = batch.len(),),
+    )
 }

@@ -190,29 +190,25 @@ fn take_batch(
 /// heartbeat, continuing the trace of the gateway that forwarded it, and
 /// the batch's (the Redis call, the presence events), linked to each.
 fn spans(batch: &[BusMessage]) -> BatchSpans {
-    if !common::otel::enabled() {
-        return BatchSpans::none();
-    }
-    let messages = batch
-        .iter()
-        .map(|m| {
-            let span = common::trace_span!(
+    BatchSpans::new(
+        batch.iter().map(|m| m.trace.as_ref()),
+        || {
+            common::trace_span!(
                 "heartbeat",
-                otel.name = %format_args!("process {}", m.subject),
+                otel.name = "process heartbeat",
                 otel.kind = "consumer",
                 messaging.system = "nats",
                 messaging.operation.type = "process",
-                messaging.destination.name = %m.subject,
                 messaging.consumer.group.name = QUEUE_GROUP,
-            );
-            (span, m.trace.as_ref())
-        })
-        .collect();
-    let batch_span = common::trace_span!(
-        "record heartbeats",
-        messaging.batch.message_count = batch.len(),
-    );
-    BatchSpans::new(batch_span, messages)
+            )
+        },
+        || {
+            common::trace_span!(
+                "record heartbeats",
+                messaging.batch.message_count = batch.len(),
+            )
+        },
+    )
 }
 
 /// Restores the presence store's lost state from the snapshot (only the

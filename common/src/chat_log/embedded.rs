@@ -212,10 +212,16 @@ impl Writer {
         drafts: &[ChatDraft],
         traces: &[Option<TraceParent>],
     ) -> Vec<Result<ChatId, ChatLogError>> {
-        let span = crate::trace_span!(
-            "store chat messages",
-            messaging.batch.message_count = drafts.len()
-        );
+        // A span only when some message is part of a sampled trace (only
+        // those carry a context here).
+        let span = if traces.iter().any(Option::is_some) {
+            crate::trace_span!(
+                "store chat messages",
+                messaging.batch.message_count = drafts.len()
+            )
+        } else {
+            tracing::Span::none()
+        };
         for trace in traces.iter().flatten() {
             trace.link_from(&span);
         }

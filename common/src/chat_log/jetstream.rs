@@ -186,7 +186,7 @@ impl ChatLog for JetStreamChatLog {
         let subject = self.subjects.chat(draft.room_id);
         // From the publish to the stream's acknowledgement; the persister's
         // and every gateway's spans of the message are its children.
-        let span = crate::trace_span!(
+        let span = crate::child_span!(
             "publish",
             otel.name = %format_args!("send {subject}"),
             otel.kind = "producer",

@@ -187,7 +187,7 @@ impl RedisPresence {
 
 /// The span of one presence script call, when traces are exported.
 fn script_span(script: &'static str, batch: usize) -> tracing::Span {
-    crate::trace_span!(
+    crate::child_span!(
         "redis",
         otel.name = %format_args!("EVALSHA {script}"),
         otel.kind = "client",

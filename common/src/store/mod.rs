@@ -173,7 +173,7 @@ impl Store {
 
     /// The span of one of the store's queries (see [`on_reader!`]).
     fn query_span(&self, query: &'static str) -> tracing::Span {
-        crate::trace_span!(
+        crate::child_span!(
             "db query",
             otel.name = query,
             otel.kind = "client",

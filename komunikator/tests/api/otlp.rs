@@ -95,7 +95,7 @@ impl Collector {
     pub fn options(&self) -> Options {
         Options::unlimited()
             .with("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint.clone())
-            .with("OTEL_TRACES_SAMPLER", "always_on")
+            .with("OTEL_TRACES_SAMPLER", "parentbased_always_on")
             .with("OTEL_BSP_SCHEDULE_DELAY", EXPORT_EVERY_MS.to_string())
     }
 

@@ -273,6 +273,39 @@ async fn rest_requests_continue_the_callers_trace(backend: Backend) {
         .await;
     assert_eq!(refused.attr("http.response.status_code"), Some("401"));
     assert_eq!(refused.status, 0);
+
+    // A caller that did not sample its trace gets none of it recorded here
+    // (the requests after it are, once exported, proof that it was not).
+    let (sampled, sampled_trace, _) = caller_trace();
+    let (unsampled, unsampled_trace, _) = caller_trace();
+    let unsampled = unsampled.replace("-01", "-00");
+    for traceparent in [&unsampled, &sampled] {
+        let res = app
+            .send(
+                app.request(reqwest::Method::POST, "/api/room/create", Some(&ann.token))
+                    .header("traceparent", traceparent)
+                    .json(&json!({ "room_name": "unsampled", "is_private": false })),
+            )
+            .await;
+        assert_eq!(res.status, 200);
+    }
+    collector
+        .wait_for("the sampled request's query", |spans| {
+            one(spans, |s| {
+                s.trace_id == sampled_trace && s.name == "create_room"
+            })
+            .cloned()
+        })
+        .await;
+    let recorded: Vec<Span> = collector
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == unsampled_trace)
+        .collect();
+    assert!(
+        recorded.is_empty(),
+        "an unsampled trace was recorded: {recorded:?}"
+    );
 }
 
 async fn log_lines_carry_the_trace_and_span_ids(backend: Backend) {
