@@ -5,7 +5,7 @@
 #
 #   bench/run.sh <bin-dir> [name ...]     e.g. bench/run.sh target/release chat fanout
 #
-# Names: rest light-400 light-1000 chat chat-max chat-max-fine fanout fanout-cold fanout-max
+# Names: rest light-400 light-1000 chat chat-6000 chat-max chat-max-fine fanout fanout-cold fanout-max
 # idle presence, each also as all-<name> and peer-<name> (rest and presence:
 # Komunikator only). Default: the comparison table (COMPARED) and the rest.
 set -euo pipefail
@@ -44,9 +44,10 @@ scenario() {
     light-400) args="$chat --rate 400 --seconds 10" ;;
     light-1000) args="$chat --rate 1000 --seconds 10" ;;
     chat) args="$chat --rate 8000 --seconds 10" ;;
+    chat-6000) args="$chat --rate 6000 --seconds 10" ;;
     chat-max) args="$chat --rate 2000 --step 1.2 --seconds 5 --max --max-p99-ms 50" ;;
     # Finer steps near the distributed deployment's limit (tracing's cost).
-    chat-max-fine) args="$chat --rate 8000 --step 1.05 --seconds 5 --max --max-p99-ms 50" ;;
+    chat-max-fine) args="$chat --rate 6000 --step 1.05 --seconds 5 --max --max-p99-ms 50" ;;
     fanout) args="$fanout --rate 100 --warmup 5 --seconds 10" ;;
     fanout-cold) args="$fanout --rate 100 --seconds 10" ;;
     fanout-max) args="$fanout --rate 100 --step 1.2 --warmup 5 --seconds 5 --max" ;;

@@ -95,7 +95,7 @@ METRICS = {
 
 
 # The same kind of result under another scenario name.
-KINDS = {"light-400": "chat", "light-1000": "chat", "fanout-cold": "fanout", "chat-max-fine": "chat-max"}
+KINDS = {"light-400": "chat", "light-1000": "chat", "fanout-cold": "fanout", "chat-max-fine": "chat-max", "chat-6000": "chat"}
 
 # The comparison table: (scenario, metric, function, format, target).
 COMPARED = [
