@@ -16,6 +16,7 @@ mod dashboards;
 mod durability;
 mod events;
 mod faults;
+mod hashing;
 mod input;
 mod members;
 mod online;

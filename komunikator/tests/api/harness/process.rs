@@ -32,6 +32,16 @@ pub const CONFIG_VARS: &[&str] = &[
     "RUST_LOG",
     "PASSWORD_HASH_THREADS",
     "DATA_DIR",
+    // Traces go only where a test sends them.
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
 ];
 
 /// `komunikator <args>` with exactly the configuration `env` gives it.
@@ -96,6 +106,17 @@ impl Service {
     }
 
     /// Everything the process has logged so far.
+    /// The process's resident memory, in KiB (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().expect("logs").join("\n")
     }
