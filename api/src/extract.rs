@@ -27,13 +27,15 @@ impl FromRequestParts<AppState> for Caller {
             .get(AUTHORIZATION)
             .ok_or(TokenError::Missing)?;
         let header = header.to_str().map_err(|_| TokenError::Invalid)?;
-        let user = state.tokens.verify_bearer(header)?;
-        // A valid signature is not enough: the user must still exist.
-        let stored = state
+        let bearer = state.tokens.verify_bearer(header)?;
+        // A valid signature is not enough: the user must still exist, and
+        // the token must have been issued under their current password.
+        let (stored, password) = state
             .store
-            .user_name(&user)
+            .credentials(&bearer.user)
             .await?
             .ok_or(ApiError::UnknownUser)?;
+        state.tokens.check_current(&bearer, &password)?;
         Ok(Caller(stored))
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 
 /// Why a token was refused. The text is safe to show to clients.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -15,6 +16,9 @@ pub enum TokenError {
     Expired,
     #[error("Invalid token")]
     Invalid,
+    /// Issued before the user's password last changed.
+    #[error("Token has been revoked")]
+    Revoked,
 }
 
 /// The claims of an access token. Web clients decode `sub` and `exp`.
@@ -27,6 +31,17 @@ pub struct Claims {
     pub jti: String,
     #[serde(rename = "type")]
     pub kind: String,
+    /// Binds the token to the password it was issued under (see
+    /// [`Tokens::stamp`]); absent in tokens of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pwd: Option<String>,
+}
+
+/// A verified token: whose it is, and the password stamp it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bearer {
+    pub user: String,
+    stamp: Option<String>,
 }
 
 /// Issues and verifies access tokens with one shared secret.
@@ -36,6 +51,8 @@ pub struct Tokens {
     decoding: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    /// Keys the password stamps (see [`Tokens::stamp`]).
+    stamp_key: std::sync::Arc<[u8]>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -55,6 +72,7 @@ impl Tokens {
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
         Self {
+            stamp_key: secret.into(),
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
@@ -62,8 +80,10 @@ impl Tokens {
         }
     }
 
-    /// A fresh access token for `user`.
-    pub fn issue(&self, user: &str) -> String {
+    /// An access token for `user`, whose stored password (hash) is
+    /// `stored_password`: it stays valid until it expires or the password
+    /// changes.
+    pub fn issue(&self, user: &str, stored_password: &str) -> String {
         let now = chrono::Utc::now().timestamp();
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let claims = Claims {
@@ -73,14 +93,15 @@ impl Tokens {
             nbf: now,
             jti: crate::random_hex(16),
             kind: "access".to_owned(),
+            pwd: Some(self.stamp(stored_password)),
         };
-        // Encoding an HMAC token with a serialisable struct cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .unwrap_or_default()
     }
 
-    /// The user an access token names, if the token is valid now.
-    pub fn verify(&self, token: &str) -> Result<String, TokenError> {
+    /// The token's user and stamp, if its signature and times are valid.
+    /// Whether it is still current is [`Self::check_current`]'s to say.
+    pub fn verify(&self, token: &str) -> Result<Bearer, TokenError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -90,11 +111,45 @@ impl Tokens {
         if claims.kind != "access" || claims.sub.is_empty() {
             return Err(TokenError::Invalid);
         }
-        Ok(claims.sub)
+        Ok(Bearer {
+            user: claims.sub,
+            stamp: claims.pwd,
+        })
+    }
+
+    /// Fails with [`TokenError::Revoked`] when the token was issued under
+    /// another password than the user's stored one (it changed since).
+    /// A token without a stamp (issued by an earlier version) passes.
+    pub fn check_current(&self, bearer: &Bearer, stored_password: &str) -> Result<(), TokenError> {
+        match &bearer.stamp {
+            Some(stamp)
+                if !bool::from(
+                    stamp
+                        .as_bytes()
+                        .ct_eq(self.stamp(stored_password).as_bytes()),
+                ) =>
+            {
+                Err(TokenError::Revoked)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A keyed hash of a stored password (hash): what binds a token to the
+    /// password it was issued under, without saying anything about it.
+    pub fn stamp(&self, stored_password: &str) -> String {
+        use hmac::Mac as _;
+        let mut mac = match hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.stamp_key) {
+            Ok(mac) => mac,
+            Err(_) => unreachable!("HMAC takes keys of any length"),
+        };
+        mac.update(b"komunikator password stamp\0");
+        mac.update(stored_password.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..12])
     }
 
     /// The user named by an `Authorization: Bearer <token>` header value.
-    pub fn verify_bearer(&self, header: &str) -> Result<String, TokenError> {
+    pub fn verify_bearer(&self, header: &str) -> Result<Bearer, TokenError> {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -119,7 +174,10 @@ mod tests {
     #[test]
     fn issued_token_names_its_user() {
         let t = tokens();
-        assert_eq!(t.verify(&t.issue("alice")).as_deref(), Ok("alice"));
+        assert_eq!(
+            t.verify(&t.issue("alice", "h")).map(|b| b.user).as_deref(),
+            Ok("alice")
+        );
     }
 
     #[test]
@@ -129,7 +187,7 @@ mod tests {
             Duration::from_secs(900),
         );
         assert_eq!(
-            tokens().verify(&other.issue("alice")),
+            tokens().verify(&other.issue("alice", "h")),
             Err(TokenError::Invalid)
         );
     }
@@ -138,7 +196,7 @@ mod tests {
     fn unsigned_token_is_invalid() {
         // {"alg":"none"} with the claims of a valid token and no signature.
         let t = tokens();
-        let valid = t.issue("alice");
+        let valid = t.issue("alice", "h");
         let claims = valid.split('.').nth(1).expect("claims part");
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{claims}.");
         assert_eq!(t.verify(&none), Err(TokenError::Invalid));
@@ -147,12 +205,28 @@ mod tests {
     #[test]
     fn bearer_prefix_is_required() {
         let t = tokens();
-        let token = t.issue("bob");
+        let token = t.issue("bob", "h");
         assert_eq!(
-            t.verify_bearer(&format!("Bearer {token}")).as_deref(),
+            t.verify_bearer(&format!("Bearer {token}"))
+                .map(|b| b.user)
+                .as_deref(),
             Ok("bob")
         );
         assert_eq!(t.verify_bearer(&token), Err(TokenError::Invalid));
         assert_eq!(t.verify_bearer("Bearer "), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn a_token_is_revoked_when_the_password_changes() {
+        let t = tokens();
+        let bearer = t.verify(&t.issue("ann", "$argon2id$old")).expect("valid");
+        assert_eq!(t.check_current(&bearer, "$argon2id$old"), Ok(()));
+        assert_eq!(
+            t.check_current(&bearer, "$argon2id$new"),
+            Err(TokenError::Revoked)
+        );
+        // The stamp says nothing of the password it stands for.
+        assert!(!t.stamp("hunter2").contains("hunter2"));
+        assert_ne!(t.stamp("a"), t.stamp("b"));
     }
 }

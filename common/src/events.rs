@@ -181,9 +181,33 @@ pub struct Events {
     subjects: Subjects,
 }
 
+/// A user's password changed: sockets authenticated with a token of
+/// another stamp are to be closed (see [`crate::auth::Tokens::stamp`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordChanged {
+    pub user_name: String,
+    /// The stamp of tokens issued under the new password.
+    pub stamp: String,
+}
+
 impl Events {
     pub fn new(bus: Arc<dyn Bus>, subjects: Subjects) -> Self {
         Self { bus, subjects }
+    }
+
+    /// Tells every gateway that `change`'s user changed their password.
+    pub async fn password_changed(&self, change: &PasswordChanged) {
+        let subject = self.subjects.password_changed();
+        let payload = match serde_json::to_vec(change) {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::error!(error = %e, "password change not serialisable");
+                return;
+            }
+        };
+        if let Err(e) = self.bus.publish(subject, payload.into()).await {
+            tracing::error!(error = %e, "password change not published: older sockets stay open");
+        }
     }
 
     /// Publishes `event` to its room's (or everyone's) subscribers, in a

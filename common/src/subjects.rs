@@ -35,6 +35,12 @@ impl Subjects {
     }
 
     /// `<prefix>.rooms.room_list_updated`: one subject every gateway listens to.
+    /// A user's password changed: gateways close the sockets that
+    /// authenticated with a token issued before (payload: [`crate::events::PasswordChanged`]).
+    pub fn password_changed(&self) -> String {
+        format!("{}.users.password_changed", self.prefix)
+    }
+
     pub fn room_list_updated(&self) -> String {
         format!("{}.rooms.room_list_updated", self.prefix)
     }

@@ -34,6 +34,8 @@ enum Refused {
     NoToken,
     ExpiredToken,
     InvalidToken,
+    /// Issued before the user's password changed.
+    RevokedToken,
     UnknownUser,
     Unavailable,
 }
@@ -46,6 +48,7 @@ impl Refused {
             Self::NoToken => "no_token",
             Self::ExpiredToken => "expired_token",
             Self::InvalidToken => "invalid_token",
+            Self::RevokedToken => "revoked_token",
             Self::UnknownUser => "unknown_user",
             Self::Unavailable => "unavailable",
         }
@@ -54,9 +57,11 @@ impl Refused {
     fn connect_error(self) -> ConnectError {
         match self {
             Self::Origin => ConnectError::Origin,
-            Self::NoToken | Self::ExpiredToken | Self::InvalidToken | Self::UnknownUser => {
-                ConnectError::Unauthorized
-            }
+            Self::NoToken
+            | Self::ExpiredToken
+            | Self::InvalidToken
+            | Self::RevokedToken
+            | Self::UnknownUser => ConnectError::Unauthorized,
             Self::Unavailable => ConnectError::Unavailable,
         }
     }
@@ -114,11 +119,11 @@ impl Gateway {
         auth: Option<Value>,
     ) -> Result<(), ConnectError> {
         let refused = match self.identify(socket, auth).await {
-            Ok(user) => {
+            Ok((user, stamp)) => {
                 tracing::Span::current().record("user.name", &user);
                 socket
                     .extensions
-                    .insert(Arc::new(Session::new(user, self.deps.rate)));
+                    .insert(Arc::new(Session::new(user, stamp, self.deps.rate)));
                 return Ok(());
             }
             Err(refused) => refused,
@@ -151,8 +156,13 @@ impl Gateway {
         Err(refused.connect_error())
     }
 
-    /// The socket's user, spelled as stored, or why it may not connect.
-    async fn identify(&self, socket: &SocketRef, auth: Option<Value>) -> Result<String, Refused> {
+    /// The socket's user, spelled as stored, with the stamp of their
+    /// current password; or why it may not connect.
+    async fn identify(
+        &self,
+        socket: &SocketRef,
+        auth: Option<Value>,
+    ) -> Result<(String, String), Refused> {
         let parts = socket.req_parts();
         if let Some(allowed) = &self.deps.allowed_origins {
             let origin = parts.headers.get("origin").and_then(|o| o.to_str().ok());
@@ -179,12 +189,19 @@ impl Gateway {
             .or(from_header)
             .or(from_query)
             .ok_or(Refused::NoToken)?;
-        let user = self.deps.tokens.verify(token.trim()).map_err(|e| match e {
+        let bearer = self.deps.tokens.verify(token.trim()).map_err(|e| match e {
             TokenError::Expired => Refused::ExpiredToken,
+            TokenError::Revoked => Refused::RevokedToken,
             TokenError::Missing | TokenError::Invalid => Refused::InvalidToken,
         })?;
-        match self.deps.store.user_name(&user).await {
-            Ok(Some(stored)) => Ok(stored),
+        match self.deps.store.credentials(&bearer.user).await {
+            Ok(Some((stored, password))) => {
+                self.deps
+                    .tokens
+                    .check_current(&bearer, &password)
+                    .map_err(|_| Refused::RevokedToken)?;
+                Ok((stored, self.deps.tokens.stamp(&password)))
+            }
             Ok(None) => Err(Refused::UnknownUser),
             Err(e) => {
                 tracing::error!(error = %e, "cannot check the user of a socket");

@@ -31,7 +31,7 @@ use clap::Args;
 use common::auth::Tokens;
 use common::bus::{Bus, Subjects};
 use common::chat_log::ChatLog;
-use common::events::Events;
+use common::events::{Events, PasswordChanged};
 use common::store::Store;
 use futures_util::StreamExt;
 use socketioxide::SocketIo;
@@ -159,6 +159,11 @@ impl Gateway {
             .bus
             .subscribe(self.deps.subjects.room_list_updated())
             .await?;
+        let mut password_changes = self
+            .deps
+            .bus
+            .subscribe(self.deps.subjects.password_changed())
+            .await?;
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         let mut flush = tokio::time::interval(HEARTBEAT_FLUSH);
         loop {
@@ -173,6 +178,13 @@ impl Gateway {
                         tracing::warn!(error = %e, "room_list_updated not delivered to every socket");
                     }
                 }
+                change = password_changes.next() => {
+                    let Some(change) = change else {
+                        tracing::error!("password change subscription ended");
+                        break;
+                    };
+                    self.close_revoked(&change.payload);
+                }
                 _ = sweep.tick() => self.fanout.sweep().await,
                 _ = flush.tick() => {
                     for (user, at) in self.heartbeats.due() {
@@ -183,6 +195,38 @@ impl Gateway {
         }
         self.drain().await;
         Ok(())
+    }
+
+    /// Closes the sockets of a user whose password changed that
+    /// authenticated with a token issued under the old one (its reconnect
+    /// is then refused: the token is revoked).
+    fn close_revoked(&self, payload: &[u8]) {
+        let change: PasswordChanged = match serde_json::from_slice(payload) {
+            Ok(change) => change,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed password change ignored");
+                return;
+            }
+        };
+        let mut closed = 0;
+        for socket in self.io.sockets() {
+            if let Some(session) = fanout::session(&socket)
+                && session.is(&change.user_name)
+                && session.stamp != change.stamp
+            {
+                closed += 1;
+                // A disconnect packet, not a dropped connection: the client
+                // is told it was the server's doing, and does not retry.
+                let _ = socket.disconnect();
+            }
+        }
+        if closed > 0 {
+            tracing::info!(
+                user = change.user_name,
+                closed,
+                "sockets of a revoked token closed"
+            );
+        }
     }
 
     /// Lets the chat messages in flight be acknowledged. The sockets stay

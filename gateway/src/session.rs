@@ -13,6 +13,9 @@ use crate::refusal::Refusal;
 #[derive(Debug)]
 pub struct Session {
     pub user: String,
+    /// The stamp of the password the socket's token was issued under: a
+    /// password change with another stamp closes the socket.
+    pub stamp: String,
     /// `user` case-folded once, for the comparisons made on every event.
     folded: String,
     bucket: Mutex<TokenBucket>,
@@ -24,8 +27,9 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(user: String, rate: RateLimit) -> Self {
+    pub fn new(user: String, stamp: String, rate: RateLimit) -> Self {
         Self {
+            stamp,
             folded: user.to_lowercase(),
             user,
             bucket: Mutex::new(TokenBucket::new(rate, Instant::now())),
@@ -153,6 +157,7 @@ mod tests {
     fn claimed_names_must_be_the_socket_user() {
         let s = Session::new(
             "Ann".into(),
+            "stamp".into(),
             RateLimit {
                 per_second: 0,
                 burst: 0,

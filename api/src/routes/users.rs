@@ -5,11 +5,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use common::domain::{PASSWORD_MAX, USER_NAME_MAX, UserInfo};
+use common::events::PasswordChanged;
 use common::password::Verification;
 use common::store::StoreError;
 use serde_json::{Value, json};
 
-use super::message;
 use crate::error::ApiError;
 use crate::extract::{Body, Caller, check_len};
 use crate::state::AppState;
@@ -24,8 +24,9 @@ fn credentials(body: &Body) -> Result<(&str, &str), ApiError> {
     Ok((user, password))
 }
 
-fn token(state: &AppState, user: &str) -> Json<Value> {
-    Json(json!({ "access_token": state.tokens.issue(user) }))
+/// `{access_token}` for `user`, bound to their stored password.
+fn token(state: &AppState, user: &str, stored_password: &str) -> Json<Value> {
+    Json(json!({ "access_token": state.tokens.issue(user, stored_password) }))
 }
 
 pub async fn register(
@@ -48,7 +49,7 @@ pub async fn register(
         Err(e) => Err(e.into()),
         Ok(()) => {
             tracing::info!(user, "user registered");
-            Ok((StatusCode::CREATED, token(&state, user)))
+            Ok((StatusCode::CREATED, token(&state, user, &hash)))
         }
     }
 }
@@ -73,9 +74,10 @@ pub async fn login(State(state): State<AppState>, body: Body) -> Result<Json<Val
                 // Only replaces the plaintext it verified: a concurrent change wins.
                 if state.store.replace_password(&user, &stored, &hash).await? {
                     tracing::info!(user, "legacy plaintext password rehashed with argon2id");
+                    return Ok(token(&state, &user, &hash));
                 }
             }
-            Ok(token(&state, &user))
+            Ok(token(&state, &user, &stored))
         }
     }
 }
@@ -109,7 +111,19 @@ pub async fn change_password(
         return Err(ApiError::InvalidOldPassword);
     }
     tracing::info!(user, "password changed");
-    Ok(message("Password changed successfully"))
+    // Tokens issued before are revoked (their stamp no longer matches);
+    // sockets that authenticated with one are closed by their gateway.
+    state
+        .events
+        .password_changed(&PasswordChanged {
+            user_name: user.clone(),
+            stamp: state.tokens.stamp(&hash),
+        })
+        .await;
+    Ok(Json(json!({
+        "message": "Password changed successfully",
+        "access_token": state.tokens.issue(&user, &hash),
+    })))
 }
 
 pub async fn info(

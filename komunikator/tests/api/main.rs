@@ -22,6 +22,7 @@ mod members;
 mod online;
 mod presence;
 mod proxy;
+mod revocation;
 mod room_list;
 mod rooms;
 mod schema;
