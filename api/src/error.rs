@@ -69,6 +69,9 @@ pub enum ApiError {
     SlowBody,
     #[error("Too many requests, try again later")]
     Busy,
+    /// Too many failed attempts of this user or address (the throttle).
+    #[error("Too many attempts, try again later")]
+    Throttled(std::time::Duration),
     /// A dependency cannot answer now; the detail is logged, never sent.
     #[error("Service unavailable, try again")]
     Unavailable(String),
@@ -107,7 +110,7 @@ impl ApiError {
             Self::UserExists => StatusCode::CONFLICT,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
-            Self::Busy => StatusCode::TOO_MANY_REQUESTS,
+            Self::Busy | Self::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -122,6 +125,11 @@ impl IntoResponse for ApiError {
             Self::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "request refused, a dependency is unavailable");
                 return (self.status(), [(RETRY_AFTER, RETRY_AFTER_SECONDS)], body).into_response();
+            }
+            Self::Throttled(wait) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let retry_after = seconds.max(1).to_string();
+                return (self.status(), [(RETRY_AFTER, retry_after)], body).into_response();
             }
             _ => {}
         }

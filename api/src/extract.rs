@@ -218,3 +218,34 @@ pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
         Ok(())
     }
 }
+
+/// The client's address: the peer's, or, from a trusted proxy, the one it
+/// names in `X-Forwarded-For` (see [`common::throttle::client_address`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        let forwarded: Vec<&str> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+        Ok(Self(common::throttle::client_address(
+            peer,
+            forwarded.as_deref(),
+            &state.trusted_proxies,
+        )))
+    }
+}

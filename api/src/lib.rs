@@ -32,9 +32,28 @@ pub struct ApiArgs {
     /// login or register is answered 429 at once.
     #[arg(long, env = "PASSWORD_HASH_QUEUE", default_value_t = 256)]
     pub password_hash_queue: usize,
+    /// Failed logins per user name and per client address (and wrong access
+    /// keys per user) allowed within the window; then 429 until it ends.
+    #[arg(long, env = "LOGIN_ATTEMPTS_MAX", default_value_t = 10)]
+    pub login_attempts_max: u32,
+    /// The window of `LOGIN_ATTEMPTS_MAX`, in seconds.
+    #[arg(long, env = "LOGIN_ATTEMPTS_WINDOW_SECS", default_value_t = 300)]
+    pub login_attempts_window_secs: u64,
+    /// Load balancers whose `X-Forwarded-For` names the client, as
+    /// comma-separated addresses or networks (`10.0.0.0/8`); from any other
+    /// peer the header is ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
+    pub trusted_proxies: Vec<common::throttle::ProxyNet>,
 }
 
 impl ApiArgs {
+    pub fn attempt_limit(&self) -> common::throttle::Limit {
+        common::throttle::Limit {
+            max: self.login_attempts_max.max(1),
+            window: std::time::Duration::from_secs(self.login_attempts_window_secs.max(1)),
+        }
+    }
+
     pub fn hash_threads(&self) -> usize {
         if self.password_hash_threads > 0 {
             return self.password_hash_threads;

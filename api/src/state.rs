@@ -22,6 +22,10 @@ pub struct Deps {
     pub passwords: Passwords,
     /// The serialised public room list (see [`crate::room_list`]).
     pub room_list: crate::room_list::RoomList,
+    /// Failed logins and wrong access keys (CONTRACT.md, "Accounts and abuse").
+    pub throttle: Arc<dyn common::throttle::Throttle>,
+    /// Peers whose `X-Forwarded-For` names the client (the load balancers).
+    pub trusted_proxies: Vec<common::throttle::ProxyNet>,
 }
 
 #[derive(Clone)]

@@ -173,6 +173,8 @@ pub async fn serve(
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
     });
+    // The peer's address reaches handlers (the client address of throttling).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     // In-flight requests get a moment to finish; an Engine.IO long poll,

@@ -18,6 +18,7 @@ pub mod shared_counter;
 pub mod store;
 pub mod subjects;
 pub mod telemetry;
+pub mod throttle;
 
 /// `bytes` random bytes from the OS, hex encoded.
 pub fn random_hex(bytes: usize) -> String {

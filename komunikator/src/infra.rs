@@ -38,6 +38,8 @@ pub struct SharedState {
     /// True when the state lives outside the process (Redis), where it can
     /// be lost and must be restored.
     pub external: bool,
+    /// Where it lives when it is in Redis (the API's throttle shares it).
+    pub redis_url: Option<String>,
 }
 
 impl Infra {
@@ -96,11 +98,13 @@ impl Infra {
                         .context("configuring Redis")?,
                 ))),
                 external: true,
+                redis_url: Some(url.clone()),
             }),
             PresenceAt::InProcess { timeout } => Some(SharedState {
                 presence: Arc::new(LocalPresence::new(*timeout)),
                 room_list_version: Arc::new(LocalCounter::default()),
                 external: false,
+                redis_url: None,
             }),
             PresenceAt::Unused => None,
         };

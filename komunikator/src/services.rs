@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use anyhow::Context;
 use common::auth::Tokens;
@@ -12,6 +13,7 @@ use common::events::Events;
 use common::http::Readiness;
 use common::password::Passwords;
 use common::telemetry::Metrics;
+use common::throttle::{LocalThrottle, RedisThrottle};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -158,6 +160,14 @@ fn api_deps(infra: &Infra, tokens: &TokenConfig, args: &api::ApiArgs) -> anyhow:
         tokens: self::tokens(tokens),
         passwords: Passwords::new(args.hash_threads(), args.password_hash_queue),
         room_list: api::room_list::RoomList::new(shared.room_list_version.clone()),
+        throttle: match &shared.redis_url {
+            Some(url) => Arc::new(
+                RedisThrottle::connect(url, infra.subjects.prefix(), args.attempt_limit())
+                    .context("configuring Redis")?,
+            ),
+            None => Arc::new(LocalThrottle::new(args.attempt_limit())),
+        },
+        trusted_proxies: args.trusted_proxies.clone(),
     })
 }
 

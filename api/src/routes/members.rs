@@ -46,11 +46,13 @@ pub async fn join_private(
 ) -> Result<Json<Value>, ApiError> {
     let key = body.text("access_key")?.ok_or(ApiError::MissingAccessKey)?;
     check_len("access_key", key, ACCESS_KEY_MAX)?;
-    let room = state
-        .store
-        .private_room_by_key(key)
-        .await?
-        .ok_or(ApiError::RoomNotFound)?;
+    // Wrong keys are throttled per user, like failed logins.
+    let keys = [format!("access_key:user:{}", user.to_lowercase())];
+    super::users::refuse_if_throttled(&state, &keys).await?;
+    let Some(room) = state.store.private_room_by_key(key).await? else {
+        super::users::count_failure(&state, &keys).await;
+        return Err(ApiError::RoomNotFound);
+    };
     join(&state, room, &user).await
 }
 

@@ -11,7 +11,7 @@ use common::store::StoreError;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::extract::{Body, Caller, check_len};
+use crate::extract::{Body, Caller, ClientAddr, check_len};
 use crate::state::AppState;
 
 /// `user_name` and `password` of a register or login request.
@@ -54,13 +54,22 @@ pub async fn register(
     }
 }
 
-pub async fn login(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn login(
+    State(state): State<AppState>,
+    ClientAddr(address): ClientAddr,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let (user, password) = credentials(&body)?;
+    // Throttled per user name and per client address, before any hashing.
+    let user_key = format!("login:user:{}", user.to_lowercase());
+    let keys = [user_key.clone(), format!("login:addr:{address}")];
+    refuse_if_throttled(&state, &keys).await?;
     let Some((user, stored)) = state.store.credentials(user).await? else {
         state
             .passwords
             .verify_unknown_user(password.to_owned())
             .await?;
+        count_failure(&state, &keys).await;
         return Err(ApiError::InvalidCredentials);
     };
     match state
@@ -68,7 +77,11 @@ pub async fn login(State(state): State<AppState>, body: Body) -> Result<Json<Val
         .verify(password.to_owned(), stored.clone())
         .await?
     {
-        Verification::Invalid => Err(ApiError::InvalidCredentials),
+        Verification::Invalid => {
+            count_failure(&state, &keys).await;
+            tracing::info!(user, %address, "login refused: wrong password");
+            Err(ApiError::InvalidCredentials)
+        }
         Verification::Valid { rehash } => {
             if let Some(hash) = rehash {
                 // Only replaces the plaintext it verified: a concurrent change wins.
@@ -77,8 +90,35 @@ pub async fn login(State(state): State<AppState>, body: Body) -> Result<Json<Val
                     return Ok(token(&state, &user, &hash));
                 }
             }
+            if let Err(e) = state.throttle.clear(&user_key).await {
+                tracing::warn!(error = %e, "failed logins not cleared");
+            }
             Ok(token(&state, &user, &stored))
         }
+    }
+}
+
+/// 429 when any of `keys` failed too often lately. The throttle's state
+/// unreachable (Redis down) lets the attempt through: logins do not
+/// depend on it.
+pub(crate) async fn refuse_if_throttled(state: &AppState, keys: &[String]) -> Result<(), ApiError> {
+    match state.throttle.blocked(keys).await {
+        Ok(Some(wait)) => {
+            tracing::info!(?keys, "attempt refused: throttled");
+            Err(ApiError::Throttled(wait))
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "attempt not checked against the throttle");
+            Ok(())
+        }
+    }
+}
+
+/// Counts a failed attempt against each of `keys`.
+pub(crate) async fn count_failure(state: &AppState, keys: &[String]) {
+    if let Err(e) = state.throttle.failed(keys).await {
+        tracing::warn!(error = %e, "failed attempt not counted");
     }
 }
 

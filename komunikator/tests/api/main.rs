@@ -28,4 +28,5 @@ mod rooms;
 mod schema;
 mod slow;
 mod sockets;
+mod throttling;
 mod traces;

@@ -32,6 +32,9 @@ pub const CONFIG_VARS: &[&str] = &[
     "RUST_LOG",
     "PASSWORD_HASH_THREADS",
     "DATA_DIR",
+    "TRUSTED_PROXIES",
+    "LOGIN_ATTEMPTS_MAX",
+    "LOGIN_ATTEMPTS_WINDOW_SECS",
     // Traces go only where a test sends them.
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
