@@ -39,11 +39,6 @@ pub struct ApiArgs {
     /// The window of `LOGIN_ATTEMPTS_MAX`, in seconds.
     #[arg(long, env = "LOGIN_ATTEMPTS_WINDOW_SECS", default_value_t = 300)]
     pub login_attempts_window_secs: u64,
-    /// Load balancers whose `X-Forwarded-For` names the client, as
-    /// comma-separated addresses or networks (`10.0.0.0/8`); from any other
-    /// peer the header is ignored.
-    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
-    pub trusted_proxies: Vec<common::throttle::ProxyNet>,
 }
 
 impl ApiArgs {

@@ -47,9 +47,41 @@ pub struct HttpArgs {
         value_delimiter = ','
     )]
     pub cors_allowed_origins: Vec<String>,
+    /// Load balancers whose `X-Forwarded-For` names the client, as
+    /// comma-separated addresses or networks (`10.0.0.0/8`); from any other
+    /// peer the header is ignored. Their connections are not capped.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
+    pub trusted_proxies: Vec<crate::throttle::ProxyNet>,
+    /// A connection must send a request's headers within this many seconds
+    /// (an idle keep-alive connection is closed after as long).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// A request's body must arrive within this many seconds of its headers.
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_read_timeout_secs: u64,
+    /// Connections one client address may hold before sending a request's
+    /// headers (0: no cap); trusted proxies are exempt.
+    #[arg(
+        long,
+        env = "MAX_PENDING_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_pending_connections_per_address: usize,
 }
 
 impl HttpArgs {
+    /// What the server enforces on every connection.
+    pub fn limits(&self) -> crate::http::ConnectionLimits {
+        crate::http::ConnectionLimits {
+            header_read_timeout: std::time::Duration::from_secs(
+                self.header_read_timeout_secs.max(1),
+            ),
+            body_read_timeout: std::time::Duration::from_secs(self.body_read_timeout_secs.max(1)),
+            max_pending_per_address: self.max_pending_connections_per_address,
+            trusted_proxies: self.trusted_proxies.clone(),
+        }
+    }
+
     /// `None` when any origin is allowed.
     pub fn origin_allowlist(&self) -> Option<Vec<String>> {
         let origins: Vec<String> = self

@@ -11,9 +11,15 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
@@ -23,6 +29,7 @@ use crate::otel::TraceParent;
 use crate::presence::Presence;
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use crate::throttle::ProxyNet;
 
 /// What a process depends on; `/readyz` checks each one that is present.
 #[derive(Clone, Default)]
@@ -143,6 +150,23 @@ async fn render_metrics(State(state): State<OpsState>) -> Response {
         .into_response()
 }
 
+/// What the server enforces on every connection (CONTRACT.md, "Accounts
+/// and abuse"): slow and idle connections are closed, and one address
+/// cannot hold many connections that have not sent a request yet.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Headers of a request within this (also how long a keep-alive
+    /// connection may stay idle).
+    pub header_read_timeout: Duration,
+    /// The body within this of the headers.
+    pub body_read_timeout: Duration,
+    /// Connections of one address before their first request's headers;
+    /// 0: no cap.
+    pub max_pending_per_address: usize,
+    /// Exempt from the cap (a load balancer holds many connections).
+    pub trusted_proxies: Vec<ProxyNet>,
+}
+
 /// Serves `app` plus the operational endpoints on `listener` until `shutdown`
 /// is cancelled, then lets in-flight requests finish. CORS covers every path
 /// (`/socket.io/` included: browsers on another origin start Engine.IO with
@@ -153,42 +177,215 @@ pub async fn serve(
     metrics: Metrics,
     listener: tokio::net::TcpListener,
     allowed_origins: &Option<Vec<String>>,
+    limits: ConnectionLimits,
 ) -> std::io::Result<()> {
     let shutdown = readiness.shutdown.clone();
     tokio::spawn(keep_gauges(readiness.clone(), metrics.clone()));
     let app = router(readiness, metrics.clone())
         .merge(app)
         .layer(axum::middleware::from_fn_with_state(
-            metrics,
+            metrics.clone(),
             crate::telemetry::track_http,
         ))
         .layer(axum::middleware::from_fn(trace_http))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.body_read_timeout,
+            body_deadline,
+        ))
         .layer(cors(allowed_origins.as_deref()));
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    // Small writes (a Socket.IO packet, an API answer) go out at once:
-    // Nagle's algorithm would hold the second of two back until the
-    // client's delayed ACK, about 40 ms.
-    let listener = listener.tap_io(|tcp| {
+    let connections = TaskTracker::new();
+    let pending = PendingConnections::default();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, most likely: let some close.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let exempt = limits.max_pending_per_address == 0
+            || limits
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(peer.ip()));
+        let slot = if exempt {
+            None
+        } else {
+            match pending.enter(peer.ip(), limits.max_pending_per_address) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics.count_refused_connection();
+                    tracing::debug!(%peer, "connection refused: too many pending from its address");
+                    continue;
+                }
+            }
+        };
+        // Small writes (a Socket.IO packet, an API answer) go out at once:
+        // Nagle's algorithm would hold the second of two back until the
+        // client's delayed ACK, about 40 ms.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
-    });
-    // The peer's address reaches handlers (the client address of throttling).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        connections.spawn(serve_connection(
+            app.clone(),
+            tcp,
+            peer,
+            slot,
+            limits.header_read_timeout,
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
     // In-flight requests get a moment to finish; an Engine.IO long poll,
     // which would wait for its ping interval, is not waited for.
-    let grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(REQUEST_GRACE).await;
-    };
     tokio::select! {
-        served = server => served,
-        () = grace => {
+        () = connections.wait() => {}
+        () = tokio::time::sleep(REQUEST_GRACE) => {
             tracing::info!("requests still open after the grace period are dropped");
-            Ok(())
         }
+    }
+    Ok(())
+}
+
+/// Serves one HTTP/1.1 connection (upgradable to WebSocket) of `app`: its
+/// requests carry the peer's address (`ConnectInfo`), and its pending
+/// `slot` is given back with its first request's headers. On `shutdown`
+/// it finishes the request in flight and closes.
+async fn serve_connection(
+    app: Router,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    slot: Option<PendingSlot>,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let slot = std::sync::Mutex::new(slot);
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        if let Ok(mut slot) = slot.lock() {
+            slot.take();
+        }
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        tower::ServiceExt::oneshot(app.clone(), request.map(Body::new))
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Connections per address that have not sent a request's headers yet.
+#[derive(Clone, Default)]
+struct PendingConnections(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+
+/// One pending connection, counted until dropped.
+struct PendingSlot {
+    pending: PendingConnections,
+    address: IpAddr,
+}
+
+impl PendingConnections {
+    /// A slot for one more connection of `address`; `None` at `max`.
+    fn enter(&self, address: IpAddr, max: usize) -> Option<PendingSlot> {
+        let mut counts = self.0.lock().ok()?;
+        let count = counts.entry(address).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(PendingSlot {
+            pending: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.pending.0.lock()
+            && let Some(count) = counts.get_mut(&self.address)
+        {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// Middleware: the request's body must arrive within `limit` of its
+/// headers; past it, reading the body fails and the connection is closed
+/// after the answer.
+async fn body_deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let late = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = Body::new(Deadline {
+        inner: body,
+        sleep: Box::pin(tokio::time::sleep(limit)),
+        late: late.clone(),
+    });
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if late.load(std::sync::atomic::Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that fails once its deadline passes.
+struct Deadline {
+    inner: Body,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    late: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for Deadline {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.inner.is_end_stream() {
+            return std::task::Poll::Ready(None);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.late.store(true, std::sync::atomic::Ordering::Relaxed);
+            return std::task::Poll::Ready(Some(Err(axum::Error::new(
+                "the request body did not arrive in time",
+            ))));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

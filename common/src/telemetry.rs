@@ -185,6 +185,7 @@ pub struct Metrics {
     http_seconds: Family<HttpLabels, Histogram>,
     ready: Gauge,
     dependency_up: Family<DependencyLabels, Gauge>,
+    refused_connections: Counter,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,13 +238,24 @@ impl Metrics {
             "1 when the dependency (database, nats, redis) answers, else 0",
             dependency_up.clone(),
         );
+        let refused_connections = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "Connections closed at once: their address held too many that had sent no request",
+            refused_connections.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             http_requests,
             http_seconds,
             ready,
             dependency_up,
+            refused_connections,
         }
+    }
+
+    pub(crate) fn count_refused_connection(&self) {
+        self.refused_connections.inc();
     }
 
     pub(crate) fn set_ready(&self, ready: bool) {

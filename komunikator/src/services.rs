@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use common::auth::Tokens;
+use common::config::HttpArgs;
 use common::events::Events;
 use common::http::Readiness;
 use common::password::Passwords;
 use common::telemetry::Metrics;
-use common::throttle::{LocalThrottle, RedisThrottle};
+use common::throttle::{LocalThrottle, ProxyNet, RedisThrottle};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +51,7 @@ pub async fn serve(plan: Plan, shutdown: CancellationToken) -> Result<(), Failur
     let mut tasks = Vec::new();
     let origins = plan.http.origin_allowlist();
     for service in plan.services {
-        let started = start(service, &infra, &origins, &mut registry, &shutdown).await?;
+        let started = start(service, &infra, &plan.http, &mut registry, &shutdown).await?;
         if let Some(routes) = started.routes {
             app = app.merge(routes);
         }
@@ -67,8 +68,9 @@ pub async fn serve(plan: Plan, shutdown: CancellationToken) -> Result<(), Failur
         .await
         .with_context(|| format!("cannot listen on {}", plan.http.listen))?;
     let metrics = Metrics::from_registry(registry);
+    let limits = plan.http.limits();
     let server: Task = Box::pin(async move {
-        common::http::serve(app, readiness, metrics, listener, &origins)
+        common::http::serve(app, readiness, metrics, listener, &origins, limits)
             .await
             .context("serving HTTP")
     });
@@ -90,14 +92,19 @@ impl Service {
 async fn start(
     service: Service,
     infra: &Infra,
-    origins: &Option<Vec<String>>,
+    http: &HttpArgs,
     registry: &mut Registry,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Started> {
     let shutdown = shutdown.clone();
     Ok(match service {
         Service::Api { tokens, args } => Started {
-            routes: Some(api::routes(api_deps(infra, &tokens, &args)?)),
+            routes: Some(api::routes(api_deps(
+                infra,
+                &tokens,
+                &args,
+                &http.trusted_proxies,
+            )?)),
             task: None,
         },
         Service::Gateway { tokens, args } => {
@@ -107,7 +114,7 @@ async fn start(
                 chat_log: infra.chat_log()?,
                 subjects: infra.subjects.clone(),
                 tokens: self::tokens(&tokens),
-                allowed_origins: origins.clone(),
+                allowed_origins: http.origin_allowlist(),
                 rate: gateway::RateLimit {
                     per_second: args.message_rate_limit,
                     burst: args.message_rate_burst,
@@ -150,7 +157,12 @@ fn tokens(config: &TokenConfig) -> Tokens {
     Tokens::new(config.secret.as_bytes(), config.ttl)
 }
 
-fn api_deps(infra: &Infra, tokens: &TokenConfig, args: &api::ApiArgs) -> anyhow::Result<api::Deps> {
+fn api_deps(
+    infra: &Infra,
+    tokens: &TokenConfig,
+    args: &api::ApiArgs,
+    trusted_proxies: &[ProxyNet],
+) -> anyhow::Result<api::Deps> {
     let shared = infra.shared.as_ref().context("the API needs presence")?;
     Ok(api::Deps {
         store: infra.store.clone(),
@@ -167,7 +179,7 @@ fn api_deps(infra: &Infra, tokens: &TokenConfig, args: &api::ApiArgs) -> anyhow:
             ),
             None => Arc::new(LocalThrottle::new(args.attempt_limit())),
         },
-        trusted_proxies: args.trusted_proxies.clone(),
+        trusted_proxies: trusted_proxies.to_vec(),
     })
 }
 

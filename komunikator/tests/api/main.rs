@@ -27,6 +27,7 @@ mod room_list;
 mod rooms;
 mod schema;
 mod slow;
+mod slowloris;
 mod sockets;
 mod throttling;
 mod traces;
