@@ -24,6 +24,10 @@ pub enum ApiError {
     MissingRoomId,
     #[error("Missing access_key parameter")]
     MissingAccessKey,
+    #[error("Missing refresh_token parameter")]
+    MissingRefreshToken,
+    #[error("Invalid refresh token")]
+    InvalidRefreshToken,
     #[error("Missing room_id or user_name parameter")]
     MissingLeaveParameters,
     #[error("Missing room_name or room_owner parameter")]
@@ -91,6 +95,7 @@ impl ApiError {
             | Self::MissingPassword
             | Self::MissingRoomId
             | Self::MissingAccessKey
+            | Self::MissingRefreshToken
             | Self::MissingLeaveParameters
             | Self::MissingRoomName
             | Self::MissingNewAccessKey
@@ -103,7 +108,8 @@ impl ApiError {
             Self::Token(_)
             | Self::UnknownUser
             | Self::InvalidCredentials
-            | Self::InvalidOldPassword => StatusCode::UNAUTHORIZED,
+            | Self::InvalidOldPassword
+            | Self::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
             Self::NotOwner => StatusCode::FORBIDDEN,
             Self::RoomNotFound | Self::UserNotInRoom | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

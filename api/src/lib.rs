@@ -36,6 +36,10 @@ pub struct ApiArgs {
     /// keys per user) allowed within the window; then 429 until it ends.
     #[arg(long, env = "LOGIN_ATTEMPTS_MAX", default_value_t = 10)]
     pub login_attempts_max: u32,
+    /// How long a session lives without being refreshed (its refresh
+    /// token), in seconds.
+    #[arg(long, env = "JWT_REFRESH_TOKEN_EXPIRES", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_expires: u64,
     /// The window of `LOGIN_ATTEMPTS_MAX`, in seconds.
     #[arg(long, env = "LOGIN_ATTEMPTS_WINDOW_SECS", default_value_t = 300)]
     pub login_attempts_window_secs: u64,

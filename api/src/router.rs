@@ -8,7 +8,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::body::BODY_LIMIT;
 use crate::error::ApiError;
-use crate::routes::{chat, members, rooms, users};
+use crate::routes::{chat, members, rooms, sessions, users};
 use crate::state::AppState;
 
 /// The API routes under `/api`, with body limit and JSON fallbacks (CORS
@@ -18,6 +18,8 @@ pub fn routes(deps: crate::Deps) -> Router {
     Router::new()
         .route("/api/register", post(users::register))
         .route("/api/login", post(users::login))
+        .route("/api/refresh", post(sessions::refresh))
+        .route("/api/logout", post(sessions::logout))
         .route("/api/user/change_password", post(users::change_password))
         .route("/api/user/get_info", get(users::info))
         .route("/api/users/online", get(users::online))

@@ -26,6 +26,8 @@ pub struct Deps {
     pub throttle: Arc<dyn common::throttle::Throttle>,
     /// Peers whose `X-Forwarded-For` names the client (the load balancers).
     pub trusted_proxies: Vec<common::throttle::ProxyNet>,
+    /// How long a session lives without being refreshed.
+    pub refresh_ttl: std::time::Duration,
 }
 
 #[derive(Clone)]

@@ -180,6 +180,7 @@ fn api_deps(
             None => Arc::new(LocalThrottle::new(args.attempt_limit())),
         },
         trusted_proxies: trusted_proxies.to_vec(),
+        refresh_ttl: std::time::Duration::from_secs(args.refresh_token_expires.max(1)),
     })
 }
 

@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod members;
 pub mod rooms;
+pub mod sessions;
 pub mod users;
 
 use axum::Json;

@@ -24,9 +24,17 @@ fn credentials(body: &Body) -> Result<(&str, &str), ApiError> {
     Ok((user, password))
 }
 
-/// `{access_token}` for `user`, bound to their stored password.
-fn token(state: &AppState, user: &str, stored_password: &str) -> Json<Value> {
-    Json(json!({ "access_token": state.tokens.issue(user, stored_password) }))
+/// `{access_token, refresh_token}` for `user`: an access token bound to
+/// their stored password, and a new session's refresh token.
+async fn tokens(
+    state: &AppState,
+    user: &str,
+    stored_password: &str,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({
+        "access_token": state.tokens.issue(user, stored_password),
+        "refresh_token": super::sessions::open(state, user).await?,
+    })))
 }
 
 pub async fn register(
@@ -49,7 +57,7 @@ pub async fn register(
         Err(e) => Err(e.into()),
         Ok(()) => {
             tracing::info!(user, "user registered");
-            Ok((StatusCode::CREATED, token(&state, user, &hash)))
+            Ok((StatusCode::CREATED, tokens(&state, user, &hash).await?))
         }
     }
 }
@@ -87,13 +95,13 @@ pub async fn login(
                 // Only replaces the plaintext it verified: a concurrent change wins.
                 if state.store.replace_password(&user, &stored, &hash).await? {
                     tracing::info!(user, "legacy plaintext password rehashed with argon2id");
-                    return Ok(token(&state, &user, &hash));
+                    return tokens(&state, &user, &hash).await;
                 }
             }
             if let Err(e) = state.throttle.clear(&user_key).await {
                 tracing::warn!(error = %e, "failed logins not cleared");
             }
-            Ok(token(&state, &user, &stored))
+            tokens(&state, &user, &stored).await
         }
     }
 }
@@ -151,6 +159,8 @@ pub async fn change_password(
         return Err(ApiError::InvalidOldPassword);
     }
     tracing::info!(user, "password changed");
+    // Every session ends with the old password; this one starts afresh.
+    state.store.delete_sessions_of(&user).await?;
     // Tokens issued before are revoked (their stamp no longer matches);
     // sockets that authenticated with one are closed by their gateway.
     state
@@ -163,6 +173,7 @@ pub async fn change_password(
     Ok(Json(json!({
         "message": "Password changed successfully",
         "access_token": state.tokens.issue(&user, &hash),
+        "refresh_token": super::sessions::open(&state, &user).await?,
     })))
 }
 

@@ -54,6 +54,7 @@ mod members;
 mod mysql;
 mod rooms;
 mod schema;
+mod sessions;
 mod sqlite;
 mod users;
 

@@ -6,6 +6,7 @@ mod harness;
 mod nginx;
 mod otlp;
 mod servers;
+mod sessions;
 mod sio;
 
 mod auth;
