@@ -12,6 +12,10 @@ const SERVER = (document.querySelector('meta[name="komunikator-server"]')?.conte
   .trim().replace(/\/+$/, '');
 
 const TOKEN_KEY = 'komunikator.access_token';
+// The session's refresh token: traded for a fresh access token shortly
+// before the current one expires, so an active user stays signed in.
+const REFRESH_KEY = 'komunikator.refresh_token';
+const RENEW_BEFORE_MS = 60 * 1000;
 const WATCHDOG_MS = 1000;
 const ONLINE_REFRESH_MS = 3000;
 const ACK_TIMEOUT_MS = 10000;
@@ -293,6 +297,9 @@ async function api(method, path, body, { auth = true } = {}) {
   if (!res.ok) {
     const message = (data && typeof data.error === 'string' && data.error) || `Request failed (${res.status})`;
     if (res.status === 401 && auth && token && token === state.token) {
+      // The access token was refused (expired, or revoked by a password
+      // change elsewhere): one try with the session's refresh token.
+      if (await renewSession()) return api(method, path, body, { auth });
       logout('Your session has expired. Please log in again.');
     }
     throw new ApiError(res.status, message);
@@ -305,6 +312,8 @@ async function api(method, path, body, { auth = true } = {}) {
 
 const state = {
   token: null,
+  refresh: null,
+  renewing: null,
   user: null,
   exp: 0,
   socket: null,
@@ -377,22 +386,31 @@ async function authenticate(kind) {
   const body = { user_name: $('login-user').value.trim(), password: $('login-password').value };
   try {
     const data = await api('POST', kind === 'register' ? '/register' : '/login', body, { auth: false });
-    startSession(data.access_token);
+    startSession(data.access_token, data.refresh_token);
   } catch (e) {
     errorBox.textContent = e.message;
   }
 }
 
-function startSession(token) {
-  const claims = token ? decodeJwt(token) : null;
+async function startSession(token, refreshToken) {
+  if (refreshToken) sessionStorage.setItem(REFRESH_KEY, refreshToken);
+  state.refresh = sessionStorage.getItem(REFRESH_KEY);
+  let claims = token ? decodeJwt(token) : null;
   if (!claims) {
     showAuth('The server sent an unreadable token');
     return;
   }
   if (claims.exp * 1000 <= Date.now()) {
-    sessionStorage.removeItem(TOKEN_KEY);
-    showAuth('Your session has expired. Please log in again.');
-    return;
+    // A reloaded page whose access token ran out: the session may live on.
+    const renewed = state.refresh ? await refreshTokens(state.refresh) : null;
+    claims = renewed && decodeJwt(renewed.access_token);
+    if (!claims) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      sessionStorage.removeItem(REFRESH_KEY);
+      showAuth('Your session has expired. Please log in again.');
+      return;
+    }
+    token = renewed.access_token;
   }
   sessionStorage.setItem(TOKEN_KEY, token);
   Object.assign(state, { token, user: claims.sub, exp: claims.exp });
@@ -421,21 +439,74 @@ function startSession(token) {
 
 function tick() {
   if (!state.token) return;
-  if (state.exp * 1000 <= Date.now()) {
+  if (state.refresh && state.exp * 1000 - Date.now() <= RENEW_BEFORE_MS) {
+    quietly(renewSession());
+  } else if (state.exp * 1000 <= Date.now()) {
     logout('Your session has expired. Please log in again.');
     return;
   }
   state.socket?.emit('watchdog', { user_name: state.user });
 }
 
+// `POST /api/refresh`: the new tokens, or null when the session is over
+// (refused) or the server cannot be reached.
+async function refreshTokens(refreshToken) {
+  try {
+    const res = await fetch(`${SERVER}/api/refresh`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ refresh_token: refreshToken }),
+    });
+    if (res.status === 401) return { ended: true };
+    if (!res.ok) return null;
+    return await res.json();
+  } catch {
+    return null;
+  }
+}
+
+// Trades the session's refresh token for a fresh access token (one trade
+// at a time); true when the session goes on. A session the server ended
+// logs the user out.
+function renewSession() {
+  if (!state.refresh) return Promise.resolve(false);
+  if (state.renewing) return state.renewing;
+  const refreshToken = state.refresh;
+  state.renewing = (async () => {
+    const renewed = await refreshTokens(refreshToken);
+    state.renewing = null;
+    if (renewed?.ended) {
+      logout('Your session has expired. Please log in again.');
+      return false;
+    }
+    const claims = renewed && decodeJwt(renewed.access_token);
+    if (!claims || state.refresh !== refreshToken) return false;
+    sessionStorage.setItem(TOKEN_KEY, renewed.access_token);
+    sessionStorage.setItem(REFRESH_KEY, renewed.refresh_token);
+    Object.assign(state, { token: renewed.access_token, refresh: renewed.refresh_token, exp: claims.exp });
+    if (state.socket) state.socket.token = renewed.access_token; // for its next connect
+    return true;
+  })();
+  return state.renewing;
+}
+
 function logout(message = '') {
   if (!state.token) return;
+  if (state.refresh) {
+    // Ends the session on the server too; nothing to wait for.
+    fetch(`${SERVER}/api/logout`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ refresh_token: state.refresh }),
+    }).catch(() => {});
+  }
   state.socket?.close();
   state.timers.forEach(clearInterval);
   sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(REFRESH_KEY);
   closeRoom({ leaveSocket: false });
   Object.assign(state, {
-    token: null, user: null, exp: 0, socket: null, timers: [],
+    token: null, refresh: null, renewing: null, user: null, exp: 0, socket: null, timers: [],
     publicRooms: [], myRooms: [], online: new Set(),
   });
   $('current-user').textContent = '';

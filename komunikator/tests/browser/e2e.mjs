@@ -18,7 +18,10 @@ const { chromium } = require("playwright-core");
 const [binary, artifacts] = process.argv.slice(2);
 mkdirSync(artifacts, { recursive: true });
 const dataDir = mkdtempSync(join(tmpdir(), "kom-browser-"));
-const env = { ...process.env, LOG_FORMAT: "json", DATA_DIR: dataDir };
+// Access tokens of 65 s: the page renews a minute ahead of expiry, so it
+// trades its refresh token within seconds of signing in (checked below),
+// and every later step runs on renewed tokens.
+const env = { ...process.env, LOG_FORMAT: "json", DATA_DIR: dataDir, JWT_ACCESS_TOKEN_EXPIRES: "65" };
 for (const v of ["DATABASE_URL", "DB_HOST", "NATS_URL", "REDIS_URL", "JWT_SECRET_KEY", "LISTEN_ADDR"]) delete env[v];
 
 const server = spawn(binary, ["all", "--listen", "127.0.0.1:0"], { env, stdio: ["ignore", "pipe", "inherit"] });
@@ -63,6 +66,18 @@ try {
   const a = await user(alice);
   const b = await user(bob);
   await shot(a, "registered");
+
+  // The session outlives its access token: the page renews it with its
+  // refresh token before it expires.
+  const issued = await a.evaluate(() => sessionStorage.getItem("komunikator.access_token"));
+  await a.waitForFunction(
+    (first) => {
+      const now = sessionStorage.getItem("komunikator.access_token");
+      return now && now !== first;
+    },
+    issued,
+    { timeout: 20000 },
+  );
 
   // A wrong password is refused with the API's message.
   const c = await (await browser.newContext()).newPage();
