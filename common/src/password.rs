@@ -58,6 +58,8 @@ impl Memory {
 #[derive(Debug, Clone)]
 pub struct Passwords {
     jobs: mpsc::Sender<Job>,
+    /// Hashes computed (registrations, logins, password changes).
+    computed: prometheus_client::metrics::counter::Counter,
     queued: Arc<AtomicUsize>,
     max_queue: usize,
     /// A valid hash of a random password: verified against when the user
@@ -92,10 +94,21 @@ impl Passwords {
         }
         Self {
             jobs,
+            computed: prometheus_client::metrics::counter::Counter::default(),
             queued: Arc::new(AtomicUsize::new(0)),
             max_queue,
             dummy: dummy.into(),
         }
+    }
+
+    /// Counts the hashes computed in `registry` (`password_hashes`).
+    pub fn register(self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        registry.register(
+            "password_hashes",
+            "Argon2id hashes computed (registrations, logins, password changes)",
+            self.computed.clone(),
+        );
+        self
     }
 
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
@@ -129,6 +142,7 @@ impl Passwords {
         job: impl FnOnce(&mut Memory) -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
         let _slot = QueueSlot::take(&self.queued, self.max_queue)?;
+        self.computed.inc();
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |memory| {
             let _ = done.send(job(memory));

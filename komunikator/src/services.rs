@@ -104,6 +104,7 @@ async fn start(
                 &tokens,
                 &args,
                 &http.trusted_proxies,
+                registry,
             )?)),
             task: None,
         },
@@ -162,6 +163,7 @@ fn api_deps(
     tokens: &TokenConfig,
     args: &api::ApiArgs,
     trusted_proxies: &[ProxyNet],
+    registry: &mut Registry,
 ) -> anyhow::Result<api::Deps> {
     let shared = infra.shared.as_ref().context("the API needs presence")?;
     Ok(api::Deps {
@@ -170,7 +172,7 @@ fn api_deps(
         chat_log: infra.chat_log()?,
         presence: shared.presence.clone(),
         tokens: self::tokens(tokens),
-        passwords: Passwords::new(args.hash_threads(), args.password_hash_queue),
+        passwords: Passwords::new(args.hash_threads(), args.password_hash_queue).register(registry),
         room_list: api::room_list::RoomList::new(shared.room_list_version.clone()),
         throttle: match &shared.redis_url {
             Some(url) => Arc::new(

@@ -27,6 +27,20 @@ async fn login(app: &TestApp, api: &str, name: &str, password: &str, address: &s
     .await
 }
 
+/// `komunikator_password_hashes_total` summed over the api processes.
+async fn hashes_computed(apis: &[String]) -> u64 {
+    let mut total = 0;
+    for api in apis {
+        total += crate::harness::metrics(api)
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("komunikator_password_hashes_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("password_hashes counter");
+    }
+    total
+}
+
 fn assert_throttled(res: &Resp) {
     res.expect(429, "Too many attempts, try again later");
     let retry_after: u64 = res
@@ -56,10 +70,13 @@ async fn failed_logins_are_throttled_per_user_and_per_address(backend: Backend) 
         let res = login(&app, api, &ann.name, "wrong", "203.0.113.1").await;
         res.expect(401, "Invalid user credentials");
     }
-    // Ann's name is blocked, even with the right password, from anywhere.
+    // Ann's name is blocked, even with the right password, from anywhere,
+    // and no hash is spent on it.
+    let hashes = hashes_computed(&apis).await;
     for api in &apis {
         assert_throttled(&login(&app, api, &ann.name, &ann.password, "198.51.100.7").await);
     }
+    assert_eq!(hashes_computed(&apis).await, hashes);
     // Bob logs in as usual from another address...
     let res = login(&app, &apis[0], &bob.name, &bob.password, "203.0.113.2").await;
     assert_eq!(res.status, 200, "{res:?}");
