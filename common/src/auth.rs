@@ -117,21 +117,20 @@ impl Tokens {
         })
     }
 
-    /// Fails with [`TokenError::Revoked`] when the token was issued under
-    /// another password than the user's stored one (it changed since).
-    /// A token without a stamp (issued by an earlier version) passes.
-    pub fn check_current(&self, bearer: &Bearer, stored_password: &str) -> Result<(), TokenError> {
+    /// The stamp of the user's stored password, when the token was issued
+    /// under it; [`TokenError::Revoked`] when under another one (it changed
+    /// since). A token without a stamp (issued by an earlier version) passes.
+    pub fn check_current(
+        &self,
+        bearer: &Bearer,
+        stored_password: &str,
+    ) -> Result<String, TokenError> {
+        let current = self.stamp(stored_password);
         match &bearer.stamp {
-            Some(stamp)
-                if !bool::from(
-                    stamp
-                        .as_bytes()
-                        .ct_eq(self.stamp(stored_password).as_bytes()),
-                ) =>
-            {
+            Some(stamp) if !bool::from(stamp.as_bytes().ct_eq(current.as_bytes())) => {
                 Err(TokenError::Revoked)
             }
-            _ => Ok(()),
+            _ => Ok(current),
         }
     }
 
@@ -220,7 +219,10 @@ mod tests {
     fn a_token_is_revoked_when_the_password_changes() {
         let t = tokens();
         let bearer = t.verify(&t.issue("ann", "$argon2id$old")).expect("valid");
-        assert_eq!(t.check_current(&bearer, "$argon2id$old"), Ok(()));
+        assert_eq!(
+            t.check_current(&bearer, "$argon2id$old"),
+            Ok(t.stamp("$argon2id$old"))
+        );
         assert_eq!(
             t.check_current(&bearer, "$argon2id$new"),
             Err(TokenError::Revoked)

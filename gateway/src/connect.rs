@@ -196,11 +196,12 @@ impl Gateway {
         })?;
         match self.deps.store.credentials(&bearer.user).await {
             Ok(Some((stored, password))) => {
-                self.deps
+                let stamp = self
+                    .deps
                     .tokens
                     .check_current(&bearer, &password)
                     .map_err(|_| Refused::RevokedToken)?;
-                Ok((stored, self.deps.tokens.stamp(&password)))
+                Ok((stored, stamp))
             }
             Ok(None) => Err(Refused::UnknownUser),
             Err(e) => {
