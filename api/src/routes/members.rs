@@ -48,9 +48,9 @@ pub async fn join_private(
     check_len("access_key", key, ACCESS_KEY_MAX)?;
     // Wrong keys are throttled per user, like failed logins.
     let keys = [format!("access_key:user:{}", user.to_lowercase())];
-    super::users::refuse_if_throttled(&state, &keys).await?;
+    super::refuse_if_throttled(&state, &keys).await?;
     let Some(room) = state.store.private_room_by_key(key).await? else {
-        super::users::count_failure(&state, &keys).await;
+        super::count_failure(&state, &keys).await;
         return Err(ApiError::RoomNotFound);
     };
     join(&state, room, &user).await

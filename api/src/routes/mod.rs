@@ -44,3 +44,27 @@ async fn visible_room(
         Err(ApiError::RoomNotFound)
     }
 }
+
+/// 429 when any of `keys` failed too often lately. The throttle's state
+/// unreachable (Redis down) lets the attempt through: logins do not
+/// depend on it.
+async fn refuse_if_throttled(state: &AppState, keys: &[String]) -> Result<(), ApiError> {
+    match state.throttle.blocked(keys).await {
+        Ok(Some(wait)) => {
+            tracing::info!(?keys, "attempt refused: throttled");
+            Err(ApiError::Throttled(wait))
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "attempt not checked against the throttle");
+            Ok(())
+        }
+    }
+}
+
+/// Counts a failed attempt against each of `keys`.
+async fn count_failure(state: &AppState, keys: &[String]) {
+    if let Err(e) = state.throttle.failed(keys).await {
+        tracing::warn!(error = %e, "failed attempt not counted");
+    }
+}

@@ -71,13 +71,13 @@ pub async fn login(
     // Throttled per user name and per client address, before any hashing.
     let user_key = format!("login:user:{}", user.to_lowercase());
     let keys = [user_key.clone(), format!("login:addr:{address}")];
-    refuse_if_throttled(&state, &keys).await?;
+    super::refuse_if_throttled(&state, &keys).await?;
     let Some((user, stored)) = state.store.credentials(user).await? else {
         state
             .passwords
             .verify_unknown_user(password.to_owned())
             .await?;
-        count_failure(&state, &keys).await;
+        super::count_failure(&state, &keys).await;
         return Err(ApiError::InvalidCredentials);
     };
     match state
@@ -86,7 +86,7 @@ pub async fn login(
         .await?
     {
         Verification::Invalid => {
-            count_failure(&state, &keys).await;
+            super::count_failure(&state, &keys).await;
             tracing::info!(user, %address, "login refused: wrong password");
             Err(ApiError::InvalidCredentials)
         }
@@ -103,30 +103,6 @@ pub async fn login(
             }
             tokens(&state, &user, &stored).await
         }
-    }
-}
-
-/// 429 when any of `keys` failed too often lately. The throttle's state
-/// unreachable (Redis down) lets the attempt through: logins do not
-/// depend on it.
-pub(crate) async fn refuse_if_throttled(state: &AppState, keys: &[String]) -> Result<(), ApiError> {
-    match state.throttle.blocked(keys).await {
-        Ok(Some(wait)) => {
-            tracing::info!(?keys, "attempt refused: throttled");
-            Err(ApiError::Throttled(wait))
-        }
-        Ok(None) => Ok(()),
-        Err(e) => {
-            tracing::warn!(error = %e, "attempt not checked against the throttle");
-            Ok(())
-        }
-    }
-}
-
-/// Counts a failed attempt against each of `keys`.
-pub(crate) async fn count_failure(state: &AppState, keys: &[String]) {
-    if let Err(e) = state.throttle.failed(keys).await {
-        tracing::warn!(error = %e, "failed attempt not counted");
     }
 }
 
