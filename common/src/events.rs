@@ -198,34 +198,48 @@ impl Events {
     /// Tells every gateway that `change`'s user changed their password.
     pub async fn password_changed(&self, change: &PasswordChanged) {
         let subject = self.subjects.password_changed();
-        let payload = match serde_json::to_vec(change) {
-            Ok(payload) => payload,
-            Err(e) => {
-                tracing::error!(error = %e, "password change not serialisable");
-                return;
-            }
-        };
-        if let Err(e) = self.bus.publish(subject, payload.into()).await {
+        if let Err(e) = self.publish_json(subject, "password_changed", change).await {
             tracing::error!(error = %e, "password change not published: older sockets stay open");
         }
     }
 
-    /// Publishes `event` to its room's (or everyone's) subscribers, in a
-    /// producer span of the current trace when traces are exported.
+    /// Publishes `event` to its room's (or everyone's) subscribers.
     pub async fn publish(&self, event: ServerEvent) {
         let subject = event.subject(&self.subjects);
+        if let Err(e) = self
+            .send(subject.clone(), event.name(), event.encode())
+            .await
+        {
+            tracing::error!(subject, event = event.name(), error = %e, "event not published");
+        }
+    }
+
+    /// Publishes `payload` as JSON on `subject`; `name` names it in traces.
+    pub async fn publish_json(
+        &self,
+        subject: String,
+        name: &str,
+        payload: &impl Serialize,
+    ) -> Result<(), String> {
+        let payload = serde_json::to_vec(payload).map_err(|e| e.to_string())?;
+        self.send(subject, name, payload.into()).await
+    }
+
+    /// Publishes on the bus, in a producer span of the current trace when
+    /// it is sampled.
+    async fn send(&self, subject: String, name: &str, payload: Bytes) -> Result<(), String> {
         let span = crate::child_span!(
             "publish event",
-            otel.name = %format_args!("send {}", event.name()),
+            otel.name = %format_args!("send {name}"),
             otel.kind = "producer",
             messaging.system = "nats",
             messaging.operation.type = "send",
             messaging.destination.name = %subject,
         );
-        let published = self.bus.publish(subject.clone(), event.encode());
-        if let Err(e) = tracing::Instrument::instrument(published, span).await {
-            tracing::error!(subject, event = event.name(), error = %e, "event not published");
-        }
+        let published = self.bus.publish(subject, payload);
+        tracing::Instrument::instrument(published, span)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -81,25 +81,14 @@ impl Gateway {
             user_name: user.to_owned(),
             at: Some(at),
         };
-        let body = match serde_json::to_vec(&heartbeat) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!(user, error = %e, "heartbeat not serialisable");
-                return;
-            }
-        };
+        // Traced as part of the watchdog event that forwards it at once;
+        // one held back and forwarded later is not.
         let subject = self.deps.subjects.heartbeats();
-        let span = common::trace_span!(
-            "forward heartbeat",
-            otel.name = %format_args!("send {subject}"),
-            otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.operation.type = "send",
-            messaging.destination.name = %subject,
-            user.name = user,
-        );
-        let published = self.deps.bus.publish(subject, body.into());
-        if let Err(e) = tracing::Instrument::instrument(published, span).await {
+        if let Err(e) = self
+            .events
+            .publish_json(subject, "heartbeat", &heartbeat)
+            .await
+        {
             tracing::error!(user, error = %e, "heartbeat not forwarded");
         }
     }
