@@ -137,21 +137,9 @@ impl Throttle for RedisThrottle {
             pipe.get(&key).pttl(&key);
         }
         let mut conn = self.connection().await?;
-        let answers: Vec<(Option<u32>, i64)> = {
-            let flat: Vec<redis::Value> = pipe.query_async(&mut conn).await.map_err(redis_error)?;
-            flat.chunks(2)
-                .map(|pair| {
-                    let failures = redis::from_redis_value::<Option<u32>>(pair[0].clone())
-                        .ok()
-                        .flatten();
-                    let ttl = pair
-                        .get(1)
-                        .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
-                        .unwrap_or(-2);
-                    (failures, ttl)
-                })
-                .collect()
-        };
+        // Each key's (failures, milliseconds left), flat in key order.
+        let answers: Vec<(Option<u32>, i64)> =
+            pipe.query_async(&mut conn).await.map_err(redis_error)?;
         Ok(answers
             .into_iter()
             .filter(|(failures, ttl)| failures.is_some_and(|f| f >= self.limit.max) && *ttl > 0)
