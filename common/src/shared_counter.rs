@@ -51,9 +51,9 @@ impl std::fmt::Debug for RedisCounter {
 }
 
 impl RedisCounter {
-    pub fn connect(url: &str, key: String) -> Result<Self, CounterError> {
-        let pool = crate::redis_pool::connect(url).map_err(CounterError)?;
-        Ok(Self { pool, key })
+    /// The counter at `key`, on the process's Redis pool (`crate::redis_pool`).
+    pub fn new(pool: deadpool_redis::Pool, key: String) -> Self {
+        Self { pool, key }
     }
 }
 

@@ -108,12 +108,13 @@ impl std::fmt::Debug for RedisThrottle {
 }
 
 impl RedisThrottle {
-    pub fn connect(url: &str, prefix: &str, limit: Limit) -> Result<Self, ThrottleError> {
-        Ok(Self {
-            pool: crate::redis_pool::connect(url).map_err(ThrottleError)?,
+    /// The throttle on the process's Redis pool (`crate::redis_pool`).
+    pub fn new(pool: deadpool_redis::Pool, prefix: &str, limit: Limit) -> Self {
+        Self {
+            pool,
             prefix: format!("{prefix}:throttle:"),
             limit,
-        })
+        }
     }
 
     async fn connection(&self) -> Result<deadpool_redis::Connection, ThrottleError> {

@@ -38,8 +38,9 @@ pub struct SharedState {
     /// True when the state lives outside the process (Redis), where it can
     /// be lost and must be restored.
     pub external: bool,
-    /// Where it lives when it is in Redis (the API's throttle shares it).
-    pub redis_url: Option<String>,
+    /// The process's Redis pool, when the state is in Redis (the API's
+    /// throttle shares it).
+    pub redis: Option<deadpool_redis::Pool>,
 }
 
 impl Infra {
@@ -88,23 +89,30 @@ impl Infra {
             }
         };
         let shared = match &adapters.presence {
-            PresenceAt::Redis { url, timeout } => Some(SharedState {
-                presence: Arc::new(
-                    RedisPresence::connect(url, &adapters.prefix, *timeout)
-                        .context("configuring Redis")?,
-                ),
-                room_list_version: Arc::new(CoalescedReads::new(Arc::new(
-                    RedisCounter::connect(url, format!("{}:room_list_version", adapters.prefix))
-                        .context("configuring Redis")?,
-                ))),
-                external: true,
-                redis_url: Some(url.clone()),
-            }),
+            PresenceAt::Redis { url, timeout } => {
+                // One pool per process, shared by everything kept in Redis.
+                let pool = common::redis_pool::connect(url)
+                    .map_err(anyhow::Error::msg)
+                    .context("configuring Redis")?;
+                Some(SharedState {
+                    presence: Arc::new(RedisPresence::new(
+                        pool.clone(),
+                        &adapters.prefix,
+                        *timeout,
+                    )),
+                    room_list_version: Arc::new(CoalescedReads::new(Arc::new(RedisCounter::new(
+                        pool.clone(),
+                        format!("{}:room_list_version", adapters.prefix),
+                    )))),
+                    external: true,
+                    redis: Some(pool),
+                })
+            }
             PresenceAt::InProcess { timeout } => Some(SharedState {
                 presence: Arc::new(LocalPresence::new(*timeout)),
                 room_list_version: Arc::new(LocalCounter::default()),
                 external: false,
-                redis_url: None,
+                redis: None,
             }),
             PresenceAt::Unused => None,
         };

@@ -174,11 +174,12 @@ fn api_deps(
         tokens: self::tokens(tokens),
         passwords: Passwords::new(args.hash_threads(), args.password_hash_queue).register(registry),
         room_list: api::room_list::RoomList::new(shared.room_list_version.clone()),
-        throttle: match &shared.redis_url {
-            Some(url) => Arc::new(
-                RedisThrottle::connect(url, infra.subjects.prefix(), args.attempt_limit())
-                    .context("configuring Redis")?,
-            ),
+        throttle: match &shared.redis {
+            Some(pool) => Arc::new(RedisThrottle::new(
+                pool.clone(),
+                infra.subjects.prefix(),
+                args.attempt_limit(),
+            )),
             None => Arc::new(LocalThrottle::new(args.attempt_limit())),
         },
         trusted_proxies: trusted_proxies.to_vec(),

@@ -125,13 +125,13 @@ static EXPIRE: LazyLock<redis::Script> =
 static RESTORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESTORE_SCRIPT));
 
 impl RedisPresence {
-    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, PresenceError> {
-        let pool = crate::redis_pool::connect(url).map_err(PresenceError::Redis)?;
-        Ok(Self {
+    /// Presence on the process's Redis pool (`crate::redis_pool`).
+    pub fn new(pool: deadpool_redis::Pool, prefix: &str, timeout: Duration) -> Self {
+        Self {
             pool,
             prefix: prefix.into(),
             timeout,
-        })
+        }
     }
 
     /// The key that marks `user` online.
