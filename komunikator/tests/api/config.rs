@@ -30,6 +30,18 @@ async fn help_documents_every_option_and_environment_variable() {
         );
     }
     assert!(all.contains("env: DATA_DIR"), "{all}");
+    // The contract's abuse limits are the defaults ("Accounts and abuse"):
+    // the tests that exercise them shorten the timeouts, so the defaults
+    // are pinned here.
+    for (var, default) in [
+        ("HEADER_READ_TIMEOUT_SECS", "10"),
+        ("BODY_READ_TIMEOUT_SECS", "30"),
+        ("LOGIN_ATTEMPTS_MAX", "10"),
+        ("LOGIN_ATTEMPTS_WINDOW_SECS", "300"),
+    ] {
+        let documented = format!("[env: {var}=] [default: {default}]");
+        assert!(api.contains(&documented), "api --help lacks {documented}");
+    }
 }
 
 #[tokio::test]
