@@ -403,3 +403,50 @@ async fn a_rolling_restart_under_load_loses_no_message_for_anyone() {
     }
     clients.finish().await;
 }
+
+/// Failed logins through nginx: its 429 and `Retry-After` reach the client,
+/// and the address counted is the one nginx names in `X-Forwarded-For`
+/// (the api trusts nginx), not nginx's own, or one client's failures would
+/// lock every client out.
+#[tokio::test]
+async fn failed_logins_are_throttled_per_client_through_nginx() {
+    let proxied = Proxied::start(Options::default().with("TRUSTED_PROXIES", "127.0.0.1")).await;
+    let app = &proxied.app;
+    let [ann, bob] = app.users(["ann", "bob"]).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let login = |user: &str, password: &str, from: &str| {
+        client
+            .post(format!("{}/api/login", proxied.nginx.url))
+            .header("x-forwarded-for", from)
+            .json(&json!({ "user_name": user, "password": password }))
+            .send()
+    };
+    for _ in 0..10 {
+        let res = login(&ann.name, "wrong", "203.0.113.9")
+            .await
+            .expect("login");
+        assert_eq!(res.status(), 401);
+    }
+    let res = login(&ann.name, &ann.password, "203.0.113.9")
+        .await
+        .expect("login");
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"), "{res:?}");
+    let body: Value = res.json().await.expect("JSON");
+    assert_eq!(
+        body,
+        json!({ "error": "Too many attempts, try again later" })
+    );
+    // Another client behind the same nginx logs in as usual.
+    let res = login(&bob.name, &bob.password, "203.0.113.10")
+        .await
+        .expect("login");
+    assert_eq!(res.status(), 200);
+    let res = login(&bob.name, &bob.password, "203.0.113.9")
+        .await
+        .expect("login");
+    assert_eq!(res.status(), 429, "the failing address is blocked for all");
+}
