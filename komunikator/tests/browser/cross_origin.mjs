@@ -57,7 +57,9 @@ const require = createRequire(join(nodeDir, "index.js"));
 const { chromium } = require("playwright-core");
 
 const dataDir = mkdtempSync(join(tmpdir(), "kom-cross-origin-"));
-const env = { ...process.env, LOG_FORMAT: "json", DATA_DIR: dataDir };
+// Access tokens of 65 s: the web client renews its session (a minute ahead)
+// within seconds, so its refresh call crosses origins too (checked below).
+const env = { ...process.env, LOG_FORMAT: "json", DATA_DIR: dataDir, JWT_ACCESS_TOKEN_EXPIRES: "65" };
 for (const v of ["DATABASE_URL", "DB_HOST", "NATS_URL", "REDIS_URL", "JWT_SECRET_KEY", "LISTEN_ADDR"]) delete env[v];
 
 let server = null;
@@ -375,6 +377,18 @@ try {
   }, watched);
   await shot(a.page, "chat-alice");
   await shot(b.page, "chat-bob");
+  await step(`web client: ${alice}'s session renews with its refresh token across origins`, async () => {
+    const issued = await a.page.evaluate(() => sessionStorage.getItem("komunikator.access_token"));
+    await a.page.waitForFunction(
+      (first) => {
+        const now = sessionStorage.getItem("komunikator.access_token");
+        return now && now !== first;
+      },
+      issued,
+      { timeout: 20000 },
+    );
+    check(a.seen.apiCalls.some((c) => c.includes("/api/refresh")), "no refresh call reached the API origin");
+  }, watched);
   await step("web client: REST calls went to the API origin, none failed, no CORS error", () => {
     const calls = [a.seen, b.seen].flatMap((s) => s.apiCalls);
     const wrong = [a.seen, b.seen].flatMap((s) => s.wrongOrigin);
