@@ -337,6 +337,11 @@ impl Drop for PendingSlot {
 /// headers; past it, reading the body fails and the connection is closed
 /// after the answer.
 async fn body_deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    // Most requests (GETs, Engine.IO polls, upgrades) have no body: nothing
+    // to time, nothing to allocate.
+    if http_body::Body::is_end_stream(request.body()) {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let late = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let body = Body::new(Deadline {
@@ -414,7 +419,6 @@ async fn trace_http(req: Request, next: Next) -> Response {
             None => method.to_string(),
         },
         otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
         http.request.method = %method,
         http.route = route,
         url.path = %path,
@@ -435,7 +439,7 @@ async fn trace_http(req: Request, next: Next) -> Response {
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
-        span.record("otel.status_code", "error");
+        crate::otel::fail(&span);
     }
     response
 }
