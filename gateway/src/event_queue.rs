@@ -132,7 +132,6 @@ fn event_span(name: &'static str, socket: &SocketRef) -> tracing::Span {
         "socket.io event",
         otel.name = %format_args!("socket.io {name}"),
         otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
         socket.io.event = name,
         user.name = session.as_ref().map(|s| s.user.as_str()),

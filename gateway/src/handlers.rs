@@ -254,7 +254,7 @@ fn record<T>(span: &tracing::Span, result: &Result<T, Refusal>) {
     if let Err(refusal) = result {
         span.record("error.type", refusal.code());
         if *refusal == Refusal::Unavailable {
-            span.record("otel.status_code", "error");
+            common::otel::fail(span);
         }
     }
 }
