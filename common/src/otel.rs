@@ -354,27 +354,41 @@ pub struct BatchSpans {
 }
 
 impl BatchSpans {
-    /// The spans of a batch whose messages came with `traces`: a span made
-    /// by `message` for each message of a sampled trace, a child of that
-    /// trace, and the batch's span made by `batch`. No span at all when no
-    /// message is sampled: nothing would be recorded.
-    pub fn new<'a>(
-        traces: impl Iterator<Item = Option<&'a TraceParent>>,
-        message: impl Fn() -> Span,
-        batch: impl FnOnce() -> Span,
+    /// The spans of a batch of NATS messages consumed by `group`, which
+    /// came with `traces`: a consumer span named `message` for each message
+    /// of a sampled trace, a child of that trace, and the batch's span named
+    /// `batch`. No span at all when no message is sampled: nothing would be
+    /// recorded.
+    pub fn consumed<'a>(
+        traces: impl ExactSizeIterator<Item = Option<&'a TraceParent>>,
+        group: &'static str,
+        message: &'static str,
+        batch: &'static str,
     ) -> Self {
         if !enabled() {
             return Self::none();
         }
+        let count = traces.len();
         let sampled: Vec<&TraceParent> = traces.flatten().filter(|t| t.sampled()).collect();
         if sampled.is_empty() {
             return Self::none();
         }
-        let batch = batch();
+        let batch = crate::trace_span!(
+            "batch",
+            otel.name = batch,
+            messaging.batch.message_count = count,
+        );
         let messages = sampled
             .into_iter()
             .map(|parent| {
-                let span = message();
+                let span = crate::trace_span!(
+                    "process",
+                    otel.name = message,
+                    otel.kind = "consumer",
+                    messaging.system = "nats",
+                    messaging.operation.type = "process",
+                    messaging.consumer.group.name = group,
+                );
                 parent.adopt(&span);
                 if let Some(trace) = TraceParent::of(&span) {
                     trace.link_from(&batch);

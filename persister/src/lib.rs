@@ -196,18 +196,10 @@ async fn persist(
 /// child of the span that appended it (so that a message's trace runs from
 /// the sender's gateway to its commit), and the batch's, linked to each.
 fn spans(batch: &[Delivery]) -> BatchSpans {
-    BatchSpans::new(
+    BatchSpans::consumed(
         batch.iter().map(|delivery| delivery.trace.as_ref()),
-        || {
-            common::trace_span!(
-                "persist",
-                otel.name = "process chat message",
-                otel.kind = "consumer",
-                messaging.system = "nats",
-                messaging.operation.type = "process",
-                messaging.consumer.group.name = PERSISTER_CONSUMER,
-            )
-        },
-        || common::trace_span!("persist batch", messaging.batch.message_count = batch.len(),),
+        PERSISTER_CONSUMER,
+        "process chat message",
+        "persist batch",
     )
 }

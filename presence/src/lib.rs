@@ -190,24 +190,11 @@ fn take_batch(
 /// heartbeat, continuing the trace of the gateway that forwarded it, and
 /// the batch's (the Redis call, the presence events), linked to each.
 fn spans(batch: &[BusMessage]) -> BatchSpans {
-    BatchSpans::new(
+    BatchSpans::consumed(
         batch.iter().map(|m| m.trace.as_ref()),
-        || {
-            common::trace_span!(
-                "heartbeat",
-                otel.name = "process heartbeat",
-                otel.kind = "consumer",
-                messaging.system = "nats",
-                messaging.operation.type = "process",
-                messaging.consumer.group.name = QUEUE_GROUP,
-            )
-        },
-        || {
-            common::trace_span!(
-                "record heartbeats",
-                messaging.batch.message_count = batch.len(),
-            )
-        },
+        QUEUE_GROUP,
+        "process heartbeat",
+        "record heartbeats",
     )
 }
 
