@@ -429,12 +429,7 @@ async fn trace_http(req: Request, next: Next) -> Response {
             .and_then(|v| v.to_str().ok()),
         http.response.status_code = tracing::field::Empty,
     );
-    let headers = req.headers();
-    if let Some(parent) =
-        TraceParent::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()))
-    {
-        parent.adopt(&span);
-    }
+    TraceParent::continue_http(&span, req.headers());
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());

@@ -281,6 +281,15 @@ impl TraceParent {
             .is_some_and(|flags| flags & 1 == 1)
     }
 
+    /// Makes `span` a child of the trace an HTTP request names in its
+    /// `traceparent` header, if it names one.
+    pub fn continue_http(span: &Span, headers: &axum::http::HeaderMap) {
+        let parent = Self::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()));
+        if let Some(parent) = parent {
+            parent.adopt(span);
+        }
+    }
+
     /// The headers to send, as (name, value).
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
         std::iter::once((Self::HEADER, self.traceparent.as_str())).chain(

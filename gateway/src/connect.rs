@@ -99,12 +99,7 @@ fn connect_span(socket: &SocketRef) -> tracing::Span {
         error.type = tracing::field::Empty,
         user.name = tracing::field::Empty,
     );
-    let headers = &socket.req_parts().headers;
-    if let Some(parent) =
-        TraceParent::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()))
-    {
-        parent.adopt(&span);
-    }
+    TraceParent::continue_http(&span, &socket.req_parts().headers);
     span
 }
 
