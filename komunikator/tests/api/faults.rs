@@ -110,7 +110,8 @@ async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
 }
 
 /// Redis killed: `GET /api/users/online` answers 503 JSON with Retry-After
-/// within 2 s (never 500), and 200 again once Redis is back.
+/// within 2 s (never 500), and 200 again once Redis is back. Logins, whose
+/// throttle counts in Redis, go on meanwhile (the throttle lets them by).
 #[tokio::test]
 async fn a_redis_outage_makes_online_users_503_not_500() {
     let mut redis = crate::servers::redis().await;
@@ -140,6 +141,11 @@ async fn a_redis_outage_makes_online_users_503_not_500() {
     assert_eq!(res.headers()["retry-after"], "1");
     let body: Value = res.json().await.expect("JSON");
     assert_eq!(body, json!({ "error": "Service unavailable, try again" }));
+    let login = app.login(&ann.name, &ann.password).await;
+    assert_eq!(login.status, 200, "{login:?}");
+    app.login(&ann.name, "wrong")
+        .await
+        .expect(401, "Invalid user credentials");
     redis.launch().await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while app.get("/api/users/online", Some(&ann.token)).await.status != 200 {
