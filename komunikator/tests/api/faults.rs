@@ -12,11 +12,33 @@ use sqlx::Connection;
 use crate::harness::{Backend, Chat, Options, TestApp};
 use crate::sio::Socket;
 
-/// The database killed: REST calls that need it answer 503 JSON with
-/// Retry-After within 2 s (never 500), new sockets are refused with
-/// "Service unavailable" (never "Unauthorized", which logs users out), chat
-/// goes on, and service is back within a second of the database accepting
-/// connections again, with every acknowledged message stored.
+/// Sends a chat message with a `client_msg_id` every 50 ms until `stop`,
+/// each waiting for its answer; the answers, in order.
+async fn chat_until(
+    socket: &Socket,
+    room: i64,
+    tag: &str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Vec<Value> {
+    let mut answers = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.is_cancelled() {
+        tick.tick().await;
+        let id = format!("{tag}-{}", answers.len());
+        let payload = json!({ "room_id": room, "message": id, "client_msg_id": id });
+        answers.push(socket.emit_with_ack("message", payload).await);
+    }
+    answers
+}
+
+/// The database killed while a client chats at 20 messages a second: REST
+/// calls that need it answer 503 JSON with Retry-After within 2 s (never
+/// 500), new sockets are refused with "Service unavailable" (never
+/// "Unauthorized", which logs users out), chat goes on (every message
+/// acknowledged, delivered once, in order), and service is back within a
+/// second of the database accepting connections again, with every
+/// acknowledged message stored once, in order.
 #[tokio::test]
 async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
     let mut db = crate::servers::mariadb().await;
@@ -25,85 +47,115 @@ async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
         Options::unlimited().with("DATABASE_URL", db.url.clone()),
     )
     .await;
-    let Chat(room, [ann], [socket]) = app.chat("Outage", ["ann"]).await;
+    let Chat(room, [ann, _], [socket, mut reader]) = app.chat("Outage", ["ann", "bob"]).await;
 
-    db.kill9();
-    let calls = [
-        (reqwest::Method::GET, "/api/user_rooms", json!(null)),
-        (reqwest::Method::GET, "/api/user/get_info", json!(null)),
-        (
-            reqwest::Method::POST,
-            "/api/login",
-            json!({ "user_name": ann.name, "password": ann.password }),
-        ),
-        (
-            reqwest::Method::POST,
-            "/api/room/create",
-            json!({ "room_name": "during" }),
-        ),
-    ];
-    for (method, path, body) in &calls {
-        let started = Instant::now();
-        let mut req = app.request(method.clone(), path, Some(&ann.token));
-        if !body.is_null() {
-            req = req.json(body);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sending = chat_until(&socket, room, "db-outage", &stop);
+    let outage = async {
+        // Some chat before the fault.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        db.kill9();
+        let calls = [
+            (reqwest::Method::GET, "/api/user_rooms", json!(null)),
+            (reqwest::Method::GET, "/api/user/get_info", json!(null)),
+            (
+                reqwest::Method::POST,
+                "/api/login",
+                json!({ "user_name": ann.name, "password": ann.password }),
+            ),
+            (
+                reqwest::Method::POST,
+                "/api/room/create",
+                json!({ "room_name": "during" }),
+            ),
+        ];
+        let mut slowest = Duration::ZERO;
+        for (method, path, body) in &calls {
+            let started = Instant::now();
+            let mut req = app.request(method.clone(), path, Some(&ann.token));
+            if !body.is_null() {
+                req = req.json(body);
+            }
+            let res = req.send().await.expect("an answer");
+            let took = started.elapsed();
+            slowest = slowest.max(took);
+            assert_eq!(res.status(), 503, "{method} {path}");
+            assert!(
+                took <= Duration::from_secs(2),
+                "{method} {path} took {took:?}"
+            );
+            assert_eq!(res.headers()["retry-after"], "1");
+            let body: Value = res.json().await.expect("JSON");
+            assert_eq!(body, json!({ "error": "Service unavailable, try again" }));
         }
-        let res = req.send().await.expect("an answer");
-        let took = started.elapsed();
-        assert_eq!(res.status(), 503, "{method} {path}");
-        assert!(
-            took <= Duration::from_secs(2),
-            "{method} {path} took {took:?}"
-        );
-        assert_eq!(res.headers()["retry-after"], "1");
-        let body: Value = res.json().await.expect("JSON");
-        assert_eq!(body, json!({ "error": "Service unavailable, try again" }));
-    }
-    let refused =
+        let refused =
+            crate::sio::Socket::connect(app.gateway_url(0), crate::sio::Auth::Payload(&ann.token))
+                .await
+                .err();
+        assert_eq!(refused.as_deref(), Some("Service unavailable"));
+
+        db.launch().await;
+        let back = Instant::now();
+        loop {
+            let res = app.get("/api/user_rooms", Some(&ann.token)).await;
+            if res.status == 200 {
+                break;
+            }
+            assert!(
+                back.elapsed() <= Duration::from_secs(1),
+                "still {res:?} {:?} after the database came back",
+                back.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let recovered = back.elapsed();
         crate::sio::Socket::connect(app.gateway_url(0), crate::sio::Auth::Payload(&ann.token))
             .await
-            .err();
-    assert_eq!(refused.as_deref(), Some("Service unavailable"));
-    // Chat needs no database: acknowledged now, stored once it is back.
-    let during = socket
-        .emit_with_ack("message", json!({ "room_id": room, "message": "during" }))
-        .await;
-    let during = during["chat_id"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("{during}"));
+            .expect("sockets connect again");
+        // Some chat after it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.cancel();
+        (slowest, recovered)
+    };
+    let (answers, (slowest, recovered)) = tokio::join!(sending, outage);
 
-    db.launch().await;
-    let back = Instant::now();
-    loop {
-        let res = app.get("/api/user_rooms", Some(&ann.token)).await;
-        if res.status == 200 {
-            break;
-        }
-        assert!(
-            back.elapsed() <= Duration::from_secs(1),
-            "still {res:?} {:?} after the database came back",
-            back.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    crate::sio::Socket::connect(app.gateway_url(0), crate::sio::Auth::Payload(&ann.token))
-        .await
-        .expect("sockets connect again");
+    let acked: Vec<i64> = answers
+        .iter()
+        .map(|a| {
+            a["chat_id"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("refused: {a}"))
+        })
+        .collect();
+    eprintln!(
+        "{} messages acked, 0 refused; slowest 503 {slowest:?}; REST back {recovered:?} after the database",
+        acked.len()
+    );
+    assert!(
+        acked.windows(2).all(|w| w[0] < w[1]),
+        "acked in order: {acked:?}"
+    );
+    assert_eq!(
+        reader.next_chat_ids(acked.len()).await,
+        acked,
+        "delivered live, once each, in order"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut conn = sqlx::MySqlConnection::connect(&db.url)
             .await
             .expect("connect");
-        let stored: Vec<i64> = sqlx::query_scalar("SELECT message_id FROM chat_history")
-            .fetch_all(&mut conn)
-            .await
-            .expect("stored");
-        if stored == [during] {
+        let stored: Vec<i64> =
+            sqlx::query_scalar("SELECT message_id FROM chat_history ORDER BY message_id")
+                .fetch_all(&mut conn)
+                .await
+                .expect("stored");
+        if stored == acked {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "stored {stored:?}, acked {during}"
+            "stored {stored:?}, acked {acked:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -147,11 +199,18 @@ async fn a_redis_outage_makes_online_users_503_not_500() {
         .await
         .expect(401, "Invalid user credentials");
     redis.launch().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let back = Instant::now();
     while app.get("/api/users/online", Some(&ann.token)).await.status != 200 {
-        assert!(Instant::now() < deadline, "/api/users/online not back");
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "/api/users/online not back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!(
+        "/api/users/online 200 again {:?} after Redis listened",
+        back.elapsed()
+    );
 }
 
 /// How long after NATS listens again every service must be ready (the
@@ -205,11 +264,13 @@ async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
                 tokio::time::sleep_until(start + interval * i).await;
                 let id = format!("outage-{i}");
                 let payload = json!({ "room_id": room, "message": id, "client_msg_id": id });
-                sender.emit_with_ack("message", payload).await
+                let sent = Instant::now();
+                let ack = sender.emit_with_ack("message", payload).await;
+                (ack, sent.elapsed())
             }
         })
         .buffer_unordered(count as usize)
-        .collect::<Vec<Value>>();
+        .collect::<Vec<(Value, Duration)>>();
     let services: Vec<String> = std::iter::once(&app.main)
         .chain(&app.gateways)
         .chain(&app.persister)
@@ -233,11 +294,13 @@ async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
         nats.launch().await;
         futures_util::future::join_all(services.into_iter().map(time_to_ready)).await
     };
-    let (acks, ready_after) = tokio::join!(sending, outage);
+    let (answers, ready_after) = tokio::join!(sending, outage);
+    let slowest = answers.iter().map(|(_, took)| *took).max();
+    let acks: Vec<Value> = answers.into_iter().map(|(ack, _)| ack).collect();
 
     let refused: Vec<&Value> = acks.iter().filter(|a| !a["chat_id"].is_i64()).collect();
     eprintln!(
-        "{} sent, {} refused, ready after NATS listened again (api, gateway, persister, presence): {ready_after:?}",
+        "{} sent, {} refused, slowest ack {slowest:?}; ready after NATS listened again (api, gateway, persister, presence): {ready_after:?}",
         acks.len(),
         refused.len()
     );
@@ -247,9 +310,6 @@ async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
     );
     let acked: BTreeSet<i64> = acks.iter().filter_map(|a| a["chat_id"].as_i64()).collect();
     assert_eq!(acked.len(), count as usize, "every message its own chat_id");
-    eprintln!(
-        "ready after NATS listened again (api, gateway, persister, presence): {ready_after:?}"
-    );
     for (service, after) in ["api", "gateway", "persister", "presence"]
         .iter()
         .zip(&ready_after)
@@ -544,6 +604,7 @@ async fn a_redis_restart_announces_no_one_online_again_and_misses_no_one_offline
         app.logs()
     );
     assert!(restarted.elapsed() >= PRESENCE_TIMEOUT);
+    eprintln!("after Redis restarted empty: {events:?}, nothing else");
     stop.cancel();
     let _ = ann_beats.await;
     let events =
@@ -551,9 +612,11 @@ async fn a_redis_restart_announces_no_one_online_again_and_misses_no_one_offline
     assert_eq!(events, [("user_offline".to_owned(), ann.name.clone())]);
 }
 
-/// NATS killed for longer than the presence timeout while a user keeps
-/// heartbeating: presence hears nothing meanwhile, so it announces nobody
-/// offline for that, and no `user_online` again once NATS is back.
+/// NATS killed for longer than the presence timeout while one user keeps
+/// heartbeating and another stops: presence hears nothing meanwhile, so it
+/// announces nobody offline for that and no `user_online` again once NATS
+/// is back; the one who stopped is announced offline after it is back,
+/// not dropped.
 #[tokio::test]
 async fn a_broker_outage_longer_than_the_timeout_takes_no_one_offline() {
     let mut nats = crate::servers::nats().await;
@@ -565,24 +628,41 @@ async fn a_broker_outage_longer_than_the_timeout_takes_no_one_offline() {
         ),
     )
     .await;
-    let [ann, bob] = app.users(["ann", "bob"]).await;
+    let [ann, cat, bob] = app.users(["ann", "cat", "bob"]).await;
     let room = app.as_user(&ann).create_room("Presence", None).await;
-    app.as_user(&bob).join(room).await;
+    for user in [&cat, &bob] {
+        app.as_user(user).join(room).await;
+    }
     let mut watcher = app.socket(&bob).await;
     watcher.join(room).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let ann_socket = std::sync::Arc::new(app.socket(&ann).await);
+    let cat_socket = std::sync::Arc::new(app.socket(&cat).await);
     let beats = keep_beating(ann_socket.clone(), ann.name.clone(), stop.clone());
+    let cat_stop = stop.child_token();
+    let cat_beats = keep_beating(cat_socket.clone(), cat.name.clone(), cat_stop.clone());
+    let mut online = first_presence_events(&mut watcher, 2, PRESENCE_TIMEOUT * 2).await;
+    online.sort();
     assert_eq!(
-        first_presence_events(&mut watcher, 1, PRESENCE_TIMEOUT * 2).await,
-        [("user_online".to_owned(), ann.name.clone())]
+        online,
+        [
+            ("user_online".to_owned(), ann.name.clone()),
+            ("user_online".to_owned(), cat.name.clone())
+        ]
     );
 
     nats.kill9();
+    cat_stop.cancel();
+    let _ = cat_beats.await;
     tokio::time::sleep(PRESENCE_TIMEOUT + Duration::from_secs(1)).await;
     nats.launch().await;
-    let events = presence_events(&mut watcher, PRESENCE_TIMEOUT * 2).await;
-    assert_eq!(events, [], "ann never stopped heartbeating\n{}", app.logs());
+    let events = presence_events(&mut watcher, PRESENCE_TIMEOUT * 2 + Duration::from_secs(1)).await;
+    assert_eq!(
+        events,
+        [("user_offline".to_owned(), cat.name.clone())],
+        "ann never stopped heartbeating; cat stopped during the outage\n{}",
+        app.logs()
+    );
     stop.cancel();
     let _ = beats.await;
     let events =
