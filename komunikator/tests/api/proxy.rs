@@ -214,6 +214,7 @@ async fn acknowledged_messages_are_in_every_later_read_on_every_api_replica() {
             );
         }
     }
+    eprintln!("{rounds} send-then-read rounds, {} misses", misses.len());
     assert!(
         misses.is_empty(),
         "{} of {rounds} reads missed the acknowledged message: {:?}",
@@ -339,6 +340,7 @@ async fn every_client_rejoins_within_5s_when_a_gateway_is_killed() {
         proxied.app.gateways[i].kill9().await;
         clients.say("round").await;
         let round = clients.next("round").await;
+        eprintln!("gateway {i} killed: {round}");
         let logs = proxied.logs();
         assert!(
             round["lost"].as_u64() > Some(0),
