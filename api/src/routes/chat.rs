@@ -20,11 +20,18 @@ pub async fn history(
         .int_in("limit", 1..=HISTORY_MAX)?
         .unwrap_or(HISTORY_MAX);
     let viewer = caller.map(|Caller(c)| c);
-    visible_room(&state, room_id, viewer.as_deref()).await?;
     let query = HistoryQuery {
         room_id,
         before,
         limit,
     };
-    Ok(Json(state.chat_log.history(query).await?))
+    // The page is read while the room's visibility is checked (neither
+    // waits for the other's round trips); it is answered only if the
+    // viewer may see the room.
+    let (visible, page) = tokio::join!(
+        visible_room(&state, room_id, viewer.as_deref()),
+        state.chat_log.history(query)
+    );
+    visible?;
+    Ok(Json(page?))
 }
