@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::harness::{Backend, Chat, Options, TestApp};
+use crate::harness::{Backend, Chat, Options, TestApp, User};
 use crate::sio::Socket;
 
 /// Sends a chat message with a `client_msg_id` every 50 ms until `stop`,
@@ -30,6 +30,70 @@ async fn chat_until(
         answers.push(socket.emit_with_ack("message", payload).await);
     }
     answers
+}
+
+/// With the database down: REST calls that need it answer 503 JSON with
+/// Retry-After within 2 s (never 500), and a new socket of `user` on
+/// `gateway` is refused with "Service unavailable" (never "Unauthorized",
+/// which logs users out). Returns the slowest REST answer.
+pub async fn assert_database_unavailable(app: &TestApp, gateway: &str, user: &User) -> Duration {
+    let calls = [
+        (reqwest::Method::GET, "/api/user_rooms", json!(null)),
+        (reqwest::Method::GET, "/api/user/get_info", json!(null)),
+        (
+            reqwest::Method::POST,
+            "/api/login",
+            json!({ "user_name": user.name, "password": user.password }),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/room/create",
+            json!({ "room_name": "during" }),
+        ),
+    ];
+    let mut slowest = Duration::ZERO;
+    for (method, path, body) in &calls {
+        let started = Instant::now();
+        let mut req = app.request(method.clone(), path, Some(&user.token));
+        if !body.is_null() {
+            req = req.json(body);
+        }
+        let res = req.send().await.expect("an answer");
+        let took = started.elapsed();
+        slowest = slowest.max(took);
+        assert_eq!(res.status(), 503, "{method} {path}");
+        assert!(
+            took <= Duration::from_secs(2),
+            "{method} {path} took {took:?}"
+        );
+        assert_eq!(res.headers()["retry-after"], "1");
+        let body: Value = res.json().await.expect("JSON");
+        assert_eq!(body, json!({ "error": "Service unavailable, try again" }));
+    }
+    let refused = Socket::connect(gateway, crate::sio::Auth::Payload(&user.token))
+        .await
+        .err();
+    assert_eq!(refused.as_deref(), Some("Service unavailable"));
+    slowest
+}
+
+/// Polls a REST call that needs the database until it answers 200, which
+/// must be within a second (the database just accepts connections again);
+/// returns how long it took.
+pub async fn wait_until_rest_is_back(app: &TestApp, user: &User) -> Duration {
+    let back = Instant::now();
+    loop {
+        let res = app.get("/api/user_rooms", Some(&user.token)).await;
+        if res.status == 200 {
+            return back.elapsed();
+        }
+        assert!(
+            back.elapsed() <= Duration::from_secs(1),
+            "still {res:?} {:?} after the database came back",
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The database killed while a client chats at 20 messages a second: REST
@@ -55,60 +119,9 @@ async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
         // Some chat before the fault.
         tokio::time::sleep(Duration::from_millis(500)).await;
         db.kill9();
-        let calls = [
-            (reqwest::Method::GET, "/api/user_rooms", json!(null)),
-            (reqwest::Method::GET, "/api/user/get_info", json!(null)),
-            (
-                reqwest::Method::POST,
-                "/api/login",
-                json!({ "user_name": ann.name, "password": ann.password }),
-            ),
-            (
-                reqwest::Method::POST,
-                "/api/room/create",
-                json!({ "room_name": "during" }),
-            ),
-        ];
-        let mut slowest = Duration::ZERO;
-        for (method, path, body) in &calls {
-            let started = Instant::now();
-            let mut req = app.request(method.clone(), path, Some(&ann.token));
-            if !body.is_null() {
-                req = req.json(body);
-            }
-            let res = req.send().await.expect("an answer");
-            let took = started.elapsed();
-            slowest = slowest.max(took);
-            assert_eq!(res.status(), 503, "{method} {path}");
-            assert!(
-                took <= Duration::from_secs(2),
-                "{method} {path} took {took:?}"
-            );
-            assert_eq!(res.headers()["retry-after"], "1");
-            let body: Value = res.json().await.expect("JSON");
-            assert_eq!(body, json!({ "error": "Service unavailable, try again" }));
-        }
-        let refused =
-            crate::sio::Socket::connect(app.gateway_url(0), crate::sio::Auth::Payload(&ann.token))
-                .await
-                .err();
-        assert_eq!(refused.as_deref(), Some("Service unavailable"));
-
+        let slowest = assert_database_unavailable(&app, app.gateway_url(0), &ann).await;
         db.launch().await;
-        let back = Instant::now();
-        loop {
-            let res = app.get("/api/user_rooms", Some(&ann.token)).await;
-            if res.status == 200 {
-                break;
-            }
-            assert!(
-                back.elapsed() <= Duration::from_secs(1),
-                "still {res:?} {:?} after the database came back",
-                back.elapsed()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let recovered = back.elapsed();
+        let recovered = wait_until_rest_is_back(&app, &ann).await;
         crate::sio::Socket::connect(app.gateway_url(0), crate::sio::Auth::Payload(&ann.token))
             .await
             .expect("sockets connect again");

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::compat::python;
+use crate::faults::{assert_database_unavailable, wait_until_rest_is_back};
 use crate::harness::{Options, claims_for};
 use crate::input::socket_io_cors;
 use crate::nginx::Proxied;
@@ -230,6 +231,26 @@ async fn acknowledged_messages_are_in_every_later_read_on_every_api_replica() {
             api.url
         );
     }
+}
+
+/// The database killed behind nginx: clients of the proxy are told what
+/// the contract says, as directly (503 JSON with Retry-After within 2 s,
+/// never a 500 or an HTML page; a socket refused with "Service
+/// unavailable", the connect error the web client retries), and both work
+/// again within a second of the database accepting connections.
+#[tokio::test]
+async fn a_database_outage_is_told_the_same_through_nginx() {
+    let mut db = crate::servers::mariadb().await;
+    let proxied = Proxied::start(Options::default().with("DATABASE_URL", db.url.clone())).await;
+    let ann = proxied.app.user("ann").await;
+
+    db.kill9();
+    assert_database_unavailable(&proxied.app, &proxied.nginx.url, &ann).await;
+    db.launch().await;
+    wait_until_rest_is_back(&proxied.app, &ann).await;
+    Socket::connect(&proxied.nginx.url, Auth::Payload(&ann.token))
+        .await
+        .unwrap_or_else(|e| panic!("no socket through nginx: {e}\n{}", proxied.logs()));
 }
 
 /// `n` users, written directly (argon2 hashes for 100 would take long),
