@@ -512,21 +512,6 @@ async fn wait_for_log(service: &crate::harness::Service, line: &str) {
 /// The presence timeout of the presence fault tests.
 const PRESENCE_TIMEOUT: Duration = Duration::from_millis(2000);
 
-/// Sends `watchdog` for `user` every 300 ms until `stop` (like clients do,
-/// a little faster).
-fn keep_beating(
-    socket: std::sync::Arc<Socket>,
-    user: String,
-    stop: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while !stop.is_cancelled() {
-            socket.emit("watchdog", json!({ "user_name": user }));
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    })
-}
-
 /// Presence events a socket receives within `wait`, in order: what the
 /// system does over that window.
 async fn presence_events(socket: &mut Socket, wait: Duration) -> Vec<(String, String)> {
@@ -562,10 +547,107 @@ async fn first_presence_events(
     }
 }
 
+/// A connected socket sending `watchdog` every 300 ms (like clients do, a
+/// little faster) until told to stop; the socket stays connected after.
+struct Heartbeats {
+    stop: tokio_util::sync::CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _socket: std::sync::Arc<Socket>,
+}
+
+impl Heartbeats {
+    async fn start(app: &TestApp, user: &User) -> Heartbeats {
+        let socket = std::sync::Arc::new(app.socket(user).await);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let (socket, name, stop) = (socket.clone(), user.name.clone(), stop.clone());
+            async move {
+                while !stop.is_cancelled() {
+                    socket.emit("watchdog", json!({ "user_name": name }));
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        });
+        Heartbeats {
+            stop,
+            task: Some(task),
+            _socket: socket,
+        }
+    }
+
+    async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A room of three: ann and cat heartbeat, bob's socket watches the room's
+/// presence events.
+struct Heartbeating {
+    ann: User,
+    cat: User,
+    watcher: Socket,
+    ann_beats: Heartbeats,
+    cat_beats: Heartbeats,
+}
+
+impl Heartbeating {
+    /// Starts the heartbeats; returns once bob has heard both come online.
+    async fn start(app: &TestApp) -> Heartbeating {
+        let [ann, cat, bob] = app.users(["ann", "cat", "bob"]).await;
+        let room = app.as_user(&ann).create_room("Presence", None).await;
+        for user in [&cat, &bob] {
+            app.as_user(user).join(room).await;
+        }
+        let mut watcher = app.socket(&bob).await;
+        watcher.join(room).await;
+        let ann_beats = Heartbeats::start(app, &ann).await;
+        let cat_beats = Heartbeats::start(app, &cat).await;
+        let mut online = first_presence_events(&mut watcher, 2, PRESENCE_TIMEOUT * 2).await;
+        online.sort();
+        assert_eq!(
+            online,
+            [
+                ("user_online".to_owned(), ann.name.clone()),
+                ("user_online".to_owned(), cat.name.clone())
+            ]
+        );
+        Heartbeating {
+            ann,
+            cat,
+            watcher,
+            ann_beats,
+            cat_beats,
+        }
+    }
+
+    /// The presence events bob hears: the first, which is due within
+    /// `due`, and any other within a presence timeout after it.
+    async fn next_events(&mut self, due: Duration) -> Vec<(String, String)> {
+        let mut events = first_presence_events(&mut self.watcher, 1, due).await;
+        events.extend(presence_events(&mut self.watcher, PRESENCE_TIMEOUT).await);
+        events
+    }
+
+    /// ann stops heartbeating: her `user_offline`, alone, within a few
+    /// timeouts.
+    async fn ann_goes_offline(&mut self) {
+        self.ann_beats.stop().await;
+        let events = self.next_events(PRESENCE_TIMEOUT * 3).await;
+        assert_eq!(events, offline(&self.ann));
+    }
+}
+
+fn offline(user: &User) -> Vec<(String, String)> {
+    vec![("user_offline".to_owned(), user.name.clone())]
+}
+
 /// Redis killed and restarted empty while one user keeps heartbeating and
 /// another has left: no `user_online` again for the one still there, and
 /// exactly one `user_offline` for the one who left (from the state restored
-/// out of the snapshot), within the timeout and a second after the restart.
+/// out of the snapshot), within a few timeouts of the restart.
 #[tokio::test]
 async fn a_redis_restart_announces_no_one_online_again_and_misses_no_one_offline() {
     let mut redis = crate::servers::redis().await;
@@ -579,50 +661,19 @@ async fn a_redis_restart_announces_no_one_online_again_and_misses_no_one_offline
             ),
     )
     .await;
-    let [ann, cat, bob] = app.users(["ann", "cat", "bob"]).await;
-    let room = app.as_user(&ann).create_room("Presence", None).await;
-    for user in [&cat, &bob] {
-        app.as_user(user).join(room).await;
-    }
-    let mut watcher = app.socket(&bob).await;
-    watcher.join(room).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let ann_socket = std::sync::Arc::new(app.socket(&ann).await);
-    let cat_socket = std::sync::Arc::new(app.socket(&cat).await);
-    let ann_beats = keep_beating(ann_socket.clone(), ann.name.clone(), stop.clone());
-    let cat_stop = stop.child_token();
-    let cat_beats = keep_beating(cat_socket.clone(), cat.name.clone(), cat_stop.clone());
-    let mut online = first_presence_events(&mut watcher, 2, PRESENCE_TIMEOUT * 2).await;
-    online.sort();
-    assert_eq!(
-        online,
-        [
-            ("user_online".to_owned(), ann.name.clone()),
-            ("user_online".to_owned(), cat.name.clone())
-        ]
-    );
+    let mut room = Heartbeating::start(&app).await;
 
     redis.kill9();
-    cat_stop.cancel();
-    let _ = cat_beats.await;
+    room.cat_beats.stop().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.launch().await;
     let restarted = Instant::now();
-    // Over two timeouts: cat's offline, and nothing about ann.
-    let events = presence_events(&mut watcher, PRESENCE_TIMEOUT * 2 + Duration::from_secs(1)).await;
-    assert_eq!(
-        events,
-        [("user_offline".to_owned(), cat.name.clone())],
-        "{}",
-        app.logs()
-    );
+    // cat's offline, and nothing about ann.
+    let events = room.next_events(PRESENCE_TIMEOUT * 3).await;
+    assert_eq!(events, offline(&room.cat), "{}", app.logs());
     assert!(restarted.elapsed() >= PRESENCE_TIMEOUT);
     eprintln!("after Redis restarted empty: {events:?}, nothing else");
-    stop.cancel();
-    let _ = ann_beats.await;
-    let events =
-        presence_events(&mut watcher, PRESENCE_TIMEOUT + Duration::from_millis(1500)).await;
-    assert_eq!(events, [("user_offline".to_owned(), ann.name.clone())]);
+    room.ann_goes_offline().await;
 }
 
 /// NATS killed for longer than the presence timeout while one user keeps
@@ -641,44 +692,20 @@ async fn a_broker_outage_longer_than_the_timeout_takes_no_one_offline() {
         ),
     )
     .await;
-    let [ann, cat, bob] = app.users(["ann", "cat", "bob"]).await;
-    let room = app.as_user(&ann).create_room("Presence", None).await;
-    for user in [&cat, &bob] {
-        app.as_user(user).join(room).await;
-    }
-    let mut watcher = app.socket(&bob).await;
-    watcher.join(room).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let ann_socket = std::sync::Arc::new(app.socket(&ann).await);
-    let cat_socket = std::sync::Arc::new(app.socket(&cat).await);
-    let beats = keep_beating(ann_socket.clone(), ann.name.clone(), stop.clone());
-    let cat_stop = stop.child_token();
-    let cat_beats = keep_beating(cat_socket.clone(), cat.name.clone(), cat_stop.clone());
-    let mut online = first_presence_events(&mut watcher, 2, PRESENCE_TIMEOUT * 2).await;
-    online.sort();
-    assert_eq!(
-        online,
-        [
-            ("user_online".to_owned(), ann.name.clone()),
-            ("user_online".to_owned(), cat.name.clone())
-        ]
-    );
+    let mut room = Heartbeating::start(&app).await;
 
     nats.kill9();
-    cat_stop.cancel();
-    let _ = cat_beats.await;
+    room.cat_beats.stop().await;
+    // Longer than a timeout: a presence that decided while deaf would take
+    // ann offline.
     tokio::time::sleep(PRESENCE_TIMEOUT + Duration::from_secs(1)).await;
     nats.launch().await;
-    let events = presence_events(&mut watcher, PRESENCE_TIMEOUT * 2 + Duration::from_secs(1)).await;
+    let events = room.next_events(PRESENCE_TIMEOUT * 3).await;
     assert_eq!(
         events,
-        [("user_offline".to_owned(), cat.name.clone())],
+        offline(&room.cat),
         "ann never stopped heartbeating; cat stopped during the outage\n{}",
         app.logs()
     );
-    stop.cancel();
-    let _ = beats.await;
-    let events =
-        presence_events(&mut watcher, PRESENCE_TIMEOUT + Duration::from_millis(1500)).await;
-    assert_eq!(events, [("user_offline".to_owned(), ann.name.clone())]);
+    room.ann_goes_offline().await;
 }
