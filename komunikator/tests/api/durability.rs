@@ -114,25 +114,18 @@ async fn every_member_sees_every_message_once_in_one_order_across_two_gateways()
     );
 }
 
-/// Messages handed to the persisters and not acknowledged yet: what a
-/// persister killed now would have in hand.
-async fn persister_in_hand(app: &TestApp) -> usize {
+/// The persisters' durable consumer of `app`'s chat stream.
+async fn persister_consumer(app: &TestApp) -> async_nats::jetstream::consumer::PullConsumer {
     let client = async_nats::connect(crate::harness::nats_url())
         .await
         .expect("NATS");
-    let stream = async_nats::jetstream::new(client)
+    async_nats::jetstream::new(client)
         .get_stream(common::bus::Subjects::new(&app.prefix).chat_stream())
         .await
-        .expect("chat stream");
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .expect("chat stream")
         .get_consumer(common::chat_log::PERSISTER_CONSUMER)
         .await
-        .expect("persister consumer");
-    consumer
-        .info()
-        .await
-        .expect("consumer info")
-        .num_ack_pending
+        .expect("persister consumer")
 }
 
 /// A persister killed with messages in hand: frozen (SIGSTOP) while chat
@@ -148,9 +141,16 @@ async fn acked_messages_survive_a_persister_kill_exactly_once() {
     let mut persister = app.persister.take().expect("persister");
     persister.signal("STOP");
     let during = send_acked(&socket, room, "during", 200).await;
+    // Messages handed to the persister and not acknowledged: what it has
+    // in hand when killed.
+    let mut consumer = persister_consumer(&app).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let in_hand = loop {
-        let in_hand = persister_in_hand(&app).await;
+        let in_hand = consumer
+            .info()
+            .await
+            .expect("consumer info")
+            .num_ack_pending;
         if in_hand > 0 || tokio::time::Instant::now() > deadline {
             break in_hand;
         }
