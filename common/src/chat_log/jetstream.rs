@@ -55,6 +55,12 @@ const UNSTORED_MAX: u64 = 10_000;
 /// Stream reads in flight at once while collecting unstored messages.
 const UNSTORED_READS: usize = 64;
 
+/// How long collecting unstored messages may take before the read is
+/// refused as unavailable: a broker that accepts requests but does not
+/// answer them (hung, or cut off without a reset) would otherwise hold a
+/// read for the JetStream request timeout, past the contract's 2 s.
+const UNSTORED_WITHIN: Duration = Duration::from_millis(1500);
+
 /// Chat messages stay in the stream this long after being stored, as a
 /// replay window; MySQL holds them for good once the persister has run.
 const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -260,59 +266,12 @@ impl ChatLog for JetStreamChatLog {
     }
 
     async fn unstored(&self, room: Option<RoomId>) -> Result<Unstored, ChatLogError> {
-        let subject = room.map(|room| self.subjects.chat(room));
-        // One room: its newest message, read fresh. Already stored (the
-        // usual case while the persister keeps up) means nothing to merge,
-        // for the price of one direct get.
-        let room_last = match &subject {
-            Some(subject) => match self.last_of(subject).await? {
-                Some(last) => Some(last),
-                None => return Ok(Unstored::default()),
-            },
-            None => None,
-        };
-        if room_last.is_some_and(|last| last <= self.stored_floor.load(Ordering::Relaxed)) {
-            return Ok(Unstored::default());
-        }
-        let Some((after, stream_last)) = self.unstored_range().await? else {
-            return Ok(Unstored::default());
-        };
-        let last = room_last.map_or(stream_last, |l| l.min(stream_last));
-        if last <= after {
-            return Ok(Unstored::default());
-        }
-        if last - after > UNSTORED_MAX {
-            return Err(ChatLogError::Backlog(last - after));
-        }
-        let reads = futures_util::stream::iter(after + 1..=last)
-            .map(|sequence| self.stream.direct_get(sequence))
-            .buffered(UNSTORED_READS);
-        futures_util::pin_mut!(reads);
-        let mut messages = Vec::new();
-        while let Some(read) = reads.next().await {
-            let message = match read {
-                Ok(message) => message,
-                // Removed from the stream (its age limit): stored long ago.
-                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => continue,
-                Err(e) => return Err(ChatLogError::Read(e.to_string())),
-            };
-            if subject
-                .as_deref()
-                .is_some_and(|s| s != message.subject.as_str())
-            {
-                continue;
-            }
-            match serde_json::from_slice::<ChatDraft>(&message.payload) {
-                Ok(draft) => messages.push(draft.with_id(chat_id(message.sequence)?)),
-                Err(e) => {
-                    tracing::warn!(sequence = message.sequence, error = %e, "not a chat message")
-                }
-            }
-        }
-        Ok(Unstored {
-            after: chat_id(after)?,
-            messages,
-        })
+        // Disconnected, a request would only wait for its timeout: the read
+        // is refused at once.
+        self.check_ready()?;
+        tokio::time::timeout(UNSTORED_WITHIN, self.collect_unstored(room))
+            .await
+            .map_err(|_| ChatLogError::NotConnected)?
     }
 
     /// Messages from the durable consumer every persister replica shares
@@ -394,6 +353,64 @@ fn row(message: &jetstream::Message) -> Option<crate::domain::ChatMessage> {
 }
 
 impl JetStreamChatLog {
+    /// The chat messages that may not be stored yet (see
+    /// [`ChatLog::unstored`]), read from the stream.
+    async fn collect_unstored(&self, room: Option<RoomId>) -> Result<Unstored, ChatLogError> {
+        let subject = room.map(|room| self.subjects.chat(room));
+        // One room: its newest message, read fresh. Already stored (the
+        // usual case while the persister keeps up) means nothing to merge,
+        // for the price of one direct get.
+        let room_last = match &subject {
+            Some(subject) => match self.last_of(subject).await? {
+                Some(last) => Some(last),
+                None => return Ok(Unstored::default()),
+            },
+            None => None,
+        };
+        if room_last.is_some_and(|last| last <= self.stored_floor.load(Ordering::Relaxed)) {
+            return Ok(Unstored::default());
+        }
+        let Some((after, stream_last)) = self.unstored_range().await? else {
+            return Ok(Unstored::default());
+        };
+        let last = room_last.map_or(stream_last, |l| l.min(stream_last));
+        if last <= after {
+            return Ok(Unstored::default());
+        }
+        if last - after > UNSTORED_MAX {
+            return Err(ChatLogError::Backlog(last - after));
+        }
+        let reads = futures_util::stream::iter(after + 1..=last)
+            .map(|sequence| self.stream.direct_get(sequence))
+            .buffered(UNSTORED_READS);
+        futures_util::pin_mut!(reads);
+        let mut messages = Vec::new();
+        while let Some(read) = reads.next().await {
+            let message = match read {
+                Ok(message) => message,
+                // Removed from the stream (its age limit): stored long ago.
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => continue,
+                Err(e) => return Err(ChatLogError::Read(e.to_string())),
+            };
+            if subject
+                .as_deref()
+                .is_some_and(|s| s != message.subject.as_str())
+            {
+                continue;
+            }
+            match serde_json::from_slice::<ChatDraft>(&message.payload) {
+                Ok(draft) => messages.push(draft.with_id(chat_id(message.sequence)?)),
+                Err(e) => {
+                    tracing::warn!(sequence = message.sequence, error = %e, "not a chat message")
+                }
+            }
+        }
+        Ok(Unstored {
+            after: chat_id(after)?,
+            messages,
+        })
+    }
+
     /// The sequence of the newest message on `subject`; `None` when it has none.
     async fn last_of(&self, subject: &str) -> Result<Option<u64>, ChatLogError> {
         match self.stream.direct_get_last_for_subject(subject).await {

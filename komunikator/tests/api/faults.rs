@@ -32,6 +32,34 @@ async fn chat_until(
     answers
 }
 
+/// One REST call of `user` while a dependency it needs is down: `503
+/// {"error": "Service unavailable, try again"}` with `Retry-After: 1`,
+/// within 2 s (CONTRACT.md). Returns how long it took.
+async fn expect_unavailable(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+    user: &User,
+) -> Duration {
+    let started = Instant::now();
+    let mut req = app.request(method.clone(), path, Some(&user.token));
+    if !body.is_null() {
+        req = req.json(&body);
+    }
+    let res = req.send().await.expect("an answer");
+    let took = started.elapsed();
+    assert_eq!(res.status(), 503, "{method} {path}");
+    assert!(
+        took <= Duration::from_secs(2),
+        "{method} {path} took {took:?}"
+    );
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: Value = res.json().await.expect("JSON");
+    assert_eq!(body, json!({ "error": "Service unavailable, try again" }));
+    took
+}
+
 /// With the database down: REST calls that need it answer 503 JSON with
 /// Retry-After within 2 s (never 500), and a new socket of `user` on
 /// `gateway` is refused with "Service unavailable" (never "Unauthorized",
@@ -52,23 +80,8 @@ pub async fn assert_database_unavailable(app: &TestApp, gateway: &str, user: &Us
         ),
     ];
     let mut slowest = Duration::ZERO;
-    for (method, path, body) in &calls {
-        let started = Instant::now();
-        let mut req = app.request(method.clone(), path, Some(&user.token));
-        if !body.is_null() {
-            req = req.json(body);
-        }
-        let res = req.send().await.expect("an answer");
-        let took = started.elapsed();
-        slowest = slowest.max(took);
-        assert_eq!(res.status(), 503, "{method} {path}");
-        assert!(
-            took <= Duration::from_secs(2),
-            "{method} {path} took {took:?}"
-        );
-        assert_eq!(res.headers()["retry-after"], "1");
-        let body: Value = res.json().await.expect("JSON");
-        assert_eq!(body, json!({ "error": "Service unavailable, try again" }));
+    for (method, path, body) in calls {
+        slowest = slowest.max(expect_unavailable(app, method, path, body, user).await);
     }
     let refused = Socket::connect(gateway, crate::sio::Auth::Payload(&user.token))
         .await
@@ -388,6 +401,41 @@ async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
     );
     let rows = app.count_rows("chat_history", &in_room).await;
     assert_eq!(rows, count as i64);
+}
+
+/// Reads that need the broker (a room's messages not stored yet are read
+/// from the chat stream) answer 503 JSON with Retry-After within 2 s while
+/// it is down (killed, or hung with its connections open), never 500, and
+/// 200 again once it is back.
+#[tokio::test]
+async fn reads_that_need_the_broker_are_503_while_it_is_down() {
+    let mut nats = crate::servers::nats().await;
+    let app = TestApp::start_with(
+        Backend::MySql,
+        Options::default().with("NATS_URL", nats.url.clone()),
+    )
+    .await;
+    let Chat(room, [ann], [socket]) = app.chat("Reads", ["ann"]).await;
+    socket.send(room, "before").await;
+    let history = format!("/api/chat_history?room_id={room}");
+
+    nats.kill9();
+    for path in [history.as_str(), "/api/user/get_info"] {
+        expect_unavailable(&app, reqwest::Method::GET, path, json!(null), &ann).await;
+    }
+    nats.launch().await;
+    time_to_ready(app.main.url.clone()).await;
+    let res = app.get(&history, Some(&ann.token)).await;
+    assert_eq!(res.status, 200, "{res:?}");
+    assert_eq!(res.body.as_array().map(Vec::len), Some(1), "{res:?}");
+
+    nats.signal("STOP");
+    for path in [history.as_str(), "/api/user/get_info"] {
+        expect_unavailable(&app, reqwest::Method::GET, path, json!(null), &ann).await;
+    }
+    nats.signal("CONT");
+    let res = app.get(&history, Some(&ann.token)).await;
+    assert_eq!(res.status, 200, "{res:?}");
 }
 
 /// A message that cannot be confirmed within 10 s (NATS down longer) is

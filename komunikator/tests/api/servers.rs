@@ -54,6 +54,17 @@ impl OwnedServer {
         }
     }
 
+    /// Sends the signal `name` (`STOP`: the server hangs with its
+    /// connections open, as behind a cut-off network; `CONT`: it goes on).
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("running");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     /// SIGKILL: the server dies at once, mid-work.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
