@@ -112,6 +112,13 @@ const HEARTBEAT_FLUSH: Duration = Duration::from_millis(100);
 /// well within the gateway's 45 s grace period (`deploy/k8s/gateway.yaml`).
 const DRAIN_APPENDS: Duration = Duration::from_secs(12);
 
+/// How long a shutdown lets the sockets' writer tasks send what was queued
+/// last (the answers of the messages drained) before the runtime stops
+/// them. Engine.IO does not say when a socket's queue is empty, so this is
+/// a bound, not a wait on a condition: a writer is scheduled within
+/// microseconds, a loaded machine takes milliseconds.
+const FLUSH_ANSWERS: Duration = Duration::from_millis(200);
+
 impl Gateway {
     pub fn new(deps: Deps) -> Arc<Self> {
         let (service, io) = SocketIo::builder()
@@ -254,6 +261,9 @@ impl Gateway {
                 "chat messages still unconfirmed at shutdown; their senders resend"
             );
         }
+        // The answers are queued on the sockets; the runtime's shutdown
+        // would drop the tasks that write them.
+        tokio::time::sleep(FLUSH_ANSWERS).await;
         tracing::info!(
             sockets = self.io.sockets().len(),
             in_flight,

@@ -513,7 +513,10 @@ async fn a_stopped_gateway_acknowledges_the_messages_in_flight_before_it_exits()
     let during = json!({ "room_id": room, "message": "during the drain" });
 
     nats.kill9();
-    let acknowledged = sender.emit_with_ack_within("message", in_flight, Duration::from_secs(20));
+    let acknowledged = tokio::time::timeout(
+        Duration::from_secs(20),
+        sender.emit_with_ack_within("message", in_flight, Duration::from_secs(60)),
+    );
     let stop = async {
         let gateway = &mut app.gateways[0];
         // The stop comes while the message waits for the broker: once the
@@ -529,6 +532,12 @@ async fn a_stopped_gateway_acknowledges_the_messages_in_flight_before_it_exits()
         (code, refused, started.elapsed())
     };
     let (ack, (code, refused, took)) = tokio::join!(acknowledged, stop);
+    let ack = ack.unwrap_or_else(|_| {
+        panic!(
+            "the message in flight: no answer within 20 s ({code:?} after {took:?})\n{}",
+            app.logs()
+        )
+    });
     assert!(ack["chat_id"].is_i64(), "the message in flight: {ack}");
     assert_eq!(
         refused,
