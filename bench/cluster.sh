@@ -86,7 +86,9 @@ case "$cmd" in
     secret="$(head -c32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     {
       echo "export KOM_BENCH_BIN=$bin KOM_BENCH_MODE=$mode"
-      echo "export MESSAGE_RATE_LIMIT=0 RUST_LOG=\${RUST_LOG:-warn}"
+      # One load generator on one address stands for many clients: no
+      # per-socket message rate, no per-address registration limit.
+      echo "export MESSAGE_RATE_LIMIT=0 REGISTRATIONS_PER_ADDRESS=1000000 RUST_LOG=\${RUST_LOG:-warn}"
     } >"$dir/env"
     if [ "$mode" = all ]; then
       data="$dir/data-$tag"

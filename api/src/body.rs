@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use crate::error::ApiError;
 
 /// Request bodies above this size are refused with 413.
-pub const BODY_LIMIT: usize = 64 * 1024;
+pub const BODY_LIMIT: usize = common::domain::PAYLOAD_MAX;
 
 /// Most bytes of an over-limit body read (and dropped) before answering. A
 /// body declared larger is refused at once, and its connection closed.

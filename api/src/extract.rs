@@ -29,14 +29,15 @@ impl FromRequestParts<AppState> for Caller {
         let header = header.to_str().map_err(|_| TokenError::Invalid)?;
         let bearer = state.tokens.verify_bearer(header)?;
         // A valid signature is not enough: the user must still exist, and
-        // the token must have been issued under their current password.
-        let (stored, password) = state
+        // the token must have been issued under their current password, in
+        // a session that has not ended.
+        let account = state
             .store
-            .credentials(&bearer.user)
+            .account(&bearer.user, bearer.session.as_deref())
             .await?
             .ok_or(ApiError::UnknownUser)?;
-        state.tokens.check_current(&bearer, &password)?;
-        Ok(Caller(stored))
+        state.tokens.check_current(&bearer, &account)?;
+        Ok(Caller(account.name))
     }
 }
 
@@ -235,13 +236,7 @@ impl FromRequestParts<AppState> for ClientAddr {
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-        let forwarded: Vec<&str> = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+        let forwarded = common::throttle::forwarded_for(&parts.headers);
         Ok(Self(common::throttle::client_address(
             peer,
             forwarded.as_deref(),

@@ -43,6 +43,13 @@ pub struct ApiArgs {
     /// The window of `LOGIN_ATTEMPTS_MAX`, in seconds.
     #[arg(long, env = "LOGIN_ATTEMPTS_WINDOW_SECS", default_value_t = 300)]
     pub login_attempts_window_secs: u64,
+    /// Accounts one client address (an IPv6 /64) may register within
+    /// `REGISTRATIONS_WINDOW_SECS`; then 429 until the window ends.
+    #[arg(long, env = "REGISTRATIONS_PER_ADDRESS", default_value_t = 10)]
+    pub registrations_per_address: u32,
+    /// The window of `REGISTRATIONS_PER_ADDRESS`, in seconds.
+    #[arg(long, env = "REGISTRATIONS_WINDOW_SECS", default_value_t = 3600)]
+    pub registrations_window_secs: u64,
 }
 
 impl ApiArgs {
@@ -50,6 +57,13 @@ impl ApiArgs {
         common::throttle::Limit {
             max: self.login_attempts_max.max(1),
             window: std::time::Duration::from_secs(self.login_attempts_window_secs.max(1)),
+        }
+    }
+
+    pub fn registration_limit(&self) -> common::throttle::Limit {
+        common::throttle::Limit {
+            max: self.registrations_per_address.max(1),
+            window: std::time::Duration::from_secs(self.registrations_window_secs.max(1)),
         }
     }
 

@@ -43,6 +43,9 @@ pub fn routes(deps: crate::Deps) -> Router {
         .layer(CatchPanicLayer::custom(|_| -> Response {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
-        .layer(axum::middleware::from_fn(crate::proxy_errors::answer))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::proxy_errors::answer,
+        ))
         .with_state(state)
 }

@@ -22,8 +22,11 @@ pub struct Deps {
     pub passwords: Passwords,
     /// The serialised public room list (see [`crate::room_list`]).
     pub room_list: crate::room_list::RoomList,
-    /// Failed logins and wrong access keys (CONTRACT.md, "Accounts and abuse").
+    /// Failed logins and password checks, wrong and conflicting access
+    /// keys (CONTRACT.md, "Accounts and abuse").
     pub throttle: Arc<dyn common::throttle::Throttle>,
+    /// Registrations per client address.
+    pub registrations: Arc<dyn common::throttle::Throttle>,
     /// Peers whose `X-Forwarded-For` names the client (the load balancers).
     pub trusted_proxies: Vec<common::throttle::ProxyNet>,
     /// How long a session lives without being refreshed.

@@ -80,6 +80,7 @@ class SocketClient {
     this.pingTimer = null;
     this.retryTimer = null;
     this.pingWindow = 45000;
+    this.waitFor = null; // a token renewal the next connect waits for
   }
 
   static url() {
@@ -96,6 +97,14 @@ class SocketClient {
 
   open() {
     if (this.stopped) return;
+    if (this.waitFor) {
+      // The server closed the socket for its token: connect again with the
+      // renewed one, not the one it refused.
+      const renewal = this.waitFor;
+      this.waitFor = null;
+      renewal.finally(() => this.open());
+      return;
+    }
     let ws;
     try {
       ws = new WebSocket(SocketClient.url());
@@ -484,7 +493,12 @@ function renewSession() {
     sessionStorage.setItem(TOKEN_KEY, renewed.access_token);
     sessionStorage.setItem(REFRESH_KEY, renewed.refresh_token);
     Object.assign(state, { token: renewed.access_token, refresh: renewed.refresh_token, exp: claims.exp });
-    if (state.socket) state.socket.token = renewed.access_token; // for its next connect
+    if (state.socket) {
+      // For its next connect, and for the open socket, which would be
+      // closed when its own token expires.
+      state.socket.token = renewed.access_token;
+      state.socket.emit('refresh', { token: renewed.access_token });
+    }
     return true;
   })();
   return state.renewing;
@@ -579,6 +593,13 @@ function onSocketEvent(name, p) {
       else quietly(loadMembers());
       break;
     case 'error':
+      if (payload?.code === 9) {
+        // The socket's token expired or its session ended: the server
+        // closes it. Renew (or, if the session is over, log out) and
+        // reconnect with the fresh token, without bothering the user.
+        if (state.socket) state.socket.waitFor = renewSession();
+        break;
+      }
       showError(payload.message || 'The server refused the request');
       break;
     default:

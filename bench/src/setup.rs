@@ -206,7 +206,7 @@ impl Direct {
         let users = names
             .into_iter()
             .map(|name| User {
-                token: tokens.issue(&name, &hash),
+                token: tokens.issue(&name, &hash, None),
                 name,
             })
             .collect();

@@ -35,13 +35,33 @@ pub struct Claims {
     /// [`Tokens::stamp`]); absent in tokens of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pwd: Option<String>,
+    /// The session (refresh token) the token was issued for: it is good
+    /// only while that session lasts, and its sockets close when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
-/// A verified token: whose it is, and the password stamp it carries.
+/// A verified token: whose it is, the password stamp and session it
+/// carries, and when it expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bearer {
     pub user: String,
     stamp: Option<String>,
+    /// The session it was issued for; `None` in tokens of earlier versions
+    /// (and in tokens an operator signs without one, such as the load
+    /// generator's).
+    pub session: Option<String>,
+    /// Unix seconds after which it is no longer accepted.
+    pub expires_at: i64,
+}
+
+/// What the store says of a token's user: their name as stored, their
+/// stored password (hash), and whether the token's session still exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub password: String,
+    pub session_live: bool,
 }
 
 /// Issues and verifies access tokens with one shared secret.
@@ -81,9 +101,9 @@ impl Tokens {
     }
 
     /// An access token for `user`, whose stored password (hash) is
-    /// `stored_password`: it stays valid until it expires or the password
-    /// changes.
-    pub fn issue(&self, user: &str, stored_password: &str) -> String {
+    /// `stored_password`, within `session`: it stays valid until it
+    /// expires, the password changes or the session ends.
+    pub fn issue(&self, user: &str, stored_password: &str, session: Option<&str>) -> String {
         let now = chrono::Utc::now().timestamp();
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let claims = Claims {
@@ -94,6 +114,7 @@ impl Tokens {
             jti: crate::random_hex(16),
             kind: "access".to_owned(),
             pwd: Some(self.stamp(stored_password)),
+            sid: session.map(str::to_owned),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .unwrap_or_default()
@@ -111,25 +132,38 @@ impl Tokens {
         if claims.kind != "access" || claims.sub.is_empty() {
             return Err(TokenError::Invalid);
         }
+        // A token of a version before password stamps cannot be revoked:
+        // it is good for one access-token lifetime from its issue, whatever
+        // expiry it names (so none outlives the upgrade by longer).
+        let mut expires_at = claims.exp;
+        if claims.pwd.is_none() {
+            let lifetime = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
+            expires_at = expires_at.min(claims.iat.saturating_add(lifetime));
+            if expires_at <= chrono::Utc::now().timestamp() {
+                return Err(TokenError::Expired);
+            }
+        }
         Ok(Bearer {
             user: claims.sub,
             stamp: claims.pwd,
+            session: claims.sid,
+            expires_at,
         })
     }
 
-    /// The stamp of the user's stored password, when the token was issued
-    /// under it; [`TokenError::Revoked`] when under another one (it changed
-    /// since). A token without a stamp (issued by an earlier version) passes.
-    pub fn check_current(
-        &self,
-        bearer: &Bearer,
-        stored_password: &str,
-    ) -> Result<String, TokenError> {
-        let current = self.stamp(stored_password);
+    /// The stamp of the user's stored password, when the token is still
+    /// current: issued under that password, within a session that has not
+    /// ended. [`TokenError::Revoked`] when the password changed since, or
+    /// the session ended (a logout). A token without a stamp (an earlier
+    /// version's) or without a session passes: [`Self::verify`] bounds its
+    /// life.
+    pub fn check_current(&self, bearer: &Bearer, account: &Account) -> Result<String, TokenError> {
+        let current = self.stamp(&account.password);
         match &bearer.stamp {
             Some(stamp) if !bool::from(stamp.as_bytes().ct_eq(current.as_bytes())) => {
                 Err(TokenError::Revoked)
             }
+            _ if bearer.session.is_some() && !account.session_live => Err(TokenError::Revoked),
             _ => Ok(current),
         }
     }
@@ -174,7 +208,9 @@ mod tests {
     fn issued_token_names_its_user() {
         let t = tokens();
         assert_eq!(
-            t.verify(&t.issue("alice", "h")).map(|b| b.user).as_deref(),
+            t.verify(&t.issue("alice", "h", None))
+                .map(|b| b.user)
+                .as_deref(),
             Ok("alice")
         );
     }
@@ -186,7 +222,7 @@ mod tests {
             Duration::from_secs(900),
         );
         assert_eq!(
-            tokens().verify(&other.issue("alice", "h")),
+            tokens().verify(&other.issue("alice", "h", None)),
             Err(TokenError::Invalid)
         );
     }
@@ -195,7 +231,7 @@ mod tests {
     fn unsigned_token_is_invalid() {
         // {"alg":"none"} with the claims of a valid token and no signature.
         let t = tokens();
-        let valid = t.issue("alice", "h");
+        let valid = t.issue("alice", "h", None);
         let claims = valid.split('.').nth(1).expect("claims part");
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{claims}.");
         assert_eq!(t.verify(&none), Err(TokenError::Invalid));
@@ -204,7 +240,7 @@ mod tests {
     #[test]
     fn bearer_prefix_is_required() {
         let t = tokens();
-        let token = t.issue("bob", "h");
+        let token = t.issue("bob", "h", None);
         assert_eq!(
             t.verify_bearer(&format!("Bearer {token}"))
                 .map(|b| b.user)
@@ -218,17 +254,59 @@ mod tests {
     #[test]
     fn a_token_is_revoked_when_the_password_changes() {
         let t = tokens();
-        let bearer = t.verify(&t.issue("ann", "$argon2id$old")).expect("valid");
+        let bearer = t
+            .verify(&t.issue("ann", "$argon2id$old", Some("s1")))
+            .expect("valid");
+        let account = |password: &str, session_live| Account {
+            name: "ann".into(),
+            password: password.into(),
+            session_live,
+        };
         assert_eq!(
-            t.check_current(&bearer, "$argon2id$old"),
+            t.check_current(&bearer, &account("$argon2id$old", true)),
             Ok(t.stamp("$argon2id$old"))
         );
         assert_eq!(
-            t.check_current(&bearer, "$argon2id$new"),
+            t.check_current(&bearer, &account("$argon2id$new", true)),
             Err(TokenError::Revoked)
         );
+        // Its session ended (a logout): revoked too.
+        assert_eq!(
+            t.check_current(&bearer, &account("$argon2id$old", false)),
+            Err(TokenError::Revoked)
+        );
+        assert_eq!(bearer.session.as_deref(), Some("s1"));
         // The stamp says nothing of the password it stands for.
         assert!(!t.stamp("hunter2").contains("hunter2"));
         assert_ne!(t.stamp("a"), t.stamp("b"));
+    }
+
+    /// Signs `claims` as the server would (for tokens of other versions).
+    fn sign(t: &Tokens, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &t.encoding).expect("signed")
+    }
+
+    #[test]
+    fn an_unstamped_token_lives_one_lifetime_from_its_issue() {
+        let t = tokens();
+        let now = chrono::Utc::now().timestamp();
+        let claims = |iat: i64| {
+            serde_json::json!({ "sub": "ann", "iat": iat, "nbf": iat, "exp": now + 86_400,
+                                "jti": "j", "type": "access" })
+        };
+        // Issued a minute ago: good until one lifetime (900 s) after that.
+        let fresh = t.verify(&sign(&t, &claims(now - 60))).expect("valid");
+        assert_eq!(fresh.expires_at, now - 60 + 900);
+        // Issued more than a lifetime ago: refused, however far its `exp`.
+        assert_eq!(
+            t.verify(&sign(&t, &claims(now - 901))),
+            Err(TokenError::Expired)
+        );
+        // A stamped token keeps its own expiry.
+        let stamped = t.verify(&t.issue("ann", "h", None)).expect("valid");
+        assert!(
+            (900..=901).contains(&(stamped.expires_at - now)),
+            "{stamped:?}"
+        );
     }
 }

@@ -185,10 +185,13 @@ impl DbArgs {
     }
 }
 
+/// The shortest `JWT_SECRET_KEY` accepted, in bytes.
+pub const JWT_SECRET_MIN: usize = 32;
+
 /// Access tokens.
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
-    /// Secret that signs access tokens (HS256); at least 32 bytes recommended.
+    /// Secret that signs access tokens (HS256); at least 32 bytes.
     /// Read from the environment only. Required except in single-node mode,
     /// which generates one and keeps it in the data directory.
     #[arg(long, env = "JWT_SECRET_KEY", hide_env_values = true)]
@@ -212,11 +215,11 @@ impl AuthArgs {
         match &self.jwt_secret_key {
             None if required => problems.push("JWT_SECRET_KEY is required"),
             Some(s) if s.trim().is_empty() => problems.push("JWT_SECRET_KEY is empty"),
-            Some(s) if s.len() < 32 => {
-                tracing::warn!(
-                    "JWT_SECRET_KEY is shorter than 32 bytes; use a longer random secret"
-                )
-            }
+            // A short HS256 secret can be recovered offline from any one
+            // token, and then every token forged.
+            Some(s) if s.len() < JWT_SECRET_MIN => problems.push(format!(
+                "JWT_SECRET_KEY must be at least {JWT_SECRET_MIN} bytes (e.g. `openssl rand -hex 32`)"
+            )),
             _ => {}
         }
     }
@@ -303,7 +306,14 @@ impl DataDirArgs {
         ensure_dir(&self.data_dir)?;
         let path = self.data_dir.join("jwt_secret");
         match std::fs::read_to_string(&path) {
-            Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+            Ok(s) if !s.trim().is_empty() => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                }
+                return Ok(s.trim().to_owned());
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -319,7 +329,25 @@ impl DataDirArgs {
 }
 
 fn ensure_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)
+    private_dir(dir)
+}
+
+/// Creates `dir` if missing, readable by the server's user only (0700),
+/// and tightens it if it exists: it holds the database and the JWT secret.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
 }
 
 #[cfg(unix)]

@@ -13,9 +13,48 @@ pub const ROOM_NAME_MAX: usize = 64;
 pub const ACCESS_KEY_MAX: usize = 64;
 pub const MESSAGE_MAX: usize = 1000;
 
+/// The largest thing a client may send in one piece: a REST request body,
+/// an Engine.IO long-polling POST, a WebSocket message or frame. Nothing
+/// larger is read whole, authenticated or not.
+pub const PAYLOAD_MAX: usize = 64 * 1024;
+
 /// Newest messages `chat_history` returns when asked for no `limit`, and the
 /// largest `limit` a client may ask for.
 pub const HISTORY_MAX: u32 = 1000;
+
+/// The form in which user names are stored and compared: NFKC, so that a
+/// name written with compatibility characters (full-width letters,
+/// ligatures, circled digits) is the same name as its plain spelling.
+pub fn normalize_user_name(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    name.nfkc().collect()
+}
+
+/// What two user names are compared by: NFKC, then lower case (the
+/// database compares names case-insensitively too).
+pub fn user_name_key(name: &str) -> String {
+    normalize_user_name(name).to_lowercase()
+}
+
+/// Why a user name may not be registered, if it may not: control
+/// characters, invisible format characters (Unicode category Cf: zero-width
+/// spaces and joiners, bidirectional overrides, the byte order mark) and
+/// whitespace at either end make names that look like another user's.
+pub fn user_name_problem(name: &str) -> Option<&'static str> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    if name.trim() != name || name.chars().any(char::is_control) {
+        return Some(
+            "user_name must not contain control characters or start or end with whitespace",
+        );
+    }
+    if name
+        .chars()
+        .any(|c| c.general_category() == GeneralCategory::Format)
+    {
+        return Some("user_name must not contain invisible formatting characters");
+    }
+    None
+}
 
 pub type RoomId = i64;
 pub type ChatId = i64;
@@ -232,5 +271,27 @@ mod tests {
         );
         assert_eq!(room.clone().visible_to(Some("bob")).access_key, None);
         assert_eq!(room.visible_to(None).access_key, None);
+    }
+
+    #[test]
+    fn user_names_compare_in_nfkc_and_refuse_invisible_characters() {
+        // Full-width letters and the "ﬁ" ligature are their plain spellings.
+        assert_eq!(normalize_user_name("\u{ff41}lice"), "alice");
+        assert_eq!(normalize_user_name("\u{fb01}ona"), "fiona");
+        assert_eq!(user_name_key("\u{ff21}LICE"), user_name_key("alice"));
+        assert_eq!(user_name_problem("alice"), None);
+        assert_eq!(user_name_problem("żółw 😀"), None);
+        for bad in [
+            "al\u{200b}ice", // zero-width space
+            "al\u{200d}ice", // zero-width joiner
+            "\u{202e}ecila", // right-to-left override
+            "ali\u{2066}ce", // left-to-right isolate
+            "\u{feff}alice", // byte order mark
+            "al\u{00ad}ice", // soft hyphen
+            " alice",
+            "al\nice",
+        ] {
+            assert!(user_name_problem(bad).is_some(), "{bad:?}");
+        }
     }
 }

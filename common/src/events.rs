@@ -31,6 +31,12 @@ pub enum ServerEvent {
     UserListUpdated { room_id: RoomId },
     /// The owner kicked `user`; gateways also drop that user's sockets from the room.
     UserKicked { room_id: RoomId, user: UserName },
+    /// `user` left the room over REST; gateways drop their sockets from it.
+    /// Not emitted.
+    MemberRemoved { room_id: RoomId, user: UserName },
+    /// The room turned private; gateways drop the sockets of users who are
+    /// not its members from it. Not emitted.
+    RoomMadePrivate { room_id: RoomId },
     /// The room is gone; gateways drop every socket from it. Not emitted.
     RoomDeleted { room_id: RoomId },
     /// A room was created, edited or deleted: to every socket.
@@ -77,6 +83,8 @@ impl ServerEvent {
             Self::UserOffline { .. } => "user_offline",
             Self::UserListUpdated { .. } => "user_list_updated",
             Self::UserKicked { .. } => "user_kicked",
+            Self::MemberRemoved { .. } => "member_removed",
+            Self::RoomMadePrivate { .. } => "room_made_private",
             Self::RoomDeleted { .. } => "room_deleted",
             Self::RoomListUpdated => "room_list_updated",
         }
@@ -91,6 +99,8 @@ impl ServerEvent {
             | Self::UserOffline { room_id, .. }
             | Self::UserListUpdated { room_id }
             | Self::UserKicked { room_id, .. }
+            | Self::MemberRemoved { room_id, .. }
+            | Self::RoomMadePrivate { room_id }
             | Self::RoomDeleted { room_id } => Some(*room_id),
             Self::RoomListUpdated => None,
         }
@@ -118,8 +128,12 @@ impl ServerEvent {
             Self::UserJoined(e) | Self::UserLeft(e) => serde_json::to_vec(e),
             Self::UserOnline { user, .. }
             | Self::UserOffline { user, .. }
-            | Self::UserKicked { user, .. } => serde_json::to_vec(user),
-            Self::UserListUpdated { .. } | Self::RoomDeleted { .. } | Self::RoomListUpdated => {
+            | Self::UserKicked { user, .. }
+            | Self::MemberRemoved { user, .. } => serde_json::to_vec(user),
+            Self::UserListUpdated { .. }
+            | Self::RoomMadePrivate { .. }
+            | Self::RoomDeleted { .. }
+            | Self::RoomListUpdated => {
                 return Bytes::new();
             }
         };
@@ -167,6 +181,11 @@ impl ServerEvent {
                 room_id,
                 user: user()?,
             },
+            "member_removed" => Self::MemberRemoved {
+                room_id,
+                user: user()?,
+            },
+            "room_made_private" => Self::RoomMadePrivate { room_id },
             "room_deleted" => Self::RoomDeleted { room_id },
             other => return Err(fail(&format!("unknown event {other}"))),
         })
@@ -190,9 +209,45 @@ pub struct PasswordChanged {
     pub stamp: String,
 }
 
+/// A session ended (a logout, or a spent refresh token presented again):
+/// gateways close the sockets opened with its tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEnded {
+    pub user_name: String,
+    pub session_id: String,
+}
+
+/// How long [`Events::publish_now`] waits for the broker to confirm.
+const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Events {
     pub fn new(bus: Arc<dyn Bus>, subjects: Subjects) -> Self {
         Self { bus, subjects }
+    }
+
+    /// Tells every gateway that a session ended.
+    pub async fn session_ended(&self, ended: &SessionEnded) {
+        let subject = self.subjects.session_ended();
+        if let Err(e) = self.publish_json(subject, "session_ended", ended).await {
+            tracing::error!(error = %e, "session end not published: its sockets stay open");
+        }
+        self.confirm().await;
+    }
+
+    /// [`Self::publish`], then waits (briefly) until the broker has it, so
+    /// that what the caller answers next cannot overtake it: a change of
+    /// access reaches the gateways before the client hears it is done.
+    pub async fn publish_now(&self, event: ServerEvent) {
+        self.publish(event).await;
+        self.confirm().await;
+    }
+
+    async fn confirm(&self) {
+        match tokio::time::timeout(CONFIRM_WITHIN, self.bus.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "published events not confirmed"),
+            Err(_) => tracing::warn!("published events not confirmed in time"),
+        }
     }
 
     /// Tells every gateway that `change`'s user changed their password.
@@ -201,6 +256,7 @@ impl Events {
         if let Err(e) = self.publish_json(subject, "password_changed", change).await {
             tracing::error!(error = %e, "password change not published: older sockets stay open");
         }
+        self.confirm().await;
     }
 
     /// Publishes `event` to its room's (or everyone's) subscribers.
@@ -288,6 +344,11 @@ mod tests {
                 room_id: 7,
                 user: user(),
             },
+            ServerEvent::MemberRemoved {
+                room_id: 7,
+                user: user(),
+            },
+            ServerEvent::RoomMadePrivate { room_id: 7 },
             ServerEvent::RoomDeleted { room_id: 7 },
             ServerEvent::RoomListUpdated,
         ];

@@ -152,7 +152,9 @@ async fn render_metrics(State(state): State<OpsState>) -> Response {
 
 /// What the server enforces on every connection (CONTRACT.md, "Accounts
 /// and abuse"): slow and idle connections are closed, and one address
-/// cannot hold many connections that have not sent a request yet.
+/// cannot hold many connections that are not authenticated yet: those that
+/// have not sent a request, and Engine.IO sockets whose client has not
+/// authenticated (see [`PendingSocket`]).
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// Headers of a request within this (also how long a keep-alive
@@ -160,8 +162,8 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// The body within this of the headers.
     pub body_read_timeout: Duration,
-    /// Connections of one address before their first request's headers;
-    /// 0: no cap.
+    /// Connections of one address before their first request's headers,
+    /// and its Engine.IO sockets before they authenticate; 0: no cap.
     pub max_pending_per_address: usize,
     /// Exempt from the cap (a load balancer holds many connections).
     pub trusted_proxies: Vec<ProxyNet>,
@@ -217,7 +219,8 @@ pub async fn serve(
         let slot = if exempt {
             None
         } else {
-            match pending.enter(peer.ip(), limits.max_pending_per_address) {
+            let address = crate::throttle::address_group(peer.ip());
+            match pending.enter(address, limits.max_pending_per_address) {
                 Some(slot) => Some(slot),
                 None => {
                     metrics.count_refused_connection();
@@ -225,6 +228,11 @@ pub async fn serve(
                     continue;
                 }
             }
+        };
+        let gate = SocketGate {
+            pending: pending.clone(),
+            limits: limits.clone(),
+            metrics: metrics.clone(),
         };
         // Small writes (a Socket.IO packet, an API answer) go out at once:
         // Nagle's algorithm would hold the second of two back until the
@@ -237,7 +245,7 @@ pub async fn serve(
             tcp,
             peer,
             slot,
-            limits.header_read_timeout,
+            gate,
             shutdown.clone(),
         ));
     }
@@ -256,25 +264,35 @@ pub async fn serve(
 
 /// Serves one HTTP/1.1 connection (upgradable to WebSocket) of `app`: its
 /// requests carry the peer's address (`ConnectInfo`), and its pending
-/// `slot` is given back with its first request's headers. On `shutdown`
-/// it finishes the request in flight and closes.
+/// `slot` is given back with its first request's headers, unless that
+/// request opens an Engine.IO socket: the socket then holds it until it
+/// authenticates (see [`SocketGate`]). On `shutdown` it finishes the
+/// request in flight and closes.
 async fn serve_connection(
     app: Router,
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     slot: Option<PendingSlot>,
-    header_read_timeout: Duration,
+    gate: SocketGate,
     shutdown: CancellationToken,
 ) {
+    let header_read_timeout = gate.limits.header_read_timeout;
     let slot = std::sync::Mutex::new(slot);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        if let Ok(mut slot) = slot.lock() {
-            slot.take();
-        }
+        let first = slot.lock().ok().and_then(|mut slot| slot.take());
+        let admitted = gate.admit(&mut request, peer, first);
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
-        tower::ServiceExt::oneshot(app.clone(), request.map(Body::new))
+        let app = app.clone();
+        async move {
+            if admitted {
+                tower::ServiceExt::oneshot(app, request.map(Body::new)).await
+            } else {
+                let body = Json(json!({ "error": "Too many connections, try again later" }));
+                Ok((StatusCode::TOO_MANY_REQUESTS, body).into_response())
+            }
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -292,6 +310,84 @@ async fn serve_connection(
     if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+}
+
+/// Counts the Engine.IO sockets of each client address until they
+/// authenticate, against the same cap as connections without a request:
+/// an upgrade to WebSocket, or a long-polling session, does not make a
+/// client that has shown no token cheap to hold.
+#[derive(Clone)]
+struct SocketGate {
+    pending: PendingConnections,
+    limits: ConnectionLimits,
+    metrics: Metrics,
+}
+
+/// What the request that opened an Engine.IO socket carries (and the socket
+/// keeps with its request): a pending slot of its client's address, given
+/// back once the socket authenticates ([`PendingSocket::authenticated`]) or
+/// when the socket is gone.
+#[derive(Clone)]
+pub struct PendingSocket(Arc<std::sync::Mutex<Option<PendingSlot>>>);
+
+impl PendingSocket {
+    /// The socket authenticated: it no longer counts against its address.
+    pub fn authenticated(&self) {
+        if let Ok(mut slot) = self.0.lock() {
+            slot.take();
+        }
+    }
+}
+
+impl SocketGate {
+    /// Lets `request` through, giving an Engine.IO handshake (a request on
+    /// `/socket.io/` without a session id) a pending slot of its client's
+    /// address: the connection's own (`first`, when it is the connection's
+    /// first request from that address), or a new one. False when the
+    /// address has no slot left: the request is answered 429.
+    fn admit(
+        &self,
+        request: &mut hyper::Request<Incoming>,
+        peer: std::net::SocketAddr,
+        first: Option<PendingSlot>,
+    ) -> bool {
+        let max = self.limits.max_pending_per_address;
+        if max == 0 || !is_engine_io_handshake(request) {
+            return true;
+        }
+        let forwarded = crate::throttle::forwarded_for(request.headers());
+        let client = crate::throttle::client_address(
+            peer.ip(),
+            forwarded.as_deref(),
+            &self.limits.trusted_proxies,
+        );
+        let address = crate::throttle::address_group(client);
+        let slot = match first {
+            Some(slot) if slot.address == address => Some(slot),
+            _ => self.pending.enter(address, max),
+        };
+        let Some(slot) = slot else {
+            self.metrics.count_refused_connection();
+            tracing::debug!(%client, "socket refused: too many unauthenticated from its address");
+            return false;
+        };
+        request
+            .extensions_mut()
+            .insert(PendingSocket(Arc::new(std::sync::Mutex::new(Some(slot)))));
+        true
+    }
+}
+
+/// True for the request that opens an Engine.IO socket: on its path, with
+/// no session id yet (later polls, posts and the upgrade carry `sid=`).
+fn is_engine_io_handshake<B>(request: &hyper::Request<B>) -> bool {
+    let uri = request.uri();
+    uri.path().starts_with("/socket.io")
+        && !uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .any(|pair| pair.starts_with("sid="))
 }
 
 /// Connections per address that have not sent a request's headers yet.

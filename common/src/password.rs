@@ -50,6 +50,16 @@ impl Memory {
         }
         &mut self.0[..blocks]
     }
+
+    /// Gives back what a costlier stored hash needed beyond the default
+    /// parameters, so one such row does not keep a thread's memory high.
+    fn shrink_to_default(&mut self) {
+        let default = Params::default().block_count();
+        if self.0.len() > default {
+            self.0.truncate(default);
+            self.0.shrink_to_fit();
+        }
+    }
 }
 
 /// The hashing pool: `concurrency` threads, and at most `max_queue` jobs
@@ -205,56 +215,111 @@ fn hash_with(password: &[u8], memory: &mut Memory) -> Result<String, PasswordErr
     Ok(hash.to_string())
 }
 
+/// The largest argon2 cost a stored hash may name: beyond these, the row
+/// is refused rather than computed (a corrupted or planted row naming
+/// `m=4294967295` would otherwise allocate 4 TiB and abort the process).
+const MAX_MEMORY_KIB: u32 = 256 * 1024;
+const MAX_TIME_COST: u32 = 16;
+const MAX_LANES: u32 = 8;
+
 /// Checks `password` against a stored value: an argon2 PHC string (with
-/// whatever parameters it names), or a legacy plaintext row, compared in
-/// constant time and upgraded.
+/// parameters within bounds), or a legacy plaintext row, compared in
+/// constant time. A match on a plaintext row or on a hash weaker than
+/// today's parameters asks for a rehash. A `$`-prefixed value is a hash
+/// string, never plaintext: one this build cannot verify matches nothing.
 fn verify_with(
     password: &str,
     stored: &str,
     memory: &mut Memory,
 ) -> Result<Verification, PasswordError> {
-    match PasswordHash::new(stored) {
-        Ok(hash) => Ok(if matches_hash(password.as_bytes(), &hash, memory) {
-            Verification::Valid { rehash: None }
+    if !stored.starts_with('$') {
+        return if bool::from(password.as_bytes().ct_eq(stored.as_bytes())) {
+            Ok(Verification::Valid {
+                rehash: Some(hash_with(password.as_bytes(), memory)?),
+            })
         } else {
-            Verification::Invalid
-        }),
-        Err(_) => {
-            if bool::from(password.as_bytes().ct_eq(stored.as_bytes())) {
-                Ok(Verification::Valid {
-                    rehash: Some(hash_with(password.as_bytes(), memory)?),
-                })
-            } else {
-                Ok(Verification::Invalid)
-            }
-        }
+            Ok(Verification::Invalid)
+        };
     }
+    let Some(stored_hash) = Stored::parse(stored) else {
+        tracing::warn!("a stored password hash is not an argon2 hash within bounds: refused");
+        return Ok(Verification::Invalid);
+    };
+    if !stored_hash.matches(password.as_bytes(), memory) {
+        return Ok(Verification::Invalid);
+    }
+    let rehash = if stored_hash.weaker_than_today() {
+        Some(hash_with(password.as_bytes(), memory)?)
+    } else {
+        None
+    };
+    Ok(Verification::Valid { rehash })
 }
 
-/// True when `password` hashes, with `hash`'s algorithm, parameters and
-/// salt, to `hash`'s output (compared in constant time).
-fn matches_hash(password: &[u8], hash: &PasswordHash, memory: &mut Memory) -> bool {
-    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
-        return false;
-    };
-    let (Ok(algorithm), Ok(params)) = (
-        Algorithm::try_from(hash.algorithm.as_str()),
-        Params::try_from(hash),
-    ) else {
-        return false;
-    };
-    let version = match hash.version.map(Version::try_from) {
-        None => Version::default(),
-        Some(Ok(version)) => version,
-        Some(Err(_)) => return false,
-    };
-    let blocks = params.block_count();
-    let argon2 = Argon2::new(algorithm, version, params);
-    let mut out = vec![0u8; expected.len()];
-    argon2
-        .hash_password_into_with_memory(password, salt.as_ref(), &mut out, memory.blocks(blocks))
-        .is_ok()
-        && bool::from(out.ct_eq(expected.as_bytes()))
+/// A stored argon2 hash whose parameters are within bounds.
+struct Stored {
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+    salt: Salt,
+    expected: Output,
+}
+
+impl Stored {
+    /// `None` for anything but an argon2 PHC string with a salt, an output
+    /// and parameters within the bounds above.
+    fn parse(stored: &str) -> Option<Self> {
+        let hash = PasswordHash::new(stored).ok()?;
+        let algorithm = Algorithm::try_from(hash.algorithm.as_str()).ok()?;
+        let version = match hash.version.map(Version::try_from) {
+            None => Version::default(),
+            Some(Ok(version)) => version,
+            Some(Err(_)) => return None,
+        };
+        let params = Params::try_from(&hash).ok()?;
+        let within = params.m_cost() <= MAX_MEMORY_KIB
+            && params.t_cost() <= MAX_TIME_COST
+            && params.p_cost() <= MAX_LANES;
+        if !within {
+            return None;
+        }
+        Some(Self {
+            algorithm,
+            version,
+            params,
+            salt: hash.salt?,
+            expected: hash.hash?,
+        })
+    }
+
+    /// True when `password` hashes, with this hash's algorithm, parameters
+    /// and salt, to its output (compared in constant time).
+    fn matches(&self, password: &[u8], memory: &mut Memory) -> bool {
+        let blocks = self.params.block_count();
+        let argon2 = Argon2::new(self.algorithm, self.version, self.params.clone());
+        let mut out = vec![0u8; self.expected.len()];
+        let computed = argon2
+            .hash_password_into_with_memory(
+                password,
+                self.salt.as_ref(),
+                &mut out,
+                memory.blocks(blocks),
+            )
+            .is_ok();
+        memory.shrink_to_default();
+        computed && bool::from(out.ct_eq(self.expected.as_bytes()))
+    }
+
+    /// True when the hash is weaker than one made today: another argon2
+    /// variant or version, less memory times passes, or a short output.
+    fn weaker_than_today(&self) -> bool {
+        let today = Params::default();
+        let cost = |p: &Params| u64::from(p.m_cost()) * u64::from(p.t_cost());
+        self.algorithm != Algorithm::Argon2id
+            || self.version != Version::V0x13
+            || cost(&self.params) < cost(&today)
+            || self.expected.len() < Params::DEFAULT_OUTPUT_LEN
+    }
 }
 
 /// True when `stored` is an argon2id PHC string (not a legacy plaintext row).
@@ -300,6 +365,74 @@ mod tests {
         }
         assert_eq!(
             p.verify("wrong".into(), "old-secret".into())
+                .await
+                .expect("verify"),
+            Verification::Invalid
+        );
+    }
+
+    /// A stored hash of `password` with the given parameters.
+    fn stored_with(algorithm: Algorithm, params: Params, password: &str) -> String {
+        let salt = [7u8; 16];
+        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        Argon2::new(algorithm, Version::V0x13, params.clone())
+            .hash_password_into(password.as_bytes(), &salt, &mut out)
+            .expect("hash");
+        PasswordHash {
+            algorithm: algorithm.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&params).expect("params"),
+            salt: Some(Salt::new(&salt).expect("salt")),
+            hash: Some(Output::new(&out).expect("output")),
+        }
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn weaker_hashes_verify_and_yield_a_rehash() {
+        let p = Passwords::new(1, 8);
+        let weak = Params::new(1024, 1, 1, None).expect("params");
+        for stored in [
+            stored_with(Algorithm::Argon2id, weak.clone(), "pw"),
+            stored_with(Algorithm::Argon2i, Params::default(), "pw"),
+        ] {
+            match p.verify("pw".into(), stored.clone()).await.expect("verify") {
+                Verification::Valid { rehash: Some(h) } => {
+                    assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+                }
+                other => panic!("{stored}: expected a rehash, got {other:?}"),
+            }
+            assert_eq!(
+                p.verify("wrong".into(), stored).await.expect("verify"),
+                Verification::Invalid
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn hashes_beyond_the_cost_bounds_are_refused_without_computing() {
+        let p = Passwords::new(1, 8);
+        let valid = p.hash("pw".into()).await.expect("hash");
+        for (from, to) in [
+            ("m=19456", "m=4294967295"),
+            ("t=2", "t=1000"),
+            ("p=1", "p=255"),
+        ] {
+            let planted = valid.replace(from, to);
+            assert_ne!(planted, valid);
+            assert_eq!(
+                p.verify("pw".into(), planted).await.expect("verify"),
+                Verification::Invalid
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dollar_prefixed_value_is_never_plaintext() {
+        let p = Passwords::new(1, 8);
+        let pbkdf2 = "$pbkdf2-sha256$29000$N2ZMrqbFmXCx$9kbz8SgBUWpIwCvd8eGIwg";
+        assert_eq!(
+            p.verify(pbkdf2.into(), pbkdf2.into())
                 .await
                 .expect("verify"),
             Verification::Invalid

@@ -34,13 +34,19 @@ impl Subjects {
         self.room_event(room_id, "new_message")
     }
 
-    /// `<prefix>.rooms.room_list_updated`: one subject every gateway listens to.
     /// A user's password changed: gateways close the sockets that
     /// authenticated with a token issued before (payload: [`crate::events::PasswordChanged`]).
     pub fn password_changed(&self) -> String {
         format!("{}.users.password_changed", self.prefix)
     }
 
+    /// A session ended: gateways close the sockets opened with its tokens
+    /// (payload: [`crate::events::SessionEnded`]).
+    pub fn session_ended(&self) -> String {
+        format!("{}.users.session_ended", self.prefix)
+    }
+
+    /// `<prefix>.rooms.room_list_updated`: one subject every gateway listens to.
     pub fn room_list_updated(&self) -> String {
         format!("{}.rooms.room_list_updated", self.prefix)
     }

@@ -237,6 +237,29 @@ impl ProxyNet {
     }
 }
 
+/// Every `X-Forwarded-For` header of a request, joined in order.
+pub fn forwarded_for(headers: &axum::http::HeaderMap) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// What limits per client address count by: the address itself for IPv4
+/// (and IPv4-mapped IPv6), its /64 network for IPv6, since one host is
+/// routinely given a whole /64 and can rotate through it at will.
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+    }
+}
+
 /// The address of the client behind `peer`: `peer` itself, unless it is a
 /// trusted proxy; then the nearest address in `X-Forwarded-For` (read from
 /// the right, each proxy appending the address it got the request from)
@@ -331,6 +354,24 @@ mod tests {
             client_address(ip("10.0.0.2"), Some("1.2.3.4"), &[]),
             ip("10.0.0.2")
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_are_grouped_by_their_64_bit_network() {
+        assert_eq!(
+            address_group(ip("2001:db8:1:2:aaaa::1")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            address_group(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(
+            address_group(ip("2001:db8:1:3::1")),
+            address_group(ip("2001:db8:1:2::1"))
+        );
+        assert_eq!(address_group(ip("203.0.113.9")), ip("203.0.113.9"));
+        assert_eq!(address_group(ip("::ffff:203.0.113.9")), ip("203.0.113.9"));
     }
 
     #[tokio::test]

@@ -120,17 +120,26 @@ impl Seam {
         }
     }
 
-    /// The room was deleted (`user: None`) or `user` kicked: a socket of
-    /// theirs catching up does not join.
-    pub fn refuse(&self, user: Option<&str>) {
+    /// The sockets catching up whose session `matches` may no longer join
+    /// (the room was deleted, its user kicked or gone, the room private):
+    /// they do not.
+    pub fn refuse(&self, matches: impl Fn(&Session) -> bool) {
         if let Ok(mut state) = self.state.lock() {
             for c in state.catching_up.iter_mut() {
                 let session = c.socket.extensions.get::<std::sync::Arc<Session>>();
-                if user.is_none_or(|u| session.is_some_and(|s| s.is(u))) {
+                if session.is_none_or(|s| matches(&s)) {
                     c.refused = true;
                 }
             }
         }
+    }
+
+    /// The sockets catching up now.
+    pub fn catching_up(&self) -> Vec<SocketRef> {
+        self.state
+            .lock()
+            .map(|state| state.catching_up.iter().map(|c| c.socket.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Sends `replay` (messages after `after`, oldest first), then the held

@@ -14,11 +14,13 @@ pub enum ClientEvent {
     Leave(RoomRequest),
     Message(MessageRequest),
     Watchdog(Heartbeat),
+    /// A fresher access token for the socket (before its own expires).
+    Refresh(RefreshRequest),
 }
 
 impl ClientEvent {
     /// The events a socket listens to.
-    pub const NAMES: [&'static str; 4] = ["join", "leave", "message", "watchdog"];
+    pub const NAMES: [&'static str; 5] = ["join", "leave", "message", "watchdog", "refresh"];
 
     /// Parses the payload of the event called `name` (one of [`Self::NAMES`]).
     pub fn parse(name: &str, payload: Option<&Value>) -> Result<Self, Refusal> {
@@ -27,6 +29,7 @@ impl ClientEvent {
             "leave" => RoomRequest::parse(payload).map(Self::Leave),
             "message" => MessageRequest::parse(payload).map(Self::Message),
             "watchdog" => Heartbeat::parse(payload).map(Self::Watchdog),
+            "refresh" => RefreshRequest::parse(payload).map(Self::Refresh),
             _ => Err(Refusal::Invalid),
         }
     }
@@ -38,6 +41,8 @@ impl ClientEvent {
             Self::Leave(r) => r.user_name.as_deref(),
             Self::Message(m) => m.user_name.as_deref(),
             Self::Watchdog(h) => Some(&h.user_name),
+            // The token names its user; a different one is refused (code 5).
+            Self::Refresh(_) => None,
         }
     }
 }
@@ -75,6 +80,30 @@ pub const CLIENT_MSG_ID_MAX: usize = 64;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Heartbeat {
     pub user_name: String,
+}
+
+/// `refresh`: `{token}`, an access token of the socket's user.
+#[derive(PartialEq, Eq)]
+pub struct RefreshRequest {
+    pub token: String,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    /// Never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshRequest").finish_non_exhaustive()
+    }
+}
+
+impl RefreshRequest {
+    pub fn parse(payload: Option<&Value>) -> Result<Self, Refusal> {
+        match object(payload)?.get("token") {
+            Some(Value::String(token)) if !token.trim().is_empty() => Ok(Self {
+                token: token.trim().to_owned(),
+            }),
+            _ => Err(Refusal::Invalid),
+        }
+    }
 }
 
 impl JoinRequest {

@@ -11,8 +11,10 @@ use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use tracing::Instrument;
 
+use common::http::PendingSocket;
+
 use crate::Gateway;
-use crate::session::Session;
+use crate::session::{Grant, Session};
 
 /// The connect error a client sees; its text is sent as is, so it says
 /// nothing about why a token failed.
@@ -25,11 +27,15 @@ pub enum ConnectError {
     /// A dependency is down: clients retry, and must not log their user out.
     #[error("Service unavailable")]
     Unavailable,
+    /// The user holds as many sockets on this gateway as one may.
+    #[error("Too many connections")]
+    TooMany,
 }
 
-/// Why a connection was refused: logged and counted (never the token).
+/// Why a connection (or a `refresh`) was refused: logged and counted
+/// (never the token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refused {
+pub(crate) enum Refused {
     Origin,
     NoToken,
     ExpiredToken,
@@ -38,6 +44,7 @@ enum Refused {
     RevokedToken,
     UnknownUser,
     Unavailable,
+    TooManySockets,
 }
 
 impl Refused {
@@ -51,6 +58,7 @@ impl Refused {
             Self::RevokedToken => "revoked_token",
             Self::UnknownUser => "unknown_user",
             Self::Unavailable => "unavailable",
+            Self::TooManySockets => "too_many_sockets",
         }
     }
 
@@ -63,6 +71,7 @@ impl Refused {
             | Self::RevokedToken
             | Self::UnknownUser => ConnectError::Unauthorized,
             Self::Unavailable => ConnectError::Unavailable,
+            Self::TooManySockets => ConnectError::TooMany,
         }
     }
 }
@@ -114,13 +123,20 @@ impl Gateway {
         auth: Option<Value>,
     ) -> Result<(), ConnectError> {
         let refused = match self.identify(socket, auth).await {
-            Ok((user, stamp)) => {
-                tracing::Span::current().record("user.name", &user);
-                socket
-                    .extensions
-                    .insert(Arc::new(Session::new(user, stamp, self.deps.rate)));
-                return Ok(());
-            }
+            Ok((user, grant)) => match self.user_sockets.enter(&user) {
+                Some(slot) => {
+                    tracing::Span::current().record("user.name", &user);
+                    self.expiries.watch(grant.expires_at, socket.id);
+                    let session = Session::new(user, grant, self.deps.rate, Some(slot));
+                    socket.extensions.insert(Arc::new(session));
+                    // No longer one of its address's unauthenticated sockets.
+                    if let Some(pending) = socket.req_parts().extensions.get::<PendingSocket>() {
+                        pending.authenticated();
+                    }
+                    return Ok(());
+                }
+                None => Refused::TooManySockets,
+            },
             Err(refused) => refused,
         };
         let span = tracing::Span::current();
@@ -151,13 +167,13 @@ impl Gateway {
         Err(refused.connect_error())
     }
 
-    /// The socket's user, spelled as stored, with the stamp of their
-    /// current password; or why it may not connect.
+    /// The socket's user, spelled as stored, with what their token grants;
+    /// or why it may not connect.
     async fn identify(
         &self,
         socket: &SocketRef,
         auth: Option<Value>,
-    ) -> Result<(String, String), Refused> {
+    ) -> Result<(String, Grant), Refused> {
         let parts = socket.req_parts();
         if let Some(allowed) = &self.deps.allowed_origins {
             let origin = parts.headers.get("origin").and_then(|o| o.to_str().ok());
@@ -184,19 +200,36 @@ impl Gateway {
             .or(from_header)
             .or(from_query)
             .ok_or(Refused::NoToken)?;
-        let bearer = self.deps.tokens.verify(token.trim()).map_err(|e| match e {
+        self.grant(token.trim()).await
+    }
+
+    /// What `token` grants: its user, spelled as stored, the stamp of
+    /// their current password, its session and expiry; or why it grants
+    /// nothing (expired, revoked, its session ended, its user gone).
+    pub(crate) async fn grant(&self, token: &str) -> Result<(String, Grant), Refused> {
+        let bearer = self.deps.tokens.verify(token).map_err(|e| match e {
             TokenError::Expired => Refused::ExpiredToken,
             TokenError::Revoked => Refused::RevokedToken,
             TokenError::Missing | TokenError::Invalid => Refused::InvalidToken,
         })?;
-        match self.deps.store.credentials(&bearer.user).await {
-            Ok(Some((stored, password))) => {
+        match self
+            .deps
+            .store
+            .account(&bearer.user, bearer.session.as_deref())
+            .await
+        {
+            Ok(Some(account)) => {
                 let stamp = self
                     .deps
                     .tokens
-                    .check_current(&bearer, &password)
+                    .check_current(&bearer, &account)
                     .map_err(|_| Refused::RevokedToken)?;
-                Ok((stored, stamp))
+                let grant = Grant {
+                    stamp,
+                    session: bearer.session,
+                    expires_at: bearer.expires_at,
+                };
+                Ok((account.name, grant))
             }
             Ok(None) => Err(Refused::UnknownUser),
             Err(e) => {

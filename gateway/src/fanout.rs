@@ -2,12 +2,13 @@
 //! local sockets in that room, decodes what arrives into a [`ServerEvent`]
 //! and emits it to those sockets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use common::bus::{Bus, BusError, BusMessage, Subjects, Subscription};
 use common::domain::RoomId;
 use common::events::ServerEvent;
+use common::store::{Store, StoreError};
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -36,6 +37,8 @@ pub fn room_key(room_id: RoomId) -> String {
 pub struct Fanout {
     io: SocketIo,
     bus: Arc<dyn Bus>,
+    /// Who may stay in a room that turned private.
+    store: Store,
     subjects: Subjects,
     slow_consumers: Counter,
     deliveries: Family<EventLabels, Counter>,
@@ -53,6 +56,7 @@ impl Fanout {
     pub fn new(
         io: SocketIo,
         bus: Arc<dyn Bus>,
+        store: Store,
         subjects: Subjects,
         slow_consumers: Counter,
         deliveries: Family<EventLabels, Counter>,
@@ -60,6 +64,7 @@ impl Fanout {
         Self {
             io,
             bus,
+            store,
             subjects,
             slow_consumers,
             deliveries,
@@ -104,6 +109,7 @@ impl Fanout {
         let seam = Arc::new(Seam::default());
         let room = Room {
             io: self.io.clone(),
+            store: self.store.clone(),
             key: room_key(room_id),
             room_id,
             slow_consumers: self.slow_consumers.clone(),
@@ -142,6 +148,7 @@ impl Fanout {
 /// A room's local sockets, as the forwarding task sees them.
 struct Room {
     io: SocketIo,
+    store: Store,
     key: String,
     room_id: RoomId,
     slow_consumers: Counter,
@@ -162,7 +169,7 @@ async fn forward(room: Room, mut subscription: Subscription) {
             () = sleep_until(sequencer.deadline()) => sequencer.flush(),
         };
         for message in ready {
-            room.deliver(message);
+            room.deliver(message).await;
         }
     }
 }
@@ -176,8 +183,10 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Room {
-    /// Emits one bus message to the room's local sockets.
-    fn deliver(&self, message: BusMessage) {
+    /// Emits one bus message to the room's local sockets, in the order the
+    /// room's messages come: a change of access takes effect before what
+    /// follows it.
+    async fn deliver(&self, message: BusMessage) {
         let event = match ServerEvent::decode(&message) {
             Ok(event) => event,
             Err(e) => {
@@ -185,6 +194,62 @@ impl Room {
                 return;
             }
         };
+        if let ServerEvent::RoomMadePrivate { .. } = event {
+            self.remove_non_members().await;
+            return;
+        }
+        self.emit_event(event, &message);
+    }
+
+    /// The room turned private: the sockets of users who are not its
+    /// members (nor its owner) leave it. Should the store not say who the
+    /// members are, every socket of the room is disconnected: their
+    /// clients reconnect and join again, and only members are let in.
+    async fn remove_non_members(&self) {
+        let sockets = self.sockets();
+        let catching_up = self.seam.catching_up();
+        if sockets.is_empty() && catching_up.is_empty() {
+            return;
+        }
+        let allowed = match self.allowed_users().await {
+            Ok(allowed) => allowed,
+            Err(e) => {
+                tracing::error!(room_id = self.room_id, error = %e,
+                    "members of a room turned private unknown: its sockets are disconnected");
+                for socket in sockets.iter().chain(&catching_up) {
+                    socket.leave_all();
+                    tokio::spawn(disconnect_when_possible(socket.clone()));
+                }
+                return;
+            }
+        };
+        let outsider = |s: &Session| !allowed.contains(&common::domain::user_name_key(&s.user));
+        self.seam.refuse(outsider);
+        let removed = remove_sockets(&sockets, &self.key, outsider);
+        tracing::info!(
+            room_id = self.room_id,
+            removed,
+            "room turned private: sockets of non-members removed"
+        );
+    }
+
+    /// The keys ([`common::domain::user_name_key`]) of who may be in the
+    /// room: its members and its owner (none when it is gone).
+    async fn allowed_users(&self) -> Result<HashSet<String>, StoreError> {
+        let Some(room) = self.store.room(self.room_id).await? else {
+            return Ok(HashSet::new());
+        };
+        let members = self.store.members(self.room_id).await?;
+        Ok(members
+            .iter()
+            .map(|m| m.user_name.as_str())
+            .chain([room.room_owner.as_str()])
+            .map(common::domain::user_name_key)
+            .collect())
+    }
+
+    /// Emits a decoded event to the room's local sockets.
+    fn emit_event(&self, event: ServerEvent, message: &BusMessage) {
         let name = event.name();
         self.deliveries
             .get_or_create(&EventLabels { event: name })
@@ -231,15 +296,23 @@ impl Room {
             ServerEvent::UserKicked { user, .. } => {
                 // The kicked sockets leave before anyone is told: a client
                 // that reacts to `user_kicked` at once must already be out.
-                self.seam.refuse(Some(&user.user_name));
+                self.seam.refuse(|s| s.is(&user.user_name));
                 let sockets = self.sockets();
                 remove_sockets(&sockets, &self.key, |s| s.is(&user.user_name));
                 self.emit_to(&sockets, name, &user);
             }
+            ServerEvent::MemberRemoved { user, .. } => {
+                // Left over REST: their sockets stop receiving the room,
+                // and their messages to it are refused (code 4).
+                self.seam.refuse(|s| s.is(&user.user_name));
+                remove_sockets(&self.sockets(), &self.key, |s| s.is(&user.user_name));
+            }
             ServerEvent::RoomDeleted { .. } => {
-                self.seam.refuse(None);
+                self.seam.refuse(|_| true);
                 remove_sockets(&self.sockets(), &self.key, |_| true);
             }
+            // Handled in `deliver` (it needs the store).
+            ServerEvent::RoomMadePrivate { .. } => {}
             // Goes to every socket, on its own subject (`Gateway::run`).
             ServerEvent::RoomListUpdated => {}
         }
@@ -306,13 +379,17 @@ async fn disconnect_when_possible(socket: SocketRef) {
     }
 }
 
-/// Takes the matching sockets out of a room: they stop receiving it at once.
-fn remove_sockets(sockets: &[SocketRef], key: &str, matches: impl Fn(&Session) -> bool) {
+/// Takes the matching sockets out of a room: they stop receiving it at
+/// once. Returns how many.
+fn remove_sockets(sockets: &[SocketRef], key: &str, matches: impl Fn(&Session) -> bool) -> usize {
+    let mut removed = 0;
     for socket in sockets {
         if session(socket).is_some_and(|s| matches(&s)) {
             socket.leave(key.to_owned());
+            removed += 1;
         }
     }
+    removed
 }
 
 pub fn session(socket: &SocketRef) -> Option<Arc<Session>> {

@@ -13,7 +13,10 @@ use tracing::Instrument;
 
 use crate::Gateway;
 use crate::catch_up::REPLAY_MAX;
-use crate::client_event::{ClientEvent, Heartbeat, JoinRequest, MessageRequest, RoomRequest};
+use crate::client_event::{
+    ClientEvent, Heartbeat, JoinRequest, MessageRequest, RefreshRequest, RoomRequest,
+};
+use crate::connect::Refused;
 use crate::event_queue::Queued;
 use crate::fanout::{room_key, session};
 use crate::refusal::Refusal;
@@ -32,6 +35,16 @@ impl Gateway {
         let Some(session) = session(&socket) else {
             return;
         };
+        // A token that ran out ends the socket at its next event (or at
+        // the next expiry sweep), unless the event brings a fresh one.
+        if !matches!(event, Ok(ClientEvent::Refresh(_)))
+            && session.expired(chrono::Utc::now().timestamp())
+        {
+            self.count(name, &Err::<(), _>(Refusal::SessionExpired));
+            answer(&socket, ack, name, Err(Refusal::SessionExpired));
+            crate::close_for(&socket, Refusal::SessionExpired);
+            return;
+        }
         let event = event.and_then(|event| {
             session.check_name(event.claimed_user())?;
             Ok(event)
@@ -41,6 +54,9 @@ impl Gateway {
             Ok(ClientEvent::Join(request)) => self.join(&socket, &session, request).await.map(Some),
             Ok(ClientEvent::Leave(request)) => {
                 self.leave(&socket, &session, request).await.map(|()| None)
+            }
+            Ok(ClientEvent::Refresh(request)) => {
+                self.refresh(&socket, &session, request).await.map(Some)
             }
             Ok(ClientEvent::Watchdog(heartbeat)) => {
                 self.watchdog(&session, heartbeat).await.map(|()| None)
@@ -80,6 +96,9 @@ impl Gateway {
         request: JoinRequest,
     ) -> Result<Value, Refusal> {
         let room_id = request.room.room_id;
+        // Joins spend from the socket's allowance: each one is an event to
+        // every member of the room.
+        session.take_message()?;
         self.check_access(session, room_id).await?;
         let key = room_key(room_id);
         let (replayed, complete) = match request.last_chat_id {
@@ -161,6 +180,7 @@ impl Gateway {
         session: &Session,
         request: RoomRequest,
     ) -> Result<(), Refusal> {
+        session.take_message()?;
         let key = room_key(request.room_id);
         if in_room(socket, &key) {
             socket.leave(key);
@@ -218,6 +238,30 @@ impl Gateway {
             append_seconds.observe(started.elapsed().as_secs_f64());
             Ok(json!({ "chat_id": chat_id }))
         })
+    }
+
+    /// Takes a fresher access token for the socket: it stays open past the
+    /// expiry of the token it connected with. The token must be good (not
+    /// expired or revoked, its session alive) and name the socket's user.
+    async fn refresh(
+        &self,
+        socket: &SocketRef,
+        session: &Session,
+        request: RefreshRequest,
+    ) -> Result<Value, Refusal> {
+        let (user, grant) = self.grant(&request.token).await.map_err(|refused| {
+            if refused == Refused::Unavailable {
+                Refusal::Unavailable
+            } else {
+                Refusal::SessionExpired
+            }
+        })?;
+        if !session.is(&user) {
+            return Err(Refusal::Forbidden);
+        }
+        self.expiries.watch(grant.expires_at, socket.id);
+        session.renew(grant);
+        Ok(json!({ "ok": true }))
     }
 
     async fn watchdog(&self, session: &Session, _heartbeat: Heartbeat) -> Result<(), Refusal> {

@@ -11,6 +11,7 @@
 //! delivery, with `sequencer`), `catch_up` (replay on join), `session` (one
 //! socket's user and rate).
 
+mod admission;
 mod catch_up;
 mod client_event;
 mod connect;
@@ -31,7 +32,7 @@ use clap::Args;
 use common::auth::Tokens;
 use common::bus::{Bus, Subjects};
 use common::chat_log::ChatLog;
-use common::events::{Events, PasswordChanged};
+use common::events::{Events, PasswordChanged, SessionEnded};
 use common::store::Store;
 use futures_util::StreamExt;
 use socketioxide::SocketIo;
@@ -51,6 +52,13 @@ pub struct GatewayArgs {
     /// Chat messages one socket may send in a burst.
     #[arg(long, env = "MESSAGE_RATE_BURST", default_value_t = 40)]
     pub message_rate_burst: u32,
+    /// Seconds a client has, after opening an Engine.IO session, to
+    /// authenticate its Socket.IO connection; then it is closed.
+    #[arg(long, env = "SOCKET_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
+    pub socket_connect_timeout_secs: u64,
+    /// Sockets one user may hold open on one gateway; 0 is unlimited.
+    #[arg(long, env = "MAX_SOCKETS_PER_USER", default_value_t = 32)]
+    pub max_sockets_per_user: usize,
 }
 
 /// What the gateway needs from the rest of the process.
@@ -63,6 +71,10 @@ pub struct Deps {
     /// `None` accepts sockets from any origin.
     pub allowed_origins: Option<Vec<String>>,
     pub rate: RateLimit,
+    /// How long a socket has to authenticate.
+    pub connect_timeout: Duration,
+    /// Sockets per user on this gateway; 0 is unlimited.
+    pub max_sockets_per_user: usize,
     pub metrics: GatewayMetrics,
 }
 
@@ -81,6 +93,10 @@ pub struct Gateway {
     events: Events,
     fanout: fanout::Fanout,
     heartbeats: heartbeats::Heartbeats,
+    /// The open sockets of each user, against their cap.
+    user_sockets: admission::UserSockets,
+    /// When each socket's token expires.
+    expiries: admission::Expiries,
     /// Chat messages being appended, each waiting for its acknowledgement.
     appends: TaskTracker,
     /// The token [`Gateway::run`] stops on, the one `/readyz` reports: once
@@ -104,6 +120,9 @@ const SOCKET_IO_PATH: &str = "/socket.io";
 /// How often rooms without local sockets are unsubscribed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How often sockets whose token expired are looked for.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
 /// How often held-back heartbeats are checked for forwarding.
 const HEARTBEAT_FLUSH: Duration = Duration::from_millis(100);
 
@@ -121,13 +140,22 @@ const FLUSH_ANSWERS: Duration = Duration::from_millis(200);
 
 impl Gateway {
     pub fn new(deps: Deps) -> Arc<Self> {
+        // Nothing larger than a REST body is read, on any transport, before
+        // or after authentication (engineioxide would take WebSocket
+        // messages of 64 MiB, in frames of 16 MiB).
+        let payload_max = common::domain::PAYLOAD_MAX;
         let (service, io) = SocketIo::builder()
             .ws_read_buffer_size(WS_READ_BUFFER)
             .max_buffer_size(SEND_BUFFER)
+            .max_payload(payload_max as u64)
+            .ws_max_message_size(payload_max)
+            .ws_max_frame_size(payload_max)
+            .connect_timeout(deps.connect_timeout)
             .build_svc();
         let fanout = fanout::Fanout::new(
             io.clone(),
             deps.bus.clone(),
+            deps.store.clone(),
             deps.subjects.clone(),
             deps.metrics.slow_consumers.clone(),
             deps.metrics.deliveries.clone(),
@@ -141,11 +169,13 @@ impl Gateway {
             io: io.clone(),
             routes,
             events: Events::new(deps.bus.clone(), deps.subjects.clone()),
-            deps,
             fanout,
             heartbeats: heartbeats::Heartbeats::default(),
+            user_sockets: admission::UserSockets::new(deps.max_sockets_per_user),
+            expiries: admission::Expiries::default(),
             appends: TaskTracker::new(),
             shutdown: OnceLock::new(),
+            deps,
         });
         connect::register(&io, gateway.clone());
         gateway
@@ -171,7 +201,13 @@ impl Gateway {
             .bus
             .subscribe(self.deps.subjects.password_changed())
             .await?;
+        let mut sessions_ended = self
+            .deps
+            .bus
+            .subscribe(self.deps.subjects.session_ended())
+            .await?;
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        let mut expiries = tokio::time::interval(EXPIRY_SWEEP);
         let mut flush = tokio::time::interval(HEARTBEAT_FLUSH);
         loop {
             tokio::select! {
@@ -190,8 +226,16 @@ impl Gateway {
                         tracing::error!("password change subscription ended");
                         break;
                     };
-                    self.close_revoked(&change.payload);
+                    self.password_changed(&change.payload);
                 }
+                ended = sessions_ended.next() => {
+                    let Some(ended) = ended else {
+                        tracing::error!("session end subscription ended");
+                        break;
+                    };
+                    self.session_ended(&ended.payload);
+                }
+                _ = expiries.tick() => self.close_expired(),
                 _ = sweep.tick() => self.fanout.sweep().await,
                 _ = flush.tick() => {
                     for (user, at) in self.heartbeats.due() {
@@ -207,7 +251,7 @@ impl Gateway {
     /// Closes the sockets of a user whose password changed that
     /// authenticated with a token issued under the old one (its reconnect
     /// is then refused: the token is revoked).
-    fn close_revoked(&self, payload: &[u8]) {
+    fn password_changed(&self, payload: &[u8]) {
         let change: PasswordChanged = match serde_json::from_slice(payload) {
             Ok(change) => change,
             Err(e) => {
@@ -215,18 +259,9 @@ impl Gateway {
                 return;
             }
         };
-        let mut closed = 0;
-        for socket in self.io.sockets() {
-            if let Some(session) = fanout::session(&socket)
-                && session.is(&change.user_name)
-                && session.stamp != change.stamp
-            {
-                closed += 1;
-                // A disconnect packet, not a dropped connection: the client
-                // is told it was the server's doing, and does not retry.
-                let _ = socket.disconnect();
-            }
-        }
+        let closed = self.close_where("password changed", |session| {
+            session.is(&change.user_name) && session.grant().stamp != change.stamp
+        });
         if closed > 0 {
             tracing::info!(
                 user = change.user_name,
@@ -234,6 +269,55 @@ impl Gateway {
                 "sockets of a revoked token closed"
             );
         }
+    }
+
+    /// Closes the sockets opened with the tokens of a session that ended.
+    fn session_ended(&self, payload: &[u8]) {
+        let ended: SessionEnded = match serde_json::from_slice(payload) {
+            Ok(ended) => ended,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed session end ignored");
+                return;
+            }
+        };
+        let closed = self.close_where("session ended", |session| {
+            session.is(&ended.user_name)
+                && session.grant().session.as_deref() == Some(ended.session_id.as_str())
+        });
+        if closed > 0 {
+            tracing::info!(
+                user = ended.user_name,
+                closed,
+                "sockets of an ended session closed"
+            );
+        }
+    }
+
+    /// Closes the sockets whose token expired without being renewed.
+    fn close_expired(&self) {
+        let now = chrono::Utc::now().timestamp();
+        for sid in self.expiries.due(now) {
+            if let Some(socket) = self.io.get_socket(sid)
+                && fanout::session(&socket).is_some_and(|s| s.expired(now))
+            {
+                tracing::info!(sid = %sid, "socket closed: its token expired");
+                close_for(&socket, Refusal::SessionExpired);
+            }
+        }
+    }
+
+    /// Closes every socket whose session `matches`, telling each why;
+    /// returns how many.
+    fn close_where(&self, why: &str, matches: impl Fn(&session::Session) -> bool) -> usize {
+        let mut closed = 0;
+        for socket in self.io.sockets() {
+            if fanout::session(&socket).is_some_and(|s| matches(&s)) {
+                closed += 1;
+                tracing::debug!(sid = %socket.id, why, "closing socket");
+                close_for(&socket, Refusal::SessionExpired);
+            }
+        }
+        closed
     }
 
     /// Lets the chat messages in flight be acknowledged. The sockets stay
@@ -270,4 +354,14 @@ impl Gateway {
             "messages in flight acknowledged; the sockets close with the process"
         );
     }
+}
+
+/// Tells a socket why it is being closed (an `error` event), then closes it
+/// with a disconnect packet, not a dropped connection: the client learns it
+/// was the server's doing and does not retry with the same token.
+pub(crate) fn close_for(socket: &socketioxide::extract::SocketRef, why: Refusal) {
+    if let Err(e) = socket.emit("error", &why.body()) {
+        tracing::debug!(error = %e, "error event not sent before closing");
+    }
+    let _ = socket.clone().disconnect();
 }

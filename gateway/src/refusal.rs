@@ -17,6 +17,10 @@ pub enum Refusal {
     /// A dependency (database, broker) failed; the client may retry. Not in
     /// the older servers' list: they had no such failure to report.
     Unavailable,
+    /// The socket's token expired, or its session ended (a logout, a
+    /// password change); or a `refresh` brought a token that is not good.
+    /// The client renews its token and reconnects (or sends `refresh`).
+    SessionExpired,
 }
 
 /// The body of an `error` event, and of a refused acknowledgement.
@@ -37,6 +41,7 @@ impl Refusal {
             Self::RateLimited => 6,
             Self::Invalid => 7,
             Self::Unavailable => 8,
+            Self::SessionExpired => 9,
         }
     }
 
@@ -51,6 +56,7 @@ impl Refusal {
             Self::RateLimited => "Rate limited",
             Self::Invalid => "Invalid payload",
             Self::Unavailable => "Service unavailable, try again",
+            Self::SessionExpired => "Session expired",
         }
     }
 
@@ -77,6 +83,8 @@ mod tests {
             (Refusal::Forbidden, 5, "Forbidden"),
             (Refusal::RateLimited, 6, "Rate limited"),
             (Refusal::Invalid, 7, "Invalid payload"),
+            (Refusal::Unavailable, 8, "Service unavailable, try again"),
+            (Refusal::SessionExpired, 9, "Session expired"),
         ];
         for (refusal, code, text) in all {
             assert_eq!(

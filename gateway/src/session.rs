@@ -7,29 +7,45 @@ use std::time::{Duration, Instant};
 use common::otel::TraceParent;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::admission::UserSlot;
 use crate::refusal::Refusal;
 
 /// One authenticated socket.
 #[derive(Debug)]
 pub struct Session {
     pub user: String,
-    /// The stamp of the password the socket's token was issued under: a
-    /// password change with another stamp closes the socket.
-    pub stamp: String,
     /// `user` case-folded once, for the comparisons made on every event.
     folded: String,
+    /// What the socket's current token grants; a `refresh` replaces it.
+    grant: Mutex<Grant>,
     bucket: Mutex<TokenBucket>,
     /// Permits for messages sent but not yet stored.
     appends: Arc<Semaphore>,
     /// The connect span's trace context, when traces are exported: each
     /// event's span (a trace of its own) links to it.
     pub connection: Option<TraceParent>,
+    /// Counts the socket against its user's cap while it lives.
+    _slot: Option<UserSlot>,
+}
+
+/// What a socket's token grants it, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The stamp of the password the token was issued under: a password
+    /// change with another stamp closes the socket.
+    pub stamp: String,
+    /// The session the token belongs to: its end closes the socket.
+    pub session: Option<String>,
+    /// Unix seconds when the token expires: the socket is closed then
+    /// unless its client sent a fresher token (`refresh`).
+    pub expires_at: i64,
 }
 
 impl Session {
-    pub fn new(user: String, stamp: String, rate: RateLimit) -> Self {
+    pub fn new(user: String, grant: Grant, rate: RateLimit, slot: Option<UserSlot>) -> Self {
         Self {
-            stamp,
+            _slot: slot,
+            grant: Mutex::new(grant),
             folded: user.to_lowercase(),
             user,
             bucket: Mutex::new(TokenBucket::new(rate, Instant::now())),
@@ -60,12 +76,16 @@ impl Session {
         }
     }
 
-    /// True when `name` names this socket's user (in any letter case).
+    /// True when `name` names this socket's user (in any letter case, and
+    /// in any Unicode compatibility form: names compare in NFKC).
     pub fn is(&self, name: &str) -> bool {
-        name == self.user || name.to_lowercase() == self.folded
+        name == self.user
+            || name.to_lowercase() == self.folded
+            || common::domain::user_name_key(name) == common::domain::user_name_key(&self.user)
     }
 
-    /// Spends one message from the socket's allowance.
+    /// Spends one event from the socket's allowance (messages, joins and
+    /// leaves share it).
     pub fn take_message(&self) -> Result<(), Refusal> {
         let mut bucket = self.bucket.lock().map_err(|_| Refusal::Unavailable)?;
         if bucket.take(Instant::now()) {
@@ -73,6 +93,31 @@ impl Session {
         } else {
             Err(Refusal::RateLimited)
         }
+    }
+
+    /// What the socket's token grants now.
+    pub fn grant(&self) -> Grant {
+        match self.grant.lock() {
+            Ok(grant) => grant.clone(),
+            // A poisoned lock grants nothing: the socket is closed.
+            Err(_) => Grant {
+                stamp: String::new(),
+                session: None,
+                expires_at: 0,
+            },
+        }
+    }
+
+    /// Replaces what the socket's token grants (a `refresh`).
+    pub fn renew(&self, grant: Grant) {
+        if let Ok(mut current) = self.grant.lock() {
+            *current = grant;
+        }
+    }
+
+    /// True once the socket's token has expired (`now` in Unix seconds).
+    pub fn expired(&self, now: i64) -> bool {
+        self.grant().expires_at <= now
     }
 }
 
@@ -155,16 +200,24 @@ mod tests {
 
     #[test]
     fn claimed_names_must_be_the_socket_user() {
+        let grant = Grant {
+            stamp: "stamp".into(),
+            session: None,
+            expires_at: 0,
+        };
         let s = Session::new(
             "Ann".into(),
-            "stamp".into(),
+            grant,
             RateLimit {
                 per_second: 0,
                 burst: 0,
             },
+            None,
         );
         assert_eq!(s.check_name(None), Ok(()));
         assert_eq!(s.check_name(Some("ann")), Ok(()));
         assert_eq!(s.check_name(Some("bob")), Err(Refusal::Forbidden));
+        // Full-width letters are the same name in NFKC.
+        assert_eq!(s.check_name(Some("\u{ff41}nn")), Ok(()));
     }
 }

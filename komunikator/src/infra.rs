@@ -131,7 +131,7 @@ impl Infra {
 async fn open_store(adapters: &Adapters) -> anyhow::Result<Store> {
     let settings = &adapters.store;
     if let (StoreSettings::Sqlite { .. }, Some(dir)) = (settings, &adapters.data_dir) {
-        std::fs::create_dir_all(dir)
+        common::config::private_dir(dir)
             .with_context(|| format!("creating the data directory {}", dir.display()))?;
     }
     let store = Store::connect(settings)

@@ -83,7 +83,7 @@ fn exit(result: Result<(), Failure>) -> ExitCode {
 async fn migrate(cmd: MigrateCmd) -> Result<(), Failure> {
     let (settings, data_dir) = cmd.store()?;
     if matches!(settings, StoreSettings::Sqlite { .. }) {
-        std::fs::create_dir_all(&data_dir).context("creating the data directory")?;
+        common::config::private_dir(&data_dir).context("creating the data directory")?;
     }
     let store = Store::connect(&settings)
         .await

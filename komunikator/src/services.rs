@@ -14,11 +14,11 @@ use common::events::Events;
 use common::http::Readiness;
 use common::password::Passwords;
 use common::telemetry::Metrics;
-use common::throttle::{LocalThrottle, ProxyNet, RedisThrottle};
+use common::throttle::{Limit, LocalThrottle, ProxyNet, RedisThrottle, Throttle};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::infra::Infra;
+use crate::infra::{Infra, SharedState};
 use crate::plan::{Failure, Plan, Service, TokenConfig};
 
 /// A service's background work.
@@ -120,6 +120,10 @@ async fn start(
                     per_second: args.message_rate_limit,
                     burst: args.message_rate_burst,
                 },
+                connect_timeout: std::time::Duration::from_secs(
+                    args.socket_connect_timeout_secs.max(1),
+                ),
+                max_sockets_per_user: args.max_sockets_per_user,
                 metrics: gateway::GatewayMetrics::new(registry),
             });
             Started {
@@ -174,17 +178,24 @@ fn api_deps(
         tokens: self::tokens(tokens),
         passwords: Passwords::new(args.hash_threads(), args.password_hash_queue).register(registry),
         room_list: api::room_list::RoomList::new(shared.room_list_version.clone()),
-        throttle: match &shared.redis {
-            Some(pool) => Arc::new(RedisThrottle::new(
-                pool.clone(),
-                infra.subjects.prefix(),
-                args.attempt_limit(),
-            )),
-            None => Arc::new(LocalThrottle::new(args.attempt_limit())),
-        },
+        throttle: throttle(shared, infra, args.attempt_limit()),
+        registrations: throttle(shared, infra, args.registration_limit()),
         trusted_proxies: trusted_proxies.to_vec(),
         refresh_ttl: std::time::Duration::from_secs(args.refresh_token_expires.max(1)),
     })
+}
+
+/// A throttle of `limit`, shared by the replicas through Redis when the
+/// deployment keeps its state there.
+fn throttle(shared: &SharedState, infra: &Infra, limit: Limit) -> Arc<dyn Throttle> {
+    match &shared.redis {
+        Some(pool) => Arc::new(RedisThrottle::new(
+            pool.clone(),
+            infra.subjects.prefix(),
+            limit,
+        )),
+        None => Arc::new(LocalThrottle::new(limit)),
+    }
 }
 
 /// With presence in Redis and the bus on NATS, who is online is also kept

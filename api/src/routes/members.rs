@@ -47,7 +47,7 @@ pub async fn join_private(
     let key = body.text("access_key")?.ok_or(ApiError::MissingAccessKey)?;
     check_len("access_key", key, ACCESS_KEY_MAX)?;
     // Wrong keys are throttled per user, like failed logins.
-    let keys = [format!("access_key:user:{}", user.to_lowercase())];
+    let keys = [super::access_key_key(&user)];
     super::refuse_if_throttled(&state, &keys).await?;
     let Some(room) = state.store.private_room_by_key(key).await? else {
         super::count_failure(&state, &keys).await;
@@ -70,9 +70,17 @@ pub async fn leave(
         return Err(ApiError::UserNotInRoom);
     }
     tracing::info!(room_id, user, "user left room");
+    // Their sockets leave the room before anyone hears of it.
     state
         .events
-        .publish(ServerEvent::UserListUpdated { room_id })
+        .publish(ServerEvent::MemberRemoved {
+            room_id,
+            user: UserName::new(user),
+        })
+        .await;
+    state
+        .events
+        .publish_now(ServerEvent::UserListUpdated { room_id })
         .await;
     Ok(message("Left room successfully"))
 }
@@ -108,7 +116,7 @@ pub async fn kick(
         .await;
     state
         .events
-        .publish(ServerEvent::UserKicked {
+        .publish_now(ServerEvent::UserKicked {
             room_id,
             user: UserName::new(target),
         })

@@ -7,8 +7,11 @@ pub mod rooms;
 pub mod sessions;
 pub mod users;
 
+use std::sync::Arc;
+
 use axum::Json;
 use common::domain::{Room, RoomId};
+use common::throttle::Throttle;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -45,11 +48,29 @@ async fn visible_room(
     }
 }
 
+/// The throttle key of a user name: the same for every spelling of it.
+fn user_key(kind: &str, user: &str) -> String {
+    format!("{kind}:user:{}", common::domain::user_name_key(user))
+}
+
+/// The throttle key of a client address (IPv6 by its /64 network).
+fn address_key(kind: &str, address: std::net::IpAddr) -> String {
+    format!("{kind}:addr:{}", common::throttle::address_group(address))
+}
+
 /// 429 when any of `keys` failed too often lately. The throttle's state
 /// unreachable (Redis down) lets the attempt through: logins do not
 /// depend on it.
 async fn refuse_if_throttled(state: &AppState, keys: &[String]) -> Result<(), ApiError> {
-    match state.throttle.blocked(keys).await {
+    refuse_if_throttled_by(&state.throttle, keys).await
+}
+
+/// [`refuse_if_throttled`] on another throttle than the failures'.
+async fn refuse_if_throttled_by(
+    throttle: &Arc<dyn Throttle>,
+    keys: &[String],
+) -> Result<(), ApiError> {
+    match throttle.blocked(keys).await {
         Ok(Some(wait)) => {
             tracing::info!(?keys, "attempt refused: throttled");
             Err(ApiError::Throttled(wait))
@@ -64,7 +85,19 @@ async fn refuse_if_throttled(state: &AppState, keys: &[String]) -> Result<(), Ap
 
 /// Counts a failed attempt against each of `keys`.
 async fn count_failure(state: &AppState, keys: &[String]) {
-    if let Err(e) = state.throttle.failed(keys).await {
-        tracing::warn!(error = %e, "failed attempt not counted");
+    count_failure_by(&state.throttle, keys).await;
+}
+
+/// Counts an attempt against each of `keys` of `throttle`.
+async fn count_failure_by(throttle: &Arc<dyn Throttle>, keys: &[String]) {
+    if let Err(e) = throttle.failed(keys).await {
+        tracing::warn!(error = %e, "attempt not counted");
     }
+}
+
+/// The throttle key of wrong access keys (on `join_private`) and access-key
+/// conflicts (on `room/create` and `room/edit`): both are guesses at other
+/// rooms' keys, counted per user.
+fn access_key_key(user: &str) -> String {
+    user_key("access_key", user)
 }

@@ -76,13 +76,22 @@ pub async fn create(
     } else {
         None
     };
+    // A key taken by another room says so: a guess at that room's key,
+    // throttled like a wrong key on `join_private`.
+    let keys = [super::access_key_key(&owner)];
+    if access_key.is_some() {
+        super::refuse_if_throttled(&state, &keys).await?;
+    }
     let room = NewRoom {
         name: name.to_owned(),
         owner,
         access_key,
     };
     let room_id = match state.store.create_room(&room, now()).await {
-        Err(StoreError::Conflict) => return Err(ApiError::DuplicateAccessKey),
+        Err(StoreError::Conflict) => {
+            super::count_failure(&state, &keys).await;
+            return Err(ApiError::DuplicateAccessKey);
+        }
         other => other?,
     };
     tracing::info!(room_id, owner = room.owner, "room created");
@@ -106,22 +115,39 @@ pub async fn edit(
     }
     let name = name.ok_or(ApiError::EmptyRoomName)?;
     check_len("new_name", name, ROOM_NAME_MAX)?;
+    let current_key = room.access_key.clone();
     let access_key = match (is_private, room.access_key) {
         (Some(false), _) | (None, None) => None,
         // Privacy not mentioned: a private room keeps its key unless given a new one.
         (None, Some(current)) if body.text("new_access_key")?.is_none() => Some(current),
         _ => Some(access_key(&body, "new_access_key", ApiError::MissingNewAccessKey)?.to_owned()),
     };
+    let made_private = !room.is_private && access_key.is_some();
+    let keys = [super::access_key_key(&caller)];
+    let new_key = access_key.is_some() && access_key != current_key;
+    if new_key {
+        super::refuse_if_throttled(&state, &keys).await?;
+    }
     let edit = RoomEdit {
         room_id,
         name: name.to_owned(),
         access_key,
     };
     match state.store.update_room(&edit).await {
-        Err(StoreError::Conflict) => return Err(ApiError::DuplicateAccessKey),
+        Err(StoreError::Conflict) => {
+            super::count_failure(&state, &keys).await;
+            return Err(ApiError::DuplicateAccessKey);
+        }
         other => other?,
     }
-    tracing::info!(room_id, "room edited");
+    tracing::info!(room_id, made_private, "room edited");
+    if made_private {
+        // Sockets of non-members leave it before the owner hears it is done.
+        state
+            .events
+            .publish_now(ServerEvent::RoomMadePrivate { room_id })
+            .await;
+    }
     room_list_changed(&state).await;
     Ok(message("Room edited successfully"))
 }

@@ -8,6 +8,7 @@
 use axum::Json;
 use axum::extract::State;
 use common::domain::now;
+use common::events::SessionEnded;
 use serde_json::{Value, json};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
@@ -17,15 +18,26 @@ use crate::error::ApiError;
 use crate::extract::Body;
 use crate::state::AppState;
 
-/// A new session of `user`: its refresh token.
-pub(crate) async fn open(state: &AppState, user: &str) -> Result<String, ApiError> {
+/// A new session of `user`, whose stored password is `stored_password`:
+/// `{access_token, refresh_token}`, the access token bound to the session.
+pub(crate) async fn open(
+    state: &AppState,
+    user: &str,
+    stored_password: &str,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
     let id = common::random_hex(16);
     let secret = common::random_hex(32);
     state
         .store
         .create_session(&id, user, &hash(&secret), expiry(state))
         .await?;
-    Ok(format!("{id}.{secret}"))
+    let mut tokens = serde_json::Map::new();
+    tokens.insert(
+        "access_token".into(),
+        state.tokens.issue(user, stored_password, Some(&id)).into(),
+    );
+    tokens.insert("refresh_token".into(), format!("{id}.{secret}").into());
+    Ok(tokens)
 }
 
 /// `POST /api/refresh {refresh_token}`: a fresh access token and the next
@@ -46,8 +58,8 @@ pub async fn refresh(State(state): State<AppState>, body: Body) -> Result<Json<V
     }
     if !bool::from(hash(secret).as_bytes().ct_eq(stored_hash.as_bytes())) {
         // A spent token: its successor is in someone's hands, perhaps a
-        // thief's. End the session; its owner logs in again.
-        state.store.delete_session(id).await?;
+        // thief's. End the session (and its sockets); its owner logs in again.
+        end(&state, id, &user).await?;
         tracing::warn!(user, "spent refresh token presented: session ended");
         return Err(ApiError::InvalidRefreshToken);
     }
@@ -65,7 +77,7 @@ pub async fn refresh(State(state): State<AppState>, body: Body) -> Result<Json<V
         .await?
         .ok_or(ApiError::InvalidRefreshToken)?;
     Ok(Json(json!({
-        "access_token": state.tokens.issue(&user, &password),
+        "access_token": state.tokens.issue(&user, &password, Some(id)),
         "refresh_token": format!("{id}.{next}"),
     })))
 }
@@ -76,12 +88,27 @@ pub async fn logout(State(state): State<AppState>, body: Body) -> Result<Json<Va
     if let Some((id, secret)) = body
         .secret("refresh_token")?
         .and_then(|token| token.split_once('.'))
-        && let Some((_, stored_hash, _)) = state.store.session(id).await?
+        && let Some((user, stored_hash, _)) = state.store.session(id).await?
         && bool::from(hash(secret).as_bytes().ct_eq(stored_hash.as_bytes()))
     {
-        state.store.delete_session(id).await?;
+        end(&state, id, &user).await?;
+        tracing::info!(user, "logged out");
     }
     Ok(message("Logged out successfully"))
+}
+
+/// Ends a session: its tokens stop working, and every gateway closes the
+/// sockets opened with them.
+async fn end(state: &AppState, id: &str, user: &str) -> Result<(), ApiError> {
+    state.store.delete_session(id).await?;
+    state
+        .events
+        .session_ended(&SessionEnded {
+            user_name: user.to_owned(),
+            session_id: id.to_owned(),
+        })
+        .await;
+    Ok(())
 }
 
 /// When a session created or refreshed now ends.

@@ -4,11 +4,13 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use common::domain::{PASSWORD_MAX, USER_NAME_MAX, UserInfo};
+use common::domain::{
+    PASSWORD_MAX, USER_NAME_MAX, UserInfo, normalize_user_name, user_name_problem,
+};
 use common::events::PasswordChanged;
 use common::password::Verification;
 use common::store::StoreError;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::extract::{Body, Caller, ClientAddr, check_len};
@@ -24,33 +26,38 @@ fn credentials(body: &Body) -> Result<(&str, &str), ApiError> {
     Ok((user, password))
 }
 
-/// `{access_token, refresh_token}` for `user`: an access token bound to
-/// their stored password, and a new session's refresh token.
+/// `{access_token, refresh_token}` for `user`: a new session, and an
+/// access token bound to it and to their stored password.
 async fn tokens(
     state: &AppState,
     user: &str,
     stored_password: &str,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({
-        "access_token": state.tokens.issue(user, stored_password),
-        "refresh_token": super::sessions::open(state, user).await?,
-    })))
+    let tokens = super::sessions::open(state, user, stored_password).await?;
+    Ok(Json(Value::Object(tokens)))
 }
 
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddr(address): ClientAddr,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let (user, password) = credentials(&body)?;
-    if user.trim() != user || user.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "user_name must not contain control characters or start or end with whitespace",
-        ));
+    if let Some(problem) = user_name_problem(user) {
+        return Err(ApiError::invalid(problem));
     }
+    // Stored in NFKC: a look-alike spelling of a taken name is that name.
+    let user = &normalize_user_name(user);
+    check_len("user_name", user, USER_NAME_MAX)?;
     // Checked first so that taken names cost no hashing.
     if state.store.user_name(user).await?.is_some() {
         return Err(ApiError::UserExists);
     }
+    // Each address registers a few accounts per window: a flood of them
+    // would fill the hashing queue that logins wait in.
+    let keys = [super::address_key("register", address)];
+    super::refuse_if_throttled_by(&state.registrations, &keys).await?;
+    super::count_failure_by(&state.registrations, &keys).await;
     let hash = state.passwords.hash(password.to_owned()).await?;
     match state.store.create_user(user, &hash).await {
         Err(StoreError::Conflict) => Err(ApiError::UserExists),
@@ -69,10 +76,10 @@ pub async fn login(
 ) -> Result<Json<Value>, ApiError> {
     let (user, password) = credentials(&body)?;
     // Throttled per user name and per client address, before any hashing.
-    let user_key = format!("login:user:{}", user.to_lowercase());
-    let keys = [user_key.clone(), format!("login:addr:{address}")];
+    let user_key = super::user_key("login", user);
+    let keys = [user_key.clone(), super::address_key("login", address)];
     super::refuse_if_throttled(&state, &keys).await?;
-    let Some((user, stored)) = state.store.credentials(user).await? else {
+    let Some((user, stored)) = find_credentials(&state, user).await? else {
         state
             .passwords
             .verify_unknown_user(password.to_owned())
@@ -91,15 +98,18 @@ pub async fn login(
             Err(ApiError::InvalidCredentials)
         }
         Verification::Valid { rehash } => {
-            if let Some(hash) = rehash {
-                // Only replaces the plaintext it verified: a concurrent change wins.
-                if state.store.replace_password(&user, &stored, &hash).await? {
-                    tracing::info!(user, "legacy plaintext password rehashed with argon2id");
-                    return tokens(&state, &user, &hash).await;
-                }
-            }
             if let Err(e) = state.throttle.clear(&user_key).await {
                 tracing::warn!(error = %e, "failed logins not cleared");
+            }
+            if let Some(hash) = rehash {
+                // Only replaces the value it verified: a concurrent change wins.
+                if state.store.replace_password(&user, &stored, &hash).await? {
+                    tracing::info!(
+                        user,
+                        "stored password (plaintext or weaker hash) rehashed with argon2id"
+                    );
+                    return tokens(&state, &user, &hash).await;
+                }
             }
             tokens(&state, &user, &stored).await
         }
@@ -109,6 +119,7 @@ pub async fn login(
 pub async fn change_password(
     State(state): State<AppState>,
     Caller(user): Caller,
+    ClientAddr(address): ClientAddr,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let (Some(old), Some(new)) = (body.secret("old_password")?, body.secret("new_password")?)
@@ -116,6 +127,13 @@ pub async fn change_password(
         return Err(ApiError::MissingPassword);
     };
     check_len("new_password", new, PASSWORD_MAX)?;
+    // A wrong old password counts like a failed login: a stolen access
+    // token must not buy unlimited guesses at the password.
+    let keys = [
+        super::user_key("login", &user),
+        super::address_key("login", address),
+    ];
+    super::refuse_if_throttled(&state, &keys).await?;
     let (_, stored) = state
         .store
         .credentials(&user)
@@ -127,6 +145,8 @@ pub async fn change_password(
         .await?
         == Verification::Invalid
     {
+        super::count_failure(&state, &keys).await;
+        tracing::info!(user, %address, "password change refused: wrong old password");
         return Err(ApiError::InvalidOldPassword);
     }
     let hash = state.passwords.hash(new.to_owned()).await?;
@@ -146,11 +166,24 @@ pub async fn change_password(
             stamp: state.tokens.stamp(&hash),
         })
         .await;
-    Ok(Json(json!({
-        "message": "Password changed successfully",
-        "access_token": state.tokens.issue(&user, &hash),
-        "refresh_token": super::sessions::open(&state, &user).await?,
-    })))
+    let mut answer = super::sessions::open(&state, &user, &hash).await?;
+    answer.insert("message".into(), "Password changed successfully".into());
+    Ok(Json(Value::Object(answer)))
+}
+
+/// The user named `name` and their stored password: looked up in NFKC (the
+/// form names are registered in), or as given, for names an older server
+/// stored in another form.
+async fn find_credentials(
+    state: &AppState,
+    name: &str,
+) -> Result<Option<(String, String)>, ApiError> {
+    let normalized = normalize_user_name(name);
+    let found = state.store.credentials(&normalized).await?;
+    if found.is_some() || normalized == name {
+        return Ok(found);
+    }
+    Ok(state.store.credentials(name).await?)
 }
 
 pub async fn info(

@@ -83,6 +83,11 @@ impl Bus for LocalBus {
         self.subscribe(subject).await
     }
 
+    /// Delivery is synchronous: published is delivered.
+    async fn flush(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
     fn check_ready(&self) -> Result<(), BusError> {
         Ok(())
     }

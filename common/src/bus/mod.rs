@@ -68,6 +68,9 @@ pub trait Bus: Send + Sync + 'static {
         subject: String,
         group: String,
     ) -> Result<Subscription, BusError>;
+    /// Returns once the broker has everything published before: its
+    /// subscribers are being sent it.
+    async fn flush(&self) -> Result<(), BusError>;
     /// Fails when the bus cannot deliver messages now.
     fn check_ready(&self) -> Result<(), BusError>;
 }

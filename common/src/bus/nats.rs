@@ -116,6 +116,13 @@ impl Bus for NatsBus {
         self.ready_subscription(sub).await
     }
 
+    async fn flush(&self) -> Result<(), BusError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BusError::Publish(e.to_string()))
+    }
+
     fn check_ready(&self) -> Result<(), BusError> {
         match self.client.connection_state() {
             async_nats::connection::State::Connected => Ok(()),

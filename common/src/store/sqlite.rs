@@ -15,6 +15,7 @@ use super::Engine;
 
 /// The reader and the writer pool of the file at `path`, created if missing.
 pub(super) async fn connect(path: &Path) -> super::Result<(SqlitePool, SqlitePool)> {
+    keep_private(path).map_err(sqlx::Error::Io)?;
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -31,6 +32,41 @@ pub(super) async fn connect(path: &Path) -> super::Result<(SqlitePool, SqlitePoo
         .connect_with(options.read_only(true))
         .await?;
     Ok((reader, writer))
+}
+
+/// The database holds password hashes and every message: only the
+/// server's user may read it. Its directory is made 0700 and the file
+/// 0600, created so before SQLite opens it (SQLite gives its WAL and
+/// shared-memory files the database's permissions); files of an older
+/// install are tightened.
+fn keep_private(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::config::private_dir(dir)?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Engine for SqlitePool {

@@ -1,6 +1,7 @@
 //! Users: accounts, credentials and the counters of `GET /user_info`.
 
 use super::{Result, Store, on_unique_violation};
+use crate::auth::Account;
 use crate::domain::{ChatId, UserInfo};
 
 impl Store {
@@ -33,6 +34,27 @@ impl Store {
             .bind(user)
             .fetch_optional(pool)
             .await)?)
+    }
+
+    /// What a token's checks need of its user: the name as stored, the
+    /// stored password, and whether `session` (when the token names one)
+    /// still exists, in one round trip.
+    pub async fn account(&self, user: &str, session: Option<&str>) -> Result<Option<Account>> {
+        let sql = "SELECT u.user_name, u.password, \
+                   (SELECT COUNT(*) FROM sessions s \
+                      WHERE s.session_id = ? AND s.user_name = u.user_name) AS sessions \
+                   FROM users u WHERE u.user_name = ?";
+        let row: Option<(String, String, i64)> =
+            on_reader!(self, "account", |pool| sqlx::query_as(sql)
+                .bind(session.unwrap_or(""))
+                .bind(user)
+                .fetch_optional(pool)
+                .await)?;
+        Ok(row.map(|(name, password, sessions)| Account {
+            name,
+            password,
+            session_live: sessions > 0,
+        }))
     }
 
     /// Replaces the password only if it still is `old`; false when it changed meanwhile.

@@ -13,16 +13,24 @@ async fn help_documents_every_option_and_environment_variable() {
         assert!(top.contains(command), "{top}");
     }
     let (_, api) = run_to_end(&["api", "--help"], &[]).await;
+    let (_, gateway) = run_to_end(&["gateway", "--help"], &[]).await;
     let (_, all) = run_to_end(&["all", "--help"], &[]).await;
-    // Every variable the harness controls; DATA_DIR is `all`'s alone, and
-    // the OpenTelemetry SDK's standard variables are documented in the README.
+    // Every variable the harness controls, in `all` and in the service it
+    // configures; DATA_DIR is `all`'s alone, and the OpenTelemetry SDK's
+    // standard variables are documented in the README.
+    const GATEWAY_VARS: [&str; 2] = ["MAX_SOCKETS_PER_USER", "SOCKET_CONNECT_TIMEOUT_SECS"];
     for var in CONFIG_VARS
         .iter()
         .filter(|v| **v != "DATA_DIR" && !v.starts_with("OTEL_"))
     {
+        let (name, service) = if GATEWAY_VARS.contains(var) {
+            ("gateway", &gateway)
+        } else {
+            ("api", &api)
+        };
         assert!(
-            api.contains(&format!("env: {var}")),
-            "api --help lacks {var}:\n{api}"
+            service.contains(&format!("env: {var}")),
+            "{name} --help lacks {var}:\n{service}"
         );
         assert!(
             all.contains(&format!("env: {var}")),
@@ -38,9 +46,46 @@ async fn help_documents_every_option_and_environment_variable() {
         ("BODY_READ_TIMEOUT_SECS", "30"),
         ("LOGIN_ATTEMPTS_MAX", "10"),
         ("LOGIN_ATTEMPTS_WINDOW_SECS", "300"),
+        ("REGISTRATIONS_PER_ADDRESS", "10"),
+        ("REGISTRATIONS_WINDOW_SECS", "3600"),
+        ("MAX_PENDING_CONNECTIONS_PER_ADDRESS", "256"),
     ] {
         let documented = format!("[env: {var}=] [default: {default}]");
         assert!(api.contains(&documented), "api --help lacks {documented}");
+    }
+    for (var, default) in [
+        ("SOCKET_CONNECT_TIMEOUT_SECS", "10"),
+        ("MAX_SOCKETS_PER_USER", "32"),
+    ] {
+        let documented = format!("[env: {var}=] [default: {default}]");
+        assert!(
+            gateway.contains(&documented),
+            "gateway --help lacks {documented}"
+        );
+    }
+}
+
+/// A short HS256 secret is recovered offline from one token; no service
+/// starts with one, `all` included when the secret is given (only the one
+/// `all` generates for itself is its own to choose).
+#[tokio::test]
+async fn a_jwt_secret_under_32_bytes_is_refused_at_startup() {
+    let db = TestDb::create().await;
+    let short = "x".repeat(31);
+    for command in ["api", "gateway", "all"] {
+        let env = [
+            ("DATABASE_URL", db.url()),
+            ("NATS_URL", nats_url()),
+            ("REDIS_URL", redis_url()),
+            ("JWT_SECRET_KEY", short.clone()),
+        ];
+        let (code, out) = run_to_end(&[command], &env).await;
+        assert_eq!(code, Some(2), "{command}: {out}");
+        assert!(
+            out.contains("JWT_SECRET_KEY must be at least 32 bytes"),
+            "{command}: {out}"
+        );
+        assert!(!out.contains(&short), "{command} echoed the secret: {out}");
     }
 }
 

@@ -88,7 +88,14 @@ async fn room_changes_publish_their_events_on_nats() {
     bob_acts.join_private("key-1").await;
     events.expect_room_event(private, "user_list_updated").await;
 
+    // Leaving takes the user's sockets out of the room first.
     bob_acts.leave(room).await;
+    let (subject, payload) = events.next().await;
+    assert_eq!(subject, format!("{p}.room.{room}.member_removed"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&payload).expect("json"),
+        json!({ "user_name": bob.name })
+    );
     events.expect_room_event(room, "user_list_updated").await;
 
     ann_acts.kick(private, &bob).await;
@@ -101,6 +108,13 @@ async fn room_changes_publish_their_events_on_nats() {
     );
 
     ann_acts.edit_room(room, "renamed", None).await;
+    events.expect_list_updated().await;
+    // Turning private takes the sockets of non-members out of the room.
+    ann_acts.edit_room(room, "closed", Some("key-2")).await;
+    events.expect_room_event(room, "room_made_private").await;
+    events.expect_list_updated().await;
+    // A room already private turns private no more.
+    ann_acts.edit_room(room, "closed", Some("key-3")).await;
     events.expect_list_updated().await;
 
     ann_acts.delete_room(room).await;

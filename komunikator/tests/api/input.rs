@@ -83,7 +83,11 @@ async fn bodies_are_limited_to_64_kib(backend: Backend) {
 /// ready replica) to the api as its error backend, with the status in
 /// `X-Code` and the path rewritten: the answer is the contract's JSON.
 async fn proxy_error_codes_are_answered_in_json(backend: Backend) {
-    let app = TestApp::start(backend).await;
+    let app = TestApp::start_with(
+        backend,
+        Options::default().with("TRUSTED_PROXIES", "127.0.0.1"),
+    )
+    .await;
     for (method, path) in [
         (reqwest::Method::GET, "/"),
         (reqwest::Method::POST, "/api/login"),
@@ -116,6 +120,31 @@ async fn proxy_error_codes_are_answered_in_json(backend: Backend) {
         )
         .await;
     assert_eq!(res.status, 200);
+}
+
+/// From anyone but a trusted proxy, `X-Code` is a header like any other:
+/// a client could otherwise have the API answer 503 at will (counted as
+/// server errors, which page the operator).
+async fn proxy_error_codes_from_a_client_are_ignored(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    for code in ["413", "502", "503", "504"] {
+        let res = app
+            .send(
+                app.request(reqwest::Method::GET, "/api/rooms", None)
+                    .header("X-Code", code),
+            )
+            .await;
+        assert_eq!(res.status, 200, "X-Code {code}: {res:?}");
+        let res = app
+            .send(
+                app.request(reqwest::Method::POST, "/api/login", None)
+                    .header("X-Code", code),
+            )
+            .await;
+        res.expect(400, "Missing Login or password");
+    }
+    let metrics = crate::harness::metrics(&app.base).await;
+    assert!(!metrics.contains(r#"status="503""#), "{metrics}");
 }
 
 async fn unknown_paths_and_methods_answer_json(backend: Backend) {
@@ -428,6 +457,7 @@ crate::on_both_stores!(
     malformed_json_bodies_are_400_with_a_json_error,
     bodies_are_limited_to_64_kib,
     proxy_error_codes_are_answered_in_json,
+    proxy_error_codes_from_a_client_are_ignored,
     unknown_paths_and_methods_answer_json,
     absurd_ids_and_query_values_are_400,
     wrong_field_types_are_400,

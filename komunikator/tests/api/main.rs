@@ -17,6 +17,7 @@ mod dashboards;
 mod durability;
 mod events;
 mod faults;
+mod hardening;
 mod hashing;
 mod input;
 mod members;

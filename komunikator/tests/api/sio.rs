@@ -20,6 +20,9 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
+/// What the writer task takes as "close the WebSocket" (never a packet).
+const CLOSE: &str = "\0close";
+
 /// One connected socket.
 pub struct Socket {
     out: mpsc::UnboundedSender<String>,
@@ -104,6 +107,10 @@ impl Socket {
         let (out, mut outgoing) = mpsc::unbounded_channel::<String>();
         tokio::spawn(async move {
             while let Some(text) = outgoing.recv().await {
+                if text == CLOSE {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
                 if sink.send(Message::text(text)).await.is_err() {
                     break;
                 }
@@ -152,6 +159,13 @@ impl Socket {
             acks,
             next_ack: AtomicU64::new(1),
         })
+    }
+
+    /// Leaves as a client does: a Socket.IO disconnect, then the
+    /// WebSocket's close. (Dropping a socket leaves its connection open.)
+    pub fn close(self) {
+        let _ = self.out.send("41".into());
+        let _ = self.out.send(CLOSE.into());
     }
 
     /// Sends an event with one argument.

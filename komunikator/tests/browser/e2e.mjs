@@ -51,6 +51,9 @@ async function user(name, context = null) {
   context ??= await browser.newContext({ viewport: { width: 1200, height: 800 } });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${name}] page error:`, e.message));
+  page.sockets = 0; // WebSockets the page opened: 1 while it never reconnects
+  page.on("websocket", () => { page.sockets += 1; });
+  page.signedInAt = Date.now();
   await page.goto(base);
   await id(page, "login-user").fill(name);
   await id(page, "login-password").fill(`pw-${name}`);
@@ -206,6 +209,17 @@ try {
   await live.close();
   await id(c2, "login-user").waitFor({ state: "visible", timeout: 15000 });
   await shot(c2, "signed-out-after-unauthorized");
+
+  // A socket lives as long as its token unless the client renews it: the
+  // page sends every renewed token on its open socket (`refresh`), so
+  // Alice's first socket outlives the token it connected with (65 s, and
+  // the gateway's one-second sweep) without a reconnect.
+  const firstExpiry = a.signedInAt + 65000 + 2000;
+  if (Date.now() < firstExpiry) await a.waitForTimeout(firstExpiry - Date.now());
+  await send(a, "still on my first socket");
+  await seesMessage(a, alice, "still on my first socket");
+  if (a.sockets !== 1) throw new Error(`Alice's page opened ${a.sockets} sockets: its socket was closed`);
+  await shot(a, "socket-outlived-its-first-token");
 } catch (e) {
   failed = e;
   console.error(e);

@@ -124,7 +124,12 @@ impl TestApp {
 
     pub async fn start_with(backend: Backend, options: Options) -> Self {
         let prefix = format!("t{}", random_hex(6));
-        let mut env: Vec<(&'static str, String)> = vec![("KOM_PREFIX", prefix.clone())];
+        let mut env: Vec<(&'static str, String)> = vec![
+            ("KOM_PREFIX", prefix.clone()),
+            // Every user of the suite registers from 127.0.0.1; the tests
+            // of the per-address limit set it back (`Options::with`).
+            ("REGISTRATIONS_PER_ADDRESS", "1000000".into()),
+        ];
         let (secret, db, data_dir) = match backend {
             Backend::MySql => {
                 let db = TestDb::create().await;

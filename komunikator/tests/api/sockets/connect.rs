@@ -156,7 +156,9 @@ async fn an_origin_allowlist_refuses_other_origins(backend: Backend) {
 }
 
 async fn an_event_sent_right_after_connecting_is_handled(backend: Backend) {
-    let app = TestApp::start(backend).await;
+    // Sixty sockets of one user, none closed: no cap on them here.
+    let options = Options::default().with("MAX_SOCKETS_PER_USER", "0");
+    let app = TestApp::start_with(backend, options).await;
     let ann = app.user("ann").await;
     let room = app.as_user(&ann).create_room("lobby", None).await;
     // Handlers must be in place by the time the connection is acknowledged:

@@ -101,9 +101,10 @@ async fn a_message_to_a_room_not_joined_is_code_4(backend: Backend) {
 }
 
 async fn messages_beyond_the_rate_limit_are_code_6(backend: Backend) {
+    // A burst of 3: each socket's join spends one, two messages the rest.
     let options = Options::default()
         .with("MESSAGE_RATE_LIMIT", "1")
-        .with("MESSAGE_RATE_BURST", "2");
+        .with("MESSAGE_RATE_BURST", "3");
     let app = TestApp::start_with(backend, options).await;
     let Chat(room, [ann, _], [mut a, mut b]) = app.chat("lobby", ["ann", "bob"]).await;
     a.send(room, "one").await;
@@ -217,7 +218,48 @@ async fn a_refused_join_or_leave_with_an_ack_gets_error_and_code(backend: Backen
     assert_eq!(ack, json!({ "error": "Missing user_name", "code": 3 }));
 }
 
+/// Every join is an event to every member of the room: joins (and leaves)
+/// spend from the socket's allowance like messages, so a flood of them
+/// reaches the room only as far as that allowance goes.
+async fn joins_spend_the_socket_allowance(backend: Backend) {
+    let options = Options::default()
+        .with("MESSAGE_RATE_LIMIT", "1")
+        .with("MESSAGE_RATE_BURST", "5");
+    let app = TestApp::start_with(backend, options).await;
+    let Chat(room, [_, bob], [mut a, b]) = app.chat("lobby", ["ann", "bob"]).await;
+    // Bob's first join spent one of his five; he tries 40 more.
+    let started = std::time::Instant::now();
+    let mut accepted = 0;
+    for _ in 0..40 {
+        let ack = b.emit_with_ack("join", json!({ "room_id": room })).await;
+        if ack.get("code").is_some() {
+            assert_eq!(ack, json!({ "error": "Rate limited", "code": 6 }));
+        } else {
+            assert_eq!(ack["room_id"], room, "{ack}");
+            accepted += 1;
+        }
+    }
+    // The allowance left, and what one per second added meanwhile.
+    let refilled = usize::try_from(started.elapsed().as_secs()).unwrap_or(usize::MAX);
+    eprintln!("40 joins in {:?}: {accepted} accepted", started.elapsed());
+    assert!(
+        (4..=5 + refilled).contains(&accepted),
+        "{accepted} accepted"
+    );
+    // Ann heard of exactly those, and of bob's first join (the fixture's):
+    // her own message comes after them all.
+    let chat_id = a.send(room, "enough").await;
+    assert_eq!(a.next_message().await["chat_id"], chat_id);
+    let mut heard = 0;
+    while let Some(joined) = a.try_expect("user_joined", Duration::ZERO).await {
+        assert_eq!(joined["user_name"], json!(bob.name));
+        heard += 1;
+    }
+    assert_eq!(heard, accepted + 1);
+}
+
 crate::on_both_stores!(
+    joins_spend_the_socket_allowance,
     message_length_is_limited_to_1000_characters_not_bytes,
     a_missing_or_blank_message_is_code_2,
     a_missing_room_id_or_watchdog_user_name_is_code_3,

@@ -4,14 +4,17 @@
 //! gateways sharing rooms. What the tests here share is below; what a
 //! socket sends and expects again and again is on [`crate::sio::Socket`].
 
+mod access;
 mod catch_up;
 mod connect;
 mod error_codes;
 mod gateways;
 mod identity;
+mod limits;
 mod messages;
 mod rest_events;
 mod rooms;
+mod sessions;
 
 use std::time::Duration;
 
