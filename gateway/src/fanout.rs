@@ -368,7 +368,7 @@ impl Room {
 /// as soon as the client reads again it gets what was queued, then the
 /// disconnect (and reconnects and reloads). A client that never reads again
 /// is closed by the Engine.IO ping timeout.
-async fn disconnect_when_possible(socket: SocketRef) {
+pub(crate) async fn disconnect_when_possible(socket: SocketRef) {
     for _ in 0..600 {
         match socket.clone().disconnect() {
             Err(SocketError::InternalChannelFull) => {

@@ -358,10 +358,14 @@ impl Gateway {
 
 /// Tells a socket why it is being closed (an `error` event), then closes it
 /// with a disconnect packet, not a dropped connection: the client learns it
-/// was the server's doing and does not retry with the same token.
+/// was the server's doing and does not retry with the same token. It
+/// receives nothing more meanwhile, even while its send buffer is full.
 pub(crate) fn close_for(socket: &socketioxide::extract::SocketRef, why: Refusal) {
     if let Err(e) = socket.emit("error", &why.body()) {
         tracing::debug!(error = %e, "error event not sent before closing");
     }
-    let _ = socket.clone().disconnect();
+    socket.leave_all();
+    if let Err(socketioxide::SocketError::InternalChannelFull) = socket.clone().disconnect() {
+        tokio::spawn(fanout::disconnect_when_possible(socket.clone()));
+    }
 }

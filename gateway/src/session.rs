@@ -116,8 +116,11 @@ impl Session {
     }
 
     /// True once the socket's token has expired (`now` in Unix seconds).
+    /// Asked on every event: reads the expiry in place, copies nothing.
     pub fn expired(&self, now: i64) -> bool {
-        self.grant().expires_at <= now
+        self.grant
+            .lock()
+            .map_or(true, |grant| grant.expires_at <= now)
     }
 }
 

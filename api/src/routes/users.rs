@@ -43,11 +43,12 @@ pub async fn register(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let (user, password) = credentials(&body)?;
-    if let Some(problem) = user_name_problem(user) {
+    // Stored in NFKC: a look-alike spelling of a taken name is that name.
+    let normalized = normalize_user_name(user);
+    if let Some(problem) = user_name_problem(user).or_else(|| user_name_problem(&normalized)) {
         return Err(ApiError::invalid(problem));
     }
-    // Stored in NFKC: a look-alike spelling of a taken name is that name.
-    let user = &normalize_user_name(user);
+    let user = &normalized;
     check_len("user_name", user, USER_NAME_MAX)?;
     // Checked first so that taken names cost no hashing.
     if state.store.user_name(user).await?.is_some() {

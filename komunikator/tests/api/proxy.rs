@@ -473,3 +473,88 @@ async fn failed_logins_are_throttled_per_client_through_nginx() {
         .expect("login");
     assert_eq!(res.status(), 429, "the failing address is blocked for all");
 }
+
+/// Opens an Engine.IO WebSocket through nginx as a client at `from` (nginx
+/// appends its own peer to the `X-Forwarded-For` it is sent); the HTTP
+/// status of a refused handshake.
+async fn raw_socket_from(
+    nginx: &str,
+    from: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    u16,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        nginx.replace("http://", "ws://")
+    );
+    let mut request = url.into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", from.parse().expect("header"));
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+        Err(e) => panic!("handshake through nginx failed: {e}"),
+    }
+}
+
+/// Behind nginx every connection comes from the proxy: the per-address
+/// limits count the client nginx names (the services trust it), so one
+/// client's registrations and unauthenticated sockets stop that client,
+/// not everyone behind the proxy, and its 429s reach it as JSON.
+#[tokio::test]
+async fn registrations_and_unauthenticated_sockets_are_limited_per_client_through_nginx() {
+    let options = Options::default()
+        .with("TRUSTED_PROXIES", "127.0.0.1")
+        .with("REGISTRATIONS_PER_ADDRESS", "10")
+        .with("MAX_PENDING_CONNECTIONS_PER_ADDRESS", "5")
+        .with("SOCKET_CONNECT_TIMEOUT_SECS", "60");
+    let proxied = Proxied::start(options).await;
+    let nginx = proxied.nginx.url.clone();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let stem = crate::harness::random_hex(3);
+    let register = |i: usize, from: &'static str| {
+        client
+            .post(format!("{nginx}/api/register"))
+            .header("x-forwarded-for", from)
+            .json(&json!({ "user_name": format!("n{stem}_{i}"), "password": "pw" }))
+            .send()
+    };
+    for i in 0..10 {
+        let res = register(i, "203.0.113.60").await.expect("register");
+        assert_eq!(res.status(), 201, "{}", proxied.logs());
+    }
+    let res = register(10, "203.0.113.60").await.expect("register");
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"), "{res:?}");
+    let body: Value = res.json().await.expect("JSON");
+    assert_eq!(
+        body,
+        json!({ "error": "Too many attempts, try again later" })
+    );
+    let res = register(11, "203.0.113.61").await.expect("register");
+    assert_eq!(res.status(), 201);
+
+    // Five unauthenticated sockets of one client, then 429 for it alone.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(
+            raw_socket_from(&nginx, "198.51.100.1")
+                .await
+                .expect("under the cap"),
+        );
+    }
+    assert_eq!(
+        raw_socket_from(&nginx, "198.51.100.1").await.err(),
+        Some(429)
+    );
+    raw_socket_from(&nginx, "198.51.100.2")
+        .await
+        .expect("another client is not affected");
+    drop(held);
+}

@@ -39,9 +39,15 @@ async fn a_password_change_revokes_older_tokens(backend: Backend) {
         app.get("/api/user/get_info", Some(&fresh)).await.status,
         200
     );
-    // Sockets that authenticated with it are closed, on every gateway.
-    old_socket.expect("disconnect").await;
-    other_socket.expect("disconnect").await;
+    // Sockets that authenticated with it are told and closed, on every
+    // gateway.
+    for socket in [&mut old_socket, &mut other_socket] {
+        assert_eq!(
+            socket.expect("error").await,
+            crate::sio::refusal("Session expired", 9)
+        );
+        socket.expect("disconnect").await;
+    }
     // Connecting with it is refused; with the fresh one it works.
     let refused = Socket::connect(app.gateway_url(0), Auth::Payload(&ann.token)).await;
     assert_eq!(refused.err().as_deref(), Some("Unauthorized"));
