@@ -11,6 +11,12 @@ use tokio::process::{Child, Command};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_komunikator");
 
+/// The binary under test: this build's, or another build given in
+/// `KOM_TEST_BIN` (to show that a new test fails on an older build).
+fn binary() -> String {
+    std::env::var("KOM_TEST_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 /// The configuration variables the harness controls (inherited values are
 /// removed); `config.rs` checks that `--help` documents each of them.
 pub const CONFIG_VARS: &[&str] = &[
@@ -57,7 +63,7 @@ pub const CONFIG_VARS: &[&str] = &[
 
 /// `komunikator <args>` with exactly the configuration `env` gives it.
 fn command(args: &[&str], env: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(binary());
     cmd.args(args);
     for var in CONFIG_VARS {
         cmd.env_remove(var);
@@ -116,16 +122,25 @@ impl Service {
         }
     }
 
-    /// Everything the process has logged so far.
     /// The process's resident memory, in KiB (Linux).
     pub fn rss_kib(&self) -> u64 {
+        self.memory_kib("VmRSS:")
+    }
+
+    /// The most resident memory the process has had since it started, in
+    /// KiB: what a burst of allocation reached even after it was freed.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.memory_kib("VmHWM:")
+    }
+
+    fn memory_kib(&self, field: &str) -> u64 {
         let pid = self.child.id().expect("running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
     }
 
     pub fn logs(&self) -> String {
