@@ -252,12 +252,8 @@ impl Gateway {
     /// authenticated with a token issued under the old one (its reconnect
     /// is then refused: the token is revoked).
     fn password_changed(&self, payload: &[u8]) {
-        let change: PasswordChanged = match serde_json::from_slice(payload) {
-            Ok(change) => change,
-            Err(e) => {
-                tracing::warn!(error = %e, "malformed password change ignored");
-                return;
-            }
+        let Some(change) = decode::<PasswordChanged>(payload, "password change") else {
+            return;
         };
         let closed = self.close_where("password changed", |session| {
             session.is(&change.user_name) && session.grant().stamp != change.stamp
@@ -273,12 +269,8 @@ impl Gateway {
 
     /// Closes the sockets opened with the tokens of a session that ended.
     fn session_ended(&self, payload: &[u8]) {
-        let ended: SessionEnded = match serde_json::from_slice(payload) {
-            Ok(ended) => ended,
-            Err(e) => {
-                tracing::warn!(error = %e, "malformed session end ignored");
-                return;
-            }
+        let Some(ended) = decode::<SessionEnded>(payload, "session end") else {
+            return;
         };
         let closed = self.close_where("session ended", |session| {
             session.is(&ended.user_name)
@@ -354,6 +346,13 @@ impl Gateway {
             "messages in flight acknowledged; the sockets close with the process"
         );
     }
+}
+
+/// A bus message's JSON payload; a malformed one is logged and skipped.
+fn decode<T: serde::de::DeserializeOwned>(payload: &[u8], what: &str) -> Option<T> {
+    serde_json::from_slice(payload)
+        .map_err(|e| tracing::warn!(error = %e, what, "malformed bus message ignored"))
+        .ok()
 }
 
 /// Tells a socket why it is being closed (an `error` event), then closes it

@@ -427,6 +427,17 @@ async fn a_rolling_restart_under_load_loses_no_message_for_anyone() {
     clients.finish().await;
 }
 
+/// The throttle's 429, as nginx passes it on: `Retry-After` and the JSON.
+async fn assert_throttled(res: reqwest::Response) {
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"), "{res:?}");
+    let body: Value = res.json().await.expect("JSON");
+    assert_eq!(
+        body,
+        json!({ "error": "Too many attempts, try again later" })
+    );
+}
+
 /// Failed logins through nginx: its 429 and `Retry-After` reach the client,
 /// and the address counted is the one nginx names in `X-Forwarded-For`
 /// (the api trusts nginx), not nginx's own, or one client's failures would
@@ -456,13 +467,7 @@ async fn failed_logins_are_throttled_per_client_through_nginx() {
     let res = login(&ann.name, &ann.password, "203.0.113.9")
         .await
         .expect("login");
-    assert_eq!(res.status(), 429);
-    assert!(res.headers().contains_key("retry-after"), "{res:?}");
-    let body: Value = res.json().await.expect("JSON");
-    assert_eq!(
-        body,
-        json!({ "error": "Too many attempts, try again later" })
-    );
+    assert_throttled(res).await;
     // Another client behind the same nginx logs in as usual.
     let res = login(&bob.name, &bob.password, "203.0.113.10")
         .await
@@ -529,14 +534,7 @@ async fn registrations_and_unauthenticated_sockets_are_limited_per_client_throug
         let res = register(i, "203.0.113.60").await.expect("register");
         assert_eq!(res.status(), 201, "{}", proxied.logs());
     }
-    let res = register(10, "203.0.113.60").await.expect("register");
-    assert_eq!(res.status(), 429);
-    assert!(res.headers().contains_key("retry-after"), "{res:?}");
-    let body: Value = res.json().await.expect("JSON");
-    assert_eq!(
-        body,
-        json!({ "error": "Too many attempts, try again later" })
-    );
+    assert_throttled(register(10, "203.0.113.60").await.expect("register")).await;
     let res = register(11, "203.0.113.61").await.expect("register");
     assert_eq!(res.status(), 201);
 

@@ -6,25 +6,31 @@
 
 use serde_json::json;
 
-use crate::harness::{Backend, Options, Resp, TestApp};
+use crate::harness::{Backend, Options, Resp, TestApp, User};
 
 /// The contract's allowance: 10 failures in 5 minutes.
 const ALLOWED: usize = 10;
 const WINDOW_SECS: u64 = 300;
 
-/// `POST <api>/api/login` as a client at `address` (through the proxy).
-async fn login(app: &TestApp, api: &str, name: &str, password: &str, address: &str) -> Resp {
+/// `POST <api><path>` with `{user_name, password}`, as a client at
+/// `address` (through the proxy).
+async fn post_from(app: &TestApp, url: String, name: &str, password: &str, address: &str) -> Resp {
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("client");
     app.send(
         client
-            .post(format!("{api}/api/login"))
+            .post(url)
             .header("x-forwarded-for", address)
             .json(&json!({ "user_name": name, "password": password })),
     )
     .await
+}
+
+/// `POST <api>/api/login` as a client at `address` (through the proxy).
+async fn login(app: &TestApp, api: &str, name: &str, password: &str, address: &str) -> Resp {
+    post_from(app, format!("{api}/api/login"), name, password, address).await
 }
 
 /// `komunikator_password_hashes_total` summed over the api processes.
@@ -122,12 +128,18 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored(backend: Backend) {
     assert_throttled(&login(&app, &app.base, &carol.name, &carol.password, "192.0.2.200").await);
 }
 
-async fn wrong_access_keys_are_throttled_per_user(backend: Backend) {
-    let app = TestApp::start(backend).await;
-    let [ann, bob, carol] = app.users(["ann", "bob", "carol"]).await;
-    app.as_user(&ann)
+/// Ann, Bob and Carol, Ann owning a private room whose key is `the-key`.
+async fn vault(app: &TestApp) -> [User; 3] {
+    let users = app.users(["ann", "bob", "carol"]).await;
+    app.as_user(&users[0])
         .create_room("vault", Some("the-key"))
         .await;
+    users
+}
+
+async fn wrong_access_keys_are_throttled_per_user(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let [_, bob, carol] = vault(&app).await;
     for i in 0..ALLOWED {
         app.as_user(&bob)
             .try_join_private(&format!("guess-{i}"))
@@ -144,10 +156,7 @@ async fn wrong_access_keys_are_throttled_per_user(backend: Backend) {
 /// `join_private` (400 until the limit, then 429 at every door).
 async fn access_key_conflicts_count_like_wrong_keys(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let [ann, bob, carol] = app.users(["ann", "bob", "carol"]).await;
-    app.as_user(&ann)
-        .create_room("vault", Some("the-key"))
-        .await;
+    let [_, bob, carol] = vault(&app).await;
     let mine = app.as_user(&bob).create_room("mine", None).await;
     for i in 0..ALLOWED {
         let res = if i % 2 == 0 {
@@ -225,19 +234,10 @@ async fn wrong_old_passwords_are_throttled_like_failed_logins(backend: Backend) 
     );
 }
 
-/// `POST <api>/api/register` as a client at `address` (through the proxy).
+/// `POST /api/register` as a client at `address` (through the proxy).
 async fn register_from(app: &TestApp, name: &str, address: &str) -> Resp {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
-    app.send(
-        client
-            .post(format!("{}/api/register", app.base))
-            .header("x-forwarded-for", address)
-            .json(&json!({ "user_name": name, "password": "correct horse" })),
-    )
-    .await
+    let url = format!("{}/api/register", app.base);
+    post_from(app, url, name, "correct horse", address).await
 }
 
 /// A registration flood from one address would fill the hashing queue
