@@ -97,6 +97,13 @@ ensure_browser() {
   fi
 }
 
+# The power-loss tests put data directories on LazyFS (scripts/lazyfs/),
+# built once into ~/.cache/lazyfs (its build installs fuse3 and a compiler).
+ensure_lazyfs() {
+  log "LazyFS"
+  bash scripts/lazyfs/build.sh >/dev/null
+}
+
 # The proxy tests run deploy/nginx.conf in front of the services.
 ensure_nginx() {
   need_package /usr/sbin/nginx nginx
@@ -122,6 +129,7 @@ ensure_nginx
 ensure_promtool
 ensure_python_client
 ensure_browser
+ensure_lazyfs
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

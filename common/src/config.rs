@@ -320,6 +320,7 @@ impl DataDirArgs {
         }
         let secret = crate::random_hex(32);
         write_private(&path, secret.as_bytes())?;
+        sync_dir(&self.data_dir)?;
         Ok(secret)
     }
 
@@ -358,16 +359,29 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Writes a file only its owner may read, and syncs it: a secret lost to
+/// a power cut would log every user out. A file left empty by such a cut
+/// (its creation kept, its data not) is written over.
 #[cfg(unix)]
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(bytes)
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Syncs a directory, so that a file just created in it survives a power loss.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    let _ = dir;
+    Ok(())
 }
 
 #[cfg(not(unix))]

@@ -22,6 +22,7 @@ mod hashing;
 mod input;
 mod members;
 mod online;
+mod power_loss;
 mod presence;
 mod proxy;
 mod revocation;
