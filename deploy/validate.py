@@ -93,12 +93,30 @@ def selects(selector, deployment):
     return selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
 
+workloads = list(deployments.values()) + list(by_kind.get("StatefulSet", {}).values())
 for name, service in by_kind["Service"].items():
-    check(any(selects(service["spec"]["selector"], d) for d in deployments.values()), f"service {name} selects nothing")
+    check(any(selects(service["spec"]["selector"], d) for d in workloads), f"service {name} selects nothing")
 for name, hpa in by_kind["HorizontalPodAutoscaler"].items():
     check(hpa["spec"]["scaleTargetRef"]["name"] in deployments, f"hpa {name} target")
 for name, pdb in by_kind["PodDisruptionBudget"].items():
-    check(any(selects(pdb["spec"]["selector"]["matchLabels"], d) for d in deployments.values()), f"pdb {name}")
+    check(any(selects(pdb["spec"]["selector"]["matchLabels"], d) for d in workloads), f"pdb {name}")
+
+# NATS: the cluster the services use, on the shipped configuration.
+nats_dir = ROOT / "deploy" / "nats"
+nats_config = by_kind["ConfigMap"]["nats-config"]["data"]
+for file in ("nats.conf", "cluster.conf"):
+    check(nats_config.get(file) == (nats_dir / file).read_text(), f"nats-config {file} differs from deploy/nats/{file}")
+check("sync_interval: always" in (nats_dir / "nats.conf").read_text(), "nats.conf: JetStream syncs every write")
+nats = by_kind["StatefulSet"]["nats"]
+check(nats["spec"]["replicas"] == 3, "nats: three servers")
+check(nats["spec"]["serviceName"] in by_kind["Service"]
+      and by_kind["Service"][nats["spec"]["serviceName"]]["spec"].get("clusterIP") == "None", "nats: headless service")
+nats_routes = re.findall(r"nats://(nats-\d)\.nats:6222", (nats_dir / "cluster.conf").read_text())
+check(nats_routes == [f"nats-{i}" for i in range(nats["spec"]["replicas"])], f"nats routes {nats_routes}")
+settings = by_kind["ConfigMap"]["komunikator"]["data"]
+check(settings["NATS_URL"].split(",") == [f"nats://nats-{i}.nats:4222" for i in range(3)], "NATS_URL lists every server")
+check(settings.get("NATS_STREAM_REPLICAS") == "3", "streams on all three servers")
+check(by_kind["PodDisruptionBudget"]["nats"]["spec"].get("maxUnavailable") == 1, "nats: one server down at a time")
 paths = {}
 for name, ingress in by_kind["Ingress"].items():
     annotations = ingress["metadata"].get("annotations", {})
@@ -126,6 +144,8 @@ for name, service in services.items():
         for key in service["environment"]:
             check(known_setting(key), f"compose setting {key} is not a komunikator option")
 check(sum(1 for s in services.values() if s.get("command") == ["gateway"]) >= 2, "two gateways")
+check("./deploy/nats/nats.conf:/etc/nats/nats.conf:ro" in services["nats"].get("volumes", [])
+      and services["nats"]["command"] == ["--config", "/etc/nats/nats.conf"], "compose NATS runs deploy/nats/nats.conf")
 nginx = (ROOT / "deploy" / "nginx.conf").read_text()
 upstream_servers = re.findall(r"server (\w+):\d+([^;]*);", nginx)
 check(len(upstream_servers) >= 4, f"nginx upstreams {upstream_servers}")

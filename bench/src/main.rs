@@ -2,6 +2,7 @@
 //! Every scenario speaks to the running services like clients do, prints one
 //! summary line and writes its full result as JSON.
 
+mod acks;
 mod chat;
 mod client;
 mod history;
@@ -44,6 +45,8 @@ enum Scenario {
     Rest(rest::RestArgs),
     /// Time from a message's live delivery to its appearance in chat_history.
     PersistLag(persist_lag::PersistLagArgs),
+    /// Acknowledged messages per second, closed loop, K in flight.
+    Acks(acks::AcksArgs),
     /// N sockets rejoining at once with `last_chat_id` a few messages behind.
     Rejoin(rejoin::RejoinArgs),
 }
@@ -63,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::History(args) => history::history(args).await,
             Scenario::Rest(args) => rest::rest(args).await,
             Scenario::PersistLag(args) => persist_lag::persist_lag(args).await,
+            Scenario::Acks(args) => acks::acks(args).await,
             Scenario::Rejoin(args) => rejoin::rejoin(args).await,
         }
     })

@@ -232,8 +232,10 @@ impl Gateway {
             .await
             .map_err(unavailable)?;
         let append_seconds = self.deps.metrics.append_seconds.clone();
+        let acked = self.acked.clone();
         Ok(async move {
             let chat_id = pending.await.map_err(unavailable)?;
+            acked.fetch_max(chat_id, std::sync::atomic::Ordering::Relaxed);
             drop(permit);
             append_seconds.observe(started.elapsed().as_secs_f64());
             Ok(json!({ "chat_id": chat_id }))

@@ -25,6 +25,7 @@ mod request_headers;
 mod sequencer;
 mod session;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -97,6 +98,10 @@ pub struct Gateway {
     user_sockets: admission::UserSockets,
     /// When each socket's token expires.
     expiries: admission::Expiries,
+    /// The highest `chat_id` acknowledged to a client here, and the highest
+    /// recorded in the store (see [`Gateway::record_acked`]).
+    acked: Arc<AtomicI64>,
+    recorded: AtomicI64,
     /// Chat messages being appended, each waiting for its acknowledgement.
     appends: TaskTracker,
     /// The token [`Gateway::run`] stops on, the one `/readyz` reports: once
@@ -119,6 +124,9 @@ const SOCKET_IO_PATH: &str = "/socket.io";
 
 /// How often rooms without local sockets are unsubscribed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often the highest acknowledged `chat_id` is recorded in the store.
+const RECORD_ACKED: Duration = Duration::from_secs(1);
 
 /// How often sockets whose token expired are looked for.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
@@ -173,6 +181,8 @@ impl Gateway {
             heartbeats: heartbeats::Heartbeats::default(),
             user_sockets: admission::UserSockets::new(deps.max_sockets_per_user),
             expiries: admission::Expiries::default(),
+            acked: Arc::default(),
+            recorded: AtomicI64::new(0),
             appends: TaskTracker::new(),
             shutdown: OnceLock::new(),
             deps,
@@ -208,6 +218,7 @@ impl Gateway {
             .await?;
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         let mut expiries = tokio::time::interval(EXPIRY_SWEEP);
+        let mut record = tokio::time::interval(RECORD_ACKED);
         let mut flush = tokio::time::interval(HEARTBEAT_FLUSH);
         loop {
             tokio::select! {
@@ -236,6 +247,7 @@ impl Gateway {
                     self.session_ended(&ended.payload);
                 }
                 _ = expiries.tick() => self.close_expired(),
+                _ = record.tick() => self.record_acked().await,
                 _ = sweep.tick() => self.fanout.sweep().await,
                 _ = flush.tick() => {
                     for (user, at) in self.heartbeats.due() {
@@ -245,7 +257,24 @@ impl Gateway {
             }
         }
         self.drain().await;
+        self.record_acked().await;
         Ok(())
+    }
+
+    /// Records the highest `chat_id` acknowledged here since the last
+    /// record: should the chat stream be lost, the next one starts above
+    /// every id a client may have seen (`JetStreamChatLog::open`). Once a
+    /// second, so a lost stream can have acknowledged at most a second's
+    /// messages more than recorded; the new stream leaves room for them.
+    async fn record_acked(&self) {
+        let acked = self.acked.load(Ordering::Relaxed);
+        if acked <= self.recorded.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.deps.store.record_acked(acked).await {
+            Ok(()) => self.recorded.store(acked, Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "acknowledged chat ids not recorded; retried"),
+        }
     }
 
     /// Closes the sockets of a user whose password changed that

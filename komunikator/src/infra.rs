@@ -62,8 +62,8 @@ impl Infra {
         let store = open_store(adapters).await?;
         let (bus, chat_log, nats): (Arc<dyn Bus>, Option<Arc<dyn ChatLog>>, _) = match &adapters.bus
         {
-            BusAt::Nats { url } => {
-                let nats = NatsBus::connect(url, client_name, subjects.clone())
+            BusAt::Nats { servers, replicas } => {
+                let nats = NatsBus::connect(servers, *replicas, client_name, subjects.clone())
                     .await
                     .context("connecting to NATS")?;
                 let log: Option<Arc<dyn ChatLog>> = if with_chat_log {

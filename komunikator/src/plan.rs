@@ -68,7 +68,12 @@ pub enum Schema {
 /// The bus and the chat log: NATS (and JetStream), or in process.
 #[derive(Debug)]
 pub enum BusAt {
-    Nats { url: String },
+    Nats {
+        /// One server, or the servers of a cluster.
+        servers: Vec<String>,
+        /// Replicas of the streams the process creates.
+        replicas: usize,
+    },
     InProcess,
 }
 
@@ -125,7 +130,8 @@ fn remote(
     if !db.is_set() {
         problems.push("DB_HOST or DATABASE_URL is required");
     }
-    let nats_url = required(&nats.nats_url, "NATS_URL", problems);
+    required(&nats.nats_url, "NATS_URL", problems);
+    let servers = nats.servers(problems);
     let presence = match redis {
         Some(redis) => {
             redis.validate(problems);
@@ -142,7 +148,10 @@ fn remote(
             path: PathBuf::new(),
         }),
         schema: Schema::Check,
-        bus: BusAt::Nats { url: nats_url },
+        bus: BusAt::Nats {
+            servers,
+            replicas: nats.nats_stream_replicas,
+        },
         presence,
         prefix: prefix.prefix.clone(),
         data_dir: None,
@@ -259,6 +268,7 @@ impl AllCmd {
         if matches!(store, StoreSettings::MySql { .. }) && self.auth.jwt_secret_key.is_none() {
             problems.push("JWT_SECRET_KEY is required when the data lives in MySQL");
         }
+        let servers = self.nats.servers(&mut problems);
         problems.into_result()?;
         let secret = match &self.auth.jwt_secret_key {
             Some(secret) => secret.clone(),
@@ -272,7 +282,14 @@ impl AllCmd {
             ttl: self.auth.token_ttl(),
         };
         let timeout = self.redis.presence_timeout();
-        let nats = self.nats.nats_url.map(|url| BusAt::Nats { url });
+        let nats = if servers.is_empty() {
+            None
+        } else {
+            Some(BusAt::Nats {
+                servers,
+                replicas: self.nats.nats_stream_replicas,
+            })
+        };
         let mut services = vec![
             Service::Api {
                 tokens: tokens.clone(),

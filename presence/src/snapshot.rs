@@ -50,14 +50,7 @@ impl OnlineSnapshot {
             ..Default::default()
         };
         let jetstream = nats.jetstream().clone();
-        let stream = match jetstream.get_or_create_stream(config.clone()).await {
-            Ok(stream) => stream,
-            // Created by another replica meanwhile.
-            Err(e) => jetstream
-                .get_stream(&config.name)
-                .await
-                .map_err(|_| error(e))?,
-        };
+        let stream = nats.ensure_stream(config).await.map_err(error)?;
         Ok(Self {
             jetstream,
             stream,

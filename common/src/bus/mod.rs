@@ -30,6 +30,8 @@ pub enum BusError {
     Subscribe(String),
     #[error("the bus is not connected")]
     NotConnected,
+    #[error("stream setup failed: {0}")]
+    Setup(String),
 }
 
 /// One message as a subscriber receives it.

@@ -26,15 +26,24 @@ pub struct NatsBus {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     subjects: Subjects,
+    /// Replicas of the streams created on this connection.
+    replicas: usize,
 }
 
 impl NatsBus {
-    /// Connects to `url`; fails at once when the server is unreachable.
-    pub async fn connect(url: &str, name: &str, subjects: Subjects) -> Result<Self, BusError> {
+    /// Connects to one of `servers` (one server, or a cluster's: the client
+    /// moves to another when its server goes); fails at once when none is
+    /// reachable. Streams created through it get `replicas` replicas.
+    pub async fn connect(
+        servers: &[String],
+        replicas: usize,
+        name: &str,
+        subjects: Subjects,
+    ) -> Result<Self, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name(name)
             .reconnect_delay_callback(|attempts| RECONNECT_DELAY * attempts.clamp(1, 3) as u32)
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|e| BusError::Connect(e.to_string()))?;
         let mut jetstream = jetstream::new(client.clone());
@@ -43,7 +52,65 @@ impl NatsBus {
             client,
             jetstream,
             subjects,
+            replicas: replicas.max(1),
         })
+    }
+
+    /// The stream of `config`, created if missing, with this deployment's
+    /// replica count (`NATS_STREAM_REPLICAS`). A stream that exists with
+    /// another count is brought to it; if NATS refuses, so does this,
+    /// naming both counts. When several processes create the stream at
+    /// once, NATS 2.9 may refuse all but one ("subjects overlap") although
+    /// it now exists: then it is fetched.
+    pub async fn ensure_stream(
+        &self,
+        mut config: jetstream::stream::Config,
+    ) -> Result<jetstream::stream::Stream, BusError> {
+        let setup = |e: &dyn std::fmt::Display| BusError::Setup(e.to_string());
+        config.num_replicas = self.replicas;
+        let name = config.name.clone();
+        let mut created = Err(BusError::Setup(format!("stream {name} not created")));
+        for _ in 0..5 {
+            match self.jetstream.get_or_create_stream(config.clone()).await {
+                Ok(stream) => {
+                    created = Ok(stream);
+                    break;
+                }
+                Err(e) => created = Err(setup(&e)),
+            }
+            if let Ok(stream) = self.jetstream.get_stream(&name).await {
+                created = Ok(stream);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut stream = created?;
+        let existing = stream.info().await.map_err(|e| setup(&e))?.config.clone();
+        if existing.num_replicas != self.replicas {
+            let wanted = jetstream::stream::Config {
+                num_replicas: self.replicas,
+                ..existing.clone()
+            };
+            self.jetstream.update_stream(wanted).await.map_err(|e| {
+                BusError::Setup(format!(
+                    "stream {name} has {} replicas and NATS_STREAM_REPLICAS asks for {}; \
+                     NATS refused the change: {e}",
+                    existing.num_replicas, self.replicas
+                ))
+            })?;
+            tracing::warn!(
+                stream = name,
+                from = existing.num_replicas,
+                to = self.replicas,
+                "stream replicas changed to NATS_STREAM_REPLICAS"
+            );
+            stream = self
+                .jetstream
+                .get_stream(&name)
+                .await
+                .map_err(|e| setup(&e))?;
+        }
+        Ok(stream)
     }
 
     pub fn client(&self) -> &async_nats::Client {

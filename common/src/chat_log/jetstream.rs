@@ -26,9 +26,17 @@ use crate::store::Store;
 use crate::subjects::Subjects;
 
 /// How long a chat message is retried (with the same `Nats-Msg-Id`, so a
-/// retry is stored once) before its sender is told to try again (code 8):
-/// a broker restart of a few seconds yields late acks, not refusals.
+/// retry is stored once) before its sender is told to try again (code 8),
+/// while the broker cannot be reached: a broker restart of a few seconds
+/// yields late acks, not refusals.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a chat message is retried while the broker can be reached but
+/// does not acknowledge it: a cluster electing a new leader for the stream
+/// (after its leader died) takes up to ten seconds, and while a quorum is
+/// up a sender gets a late ack, not code 8. Well within the stream's
+/// duplicate window, so every retry is still stored once.
+const CONFIRM_WHILE_REACHABLE: Duration = Duration::from_secs(60);
 
 /// Pause between two publishes of one message (a broker that just came
 /// back may answer "no responders" until JetStream is up).
@@ -79,13 +87,16 @@ pub struct JetStreamChatLog {
 
 impl JetStreamChatLog {
     /// Opens the chat stream, creating it if it does not exist: the one
-    /// place it is set up. A new stream starts above the largest `chat_id`
-    /// in `store`, so ids of an existing database are never reused.
+    /// place it is set up. A new stream starts above every `chat_id` a
+    /// client may have seen (see [`Floor`]), so no id is given twice.
     pub async fn open(nats: &NatsBus, store: Store) -> Result<Self, ChatLogError> {
         let jetstream = nats.jetstream().clone();
         let subjects = nats.subjects().clone();
-        let floor = store.max_chat_id().await?;
-        let stream = ensure_stream(&jetstream, &subjects, floor).await?;
+        let floor = Floor {
+            stored: store.max_chat_id().await?,
+            acked: store.acked_up_to().await?,
+        };
+        let stream = ensure_stream(nats, &subjects, floor).await?;
         Ok(Self {
             client: nats.client().clone(),
             jetstream,
@@ -97,14 +108,36 @@ impl JetStreamChatLog {
     }
 }
 
+/// What the store says of the ids handed out so far: the highest stored,
+/// and the highest recorded as acknowledged to a client (the gateways
+/// record it every second; 0 before a JetStream log was ever used).
+#[derive(Debug, Clone, Copy)]
+struct Floor {
+    stored: ChatId,
+    acked: ChatId,
+}
+
+/// Room left above the recorded acknowledged ids when a lost stream is
+/// recreated: what the gateways may have acknowledged in the second since
+/// their last record, at far more than any deployment's rate.
+const LOST_STREAM_MARGIN: u64 = 1_000_000;
+
 /// Creates the chat stream if it does not exist, republishing every stored
-/// message to its room's `new_message` subject. On an empty stream the next
-/// sequence is set above `floor` (the largest id already in the database).
+/// message to its room's `new_message` subject. A stream whose sequence is
+/// below what the store knows was handed out is set above it:
+/// - below the stored ids only: a database that was used without NATS
+///   (single-node mode) moves to NATS; the stream starts above them;
+/// - below the recorded acknowledged ids: the stream was lost (its volume
+///   gone, or a power cut on a server that did not sync). Said loudly: the
+///   messages acknowledged and not yet stored are gone. The new stream
+///   starts above the recorded ids and the margin, so that no id a client
+///   saw is handed out again.
 async fn ensure_stream(
-    jetstream: &jetstream::Context,
+    nats: &NatsBus,
     subjects: &Subjects,
-    floor: ChatId,
+    floor: Floor,
 ) -> Result<stream::Stream, ChatLogError> {
+    let jetstream = nats.jetstream();
     let p = subjects.prefix();
     let config = stream::Config {
         name: subjects.chat_stream(),
@@ -123,7 +156,10 @@ async fn ensure_stream(
         ..Default::default()
     };
     let err = |e: &dyn std::fmt::Display| ChatLogError::Setup(e.to_string());
-    let mut stream = get_or_create_stream(jetstream, config).await?;
+    let mut stream = nats
+        .ensure_stream(config)
+        .await
+        .map_err(|e| ChatLogError::Setup(e.to_string()))?;
     let info = stream.info().await.map_err(|e| err(&e))?.clone();
     if !info.config.allow_direct {
         // A stream created by an older version.
@@ -134,41 +170,41 @@ async fn ensure_stream(
         jetstream.update_stream(config).await.map_err(|e| err(&e))?;
     }
     let state = info.state;
-    let floor = u64::try_from(floor).unwrap_or(0);
-    if state.messages == 0 && state.last_sequence < floor {
-        stream
-            .purge()
-            .sequence(floor + 1)
-            .await
-            .map_err(|e| err(&e))?;
+    let stored = u64::try_from(floor.stored).unwrap_or(0);
+    let acked = u64::try_from(floor.acked).unwrap_or(0);
+    let lost = acked > 0 && state.last_sequence < acked;
+    let next = if lost {
+        tracing::error!(
+            stream = info.config.name,
+            stream_last_chat_id = state.last_sequence,
+            stored_up_to = stored,
+            acknowledged_up_to = acked,
+            "THE CHAT STREAM LOST ACKNOWLEDGED MESSAGES: those after the stored ones are gone; \
+             new ids start above every id a client may have seen. Check the NATS servers' \
+             sync_interval (deploy/nats/nats.conf) and NATS_STREAM_REPLICAS"
+        );
+        acked.max(stored) + LOST_STREAM_MARGIN + 1
+    } else {
+        stored + 1
+    };
+    if state.last_sequence + 1 < next {
+        if state.messages > 0 && state.last_sequence > stored {
+            // Messages in the stream not stored yet: a purge would drop
+            // them. The stream goes on from its sequence (the loss above
+            // is said; ids above its end may have been seen).
+            tracing::error!(
+                stream_last_chat_id = state.last_sequence,
+                "the chat stream holds unstored messages below the ids handed out: not moved"
+            );
+            return Ok(stream);
+        }
+        stream.purge().sequence(next).await.map_err(|e| err(&e))?;
         tracing::info!(
-            next_chat_id = floor + 1,
-            "chat stream starts above the stored ids"
+            next_chat_id = next,
+            "chat stream starts above the ids handed out"
         );
     }
     Ok(stream)
-}
-
-/// Several processes (gateways, persisters) create the stream at start.
-/// When two do at once, NATS 2.9 may refuse the second ("subjects
-/// overlap") although the stream now exists: then it is fetched.
-async fn get_or_create_stream(
-    jetstream: &jetstream::Context,
-    config: stream::Config,
-) -> Result<stream::Stream, ChatLogError> {
-    let name = config.name.clone();
-    let mut last_error = String::new();
-    for _ in 0..5 {
-        match jetstream.get_or_create_stream(config.clone()).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last_error = e.to_string(),
-        }
-        if let Ok(stream) = jetstream.get_stream(&name).await {
-            return Ok(stream);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(ChatLogError::Setup(last_error))
 }
 
 #[async_trait]
@@ -218,7 +254,17 @@ impl ChatLog for JetStreamChatLog {
             .instrument(span.clone())
             .await;
         let jetstream = self.jetstream.clone();
-        let deadline = tokio::time::Instant::now() + CONFIRM_WITHIN;
+        let client = self.client.clone();
+        let started = tokio::time::Instant::now();
+        let unreachable_deadline = started + CONFIRM_WITHIN;
+        let deadline = started + CONFIRM_WHILE_REACHABLE;
+        // Past the first deadline, only a connected client goes on trying.
+        let may_retry = move || {
+            let now = tokio::time::Instant::now();
+            now + RETRY_PAUSE < deadline
+                && (now + RETRY_PAUSE < unreachable_deadline
+                    || client.connection_state() == async_nats::connection::State::Connected)
+        };
         let confirmed = async move {
             let mut last_error = match first {
                 Ok(ack) => match ack.await {
@@ -228,7 +274,7 @@ impl ChatLog for JetStreamChatLog {
                 Err(e) => e.to_string(),
             };
             let mut attempt = 1;
-            while tokio::time::Instant::now() + RETRY_PAUSE < deadline {
+            while may_retry() {
                 attempt += 1;
                 if attempt == 2 {
                     tracing::warn!(error = %last_error, "chat message not acknowledged, retrying");

@@ -118,6 +118,31 @@ impl Store {
         .fetch_one(pool)
         .await)?)
     }
+
+    /// The highest `chat_id` recorded as acknowledged to a client (0 when
+    /// none was).
+    pub async fn acked_up_to(&self) -> Result<ChatId> {
+        let sql = "SELECT acked_up_to FROM chat_log_state WHERE id = 1";
+        Ok(
+            on_reader!(self, "acked_up_to", |pool| sqlx::query_scalar(sql)
+                .fetch_optional(pool)
+                .await)?
+            .unwrap_or(0),
+        )
+    }
+
+    /// Records that `chat_id` was acknowledged to a client; the record only
+    /// grows (several gateways record at once).
+    pub async fn record_acked(&self, chat_id: ChatId) -> Result<()> {
+        let sql = "UPDATE chat_log_state SET acked_up_to = ? WHERE id = 1 AND acked_up_to < ?";
+        on_writer!(self, "record_acked", |pool| sqlx::query(sql)
+            .bind(chat_id)
+            .bind(chat_id)
+            .execute(pool)
+            .await
+            .map(drop))?;
+        Ok(())
+    }
 }
 
 /// A `chat_history` row, its columns named as the wire contract names them. Older databases allow NULL

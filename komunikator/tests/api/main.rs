@@ -11,6 +11,7 @@ mod sio;
 
 mod auth;
 mod chat;
+mod cluster;
 mod compat;
 mod config;
 mod dashboards;

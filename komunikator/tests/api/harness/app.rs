@@ -240,6 +240,15 @@ impl TestApp {
             .chain(&self.presence)
     }
 
+    /// [`Self::services`], to kill and restart.
+    pub fn services_mut(&mut self) -> impl Iterator<Item = &mut Service> {
+        std::iter::once(&mut self.main)
+            .chain(&mut self.apis)
+            .chain(&mut self.gateways)
+            .chain(&mut self.persister)
+            .chain(&mut self.presence)
+    }
+
     /// Everything every process of the deployment has logged so far.
     pub fn logs(&self) -> String {
         self.services()

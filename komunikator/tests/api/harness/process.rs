@@ -31,6 +31,7 @@ pub const CONFIG_VARS: &[&str] = &[
     "JWT_SECRET_KEY",
     "JWT_ACCESS_TOKEN_EXPIRES",
     "NATS_URL",
+    "NATS_STREAM_REPLICAS",
     "REDIS_URL",
     "PRESENCE_TIMEOUT_MS",
     "KOM_PREFIX",
