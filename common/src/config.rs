@@ -276,14 +276,94 @@ pub struct RedisArgs {
     /// Redis URL, e.g. `redis://127.0.0.1:6379`.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// The nodes of a Redis Cluster, comma separated
+    /// (`redis://redis-0:6379,redis://redis-1:6379`), instead of `REDIS_URL`:
+    /// presence, the login throttle and the room list's version then live
+    /// on the cluster. Any of its nodes will do; the rest are learned.
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER_NODES",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub redis_cluster_nodes: Vec<String>,
     /// A user without a heartbeat for this long is offline, in milliseconds.
     #[arg(long, env = "PRESENCE_TIMEOUT_MS", default_value_t = 5000)]
     pub presence_timeout_ms: u64,
 }
 
+/// Where Redis is: one server, or a cluster. Shown without credentials.
+#[derive(Clone)]
+pub enum RedisAt {
+    Server(String),
+    Cluster(Vec<String>),
+}
+
+impl RedisAt {
+    /// What [`Debug`] shows of one URL.
+    fn host_only(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl std::fmt::Debug for RedisAt {
+    /// Hosts only: a URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = |url: &str| {
+            let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+            rest.rsplit_once('@')
+                .map_or(rest, |(_, host)| host)
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        match self {
+            Self::Server(url) => write!(f, "Redis at {}", host(url)),
+            Self::Cluster(nodes) => write!(
+                f,
+                "Redis Cluster through {}",
+                nodes.iter().map(|n| host(n)).collect::<Vec<_>>().join(",")
+            ),
+        }
+    }
+}
+
 impl RedisArgs {
-    /// The Redis URL may carry a password.
-    pub const SECRET_IDS: [&'static str; 1] = ["redis_url"];
+    /// The Redis URLs may carry a password.
+    pub const SECRET_IDS: [&'static str; 2] = ["redis_url", "redis_cluster_nodes"];
+
+    /// Where Redis is, when configured (one server or a cluster, not both).
+    pub fn at(&self, problems: &mut Problems) -> Option<RedisAt> {
+        let nodes: Vec<String> = self
+            .redis_cluster_nodes
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let redis_url = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
+        for node in &nodes {
+            if !redis_url(node) {
+                problems.push(format!(
+                    "REDIS_CLUSTER_NODES: every node must start with redis:// or rediss:// (`{}`)",
+                    RedisAt::Server(node.clone()).host_only()
+                ));
+            }
+        }
+        // An empty REDIS_URL counts as unset.
+        match (
+            self.redis_url.as_ref().filter(|u| !u.is_empty()),
+            nodes.is_empty(),
+        ) {
+            (Some(_), false) => {
+                problems.push("set REDIS_URL or REDIS_CLUSTER_NODES, not both");
+                None
+            }
+            (Some(url), true) => Some(RedisAt::Server(url.clone())),
+            (None, false) => Some(RedisAt::Cluster(nodes)),
+            (None, true) => None,
+        }
+    }
 
     pub fn presence_timeout(&self) -> Duration {
         Duration::from_millis(self.presence_timeout_ms)
@@ -293,7 +373,7 @@ impl RedisArgs {
         if self.presence_timeout_ms < 100 {
             problems.push("PRESENCE_TIMEOUT_MS must be at least 100");
         }
-        if let Some(url) = &self.redis_url
+        if let Some(url) = self.redis_url.as_ref().filter(|u| !u.is_empty())
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
             problems.push("REDIS_URL must start with redis:// or rediss://");

@@ -1,22 +1,139 @@
-//! The one way this project opens Redis: a connection pool whose TCP
-//! connections have Nagle's algorithm off, so a small command written
-//! while another one's reply is outstanding leaves at once instead of
-//! waiting for a delayed ACK (up to 40 ms). redis-rs leaves it on by
-//! default, and deadpool-redis's `Config` drops the TCP settings of a
-//! `ConnectionInfo`, so the pool is built from its `Manager` directly.
+//! The one way this project opens Redis: one server (`REDIS_URL`) through a
+//! connection pool, or a Redis Cluster (`REDIS_CLUSTER_NODES`) through one
+//! multiplexed cluster connection, which follows the cluster's slots
+//! (MOVED, ASK) and its failovers itself. Either way the TCP connections
+//! have Nagle's algorithm off, so a small command written while another
+//! one's reply is outstanding leaves at once instead of waiting for a
+//! delayed ACK (up to 40 ms). redis-rs leaves it on by default, and neither
+//! deadpool-redis's `Config` nor its cluster pool passes TCP settings on,
+//! so both are built here.
+//!
+//! On a cluster every script's keys must share a hash slot: the callers put
+//! them under one hash tag (`{...}`) and spread their tags over the slots.
+
+use std::sync::Arc;
 
 use redis::IntoConnectionInfo;
+use redis::aio::ConnectionLike;
+use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
+use tokio::sync::OnceCell;
 
-/// Opens (lazily) a pool of Redis connections to `url`.
-pub fn connect(url: &str) -> Result<deadpool_redis::Pool, String> {
+/// Redis, one server or a cluster; cheap to clone.
+#[derive(Clone)]
+pub enum RedisPool {
+    Single(deadpool_redis::Pool),
+    Cluster(Arc<Cluster>),
+}
+
+/// A Redis Cluster, connected on first use (and again after a failure to).
+pub struct Cluster {
+    client: redis::cluster::ClusterClient,
+    connection: OnceCell<ClusterConnection>,
+}
+
+impl std::fmt::Debug for RedisPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisPool::Single",
+            Self::Cluster(_) => "RedisPool::Cluster",
+        })
+    }
+}
+
+fn nodelay() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
+/// Opens (lazily) a pool of connections to the Redis server at `url`.
+pub fn connect(url: &str) -> Result<RedisPool, String> {
     let info = url
         .into_connection_info()
         .map_err(|e| e.to_string())?
-        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        .set_tcp_settings(nodelay());
     let manager = deadpool_redis::Manager::new(info).map_err(|e| e.to_string())?;
     deadpool_redis::Pool::builder(manager)
         .runtime(deadpool_redis::Runtime::Tokio1)
         .build()
+        .map(RedisPool::Single)
         .map_err(|e| e.to_string())
+}
+
+/// A Redis Cluster reached through any of `nodes` (it learns the others
+/// from them); connected on first use.
+pub fn connect_cluster(nodes: &[String]) -> Result<RedisPool, String> {
+    let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+        .tcp_settings(nodelay())
+        .connection_timeout(std::time::Duration::from_secs(1))
+        .response_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(RedisPool::Cluster(Arc::new(Cluster {
+        client,
+        connection: OnceCell::new(),
+    })))
+}
+
+/// One connection from a [`RedisPool`]: use it like any redis-rs async
+/// connection (`query_async(&mut conn)`, `invoke_async(&mut conn)`).
+pub enum RedisConnection {
+    Single(deadpool_redis::Connection),
+    Cluster(ClusterConnection),
+}
+
+impl RedisPool {
+    /// A connection: from the pool, or (a cluster) a handle on the shared
+    /// multiplexed one.
+    pub async fn get(&self) -> Result<RedisConnection, String> {
+        match self {
+            Self::Single(pool) => pool
+                .get()
+                .await
+                .map(RedisConnection::Single)
+                .map_err(|e| e.to_string()),
+            Self::Cluster(cluster) => cluster
+                .connection
+                .get_or_try_init(|| cluster.client.get_async_connection())
+                .await
+                .cloned()
+                .map(RedisConnection::Cluster)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// True on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
 }

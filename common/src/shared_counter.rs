@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+
+use crate::redis_pool::RedisPool;
 use redis::AsyncCommands;
 use tokio::sync::watch;
 
@@ -38,7 +40,7 @@ impl SharedCounter for LocalCounter {
 
 /// A Redis key incremented with INCR.
 pub struct RedisCounter {
-    pool: deadpool_redis::Pool,
+    pool: RedisPool,
     key: String,
 }
 
@@ -52,7 +54,7 @@ impl std::fmt::Debug for RedisCounter {
 
 impl RedisCounter {
     /// The counter at `key`, on the process's Redis pool (`crate::redis_pool`).
-    pub fn new(pool: deadpool_redis::Pool, key: String) -> Self {
+    pub fn new(pool: RedisPool, key: String) -> Self {
         Self { pool, key }
     }
 }
@@ -60,11 +62,7 @@ impl RedisCounter {
 #[async_trait]
 impl SharedCounter for RedisCounter {
     async fn get(&self) -> Result<u64, CounterError> {
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| CounterError(e.to_string()))?;
+        let mut conn = self.pool.get().await.map_err(CounterError)?;
         let value: Option<u64> = conn
             .get(&self.key)
             .await
@@ -73,11 +71,7 @@ impl SharedCounter for RedisCounter {
     }
 
     async fn bump(&self) -> Result<(), CounterError> {
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| CounterError(e.to_string()))?;
+        let mut conn = self.pool.get().await.map_err(CounterError)?;
         let _: u64 = conn
             .incr(&self.key, 1)
             .await

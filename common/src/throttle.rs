@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::redis_pool::{RedisConnection, RedisPool};
+
 /// How many failures a key may have within a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
@@ -92,9 +94,10 @@ impl Throttle for LocalThrottle {
 }
 
 /// The failures of every replica's keys, in Redis: a counter per key that
-/// expires with its window.
+/// expires with its window. Each command touches one key, so it works on a
+/// Redis Cluster too (a key's counter lives in its own slot).
 pub struct RedisThrottle {
-    pool: deadpool_redis::Pool,
+    pool: RedisPool,
     prefix: String,
     limit: Limit,
 }
@@ -107,9 +110,18 @@ impl std::fmt::Debug for RedisThrottle {
     }
 }
 
+/// Counts one failure: the counter is created with the window's expiry (the
+/// window starts with the first failure), and counting keeps it.
+static COUNT_FAILURE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"redis.call('SET', KEYS[1], 0, 'PX', ARGV[1], 'NX')
+return redis.call('INCR', KEYS[1])",
+    )
+});
+
 impl RedisThrottle {
-    /// The throttle on the process's Redis pool (`crate::redis_pool`).
-    pub fn new(pool: deadpool_redis::Pool, prefix: &str, limit: Limit) -> Self {
+    /// The throttle on the process's Redis (`crate::redis_pool`).
+    pub fn new(pool: RedisPool, prefix: &str, limit: Limit) -> Self {
         Self {
             pool,
             prefix: format!("{prefix}:throttle:"),
@@ -117,11 +129,8 @@ impl RedisThrottle {
         }
     }
 
-    async fn connection(&self) -> Result<deadpool_redis::Connection, ThrottleError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| ThrottleError(e.to_string()))
+    async fn connection(&self) -> Result<RedisConnection, ThrottleError> {
+        self.pool.get().await.map_err(ThrottleError)
     }
 }
 
@@ -132,15 +141,18 @@ fn redis_error(e: redis::RedisError) -> ThrottleError {
 #[async_trait]
 impl Throttle for RedisThrottle {
     async fn blocked(&self, keys: &[String]) -> Result<Option<Duration>, ThrottleError> {
-        let mut pipe = redis::pipe();
-        for key in keys {
+        // Each key's (failures, milliseconds left), read at once.
+        let reads = keys.iter().map(|key| async move {
             let key = format!("{}{key}", self.prefix);
-            pipe.get(&key).pttl(&key);
-        }
-        let mut conn = self.connection().await?;
-        // Each key's (failures, milliseconds left), flat in key order.
-        let answers: Vec<(Option<u32>, i64)> =
-            pipe.query_async(&mut conn).await.map_err(redis_error)?;
+            let mut conn = self.connection().await?;
+            redis::pipe()
+                .get(&key)
+                .pttl(&key)
+                .query_async::<(Option<u32>, i64)>(&mut conn)
+                .await
+                .map_err(redis_error)
+        });
+        let answers = futures_util::future::try_join_all(reads).await?;
         Ok(answers
             .into_iter()
             .filter(|(failures, ttl)| failures.is_some_and(|f| f >= self.limit.max) && *ttl > 0)
@@ -150,24 +162,16 @@ impl Throttle for RedisThrottle {
 
     async fn failed(&self, keys: &[String]) -> Result<(), ThrottleError> {
         let window = u64::try_from(self.limit.window.as_millis()).unwrap_or(u64::MAX);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for key in keys {
-            let key = format!("{}{key}", self.prefix);
-            // The window starts with the first failure: the counter is
-            // created with its expiry, and counting keeps it.
-            pipe.cmd("SET")
-                .arg(&key)
-                .arg(0)
-                .arg("PX")
+        let counts = keys.iter().map(|key| async move {
+            let mut conn = self.connection().await?;
+            COUNT_FAILURE
+                .key(format!("{}{key}", self.prefix))
                 .arg(window)
-                .arg("NX")
-                .ignore()
-                .incr(&key, 1)
-                .ignore();
-        }
-        let mut conn = self.connection().await?;
-        pipe.query_async::<()>(&mut conn).await.map_err(redis_error)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map_err(redis_error)
+        });
+        futures_util::future::try_join_all(counts).await.map(drop)
     }
 
     async fn clear(&self, key: &str) -> Result<(), ThrottleError> {

@@ -13,6 +13,7 @@ use common::store::{Store, StoreSettings};
 use common::subjects::Subjects;
 
 use crate::plan::{Adapters, BusAt, PresenceAt, Schema};
+use common::config::RedisAt;
 
 /// What the services of a process share.
 #[derive(Clone)]
@@ -40,7 +41,7 @@ pub struct SharedState {
     pub external: bool,
     /// The process's Redis pool, when the state is in Redis (the API's
     /// throttle shares it).
-    pub redis: Option<deadpool_redis::Pool>,
+    pub redis: Option<common::redis_pool::RedisPool>,
 }
 
 impl Infra {
@@ -89,11 +90,14 @@ impl Infra {
             }
         };
         let shared = match &adapters.presence {
-            PresenceAt::Redis { url, timeout } => {
+            PresenceAt::Redis { at, timeout } => {
                 // One pool per process, shared by everything kept in Redis.
-                let pool = common::redis_pool::connect(url)
-                    .map_err(anyhow::Error::msg)
-                    .context("configuring Redis")?;
+                let pool = match at {
+                    RedisAt::Server(url) => common::redis_pool::connect(url),
+                    RedisAt::Cluster(nodes) => common::redis_pool::connect_cluster(nodes),
+                }
+                .map_err(anyhow::Error::msg)
+                .context("configuring Redis")?;
                 Some(SharedState {
                     presence: Arc::new(RedisPresence::new(
                         pool.clone(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::config::{
-    AuthArgs, DataDirArgs, DbArgs, HttpArgs, NatsArgs, PrefixArgs, Problems, RedisArgs,
+    AuthArgs, DataDirArgs, DbArgs, HttpArgs, NatsArgs, PrefixArgs, Problems, RedisArgs, RedisAt,
 };
 use common::store::StoreSettings;
 
@@ -81,7 +81,7 @@ pub enum BusAt {
 /// used by this process.
 #[derive(Debug)]
 pub enum PresenceAt {
-    Redis { url: String, timeout: Duration },
+    Redis { at: RedisAt, timeout: Duration },
     InProcess { timeout: Duration },
     Unused,
 }
@@ -136,7 +136,11 @@ fn remote(
         Some(redis) => {
             redis.validate(problems);
             PresenceAt::Redis {
-                url: required(&redis.redis_url, "REDIS_URL", problems),
+                at: redis.at(problems).unwrap_or_else(|| {
+                    problems
+                        .push("REDIS_URL is required (or REDIS_CLUSTER_NODES, a Redis Cluster)");
+                    RedisAt::Server(String::new())
+                }),
                 timeout: redis.presence_timeout(),
             }
         }
@@ -269,6 +273,7 @@ impl AllCmd {
             problems.push("JWT_SECRET_KEY is required when the data lives in MySQL");
         }
         let servers = self.nats.servers(&mut problems);
+        let redis = self.redis.at(&mut problems);
         problems.into_result()?;
         let secret = match &self.auth.jwt_secret_key {
             Some(secret) => secret.clone(),
@@ -312,8 +317,8 @@ impl AllCmd {
                 store,
                 schema: Schema::Migrate,
                 bus: nats.unwrap_or(BusAt::InProcess),
-                presence: match self.redis.redis_url {
-                    Some(url) => PresenceAt::Redis { url, timeout },
+                presence: match redis {
+                    Some(at) => PresenceAt::Redis { at, timeout },
                     None => PresenceAt::InProcess { timeout },
                 },
                 prefix: self.prefix.prefix,

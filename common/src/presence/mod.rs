@@ -52,7 +52,7 @@ pub trait Presence: Send + Sync + 'static {
 mod local;
 mod redis;
 
-pub use self::redis::RedisPresence;
+pub use self::redis::{RedisPresence, online_key as redis_online_key};
 pub use local::LocalPresence;
 
 /// A heartbeat as gateways forward it to presence, on

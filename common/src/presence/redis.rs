@@ -1,5 +1,7 @@
-//! Presence in Redis: the production adapter, shared by every replica.
+//! Presence in Redis: the production adapter, shared by every replica, on
+//! one Redis server or a Redis Cluster.
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -7,17 +9,50 @@ use async_trait::async_trait;
 use tracing::Instrument;
 
 use super::{Beat, EXPIRE_BATCH, HEARING_GAP, Presence, PresenceError, millis};
+use crate::redis_pool::{RedisConnection, RedisPool};
 
-/// Presence in Redis: one key `<prefix>:online:<user>` per online user with
-/// a TTL of the presence timeout (read by `GET /users/online`), and a sorted
-/// set `<prefix>:presence` of deadlines, which makes lapse detection exact
-/// (keyspace notifications are late and lost when nobody listens). Both are
-/// changed only by Lua scripts, atomically, on Redis's clock.
+/// Presence in Redis: one key per online user with a TTL of the presence
+/// timeout (read by `GET /users/online`), and a sorted set of deadlines,
+/// which makes lapse detection exact (keyspace notifications are late and
+/// lost when nobody listens). Both are changed only by Lua scripts,
+/// atomically, on Redis's clock.
+///
+/// Users are sharded over [`SHARDS`] shards by a hash of their name; each
+/// shard's keys share a hash tag, `{<prefix>:presence:<shard>}`, so that a
+/// script's keys are in one slot of a Redis Cluster, and the shards spread
+/// over the cluster's masters. On one server the same keys work as well.
 #[derive(Clone)]
 pub struct RedisPresence {
-    pool: deadpool_redis::Pool,
+    pool: RedisPool,
     prefix: Arc<str>,
     timeout: Duration,
+}
+
+/// Shards of the presence state: enough to spread over a cluster's masters
+/// (each shard is a slot), few enough that sweeping them all every 250 ms
+/// costs little.
+pub const SHARDS: u64 = 16;
+
+/// The key that marks `user` online in the deployment of `prefix` (with a
+/// TTL of the presence timeout).
+pub fn online_key(prefix: &str, user: &str) -> String {
+    format!("{}:online:{user}", shard_tag(prefix, shard_of(user)))
+}
+
+/// The hash tag of a shard's keys: one slot of a cluster.
+fn shard_tag(prefix: &str, shard: u64) -> String {
+    format!("{{{prefix}:presence:{shard}}}")
+}
+
+/// The shard of `user`: FNV-1a of the name as stored, the same in every
+/// process and version.
+fn shard_of(user: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in user.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash % SHARDS
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -63,8 +98,10 @@ end
 /// After [`PRELUDE`]. ARGV[3..]: (user, deadline ms) pairs. For each pair
 /// returns 0 (kept), 1 (came online), 2 (lapsed, then back) or 3 (stale:
 /// its deadline has passed already, nothing changed). One call records a
-/// whole batch: one round trip, however many users. (The online keys are
-/// derived here, not passed as KEYS: standalone Redis.)
+/// whole batch: one round trip, however many users of the shard. (The
+/// online keys are derived here from ARGV[1], the shard's online-key
+/// prefix, not passed as KEYS: they share the shard's hash tag, so they are
+/// in the script's slot on a cluster too.)
 const HEARTBEATS_SCRIPT: &str = r"
 local out = {}
 for i = 3, #ARGV, 2 do
@@ -125,8 +162,8 @@ static EXPIRE: LazyLock<redis::Script> =
 static RESTORE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESTORE_SCRIPT));
 
 impl RedisPresence {
-    /// Presence on the process's Redis pool (`crate::redis_pool`).
-    pub fn new(pool: deadpool_redis::Pool, prefix: &str, timeout: Duration) -> Self {
+    /// Presence on the process's Redis (`crate::redis_pool`).
+    pub fn new(pool: RedisPool, prefix: &str, timeout: Duration) -> Self {
         Self {
             pool,
             prefix: prefix.into(),
@@ -134,54 +171,69 @@ impl RedisPresence {
         }
     }
 
+    fn tag(&self, shard: u64) -> String {
+        shard_tag(&self.prefix, shard)
+    }
+
     /// The key that marks `user` online.
-    pub fn online_key(&self, user: &str) -> String {
-        format!("{}:online:{user}", self.prefix)
-    }
-
-    fn deadlines_key(&self) -> String {
-        format!("{}:presence", self.prefix)
-    }
-
-    /// Present while Redis holds the whole presence state (see [`PRELUDE`]).
-    fn whole_key(&self) -> String {
-        format!("{}:presence:whole", self.prefix)
+    fn online_key(&self, user: &str) -> String {
+        online_key(&self.prefix, user)
     }
 
     fn timeout_ms(&self) -> i64 {
         millis(self.timeout)
     }
 
-    /// When a presence replica last ran a script (see [`PRELUDE`]).
-    fn heard_key(&self) -> String {
-        format!("{}:presence:heard", self.prefix)
+    /// A call of `script` on `shard`, with the keys every script takes
+    /// (the shard's deadlines, its `whole` marker (see [`PRELUDE`]), and
+    /// when a presence replica last ran a script on it) and its first
+    /// argument, the shard's online-key prefix.
+    fn invoke(
+        &self,
+        script: &'static redis::Script,
+        shard: u64,
+    ) -> redis::ScriptInvocation<'static> {
+        let tag = self.tag(shard);
+        let mut invocation = script.key(format!("{tag}:deadlines"));
+        invocation
+            .key(format!("{tag}:whole"))
+            .key(format!("{tag}:heard"))
+            .arg(format!("{tag}:online:"));
+        invocation
     }
 
-    /// A call of `script` with the keys every script takes (deadlines,
-    /// `whole` marker, `heard` time) and its first argument, the online-key
-    /// prefix.
-    fn invoke(&self, script: &'static redis::Script) -> redis::ScriptInvocation<'static> {
-        let mut invocation = script.key(self.deadlines_key());
-        invocation
-            .key(self.whole_key())
-            .key(self.heard_key())
-            .arg(self.online_key(""));
-        invocation
-    }
-
-    /// A call of `script` (one that starts with [`PRELUDE`]), with its keys
-    /// and first two arguments.
-    fn deciding(&self, script: &'static redis::Script) -> redis::ScriptInvocation<'static> {
-        let mut invocation = self.invoke(script);
+    /// A call of `script` (one that starts with [`PRELUDE`]) on `shard`,
+    /// with its keys and first two arguments.
+    fn deciding(
+        &self,
+        script: &'static redis::Script,
+        shard: u64,
+    ) -> redis::ScriptInvocation<'static> {
+        let mut invocation = self.invoke(script, shard);
         invocation.arg(millis(HEARING_GAP));
         invocation
     }
 
-    async fn connection(&self) -> Result<deadpool_redis::Connection, PresenceError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| PresenceError::Redis(e.to_string()))
+    async fn connection(&self) -> Result<RedisConnection, PresenceError> {
+        self.pool.get().await.map_err(PresenceError::Redis)
+    }
+
+    /// Runs `invocation` (of `script`, over `batch` users), in its span.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'static>,
+        script: &'static str,
+        batch: usize,
+    ) -> Result<T, PresenceError> {
+        async {
+            let mut conn = self.connection().await?;
+            invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)
+        }
+        .instrument(script_span(script, batch))
+        .await
     }
 }
 
@@ -208,85 +260,108 @@ fn redis_error(e: redis::RedisError) -> PresenceError {
 
 #[async_trait]
 impl Presence for RedisPresence {
+    /// One script call per shard the batch touches, all at once.
     async fn heartbeats(&self, beats: &[(String, i64)]) -> Result<Vec<Beat>, PresenceError> {
-        if beats.is_empty() {
-            return Ok(vec![]);
-        }
         let timeout = self.timeout_ms();
-        let mut invocation = self.deciding(&HEARTBEATS);
-        for (user, at_ms) in beats {
-            invocation.arg(user).arg(at_ms.saturating_add(timeout));
+        let mut by_shard: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, (user, _)) in beats.iter().enumerate() {
+            by_shard.entry(shard_of(user)).or_default().push(i);
         }
-        let outcomes: Vec<i64> = async {
-            let mut conn = self.connection().await?;
-            invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_error)
+        let calls = by_shard.into_iter().map(|(shard, indexes)| {
+            let mut invocation = self.deciding(&HEARTBEATS, shard);
+            for &i in &indexes {
+                let (user, at_ms) = &beats[i];
+                invocation.arg(user).arg(at_ms.saturating_add(timeout));
+            }
+            async move {
+                let outcomes: Vec<i64> = self.run(invocation, "heartbeats", indexes.len()).await?;
+                Ok::<_, PresenceError>(indexes.into_iter().zip(outcomes).collect::<Vec<_>>())
+            }
+        });
+        let mut result = vec![Beat::Kept; beats.len()];
+        for outcomes in futures_util::future::try_join_all(calls).await? {
+            for (i, outcome) in outcomes {
+                result[i] = match outcome {
+                    1 => Beat::CameOnline,
+                    2 => Beat::Returned,
+                    // 0: still online; 3: a stale heartbeat, nothing changed.
+                    _ => Beat::Kept,
+                };
+            }
         }
-        .instrument(script_span("heartbeats", beats.len()))
-        .await?;
-        Ok(outcomes
-            .into_iter()
-            .map(|outcome| match outcome {
-                1 => Beat::CameOnline,
-                2 => Beat::Returned,
-                // 0: still online; 3: a stale heartbeat, nothing changed.
-                _ => Beat::Kept,
-            })
-            .collect())
+        Ok(result)
     }
 
     async fn expire(&self) -> Result<Vec<String>, PresenceError> {
-        async {
-            let mut conn = self.connection().await?;
-            self.deciding(&EXPIRE)
-                .arg(EXPIRE_BATCH)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_error)
-        }
-        .instrument(script_span("expire", 1))
-        .await
+        let calls = (0..SHARDS).map(|shard| {
+            let mut invocation = self.deciding(&EXPIRE, shard);
+            invocation.arg(EXPIRE_BATCH);
+            self.run::<Vec<String>>(invocation, "expire", 1)
+        });
+        Ok(futures_util::future::try_join_all(calls)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
+    /// Restores every shard that lost its state (each its own users; a
+    /// shard without any is marked whole all the same).
     async fn restore(&self, users: &[String]) -> Result<bool, PresenceError> {
-        let mut invocation = self.invoke(&RESTORE);
-        invocation.arg(self.timeout_ms());
+        let mut by_shard: HashMap<u64, Vec<&String>> = HashMap::new();
         for user in users {
-            invocation.arg(user);
+            by_shard.entry(shard_of(user)).or_default().push(user);
         }
-        let restored: i64 = async {
-            let mut conn = self.connection().await?;
-            invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_error)
-        }
-        .instrument(script_span("restore", users.len()))
-        .await?;
-        Ok(restored == 1)
+        let calls = (0..SHARDS).map(|shard| {
+            let mut invocation = self.invoke(&RESTORE, shard);
+            invocation.arg(self.timeout_ms());
+            let mine = by_shard.get(&shard).map_or(&[][..], Vec::as_slice);
+            for user in mine {
+                invocation.arg(*user);
+            }
+            self.run::<i64>(invocation, "restore", mine.len())
+        });
+        let restored = futures_util::future::try_join_all(calls).await?;
+        Ok(restored.contains(&1))
     }
 
     async fn online_among(&self, users: Vec<String>) -> Result<Vec<String>, PresenceError> {
-        let mut conn = self.connection().await?;
-        let mut online = Vec::new();
-        for chunk in users.chunks(MGET_CHUNK) {
-            let keys: Vec<String> = chunk.iter().map(|u| self.online_key(u)).collect();
-            let values: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error)?;
-            online.extend(
-                chunk
-                    .iter()
-                    .zip(values)
-                    .filter(|(_, v)| v.is_some())
-                    .map(|(u, _)| u.clone()),
-            );
+        if users.is_empty() {
+            // Nobody to look up, but the answer still depends on Redis:
+            // while it is down, the caller hears so (503), as with mates.
+            self.check_ready().await?;
+            return Ok(Vec::new());
         }
-        Ok(online)
+        let mut by_shard: HashMap<u64, Vec<String>> = HashMap::new();
+        for user in users {
+            by_shard.entry(shard_of(&user)).or_default().push(user);
+        }
+        let reads = by_shard.into_values().map(|users| async move {
+            let mut conn = self.connection().await?;
+            let mut online = Vec::new();
+            // One shard's keys share a slot: one MGET per slice of them.
+            for chunk in users.chunks(MGET_CHUNK) {
+                let keys: Vec<String> = chunk.iter().map(|u| self.online_key(u)).collect();
+                let values: Vec<Option<String>> = redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                online.extend(
+                    chunk
+                        .iter()
+                        .zip(values)
+                        .filter(|(_, v)| v.is_some())
+                        .map(|(u, _)| u.clone()),
+                );
+            }
+            Ok::<_, PresenceError>(online)
+        });
+        Ok(futures_util::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     async fn check_ready(&self) -> Result<(), PresenceError> {

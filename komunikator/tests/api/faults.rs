@@ -578,7 +578,7 @@ async fn presence_events(socket: &mut Socket, wait: Duration) -> Vec<(String, St
 /// The first `count` presence events a socket receives, in order, or those
 /// that came before `wait` ran out: waits for events due within a deadline
 /// without racing it on a loaded machine.
-async fn first_presence_events(
+pub async fn first_presence_events(
     socket: &mut Socket,
     count: usize,
     wait: Duration,
@@ -606,14 +606,14 @@ async fn first_presence_events(
 
 /// A connected socket sending `watchdog` every 300 ms (like clients do, a
 /// little faster) until told to stop; the socket stays connected after.
-struct Heartbeats {
+pub struct Heartbeats {
     stop: tokio_util::sync::CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     _socket: std::sync::Arc<Socket>,
 }
 
 impl Heartbeats {
-    async fn start(app: &TestApp, user: &User) -> Heartbeats {
+    pub async fn start(app: &TestApp, user: &User) -> Heartbeats {
         let socket = std::sync::Arc::new(app.socket(user).await);
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn({
@@ -632,7 +632,7 @@ impl Heartbeats {
         }
     }
 
-    async fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             let _ = task.await;

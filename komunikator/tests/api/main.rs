@@ -26,6 +26,7 @@ mod online;
 mod power_loss;
 mod presence;
 mod proxy;
+mod redis_cluster;
 mod revocation;
 mod room_list;
 mod rooms;

@@ -82,6 +82,11 @@ impl OwnedServer {
         assert!(status.success());
     }
 
+    /// True while its process runs (it was launched and not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// SIGKILL: the server dies at once, mid-work.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -365,5 +370,124 @@ impl NatsCluster {
         let info = stream.info().await.ok()?;
         let leader = info.cluster.as_ref()?.leader.as_ref()?;
         self.names.iter().position(|name| name == leader)
+    }
+}
+
+/// Six redis-servers in one Redis Cluster on 127.0.0.1: three masters,
+/// each with a replica, failing over after a second without a master
+/// (`cluster-node-timeout`).
+pub struct RedisCluster {
+    pub nodes: Vec<OwnedServer>,
+    base: PathBuf,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill9();
+        }
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// How long a master may be unreachable before its replica takes over.
+pub const REDIS_NODE_TIMEOUT_MS: u64 = 1000;
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let base = std::env::temp_dir().join(format!("kom-redis-cluster-{}", random_hex(4)));
+        let mut nodes = Vec::with_capacity(6);
+        for i in 0..6 {
+            let node = OwnedServer::start_in(
+                base.join(format!("node-{i}")),
+                |port| format!("redis://127.0.0.1:{port}"),
+                Box::new(|port, dir| {
+                    let mut cmd = Command::new(binary("redis-server"));
+                    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                        .args(["--cluster-enabled", "yes"])
+                        .args(["--cluster-node-timeout", &REDIS_NODE_TIMEOUT_MS.to_string()])
+                        .arg("--cluster-config-file")
+                        .arg(dir.join("nodes.conf"))
+                        .arg("--dir")
+                        .arg(dir)
+                        .args(["--save", "", "--appendonly", "no"]);
+                    cmd
+                }),
+            )
+            .await;
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new(binary("redis-cli"))
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (scripts/test.sh installs Redis)");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let cluster = RedisCluster { nodes, base };
+        cluster.wait_until_ok(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    /// Every node's URL, comma separated: `REDIS_CLUSTER_NODES`.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `redis-cli -p <port> <args>` on node `i`; its output.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Option<String> {
+        let out = Command::new(binary("redis-cli"))
+            .args(["-p", &self.nodes[i].port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until every node still running says the cluster is whole.
+    pub async fn wait_until_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = (0..self.nodes.len())
+                .filter(|i| self.nodes[*i].running())
+                .all(|i| {
+                    self.cli(i, &["cluster", "info"])
+                        .is_some_and(|info| info.contains("cluster_state:ok"))
+                });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the Redis Cluster is not ok");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The master holding the most keys.
+    pub fn busiest_master(&self) -> usize {
+        (0..self.nodes.len())
+            .filter(|i| {
+                self.cli(*i, &["role"])
+                    .is_some_and(|role| role.starts_with("master"))
+            })
+            .max_by_key(|i| {
+                self.cli(*i, &["dbsize"])
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .expect("a master")
     }
 }
