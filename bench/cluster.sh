@@ -139,7 +139,10 @@ case "$cmd" in
         echo "unset DATA_DIR KOM_BENCH_DATA KOM_BENCH_PIDS"
         echo "export DATABASE_URL=mysql://root@127.0.0.1:3306/$db KOM_BENCH_DB=$db"
         echo "export JWT_SECRET_KEY=$secret KOM_PREFIX=b$tag"
-        echo "export NATS_URL=nats://127.0.0.1:4222 REDIS_URL=redis://127.0.0.1:6379"
+        # KOM_BENCH_NATS_URL / KOM_BENCH_NATS_REPLICAS: another NATS (a
+        # cluster, other sync settings: bench/durability.sh).
+        echo "export NATS_URL=${KOM_BENCH_NATS_URL:-nats://127.0.0.1:4222} REDIS_URL=redis://127.0.0.1:6379"
+        echo "export NATS_STREAM_REPLICAS=${KOM_BENCH_NATS_REPLICAS:-1}"
         echo "export API=http://127.0.0.1:6001 GATEWAYS=http://127.0.0.1:6002,http://127.0.0.1:6003"
         echo "export GATEWAY=http://127.0.0.1:6002 PRESENCE=http://127.0.0.1:6005"
       } >>"$dir/env"
