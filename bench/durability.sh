@@ -12,7 +12,8 @@
 #   r3-always  distributed, three NATS servers on deploy/nats/cluster.conf
 # Scenarios: acks one at a time and 100 in flight (closed loop), chat 10×10
 # at 1,000 msg/s (light) and at 8,000 msg/s (the chat table's rate).
-# KOM_DURABILITY_SETUPS: the setups to run (default: all five).
+# KOM_DURABILITY_SETUPS: the setups to run (default: all five);
+# KOM_DURABILITY_FIRST_RUN: the number of the first run (default 1).
 # nats-server: a current one (default: $KOM_NATS_SERVER, which
 # scripts/test.sh installs). Results: $KOM_BENCH_DIR/durability/<setup>__<scenario>__<run>.json
 set -euo pipefail
@@ -65,8 +66,14 @@ PY
     for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$((7222 + i))") 2>/dev/null && break; sleep 0.1; done
   done
   export KOM_BENCH_NATS_URL="${urls#,}" KOM_BENCH_NATS_REPLICAS="$n"
-  # A cluster elects its meta leader before streams can be made.
-  [ "$n" = 1 ] || sleep 5
+  # JetStream takes streams once its servers say it is healthy (a
+  # cluster: once it has elected its meta leader).
+  for i in $(seq 0 $((n - 1))); do
+    for _ in $(seq 1 300); do
+      curl -fs "http://127.0.0.1:$((7422 + i))/healthz" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+  done
 }
 
 scenario() { # <setup> <name> <run> <bench args...>
@@ -75,7 +82,7 @@ scenario() { # <setup> <name> <run> <bench args...>
   "$bin/bench" "$@" --json "$out/${setup}__${name}__${run}.json" | tail -n 1
 }
 
-for run in $(seq 1 "$runs"); do
+for run in $(seq "${KOM_DURABILITY_FIRST_RUN:-1}" "$runs"); do
   for setup in ${KOM_DURABILITY_SETUPS:-all r1-default r1-always r3-default r3-always}; do
     case "$setup" in
       all) stop_nats; mode=all ;;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Options, TestApp, User};
+use crate::harness::{Backend, Options, TestApp, User};
 use crate::nginx::Proxied;
 use crate::servers::NatsCluster;
 use crate::sio::{Auth, Socket};
@@ -293,4 +293,51 @@ async fn the_chat_stream_survives_the_death_of_its_leader_on_a_nats_cluster() {
             expected.len()
         );
     }
+}
+
+/// A deployment that grows from one replica to three: the services started
+/// with `NATS_STREAM_REPLICAS=3` bring the existing streams to it.
+#[tokio::test]
+async fn streams_are_brought_to_the_configured_replica_count() {
+    let cluster = NatsCluster::start(3).await;
+    let mut app = TestApp::start_with(
+        Backend::MySql,
+        Options::default().with("NATS_URL", cluster.urls()),
+    )
+    .await;
+    let ann = app.user("ann").await;
+    let room = app.as_user(&ann).create_room("growing", None).await;
+    let servers: Vec<String> = cluster.servers.iter().map(|s| s.url.clone()).collect();
+    let js = async_nats::jetstream::new(
+        async_nats::connect(servers.as_slice())
+            .await
+            .expect("NATS"),
+    );
+    let subjects = common::bus::Subjects::new(&app.prefix);
+    let replicas = |name: String| {
+        let js = js.clone();
+        async move {
+            js.get_stream(&name)
+                .await
+                .expect("stream")
+                .info()
+                .await
+                .expect("info")
+                .config
+                .num_replicas
+        }
+    };
+    assert_eq!(replicas(subjects.chat_stream()).await, 1);
+
+    app.set_env("NATS_STREAM_REPLICAS", "3");
+    for service in app.services_mut() {
+        service.terminate().await;
+        service.restart().await;
+    }
+    for stream in [subjects.chat_stream(), subjects.presence_stream()] {
+        assert_eq!(replicas(stream.clone()).await, 3, "{stream}");
+    }
+    let mut sock = app.socket(&ann).await;
+    sock.join(room).await;
+    sock.assert_usable(room).await;
 }

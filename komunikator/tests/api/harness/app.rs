@@ -240,6 +240,16 @@ impl TestApp {
             .chain(&self.presence)
     }
 
+    /// Sets `name` in the environment of every process of the deployment,
+    /// for its next start.
+    pub fn set_env(&mut self, name: &'static str, value: &str) {
+        self.env.retain(|(k, _)| *k != name);
+        self.env.push((name, value.to_owned()));
+        for service in self.services_mut() {
+            service.set_env(name, value);
+        }
+    }
+
     /// [`Self::services`], to kill and restart.
     pub fn services_mut(&mut self) -> impl Iterator<Item = &mut Service> {
         std::iter::once(&mut self.main)

@@ -193,6 +193,13 @@ impl Service {
         status.code()
     }
 
+    /// Sets `name` in the environment the process is started with next
+    /// ([`Self::restart`]).
+    pub fn set_env(&mut self, name: &'static str, value: &str) {
+        self.env.retain(|(k, _)| *k != name);
+        self.env.push((name, value.to_owned()));
+    }
+
     /// Starts the same command again on the same address (after a kill).
     pub async fn restart(&mut self) {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
