@@ -308,11 +308,8 @@ async fn streams_are_brought_to_the_configured_replica_count() {
     let ann = app.user("ann").await;
     let room = app.as_user(&ann).create_room("growing", None).await;
     let servers: Vec<String> = cluster.servers.iter().map(|s| s.url.clone()).collect();
-    let js = async_nats::jetstream::new(
-        async_nats::connect(servers.as_slice())
-            .await
-            .expect("NATS"),
-    );
+    let js =
+        async_nats::jetstream::new(async_nats::connect(servers.as_slice()).await.expect("NATS"));
     let subjects = common::bus::Subjects::new(&app.prefix);
     let replicas = |name: String| {
         let js = js.clone();
