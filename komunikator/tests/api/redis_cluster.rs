@@ -96,7 +96,7 @@ async fn presence_and_logins_ride_out_the_loss_of_a_redis_cluster_master() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    cluster.wait_until_ok(Duration::from_secs(10)).await;
+    cluster.wait_until_ok(Duration::from_secs(30)).await;
     let unavailable = statuses.iter().filter(|s| **s == 503).count();
     let back = back.expect("users/online back");
     eprintln!(

@@ -30,7 +30,11 @@ impl OwnedServer {
 
     /// Starts a server whose files live in `dir` (created), on a free port.
     async fn start_in(dir: PathBuf, url: fn(u16) -> String, command: Launcher) -> Self {
-        let port = crate::nginx::free_port();
+        Self::start_on(crate::nginx::free_port(), dir, url, command).await
+    }
+
+    /// [`Self::start_in`] on `port`.
+    async fn start_on(port: u16, dir: PathBuf, url: fn(u16) -> String, command: Launcher) -> Self {
         std::fs::create_dir_all(&dir).expect("server dir");
         let mut server = OwnedServer {
             url: url(port),
@@ -291,9 +295,10 @@ impl Drop for NatsCluster {
 impl NatsCluster {
     pub async fn start(n: usize) -> NatsCluster {
         const SHIPPED: &str = include_str!("../../../deploy/nats/cluster.conf");
-        // Cluster and monitor ports, taken together.
-        let ports = free_ports(2 * n);
-        let (cluster_ports, monitors) = ports.split_at(n);
+        // Cluster, monitor and client ports, taken together.
+        let ports = free_ports(3 * n);
+        let (cluster_ports, rest) = ports.split_at(n);
+        let (monitors, clients) = rest.split_at(n);
         let routes: Vec<String> = cluster_ports
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
@@ -323,7 +328,8 @@ impl NatsCluster {
                 conf = conf.replace(&format!("    {route}\n"), "");
             }
             let server_name = name.clone();
-            let server = OwnedServer::start_in(
+            let server = OwnedServer::start_on(
+                clients[i],
                 base.join(&name),
                 |port| format!("nats://127.0.0.1:{port}"),
                 Box::new(move |port, dir| {
@@ -396,14 +402,21 @@ pub const REDIS_NODE_TIMEOUT_MS: u64 = 1000;
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
         let base = std::env::temp_dir().join(format!("kom-redis-cluster-{}", random_hex(4)));
+        // Client and cluster-bus ports, all taken together: the bus would
+        // otherwise be the client port + 10000, which may be taken, or
+        // beyond 65535.
+        let ports = free_ports(12);
         let mut nodes = Vec::with_capacity(6);
         for i in 0..6 {
-            let node = OwnedServer::start_in(
+            let bus = ports[6 + i];
+            let node = OwnedServer::start_on(
+                ports[i],
                 base.join(format!("node-{i}")),
                 |port| format!("redis://127.0.0.1:{port}"),
-                Box::new(|port, dir| {
+                Box::new(move |port, dir| {
                     let mut cmd = Command::new(binary("redis-server"));
                     cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                        .args(["--cluster-port", &bus.to_string()])
                         .args(["--cluster-enabled", "yes"])
                         .args(["--cluster-node-timeout", &REDIS_NODE_TIMEOUT_MS.to_string()])
                         .arg("--cluster-config-file")
@@ -471,7 +484,19 @@ impl RedisCluster {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "the Redis Cluster is not ok");
+            if Instant::now() >= deadline {
+                let views: Vec<String> = (0..self.nodes.len())
+                    .filter(|i| self.nodes[*i].running())
+                    .map(|i| {
+                        format!(
+                            "node {i}:\n{}\n{}",
+                            self.cli(i, &["cluster", "info"]).unwrap_or_default(),
+                            self.cli(i, &["cluster", "nodes"]).unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                panic!("the Redis Cluster is not ok:\n{}", views.join("\n"));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
