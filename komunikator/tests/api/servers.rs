@@ -418,6 +418,10 @@ impl RedisCluster {
                     cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                         .args(["--cluster-port", &bus.to_string()])
                         .args(["--cluster-enabled", "yes"])
+                        // A replica takes over however long it last heard
+                        // from its master: presence loses nothing it cannot
+                        // restore, and a loaded machine delays replication.
+                        .args(["--cluster-replica-validity-factor", "0"])
                         .args(["--cluster-node-timeout", &REDIS_NODE_TIMEOUT_MS.to_string()])
                         .arg("--cluster-config-file")
                         .arg(dir.join("nodes.conf"))
@@ -488,10 +492,14 @@ impl RedisCluster {
                 let views: Vec<String> = (0..self.nodes.len())
                     .filter(|i| self.nodes[*i].running())
                     .map(|i| {
+                        let log = std::fs::read_to_string(self.nodes[i].dir.with_extension("log"))
+                            .unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
                         format!(
-                            "node {i}:\n{}\n{}",
+                            "node {i}:\n{}\n{}\nlog:\n{}",
                             self.cli(i, &["cluster", "info"]).unwrap_or_default(),
-                            self.cli(i, &["cluster", "nodes"]).unwrap_or_default()
+                            self.cli(i, &["cluster", "nodes"]).unwrap_or_default(),
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                         )
                     })
                     .collect();
