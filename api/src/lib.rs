@@ -1,4 +1,4 @@
-//! The Komunikator REST API (CONTRACT.md, "REST API"): accounts, rooms,
+//! The Komunikator REST API (docs/protocol.md, "REST API"): accounts, rooms,
 //! memberships and chat history over the store, with change events published
 //! on the bus. Its shape, as every service's: [`Deps`] in, and [`routes`]
 //! (the API has no background work, so no `run`).

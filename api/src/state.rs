@@ -23,7 +23,7 @@ pub struct Deps {
     /// The serialised public room list (see [`crate::room_list`]).
     pub room_list: crate::room_list::RoomList,
     /// Failed logins and password checks, wrong and conflicting access
-    /// keys (CONTRACT.md, "Accounts and abuse").
+    /// keys (docs/protocol.md, "Accounts and abuse").
     pub throttle: Arc<dyn common::throttle::Throttle>,
     /// Registrations per client address.
     pub registrations: Arc<dyn common::throttle::Throttle>,

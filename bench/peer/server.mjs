@@ -4,7 +4,7 @@
 //   The kind of chat backend a Node developer would write with `socket.io` v4
 //   (default settings: both transports, the `ws` engine, no compression) and
 //   `mysql2`, in one file, speaking the part of Komunikator's wire contract
-//   (shared CONTRACT.md) that the load generator in bench/ uses, so that
+//   (docs/protocol.md) that the load generator in bench/ uses, so that
 //   bench/run.sh can measure Komunikator and this peer side by side on the
 //   same machine, database and client. It is a yardstick, not a product.
 //

@@ -1,6 +1,6 @@
 //! `rejoin`: the storm after a gateway restart. N sockets connect at once
 //! and each rejoins one of R rooms with `last_chat_id` a few messages
-//! behind (CONTRACT.md, catch-up on join). Reports the time until every
+//! behind (docs/protocol.md, "Ordering, delivery and catch-up"). Reports the time until every
 //! socket has its join acknowledged and every missed message replayed, the
 //! per-socket catch-up latency, and the CPU of each process meanwhile.
 

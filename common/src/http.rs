@@ -150,7 +150,7 @@ async fn render_metrics(State(state): State<OpsState>) -> Response {
         .into_response()
 }
 
-/// What the server enforces on every connection (CONTRACT.md, "Accounts
+/// What the server enforces on every connection (docs/protocol.md, "Accounts
 /// and abuse"): slow and idle connections are closed, and one address
 /// cannot hold many connections that are not authenticated yet: those that
 /// have not sent a request, and Engine.IO sockets whose client has not

@@ -1,11 +1,11 @@
-//! The NATS subjects and JetStream stream names of ARCHITECTURE.md, in one
+//! The NATS subjects and JetStream stream names of docs/architecture.md, in one
 //! place.
 
 use std::sync::Arc;
 
 use crate::domain::RoomId;
 
-/// Builds the subjects of ARCHITECTURE.md under a configurable prefix (so
+/// Builds the subjects of docs/architecture.md under a configurable prefix (so
 /// several deployments, or tests, can share one NATS server).
 #[derive(Debug, Clone)]
 pub struct Subjects {

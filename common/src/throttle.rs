@@ -1,4 +1,4 @@
-//! Throttling of failed attempts (CONTRACT.md, "Accounts and abuse"): a
+//! Throttling of failed attempts (docs/protocol.md, "Accounts and abuse"): a
 //! key (a user name, a client address) that failed `max` times within
 //! `window` is blocked until that window ends. Shared by the API's
 //! replicas through Redis, or kept in process (the embedded default).

@@ -1,4 +1,4 @@
-//! Catch-up on join (CONTRACT.md, `join` with `last_chat_id`): a socket
+//! Catch-up on join (docs/protocol.md, "Ordering, delivery and catch-up"): a socket
 //! first gets the room's messages it missed, from the chat log, then the
 //! live ones, with no gap and no duplicate at the seam.
 //!

@@ -1,4 +1,4 @@
-//! The Socket.IO gateway (CONTRACT.md, "Socket.IO"): authenticates sockets
+//! The Socket.IO gateway (docs/protocol.md, "Socket.IO"): authenticates sockets
 //! with the access token, handles `join`/`leave`/`message`/`watchdog`,
 //! appends chat messages to the chat log and fans out what the bus delivers
 //! to its local sockets. It holds no state another replica needs.

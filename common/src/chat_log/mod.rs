@@ -71,7 +71,7 @@ pub trait ChatLog: Send + Sync + 'static {
     /// The chat messages acknowledged to their senders that the store may
     /// not hold yet, of one room or of every room. Reads merge them with the
     /// store's rows, so that every acknowledged message is in every later
-    /// read (CONTRACT.md, "Read your writes"). Read the store *after* this:
+    /// read (docs/protocol.md, "General rules"). Read the store *after* this:
     /// what the store had committed by then covers everything up to
     /// [`Unstored::after`].
     async fn unstored(&self, room: Option<RoomId>) -> Result<Unstored, ChatLogError>;
@@ -114,7 +114,7 @@ pub trait ChatLog: Send + Sync + 'static {
 /// The newest `limit` of a room's acknowledged messages between `after` and
 /// `before` (both excluded): the store's rows merged with the messages
 /// acknowledged but not stored yet, so that a message is in every read once
-/// its sender has the ack (CONTRACT.md, "Read your writes").
+/// its sender has the ack (docs/protocol.md, "General rules").
 async fn newest_between<L: ChatLog + ?Sized>(
     log: &L,
     room_id: RoomId,

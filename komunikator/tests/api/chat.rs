@@ -348,7 +348,7 @@ async fn deleting_a_room_deletes_its_history_and_memberships(backend: Backend) {
     assert_eq!(app.count_rows("users_room", &kept_rows).await, 2);
 }
 
-/// Read your writes (CONTRACT.md): once a message is acknowledged, the very
+/// Read your writes (docs/protocol.md): once a message is acknowledged, the very
 /// next read has it, whoever stores it (the embedded store before the ack,
 /// the persister after it).
 async fn an_acknowledged_message_is_in_the_next_read(backend: Backend) {

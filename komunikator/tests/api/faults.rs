@@ -34,7 +34,7 @@ async fn chat_until(
 
 /// One REST call of `user` while a dependency it needs is down: `503
 /// {"error": "Service unavailable, try again"}` with `Retry-After: 1`,
-/// within 2 s (CONTRACT.md). Returns how long it took.
+/// within 2 s (docs/protocol.md). Returns how long it took.
 async fn expect_unavailable(
     app: &TestApp,
     method: reqwest::Method,

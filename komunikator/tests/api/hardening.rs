@@ -1,4 +1,4 @@
-//! The smaller holes of the second security pass (CONTRACT.md, "Accounts
+//! The smaller holes of the second security pass (docs/protocol.md, "Accounts
 //! and abuse"): proxy error codes believed only from proxies, stored
 //! password hashes that are trusted no further than their bounds, tokens
 //! of earlier versions that expire, user names that cannot imitate one

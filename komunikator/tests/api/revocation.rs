@@ -1,4 +1,4 @@
-//! A password change revokes the tokens issued before it (CONTRACT.md,
+//! A password change revokes the tokens issued before it (docs/protocol.md,
 //! "Accounts and abuse"): on REST, on socket connect, and for the sockets
 //! that authenticated with one, which their gateway closes.
 

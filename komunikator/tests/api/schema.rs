@@ -7,7 +7,7 @@ use sqlx::{AssertSqlSafe, MySqlConnection, Row};
 
 use crate::harness::{Backend, Options, TestApp, TestDb, random_hex, run_to_end, service_env};
 
-/// The schema older Komunikator servers created (MySQL 8, utf8mb4), as in ARCHITECTURE.md.
+/// The schema older Komunikator servers created (MySQL 8, utf8mb4), as in docs/architecture.md.
 const LEGACY_SCHEMA: &str = "
 CREATE TABLE users (user_name VARCHAR(48) PRIMARY KEY, password VARCHAR(128) NOT NULL)
     DEFAULT CHARSET = utf8mb4;

@@ -1,4 +1,4 @@
-//! Slow and idle connections are closed (CONTRACT.md, "Accounts and
+//! Slow and idle connections are closed (docs/protocol.md, "Accounts and
 //! abuse"): a request's headers within `HEADER_READ_TIMEOUT_SECS`, its body
 //! within `BODY_READ_TIMEOUT_SECS`, an idle keep-alive connection after the
 //! header timeout; one address holds at most

@@ -1,5 +1,5 @@
 //! Failed logins are throttled per user name and per client address, and
-//! wrong access keys per user (CONTRACT.md, "Accounts and abuse"): after 10
+//! wrong access keys per user (docs/protocol.md, "Accounts and abuse"): after 10
 //! failures in 5 minutes, 429 with `Retry-After`, whatever the password;
 //! shared by the API's replicas. Behind a proxy the client address is the
 //! one it names in `X-Forwarded-For`, only when the proxy is trusted.

@@ -3,7 +3,7 @@ python-socketio clients (asyncio, default reconnection) behind a load
 balancer, in several rooms, each sending a few messages a second. Like the
 bundled web client, a client remembers the newest chat_id it has per room
 and, whenever it (re)connects, joins with it as `last_chat_id`, so the
-server replays what it missed (CONTRACT.md, catch-up on join).
+server replays what it missed (docs/protocol.md, "Ordering, delivery and catch-up").
 
 usage: rolling.py URL USERS_FILE RATE [--no-catch-up]
   USERS_FILE: "name token room_id" lines; RATE: messages/s in all.

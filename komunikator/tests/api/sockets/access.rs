@@ -1,4 +1,4 @@
-//! A socket's access follows membership (CONTRACT.md, "Accounts and
+//! A socket's access follows membership (docs/protocol.md, "Accounts and
 //! abuse"): a user who leaves a room over REST, or who is not a member of
 //! a room turned private, has every socket taken out of it on every
 //! gateway; their messages to it are refused (code 4) and they receive

@@ -1,4 +1,4 @@
-//! Catch-up on join (CONTRACT.md, `join` with `last_chat_id`): what a
+//! Catch-up on join (docs/protocol.md, "Ordering, delivery and catch-up"): what a
 //! socket missed is replayed, oldest first, at most the newest 1000, then
 //! the live messages follow with no gap and no duplicate at the seam.
 

@@ -1,4 +1,4 @@
-//! What a socket may cost a gateway (CONTRACT.md, "Accounts and abuse"):
+//! What a socket may cost a gateway (docs/protocol.md, "Accounts and abuse"):
 //! no WebSocket message or frame over the payload limit is read, whether
 //! or not the socket authenticated; sockets count against their client
 //! address's cap until they authenticate (upgrades included) and are

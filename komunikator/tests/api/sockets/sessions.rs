@@ -1,4 +1,4 @@
-//! A socket lives as long as the session that opened it (CONTRACT.md,
+//! A socket lives as long as the session that opened it (docs/protocol.md,
 //! "Accounts and abuse"): logging out closes the sockets of that session
 //! on every gateway, and a socket whose access token expires is told (an
 //! `error` with code 9) and closed, unless its client sent a fresher token
