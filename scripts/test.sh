@@ -75,11 +75,11 @@ ensure_nats() {
 # deployment files are checked with PyYAML.
 ensure_python_client() {
   local venv="${KOM_TEST_VENV:-$HOME/.cache/komunikator-venv}"
-  if ! "$venv/bin/python" -c 'import socketio, requests, websocket, aiohttp, yaml, kubernetes_validate' 2>/dev/null; then
-    log "installing python-socketio, PyYAML and kubernetes-validate into $venv"
+  if ! "$venv/bin/python" -c 'import socketio, requests, websocket, aiohttp, yaml, kubernetes_validate, schemathesis' 2>/dev/null; then
+    log "installing python-socketio, PyYAML, kubernetes-validate and schemathesis into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "python-socketio[client]>=5,<6" "aiohttp>=3.9,<4" "PyYAML>=6,<7" \
-      "kubernetes-validate>=1.30"
+      "kubernetes-validate>=1.30" "schemathesis>=4,<5"
   fi
   export KOM_TEST_PYTHON="$venv/bin/python"
   # A current nats-server for the cluster and power-loss tests and the
@@ -99,10 +99,12 @@ ensure_browser() {
   command -v npm >/dev/null 2>&1 || need_package npm npm
   export KOM_NODE_DIR="${KOM_NODE_DIR:-$HOME/.cache/komunikator-node}"
   if [ ! -d "$KOM_NODE_DIR/node_modules/playwright-core" ] \
-    || [ ! -d "$KOM_NODE_DIR/node_modules/socket.io-client" ]; then
-    log "installing playwright-core and socket.io-client into $KOM_NODE_DIR"
+    || [ ! -d "$KOM_NODE_DIR/node_modules/socket.io-client" ] \
+    || [ ! -d "$KOM_NODE_DIR/node_modules/@asyncapi/parser" ]; then
+    log "installing playwright-core, socket.io-client and @asyncapi/parser into $KOM_NODE_DIR"
     mkdir -p "$KOM_NODE_DIR"
-    (cd "$KOM_NODE_DIR" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund playwright-core@1 socket.io-client@4)
+    (cd "$KOM_NODE_DIR" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund \
+      playwright-core@1 socket.io-client@4 @asyncapi/parser@3)
   fi
 }
 
@@ -148,6 +150,9 @@ log "cargo test"
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$out"
+log "protocol documents"
+"$KOM_TEST_PYTHON" scripts/openapi.py --check
+node docs/check-asyncapi.mjs
 log "deployment files"
 "$KOM_TEST_PYTHON" deploy/validate.py "$CARGO_TARGET_DIR/debug/komunikator"
 # Every manifest against the Kubernetes schemas, unknown fields refused.

@@ -11,6 +11,18 @@ use crate::error::ApiError;
 use crate::routes::{chat, members, rooms, sessions, users};
 use crate::state::AppState;
 
+/// The OpenAPI document of these routes (`docs/openapi.yaml`, as JSON:
+/// `scripts/openapi.py` writes it, and CI checks it is current).
+const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
 /// The API routes under `/api`, with body limit and JSON fallbacks (CORS
 /// covers every path of the process: `common::http::serve`).
 pub fn routes(deps: crate::Deps) -> Router {
@@ -35,6 +47,7 @@ pub fn routes(deps: crate::Deps) -> Router {
         .route("/api/user_rooms", get(members::user_rooms))
         .route("/api/user_list", get(members::user_list))
         .route("/api/chat_history", get(chat::history))
+        .route("/api/openapi.json", get(openapi))
         .merge(crate::web::routes())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -1,4 +1,4 @@
-//! Every event the server sends to sockets (CONTRACT.md, "Server to
+//! Every event the server sends to sockets (docs/protocol.md, "Server to
 //! client"), as one type: where it travels between services (its subject),
 //! how it is encoded there, and how a gateway decodes it before emitting it.
 //! `error` is not here: it answers one socket and never leaves its gateway.
@@ -352,9 +352,20 @@ mod tests {
             ServerEvent::RoomDeleted { room_id: 7 },
             ServerEvent::RoomListUpdated,
         ];
-        for event in events {
-            let decoded = ServerEvent::decode(&on_bus(&event, Some(42))).expect("decodes");
-            assert_eq!(decoded, event);
+        for event in &events {
+            let decoded = ServerEvent::decode(&on_bus(event, Some(42))).expect("decodes");
+            assert_eq!(&decoded, event);
+        }
+        // Each is in the AsyncAPI document: its Socket.IO message, or (for
+        // the changes gateways apply without emitting) the room subject's
+        // events.
+        let asyncapi = include_str!("../../docs/asyncapi.yaml");
+        for event in &events {
+            let name = event.name();
+            assert!(
+                asyncapi.contains(&format!("name: {name}\n")) || asyncapi.contains(name),
+                "{name} is not in docs/asyncapi.yaml"
+            );
         }
     }
 

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::refusal::Refusal;
 
-/// An event a client sends (CONTRACT.md, "Client to server").
+/// An event a client sends (docs/protocol.md, "Client to server").
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientEvent {
     Join(JoinRequest),
@@ -282,6 +282,17 @@ mod tests {
             message(json!({ "message": "x" })),
             Err(Refusal::MissingRoom)
         );
+    }
+
+    #[test]
+    fn every_client_event_is_in_the_asyncapi_document() {
+        let asyncapi = include_str!("../../docs/asyncapi.yaml");
+        for name in ClientEvent::NAMES {
+            assert!(
+                asyncapi.contains(&format!("      name: {name}\n")),
+                "{name} is not a message of docs/asyncapi.yaml"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Why a client event was refused: the `error` event's `{message, code}`
-//! (CONTRACT.md, "Error codes"), in one place.
+//! (docs/protocol.md, "Error codes"), in one place.
 
 use serde::Serialize;
 
@@ -86,6 +86,8 @@ mod tests {
             (Refusal::Unavailable, 8, "Service unavailable, try again"),
             (Refusal::SessionExpired, 9, "Session expired"),
         ];
+        let asyncapi = include_str!("../../docs/asyncapi.yaml");
+        let protocol = include_str!("../../docs/protocol.md");
         for (refusal, code, text) in all {
             assert_eq!(
                 refusal.body(),
@@ -93,6 +95,15 @@ mod tests {
                     message: text,
                     code
                 }
+            );
+            // Documented for clients, with its code.
+            assert!(
+                asyncapi.contains(&format!("- {text}\n")),
+                "{text} not in asyncapi.yaml"
+            );
+            assert!(
+                protocol.contains(&format!("| {code} |")),
+                "code {code} not in protocol.md"
             );
         }
     }

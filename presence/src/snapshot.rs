@@ -4,7 +4,7 @@
 //! they go offline. When Redis restarts empty, the presence state is
 //! restored from it, so that users who were online are not announced online
 //! again, and those who left meanwhile still get their `user_offline`
-//! (CONTRACT.md: presence survives its infrastructure).
+//! (docs/protocol.md, "Presence").
 //!
 //! (A stream rather than a KV bucket: async-nats's KV client cannot create
 //! buckets on the NATS 2.9 servers we support.)

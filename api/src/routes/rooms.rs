@@ -71,6 +71,10 @@ pub async fn create(
 ) -> Result<Json<Value>, ApiError> {
     let name = body.text("room_name")?.ok_or(ApiError::MissingRoomName)?;
     check_len("room_name", name, ROOM_NAME_MAX)?;
+    // A key is held to its limit even when a public room ignores it.
+    if let Some(key) = body.text("access_key")? {
+        check_len("access_key", key, ACCESS_KEY_MAX)?;
+    }
     let access_key = if body.flag("is_private")?.unwrap_or(false) {
         Some(access_key(&body, "access_key", ApiError::MissingAccessKey)?.to_owned())
     } else {
@@ -109,6 +113,9 @@ pub async fn edit(
     let room_id = body.id("room_id")?.ok_or(ApiError::MissingRoomId)?;
     let name = body.text("new_name")?;
     let is_private = body.flag("is_private")?;
+    if let Some(key) = body.text("new_access_key")? {
+        check_len("new_access_key", key, ACCESS_KEY_MAX)?;
+    }
     let room = visible_room(&state, room_id, Some(&caller)).await?;
     if room.room_owner != caller {
         return Err(ApiError::NotOwner);

@@ -23,6 +23,7 @@ mod hashing;
 mod input;
 mod members;
 mod online;
+mod openapi;
 mod power_loss;
 mod presence;
 mod proxy;
