@@ -71,15 +71,16 @@ ensure_nats() {
   wait_port 4222 NATS
 }
 
-# The compatibility tests drive the server with python-socketio 5.x; the
-# deployment files are checked with PyYAML.
+# The compatibility tests drive the server with python-socketio 5.x and
+# check what it receives with jsonschema; the deployment files are checked
+# with PyYAML.
 ensure_python_client() {
   local venv="${KOM_TEST_VENV:-$HOME/.cache/komunikator-venv}"
-  if ! "$venv/bin/python" -c 'import socketio, requests, websocket, aiohttp, yaml, kubernetes_validate, schemathesis' 2>/dev/null; then
-    log "installing python-socketio, PyYAML, kubernetes-validate and schemathesis into $venv"
+  if ! "$venv/bin/python" -c 'import socketio, requests, websocket, aiohttp, yaml, jsonschema, referencing, kubernetes_validate, schemathesis' 2>/dev/null; then
+    log "installing python-socketio, PyYAML, jsonschema, kubernetes-validate and schemathesis into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "python-socketio[client]>=5,<6" "aiohttp>=3.9,<4" "PyYAML>=6,<7" \
-      "kubernetes-validate>=1.30" "schemathesis>=4,<5"
+      "jsonschema>=4.18,<5" "kubernetes-validate>=1.30" "schemathesis>=4,<5"
   fi
   export KOM_TEST_PYTHON="$venv/bin/python"
   # A current nats-server for the cluster and power-loss tests and the

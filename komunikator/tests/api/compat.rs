@@ -1,10 +1,21 @@
 //! Protocol compatibility: an unmodified python-socketio 5.x client (code
 //! nobody here wrote) connects with the default transports (long-polling,
-//! then the upgrade to WebSocket) and WebSocket only, and chats.
+//! then the upgrade to WebSocket) and WebSocket only, and chats; every
+//! event and acknowledgement it receives is checked against
+//! `docs/asyncapi.yaml`.
 
 use std::path::PathBuf;
 
-use crate::harness::{Backend, TestApp};
+use crate::harness::{Backend, Options, TestApp};
+
+/// The presence timeout of the servers the client script runs against, so
+/// that it sees `user_offline` soon.
+pub const PRESENCE_TIMEOUT_MS: u64 = 1000;
+
+/// Server options for the client script: the short presence timeout.
+pub fn options() -> Options {
+    Options::default().with("PRESENCE_TIMEOUT_MS", PRESENCE_TIMEOUT_MS.to_string())
+}
 
 /// The Python with python-socketio installed (`scripts/test.sh` makes it).
 pub fn python() -> PathBuf {
@@ -16,7 +27,8 @@ pub fn python() -> PathBuf {
 }
 
 /// Runs `tests/compat/socketio_client.py` against `api` and `gateway` (the
-/// same URL behind a load balancer); `logs` explains a failure.
+/// same URL behind a load balancer), servers started with [`options`];
+/// `logs` explains a failure.
 pub async fn run_python_client(
     api: &str,
     gateway: &str,
@@ -29,6 +41,7 @@ pub async fn run_python_client(
     );
     let output = tokio::process::Command::new(python())
         .args([script, api, gateway, transport])
+        .arg(PRESENCE_TIMEOUT_MS.to_string())
         .env("NO_PROXY", "*")
         .output()
         .await
@@ -52,11 +65,11 @@ async fn run_client(app: &TestApp, transport: &str) {
 }
 
 async fn python_socketio_chats_over_polling_then_websocket(backend: Backend) {
-    run_client(&TestApp::start(backend).await, "default").await;
+    run_client(&TestApp::start_with(backend, options()).await, "default").await;
 }
 
 async fn python_socketio_chats_over_websocket_only(backend: Backend) {
-    run_client(&TestApp::start(backend).await, "websocket").await;
+    run_client(&TestApp::start_with(backend, options()).await, "websocket").await;
 }
 
 crate::on_both_stores!(

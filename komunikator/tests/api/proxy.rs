@@ -50,7 +50,7 @@ async fn run_python_client(proxied: &Proxied, transport: &str) {
 
 #[tokio::test]
 async fn rest_sockets_and_cors_work_through_nginx() {
-    let proxied = Proxied::start(Options::default()).await;
+    let proxied = Proxied::start(crate::compat::options()).await;
     let app = &proxied.app;
     assert_cors(&proxied.nginx.url).await;
 
@@ -319,14 +319,20 @@ impl PythonClients {
             .expect("stdin");
     }
 
-    /// The next line the clients print, within 90 s.
+    /// The next line the clients print, within 90 s; it fails the test when
+    /// they received something `docs/asyncapi.yaml` does not describe.
     async fn next(&mut self, what: &str) -> Value {
         let line = tokio::time::timeout(Duration::from_secs(90), self.out.next_line())
             .await
             .unwrap_or_else(|_| panic!("no {what} from the clients"))
             .expect("read")
             .unwrap_or_else(|| panic!("the clients exited before {what}"));
-        serde_json::from_str(&line).expect("JSON line")
+        let line: Value = serde_json::from_str(&line).expect("JSON line");
+        assert!(
+            line.get("undocumented").is_none(),
+            "the clients received what docs/asyncapi.yaml does not describe: {line}"
+        );
+        line
     }
 
     /// Closes their stdin and lets them exit.

@@ -25,7 +25,7 @@ import random
 import sys
 import time
 
-from spread import Client, say
+from spread import Client, checked_ack, say
 
 URL, USERS_FILE, RATE = sys.argv[1], sys.argv[2], float(sys.argv[3])
 CATCH_UP = "--no-catch-up" not in sys.argv[4:]
@@ -53,7 +53,7 @@ class Member(Client):
         join = {"room_id": self.room, "user_name": self.name}
         if CATCH_UP and self.received:
             join["last_chat_id"] = self.received[-1]
-        await self.sio.emit("join", join, callback=self.on_join_ack)
+        await self.sio.emit("join", join, callback=checked_ack("join", self.on_join_ack))
 
     def on_join_ack(self, ack=None):
         if isinstance(ack, dict) and "error" not in ack:
@@ -82,7 +82,7 @@ class Member(Client):
             try:
                 await self.sio.emit("message", {"room_id": self.room, "user_name": self.name,
                                                 "message": f"{self.name} {n}"},
-                                    callback=self.on_message_ack)
+                                    callback=checked_ack("message", self.on_message_ack))
             except Exception:  # disconnected meanwhile: not sent
                 self.refused += 1
 

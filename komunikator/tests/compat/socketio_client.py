@@ -1,7 +1,10 @@
 """Drives a Komunikator deployment with the unmodified python-socketio 5.x
-client, as existing script clients do. Exits 0 when every check passes.
+client, as existing script clients do. Every event and acknowledgement it
+receives is checked against docs/asyncapi.yaml. Exits 0 when every check
+passes.
 
-usage: socketio_client.py API_URL GATEWAY_URL TRANSPORT   (TRANSPORT: default | websocket)
+usage: socketio_client.py API_URL GATEWAY_URL TRANSPORT PRESENCE_TIMEOUT_MS
+  TRANSPORT: default | websocket; PRESENCE_TIMEOUT_MS: the server's.
 """
 import sys
 import threading
@@ -11,7 +14,10 @@ import uuid
 import requests
 import socketio
 
+from documented import check_ack, check_event
+
 API, GATEWAY, TRANSPORT = sys.argv[1:4]
+PRESENCE_TIMEOUT = int(sys.argv[4]) / 1000
 TRANSPORTS = None if TRANSPORT == "default" else [TRANSPORT]
 WAIT = 5
 
@@ -21,6 +27,12 @@ def register(stem):
     r = requests.post(f"{API}/api/register", json={"user_name": name, "password": "pw"})
     assert r.status_code == 201, r.text
     return name, r.json()["access_token"]
+
+
+def login(name):
+    r = requests.post(f"{API}/api/login", json={"user_name": name, "password": "pw"})
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
 
 
 class Client:
@@ -37,12 +49,17 @@ class Client:
         self.sio.connect(GATEWAY, auth={"token": token}, transports=TRANSPORTS, wait_timeout=WAIT)
 
     def _record(self, event, *args):
+        payload = check_event(event, args[0] if args else None)
         with self.cond:
-            self.events.append((event, args[0] if args else None))
+            self.events.append((event, payload))
             self.cond.notify_all()
 
-    def wait_for(self, event, check=lambda payload: True):
-        deadline = time.time() + WAIT
+    def call(self, event, payload, wait=WAIT):
+        """Emits `event` asking for an acknowledgement, checked, and returns it."""
+        return check_ack(event, self.sio.call(event, payload, timeout=wait))
+
+    def wait_for(self, event, check=lambda payload: True, wait=WAIT):
+        deadline = time.time() + wait
         with self.cond:
             while True:
                 for i, (name, payload) in enumerate(self.events):
@@ -50,7 +67,7 @@ class Client:
                         del self.events[i]
                         return payload
                 left = deadline - time.time()
-                assert left > 0, f"no {event} within {WAIT}s; got {self.events}"
+                assert left > 0, f"no {event} within {wait}s; got {self.events}"
                 self.cond.wait(left)
 
 
@@ -82,13 +99,14 @@ def main():
             time.sleep(0.05)
         assert a.sio.transport() == "websocket", a.sio.transport()
 
-    a.sio.emit("join", {"room_id": room, "user_name": ann})
+    joined = a.call("join", {"room_id": room, "user_name": ann})
+    assert joined == {"room_id": room, "replayed": 0, "complete": True}, joined
     a.wait_for("user_joined", lambda p: p == {"user_name": ann, "room_id": room})
-    b.sio.emit("join", {"room_id": room, "user_name": bob})
+    b.call("join", {"room_id": room, "user_name": bob})
     a.wait_for("user_joined", lambda p: p["user_name"] == bob)
     b.wait_for("user_joined", lambda p: p["user_name"] == bob)
 
-    ack = a.sio.call("message", {"room_id": room, "user_name": ann, "message": "zażółć 😀"}, timeout=WAIT)
+    ack = a.call("message", {"room_id": room, "user_name": ann, "message": "zażółć 😀"})
     assert set(ack) == {"chat_id"}, ack
     for client in (a, b):
         m = client.wait_for("new_message")
@@ -97,19 +115,42 @@ def main():
         assert m["create_date"].endswith("Z"), m
 
     # A refused event: the error event and a refused acknowledgement.
-    refused = b.sio.call("message", {"room_id": room, "user_name": ann, "message": "spoof"}, timeout=WAIT)
+    refused = b.call("message", {"room_id": room, "user_name": ann, "message": "spoof"})
     assert refused == {"error": "Forbidden", "code": 5}, refused
     assert b.wait_for("error") == {"message": "Forbidden", "code": 5}
     b.sio.emit("message", "not an object")
     assert b.wait_for("error") == {"message": "Invalid payload", "code": 7}
 
+    # A reconnecting client catches up from the newest chat_id it has.
+    b.sio.disconnect()
+    b = Client(bob_token)
+    caught_up = b.call("join", {"room_id": room, "last_chat_id": ack["chat_id"] - 1})
+    assert caught_up == {"room_id": room, "replayed": 1, "complete": True}, caught_up
+    assert b.wait_for("new_message")["chat_id"] == ack["chat_id"]
+    a.wait_for("user_joined", lambda p: p["user_name"] == bob)
+
+    # A fresher token for the open socket.
+    assert b.call("refresh", {"token": login(bob)}) == {"ok": True}
+    assert b.call("refresh", {"token": "not a token"}) == {"error": "Session expired", "code": 9}
+    assert b.wait_for("error") == {"message": "Session expired", "code": 9}
+    assert b.call("refresh", {"token": ann_token}) == {"error": "Forbidden", "code": 5}
+    assert b.wait_for("error") == {"message": "Forbidden", "code": 5}
+
     b.sio.emit("watchdog", {"user_name": bob})
+    a.wait_for("user_online", lambda p: p == {"user_name": bob})
     requests.post(f"{API}/api/room/create", headers=headers, json={"room_name": "another"})
     a.wait_for("room_list_updated")
     b.wait_for("room_list_updated")
 
     b.sio.emit("leave", {"room_id": room, "user_name": bob})
     a.wait_for("user_left", lambda p: p == {"user_name": bob, "room_id": room})
+    # Bob's heartbeat stopped: offline once the presence timeout passes.
+    a.wait_for("user_offline", lambda p: p == {"user_name": bob}, wait=PRESENCE_TIMEOUT + WAIT)
+
+    r = requests.post(f"{API}/api/user_kick", headers=headers, json={"room_id": room, "user_to_kick": bob})
+    assert r.status_code == 200, r.text
+    a.wait_for("user_kicked", lambda p: p == {"user_name": bob})
+    a.wait_for("user_list_updated")
 
     # Without a token the connection is refused.
     try:
