@@ -93,7 +93,9 @@ ensure_python_client() {
   export KOM_NATS_SERVER="$venv/bin/nats-server"
 }
 
-# The browser test drives Debian's Chromium with playwright-core.
+# The browser test drives Debian's Chromium with playwright-core; the
+# AsyncAPI check and the typed client example (docs/client) need the
+# AsyncAPI parser, TypeScript and the client's libraries.
 ensure_browser() {
   [ -x /usr/bin/chromium ] || need_package /usr/bin/chromium chromium
   command -v node >/dev/null 2>&1 || need_package node nodejs
@@ -101,11 +103,16 @@ ensure_browser() {
   export KOM_NODE_DIR="${KOM_NODE_DIR:-$HOME/.cache/komunikator-node}"
   if [ ! -d "$KOM_NODE_DIR/node_modules/playwright-core" ] \
     || [ ! -d "$KOM_NODE_DIR/node_modules/socket.io-client" ] \
-    || [ ! -d "$KOM_NODE_DIR/node_modules/@asyncapi/parser" ]; then
-    log "installing playwright-core, socket.io-client and @asyncapi/parser into $KOM_NODE_DIR"
+    || [ ! -d "$KOM_NODE_DIR/node_modules/@asyncapi/parser" ] \
+    || [ ! -x "$KOM_NODE_DIR/node_modules/.bin/tsc" ] \
+    || [ ! -x "$KOM_NODE_DIR/node_modules/.bin/openapi-typescript" ] \
+    || [ ! -d "$KOM_NODE_DIR/node_modules/openapi-fetch" ] \
+    || [ ! -d "$KOM_NODE_DIR/node_modules/@types/node" ]; then
+    log "installing playwright-core, socket.io-client, @asyncapi/parser and the client example's tools into $KOM_NODE_DIR"
     mkdir -p "$KOM_NODE_DIR"
-    (cd "$KOM_NODE_DIR" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund \
-      playwright-core@1 socket.io-client@4 @asyncapi/parser@3)
+    (cd "$KOM_NODE_DIR" && { [ -f package.json ] || npm init -y >/dev/null; } \
+      && npm install --silent --no-audit --no-fund playwright-core@1 socket.io-client@4 \
+        @asyncapi/parser@3 typescript@5 openapi-typescript@7 openapi-fetch@0.17 @types/node@20)
   fi
 }
 
@@ -154,6 +161,7 @@ cargo test --workspace --locked 2>&1 | tee "$out"
 log "protocol documents"
 "$KOM_TEST_PYTHON" scripts/openapi.py --check
 node docs/check-asyncapi.mjs
+scripts/check-client.sh "$CARGO_TARGET_DIR/debug/komunikator"
 log "deployment files"
 "$KOM_TEST_PYTHON" deploy/validate.py "$CARGO_TARGET_DIR/debug/komunikator"
 # Every manifest against the Kubernetes schemas, unknown fields refused.
