@@ -1014,6 +1014,8 @@ const leaveRoom = () => departRoom('/room/leave');
 // Wiring
 
 function init() {
+  // The API reference is served by the API, wherever this page comes from.
+  for (const link of document.querySelectorAll('a.api-link')) link.href = `${SERVER}/api/docs`;
   $('auth-form').addEventListener('submit', (e) => { e.preventDefault(); authenticate('login'); });
   $('register-button').addEventListener('click', () => authenticate('register'));
   $('logout-button').addEventListener('click', () => logout());

@@ -356,6 +356,10 @@ try {
     return `WebSocket ${sockets[0]}`;
   }, watched);
   await shot(a.page, "registered");
+  await step("web client: its API link opens the reference on the API origin", async () => {
+    const href = await id(a.page, "api-link").getAttribute("href");
+    check(href === `${api}/api/docs`, `API link: ${href}`);
+  }, watched);
   const lobby = `lobby ${run}`;
   await step(`web client: ${alice} creates public room "${lobby}" and opens it`, async () => {
     await id(a.page, "new-room-name").fill(lobby);

@@ -90,6 +90,28 @@ try {
   await id(c, "login-button").click();
   await id(c, "auth-error").filter({ hasText: "Invalid user credentials" }).waitFor();
 
+  // The topbar's "API" link opens the API reference, served by the binary
+  // (Redoc compiled in): it renders the OpenAPI document and its search
+  // works (a worker from a blob) under the page's CSP, with no request to
+  // another origin. Redoc's footer logo is on a CDN: blocked on purpose.
+  const [docs] = await Promise.all([a.context().waitForEvent("page"), id(a, "api-link").click()]);
+  const violations = [];
+  docs.on("console", (m) => {
+    if (m.text().includes("Content Security Policy") && !m.text().includes("https://cdn.redoc.ly/")) violations.push(m.text());
+  });
+  const docErrors = [];
+  docs.on("pageerror", (e) => docErrors.push(e.message));
+  const foreign = [];
+  docs.on("request", (r) => { if (!r.url().startsWith(base) && !r.url().startsWith("blob:") && !r.url().startsWith("data:")) foreign.push(r.url()); });
+  await docs.waitForURL(`${base}/api/docs`);
+  await docs.locator("h1", { hasText: "Komunikator REST API" }).waitFor({ timeout: 20000 });
+  await docs.locator('input[placeholder="Search..."]').fill("kick");
+  await docs.getByText("Remove a member (owner only").first().waitFor({ timeout: 10000 });
+  await shot(docs, "api-reference");
+  if (violations.length || docErrors.length) throw new Error(`API reference: CSP ${violations}, errors ${docErrors}`);
+  if (foreign.some((url) => !url.startsWith("https://cdn.redoc.ly/"))) throw new Error(`API reference fetched ${foreign}`);
+  await docs.close();
+
   // Alice creates a public room; Bob sees it live and joins.
   const lobby = `lobby ${run}`;
   await id(a, "new-room-name").fill(lobby);
