@@ -50,9 +50,14 @@ scenario() {
     chat-max-fine) args="$chat --rate 6000 --step 1.05 --seconds 5 --max --max-p99-ms 50" ;;
     fanout) args="$fanout --rate 100 --warmup 5 --seconds 10" ;;
     fanout-cold) args="$fanout --rate 100 --seconds 10" ;;
+    # The same with the web client's batched presence.
+    fanout-cold-batched) args="$fanout --rate 100 --seconds 10 --batched" ;;
     fanout-max) args="$fanout --rate 100 --step 1.2 --warmup 5 --seconds 5 --max" ;;
     idle) args="idle --gateway \$GATEWAY --api \$API \${PRESENCE:+--presence \$PRESENCE} --connections ${IDLE_CONNECTIONS:-19000} --sources 4 --connect-rate 4000 --seconds 20 --check-offline 5000" ;;
     presence) args="presence --presence \$PRESENCE --users 100000 --seconds 10" ;;
+    # A mass reconnect into one room: 10,000 sockets (batched presence,
+    # heartbeating) join it at once while probes chat in it and outside it.
+    storm) args="rejoin --gateway \$GATEWAY --connections ${STORM_CONNECTIONS:-10000} --rooms 1 --plain --batched --heartbeat --probe-rate 20 --within 120" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
   echo "$mode $args"

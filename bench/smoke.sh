@@ -79,6 +79,10 @@ run idle 'r["connected"] == 300 and r["presence"]["correct"] and r["heartbeats_p
   --seconds 2 --check-offline "${PRESENCE_TIMEOUT_MS:-5000}"
 run rejoin 'r["caught_up"] == r["connected"] == 200 and r["errors"] == {}' \
   rejoin --gateway "$GATEWAY" --connections 200 --rooms 10 --behind 3
+# The presence storm's shape (bench/run.sh storm), tiny: one room, batched
+# presence, heartbeats, probes in and outside the room.
+run storm 'r["caught_up"] == r["connected"] == 300 and r["errors"] == {} and r["probe_ms"]["storm_room"]["count"] > 0 and r["probe_ms"]["outside"]["count"] > 0' \
+  rejoin --gateway "$GATEWAY" --connections 300 --rooms 1 --plain --batched --heartbeat --probe-rate 20
 run presence 'r["processed_ratio"] == 1 and r["came_online"] == r["expected_online"] == 500' \
   presence --presence "$PRESENCE" --users 500 --rate 1000 --seconds 1
 run rest 'r["rooms"]["requests"]["ok"] > 0 and r["rooms"]["requests"]["errors"] == {} and r["rooms"]["rooms_listed"] >= 5 and r["login_flood"]["login"]["ok"] > 0 and r["probe_quiet"]["user_rooms"]["ok"] > 0' \

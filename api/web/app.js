@@ -146,7 +146,9 @@ class SocketClient {
         try { open = JSON.parse(data.slice(1)); } catch { /* keep defaults */ }
         this.pingWindow = (open.pingInterval || 25000) + (open.pingTimeout || 20000);
         this.armPingTimer();
-        this.raw('40' + JSON.stringify({ token: this.token }));
+        // Presence in batches: one event per room every 250 ms at most,
+        // in rooms of any size (docs/protocol.md, "Presence").
+        this.raw('40' + JSON.stringify({ token: this.token, presence: 'batched' }));
         break;
       }
       case '2':
@@ -580,6 +582,13 @@ function onSocketEvent(name, p) {
       renderMembers();
       quietly(refreshOnline());
       break;
+    case 'presence':
+      // Exact changes since the last batch: applied to the list read at
+      // connect, no need to read it again.
+      for (const name of payload.online || []) if (name !== state.user) state.online.add(name);
+      for (const name of payload.offline || []) state.online.delete(name);
+      renderMembers();
+      break;
     case 'user_list_updated':
       quietly(loadMembers());
       quietly(refreshLists());
@@ -607,9 +616,15 @@ function onSocketEvent(name, p) {
   }
 }
 
+// Joined once the server acknowledges it (in a large room nobody gets
+// user_joined, not even the joiner).
 function joinSocketRoom() {
   state.joined = false;
-  if (state.room) state.socket?.emit('join', { room_id: state.room.room_id, user_name: state.user });
+  if (!state.room || !state.socket) return;
+  const roomId = state.room.room_id;
+  state.socket.emitWithAck('join', { room_id: roomId, user_name: state.user })
+    .then((ack) => { if (ack && sameRoom(ack.room_id)) markJoined(); })
+    .catch(() => {});
 }
 
 // After a reconnect: join with the newest chat_id we have, so the server
@@ -628,7 +643,9 @@ function rejoinSocketRoom() {
   if (!state.socket) return;
   state.socket.emitWithAck('join', join)
     .then((ack) => {
-      if (seq === state.roomSeq && ack && ack.complete === false) quietly(loadHistory());
+      if (seq !== state.roomSeq || !ack) return;
+      if (sameRoom(ack.room_id)) markJoined();
+      if (ack.complete === false) quietly(loadHistory());
     })
     .catch(() => quietly(loadHistory()));
 }
@@ -640,7 +657,7 @@ function markJoined() {
   waiters.forEach((w) => w());
 }
 
-// Resolves once the server confirmed our join (user_joined for us), or after a
+// Resolves once the server confirmed our join (its ack, or user_joined for us), or after a
 // timeout: the server then answers for itself if the room is not joined.
 function waitJoined() {
   if (state.joined) return Promise.resolve();

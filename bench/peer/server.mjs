@@ -670,6 +670,7 @@ io.on("connection", (socket) => {
         if (r.is_private && r.room_owner !== user && !(await isMember(id, user))) throw new Refusal(4);
         socket.join(roomKey(id));
         io.to(roomKey(id)).emit("user_joined", { user_name: user, room_id: id });
+        if (typeof ack === "function") ack({ room_id: id, replayed: 0, complete: true });
       } catch (e) {
         refuse(socket, ack, e);
       }

@@ -63,6 +63,10 @@ pub struct Load {
     pub max_p99_ms: f64,
     #[arg(long, default_value_t = 0.999)]
     pub min_delivered: f64,
+    /// Sockets ask for presence in batches (`auth.presence = "batched"`),
+    /// as the bundled web client does.
+    #[arg(long)]
+    pub batched: bool,
     /// Skip the final check that every acknowledged message is in chat_history.
     #[arg(long)]
     pub no_verify: bool,
@@ -220,10 +224,12 @@ async fn run(
         .map(|(i, user)| {
             let gateway = load.gateways[i % load.gateways.len()].clone();
             let room = room_ids[i / users];
+            let batched = load.batched;
             async move {
-                let mut socket = Socket::connect(&gateway, &user.name, &user.token, None)
-                    .await
-                    .with_context(|| format!("socket of {} to {gateway}", user.name))?;
+                let mut socket =
+                    Socket::connect_with(&gateway, &user.name, &user.token, None, batched)
+                        .await
+                        .with_context(|| format!("socket of {} to {gateway}", user.name))?;
                 socket.join(room).await?;
                 anyhow::Ok((i, socket))
             }

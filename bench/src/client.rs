@@ -60,7 +60,24 @@ impl Socket {
         token: &str,
         source: Option<IpAddr>,
     ) -> anyhow::Result<Socket> {
-        tokio::time::timeout(SETUP_TIMEOUT, Self::open(base, user, token, source))
+        Self::connect_with(base, user, token, source, false).await
+    }
+
+    /// [`Self::connect`], asking for presence in batches when `batched`
+    /// (docs/protocol.md, "Presence").
+    pub async fn connect_with(
+        base: &str,
+        user: &str,
+        token: &str,
+        source: Option<IpAddr>,
+        batched: bool,
+    ) -> anyhow::Result<Socket> {
+        let auth = if batched {
+            serde_json::json!({ "token": token, "presence": "batched" })
+        } else {
+            serde_json::json!({ "token": token })
+        };
+        tokio::time::timeout(SETUP_TIMEOUT, Self::open(base, user, auth, source))
             .await
             .context("connect timed out")?
     }
@@ -68,7 +85,7 @@ impl Socket {
     async fn open(
         base: &str,
         user: &str,
-        token: &str,
+        auth: serde_json::Value,
         source: Option<IpAddr>,
     ) -> anyhow::Result<Socket> {
         let target = address(base)?;
@@ -92,7 +109,6 @@ impl Socket {
         if !open.starts_with('0') {
             bail!("unexpected engine.io open packet {open}");
         }
-        let auth = serde_json::json!({ "token": token });
         ws.send(Message::text(format!("40{auth}"))).await?;
         loop {
             let frame = next_text(&mut ws)
@@ -114,11 +130,11 @@ impl Socket {
         })
     }
 
-    /// Joins `room` and waits for the room's `user_joined` naming this user.
+    /// Joins `room` and waits for the join's acknowledgement (in a large
+    /// room nobody is sent `user_joined`, the joiner included).
     pub async fn join(&mut self, room: i64) -> anyhow::Result<()> {
-        let frame = format!(r#"42["join",{{"room_id":{room}}}]"#);
+        let frame = format!(r#"420["join",{{"room_id":{room}}}]"#);
         self.ws.send(Message::text(frame)).await?;
-        let me = format!(r#""user_name":"{}""#, self.user);
         let wait = async {
             loop {
                 let frame = next_text(&mut self.ws)
@@ -126,9 +142,10 @@ impl Socket {
                     .context("closed while joining")?;
                 if frame == "2" {
                     self.ws.send(Message::text("3")).await?;
-                } else if frame.starts_with(r#"42["error""#) {
-                    bail!("join refused: {frame}");
-                } else if frame.starts_with(r#"42["user_joined""#) && frame.contains(&me) {
+                } else if let Some(ack) = frame.strip_prefix("430") {
+                    if ack.contains(r#""error""#) {
+                        bail!("join refused: {frame}");
+                    }
                     return Ok(());
                 }
             }

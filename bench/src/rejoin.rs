@@ -41,6 +41,19 @@ pub struct RejoinArgs {
     /// Join without `last_chat_id` (the cost of a plain rejoin, to compare).
     #[arg(long)]
     pub plain: bool,
+    /// Ask for presence in batches (`auth.presence = "batched"`), as the
+    /// bundled web client does.
+    #[arg(long)]
+    pub batched: bool,
+    /// Every socket sends `watchdog` every second once connected: the storm
+    /// brings each user online in their room.
+    #[arg(long)]
+    pub heartbeat: bool,
+    /// Chat messages per second that a probe socket sends, during the
+    /// storm, into the first storm room and into a room outside it; the
+    /// delivery latency of each (to the sender itself) is reported. 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub probe_rate: u32,
     /// Longest wait for everyone to catch up, in seconds.
     #[arg(long, default_value_t = 120)]
     pub within: u64,
@@ -59,6 +72,12 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<()> {
         .collect();
     let (users, _) = args.direct.seed(names).await?;
     let rooms = args.direct.rooms(&users[0].name, args.rooms).await?;
+    let probes = if args.probe_rate > 0 {
+        let outside = args.direct.rooms(&users[0].name, 1).await?;
+        Some(Probes::start(&args, &users, [rooms[0], outside[0]]).await?)
+    } else {
+        None
+    };
     eprintln!(
         "setup: {} users and {} rooms in {:.1} s",
         users.len(),
@@ -85,10 +104,12 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<()> {
                 1 + (i % args.sources as usize) as u8,
             ));
             let gateway = args.gateway.clone();
+            let batched = args.batched;
             async move {
                 (
                     i,
-                    Socket::connect(&gateway, &user.name, &user.token, Some(source)).await,
+                    Socket::connect_with(&gateway, &user.name, &user.token, Some(source), batched)
+                        .await,
                 )
             }
         })
@@ -117,9 +138,10 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<()> {
             acked: false,
             shared: shared.clone(),
         };
+        let heartbeat = args.heartbeat.then_some(Duration::from_secs(1));
         drivers.push(tokio::spawn(socket.drive(
             catching,
-            None,
+            heartbeat,
             Some(rx),
             stop.clone(),
         )));
@@ -132,6 +154,10 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<()> {
     }
     let caught_up = shared.done();
     let all_seconds = storm.elapsed().as_secs_f64();
+    let probed = match probes {
+        Some(probes) => probes.finish(&mut errors).await,
+        None => json!(null),
+    };
     let (processes, generator) = meter.finish();
     stop.cancel();
     for d in drivers {
@@ -146,11 +172,18 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<()> {
         "connect_seconds": round(connect_seconds),
         "all_caught_up_seconds": round(all_seconds), "caught_up": caught_up,
         "catch_up_ms": latency, "errors": errors.json(),
+        "batched": args.batched, "heartbeat": args.heartbeat, "probe_rate": args.probe_rate,
+        "probe_ms": probed,
         "processes": processes, "generator": generator,
     });
     let summary = format!(
-        "rejoin{} {caught_up}/{} sockets caught up ({} missed each, {} rooms) in {:.2} s (connected in {:.2} s); per socket p50 {} ms, p99 {} ms; errors {}; {}",
+        "rejoin{}{} {caught_up}/{} sockets caught up ({} missed each, {} rooms) in {:.2} s (connected in {:.2} s); per socket p50 {} ms, p99 {} ms{}; errors {}; {}",
         if args.plain { " (plain)" } else { "" },
+        if args.batched {
+            " (batched presence)"
+        } else {
+            ""
+        },
         args.connections,
         args.behind,
         args.rooms,
@@ -158,6 +191,14 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<()> {
         connect_seconds,
         report["catch_up_ms"]["p50"],
         report["catch_up_ms"]["p99"],
+        if args.probe_rate > 0 {
+            format!(
+                "; chat p99 in the storm room {} ms, outside {} ms",
+                report["probe_ms"]["storm_room"]["p99"], report["probe_ms"]["outside"]["p99"]
+            )
+        } else {
+            String::new()
+        },
         errors.json(),
         report::cpu_line(&report["processes"], &report["generator"]),
     );
@@ -292,4 +333,120 @@ impl Events for CatchingUp {
         self.acked = true;
         self.check_done();
     }
+}
+
+/// Two sockets sending chat at a fixed rate during the storm, one in a
+/// storm room and one outside it, each timing its own messages from when
+/// they were due to when they came back as `new_message`.
+struct Probes {
+    stop_sending: CancellationToken,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<(Probe, bool)>>,
+    /// Each probe's sender: how many it sent.
+    tickers: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl Probes {
+    async fn start(args: &RejoinArgs, users: &[User], rooms: [i64; 2]) -> anyhow::Result<Self> {
+        let stop = CancellationToken::new();
+        let stop_sending = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut tickers = Vec::new();
+        let epoch = Instant::now();
+        let period = Duration::from_secs_f64(1.0 / f64::from(args.probe_rate));
+        for (user, room) in users.iter().zip(rooms) {
+            let mut socket = Socket::connect(&args.gateway, &user.name, &user.token, None).await?;
+            socket.join(room).await?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let probe = Probe {
+                epoch,
+                latency: report::histogram(),
+                received: 0,
+            };
+            tasks.push(tokio::spawn(socket.drive(
+                probe,
+                None,
+                Some(rx),
+                stop.clone(),
+            )));
+            let stop = stop_sending.clone();
+            tickers.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                let mut sent = 0;
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        due = tick.tick() => {
+                            // The text carries when the message was due (µs
+                            // since the epoch): open loop, no coordinated omission.
+                            let due = due.into_std().duration_since(epoch).as_micros();
+                            let message = json!({ "room_id": room, "message": format!("probe {due}") });
+                            if tx.send(format!("42{}", json!(["message", message]))).is_err() {
+                                break;
+                            }
+                            sent += 1;
+                        }
+                    }
+                }
+                sent
+            }));
+        }
+        Ok(Self {
+            stop_sending,
+            stop,
+            tasks,
+            tickers,
+        })
+    }
+
+    /// Stops the probes: `{storm_room, outside}` latencies.
+    async fn finish(self, errors: &mut Errors) -> serde_json::Value {
+        self.stop_sending.cancel();
+        let mut sent = Vec::new();
+        for ticker in self.tickers {
+            sent.push(ticker.await.unwrap_or(0));
+        }
+        // What is in flight comes back within a moment.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.stop.cancel();
+        let mut out = Vec::new();
+        for (sent, task) in sent.into_iter().zip(self.tasks) {
+            let Ok((probe, _)) = task.await else {
+                continue;
+            };
+            errors.add("probe_lost", sent.saturating_sub(probe.received));
+            out.push(report::latency(&probe.latency));
+        }
+        let mut out = out.into_iter();
+        json!({ "storm_room": out.next(), "outside": out.next() })
+    }
+}
+
+/// One probe socket's deliveries.
+struct Probe {
+    epoch: Instant,
+    latency: Histogram<u64>,
+    received: u64,
+}
+
+impl Events for Probe {
+    fn event(&mut self, name: &str, frame: &str) {
+        if name != "new_message" {
+            return;
+        }
+        let Some(due) = frame
+            .split("probe ")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|n| n.parse::<u128>().ok())
+        else {
+            return;
+        };
+        self.received += 1;
+        let now = self.epoch.elapsed().as_micros();
+        let us = u64::try_from(now.saturating_sub(due)).unwrap_or(u64::MAX);
+        let _ = self.latency.record(us.max(1));
+    }
+
+    fn ack(&mut self, _id: u64, _body: &str) {}
 }

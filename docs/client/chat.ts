@@ -37,11 +37,17 @@ async function main(server: string, userName: string, password: string): Promise
   if (!created.data) throw new Error(`create: ${created.error?.error}`);
   const roomId = created.data.room_id;
 
-  // The token goes in the connect payload; the default transports
-  // (long-polling, then the upgrade to WebSocket), as a browser uses them.
+  // The token goes in the connect payload, with presence asked for in
+  // batches; the default transports (long-polling, then the upgrade to
+  // WebSocket), as a browser uses them.
   const socket: Socket<ServerToClientEvents, ClientToServerEvents> = io(server, {
-    auth: { token: tokens.access_token },
+    auth: { token: tokens.access_token, presence: "batched" },
     reconnection: false,
+  });
+  const online = new Set<string>();
+  socket.on("presence", ({ online: came, offline: went }) => {
+    came.forEach((name) => online.add(name));
+    went.forEach((name) => online.delete(name));
   });
   socket.on("error", ({ message, code }) => console.error(`refused: ${message} (code ${code})`));
   await new Promise<void>((resolve, reject) => {
@@ -58,6 +64,15 @@ async function main(server: string, userName: string, password: string): Promise
     .emitWithAck("message", { room_id: roomId, message: "Hello from TypeScript" });
   if ("error" in sent) throw new Error(`message: ${sent.error} (code ${sent.code})`);
   const received = await live;
+
+  // A heartbeat brings the user online: the room's next presence batch says so.
+  const announced = new Promise<void>((resolve) =>
+    socket.on("presence", () => { if (online.has(userName)) resolve(); }));
+  socket.emit("watchdog", { user_name: userName });
+  await Promise.race([
+    announced,
+    new Promise((_, reject) => setTimeout(() => reject(new Error("not announced online")), WAIT_MS)),
+  ]);
   if (received.chat_id !== sent.chat_id) throw new Error(`got ${received.chat_id}, sent ${sent.chat_id}`);
 
   // An acknowledged message is in every later read of the history.
@@ -70,7 +85,7 @@ async function main(server: string, userName: string, password: string): Promise
   socket.emit("leave", { room_id: roomId });
   socket.disconnect();
   await api.POST("/api/logout", { body: { refresh_token: tokens.refresh_token } });
-  console.log(`chat ${sent.chat_id} in room ${roomId} at ${received.create_date}: sent, received, stored`);
+  console.log(`chat ${sent.chat_id} in room ${roomId} at ${received.create_date}: sent, received, stored; online announced`);
 }
 
 const [server, userName, password] = process.argv.slice(2);

@@ -39,6 +39,7 @@ function typeOf(schema, where) {
     });
     return `{ ${fields.join(" ")} }`;
   }
+  if (schema.type === "array") return `Array<${typeOf(schema.items || {}, `${where}[]`)}>`;
   if (SCALARS[schema.type]) return SCALARS[schema.type];
   throw new Error(`${input}: no TypeScript for the schema at ${where}: ${JSON.stringify(schema)}`);
 }

@@ -76,6 +76,10 @@ impl Refused {
     }
 }
 
+/// The value of `auth.presence` by which a client asks for presence in
+/// batches (docs/protocol.md, "Presence"); any other is ignored.
+const BATCHED_PRESENCE: &str = "batched";
+
 /// Serves the default namespace: every socket is authenticated first.
 pub fn register(io: &SocketIo, gateway: Arc<Gateway>) {
     // Event handlers are registered by the middleware, which completes before
@@ -122,12 +126,16 @@ impl Gateway {
         socket: &SocketRef,
         auth: Option<Value>,
     ) -> Result<(), ConnectError> {
+        let batched_presence = auth
+            .as_ref()
+            .is_some_and(|a| a["presence"].as_str() == Some(BATCHED_PRESENCE));
         let refused = match self.identify(socket, auth).await {
             Ok((user, grant)) => match self.user_sockets.enter(&user) {
                 Some(slot) => {
                     tracing::Span::current().record("user.name", &user);
                     self.expiries.watch(grant.expires_at, socket.id);
-                    let session = Session::new(user, grant, self.deps.rate, Some(slot));
+                    let session = Session::new(user, grant, self.deps.rate, Some(slot))
+                        .with_batched_presence(batched_presence);
                     socket.extensions.insert(Arc::new(session));
                     // No longer one of its address's unauthenticated sockets.
                     if let Some(pending) = socket.req_parts().extensions.get::<PendingSocket>() {

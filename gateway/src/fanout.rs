@@ -4,10 +4,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::bus::{Bus, BusError, BusMessage, Subjects, Subscription};
 use common::domain::RoomId;
-use common::events::ServerEvent;
+use common::events::{ServerEvent, UserName};
 use common::store::{Store, StoreError};
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
@@ -42,6 +43,8 @@ pub struct Fanout {
     subjects: Subjects,
     slow_consumers: Counter,
     deliveries: Family<EventLabels, Counter>,
+    /// See [`crate::GatewayArgs::per_user_events_max_sockets`].
+    per_user_max: usize,
     rooms: Mutex<HashMap<RoomId, Subscribed>>,
 }
 
@@ -60,6 +63,7 @@ impl Fanout {
         subjects: Subjects,
         slow_consumers: Counter,
         deliveries: Family<EventLabels, Counter>,
+        per_user_max: usize,
     ) -> Self {
         Self {
             io,
@@ -68,6 +72,7 @@ impl Fanout {
             subjects,
             slow_consumers,
             deliveries,
+            per_user_max,
             rooms: Mutex::default(),
         }
     }
@@ -115,6 +120,8 @@ impl Fanout {
             slow_consumers: self.slow_consumers.clone(),
             deliveries: self.deliveries.clone(),
             seam: seam.clone(),
+            audience: Audience::new(self.per_user_max),
+            presence: PresenceBatch::default(),
         };
         let task = tokio::spawn(forward(room, subscription));
         rooms.insert(
@@ -154,11 +161,20 @@ struct Room {
     slow_consumers: Counter,
     deliveries: Family<EventLabels, Counter>,
     seam: Arc<Seam>,
+    /// How many sockets the room has here, as last counted.
+    audience: Audience,
+    /// Presence changes not yet sent to the sockets that take them in
+    /// batches.
+    presence: PresenceBatch,
 }
 
+/// How often, at most, a socket that takes presence in batches gets the
+/// room's changes (docs/protocol.md, "Presence").
+pub const PRESENCE_BATCH_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Emits a room's bus messages to its local sockets, chat messages in
-/// `chat_id` order.
-async fn forward(room: Room, mut subscription: Subscription) {
+/// `chat_id` order, presence in batches to the sockets that asked for it.
+async fn forward(mut room: Room, mut subscription: Subscription) {
     let mut sequencer = Sequencer::default();
     loop {
         let ready = tokio::select! {
@@ -167,11 +183,94 @@ async fn forward(room: Room, mut subscription: Subscription) {
                 None => break,
             },
             () = sleep_until(sequencer.deadline()) => sequencer.flush(),
+            () = sleep_until(room.presence.due) => {
+                room.send_presence();
+                continue;
+            }
         };
         for message in ready {
             room.deliver(message).await;
         }
     }
+}
+
+/// A room's local sockets as last counted. Per-user events go to a room of
+/// at most `per_user_max` sockets; a room found larger is not listed again
+/// for each of them (a join storm would list it once per join) until the
+/// count is [`PRESENCE_BATCH_INTERVAL`] old.
+struct Audience {
+    per_user_max: usize,
+    counted: Option<(Instant, usize)>,
+}
+
+impl Audience {
+    fn new(per_user_max: usize) -> Self {
+        Self {
+            per_user_max,
+            counted: None,
+        }
+    }
+
+    /// False while the room is known to be too large for per-user events.
+    fn may_take_per_user(&self, now: Instant) -> bool {
+        match self.counted {
+            Some((at, count)) if now.duration_since(at) < PRESENCE_BATCH_INTERVAL => {
+                count <= self.per_user_max
+            }
+            _ => true,
+        }
+    }
+
+    /// Records a count; true when a room of that many takes per-user events.
+    fn count(&mut self, count: usize, now: Instant) -> bool {
+        self.counted = Some((now, count));
+        count <= self.per_user_max
+    }
+}
+
+/// The presence changes of a room since its last `presence` event: each
+/// user's newest state, in the order they first changed.
+#[derive(Default)]
+struct PresenceBatch {
+    changes: Vec<(String, bool)>,
+    index: HashMap<String, usize>,
+    /// When they are to be sent; `None` while there are none.
+    due: Option<Instant>,
+}
+
+impl PresenceBatch {
+    fn record(&mut self, user_name: &str, online: bool, now: Instant) {
+        match self.index.get(user_name) {
+            Some(&i) => self.changes[i].1 = online,
+            None => {
+                self.index.insert(user_name.to_owned(), self.changes.len());
+                self.changes.push((user_name.to_owned(), online));
+            }
+        }
+        self.due.get_or_insert(now + PRESENCE_BATCH_INTERVAL);
+    }
+
+    /// The `presence` payload of the changes recorded, which are forgotten.
+    fn take(&mut self, room_id: RoomId) -> PresencePayload {
+        self.due = None;
+        self.index.clear();
+        let (online, offline): (Vec<_>, Vec<_>) =
+            self.changes.drain(..).partition(|(_, online)| *online);
+        PresencePayload {
+            room_id,
+            online: online.into_iter().map(|(name, _)| name).collect(),
+            offline: offline.into_iter().map(|(name, _)| name).collect(),
+        }
+    }
+}
+
+/// The payload of `presence`: who came online and who went offline in the
+/// room since the last one (each user in one list, by their newest state).
+#[derive(Debug, serde::Serialize)]
+struct PresencePayload {
+    room_id: RoomId,
+    online: Vec<String>,
+    offline: Vec<String>,
 }
 
 /// Sleeps until `deadline`, or forever when there is none.
@@ -186,7 +285,7 @@ impl Room {
     /// Emits one bus message to the room's local sockets, in the order the
     /// room's messages come: a change of access takes effect before what
     /// follows it.
-    async fn deliver(&self, message: BusMessage) {
+    async fn deliver(&mut self, message: BusMessage) {
         let event = match ServerEvent::decode(&message) {
             Ok(event) => event,
             Err(e) => {
@@ -249,7 +348,7 @@ impl Room {
     }
 
     /// Emits a decoded event to the room's local sockets.
-    fn emit_event(&self, event: ServerEvent, message: &BusMessage) {
+    fn emit_event(&mut self, event: ServerEvent, message: &BusMessage) {
         let name = event.name();
         self.deliveries
             .get_or_create(&EventLabels { event: name })
@@ -285,11 +384,10 @@ impl Room {
                 });
             }
             ServerEvent::UserJoined(member) | ServerEvent::UserLeft(member) => {
-                self.emit(name, &member);
+                self.emit_per_user(name, &member, |_| true);
             }
-            ServerEvent::UserOnline { user, .. } | ServerEvent::UserOffline { user, .. } => {
-                self.emit(name, &user);
-            }
+            ServerEvent::UserOnline { user, .. } => self.presence_changed(name, &user, true),
+            ServerEvent::UserOffline { user, .. } => self.presence_changed(name, &user, false),
             // Not through `emit`: a payload of no arguments must stay a
             // tuple for socketioxide, not become the JSON text `[]`.
             ServerEvent::UserListUpdated { .. } => self.send_to(&self.sockets(), name, &NO_ARGS),
@@ -318,14 +416,52 @@ impl Room {
         }
     }
 
+    /// A per-user event, to the sockets it is for (by their session),
+    /// while the room is small enough for per-user events.
+    fn emit_per_user<T: serde::Serialize + ?Sized>(
+        &mut self,
+        event: &str,
+        data: &T,
+        for_session: impl Fn(&Session) -> bool,
+    ) {
+        let now = Instant::now();
+        if !self.audience.may_take_per_user(now) {
+            return;
+        }
+        let mut sockets = self.sockets();
+        if !self.audience.count(sockets.len(), now) {
+            return;
+        }
+        sockets.retain(|s| session(s).is_some_and(|s| for_session(&s)));
+        self.emit_to(&sockets, event, data);
+    }
+
+    /// `user_online` or `user_offline`: per user to the sockets that take
+    /// them so, and recorded for the next batch of the others.
+    fn presence_changed(&mut self, event: &str, user: &UserName, online: bool) {
+        self.presence
+            .record(&user.user_name, online, Instant::now());
+        self.emit_per_user(event, user, |s| !s.batched_presence);
+    }
+
+    /// Sends the presence changes recorded to the sockets that take them in
+    /// batches, in one `presence` event each.
+    fn send_presence(&mut self) {
+        let payload = self.presence.take(self.room_id);
+        let mut sockets = self.sockets();
+        sockets.retain(|s| session(s).is_some_and(|s| s.batched_presence));
+        if sockets.is_empty() {
+            return;
+        }
+        self.deliveries
+            .get_or_create(&EventLabels { event: "presence" })
+            .inc();
+        self.emit_to(&sockets, "presence", &payload);
+    }
+
     /// The room's local sockets now.
     fn sockets(&self) -> Vec<SocketRef> {
         self.io.within(self.key.clone()).sockets()
-    }
-
-    /// Emits to every local socket of the room (see [`Self::send_to`]).
-    fn emit<T: serde::Serialize + ?Sized>(&self, event: &str, data: &T) {
-        self.emit_to(&self.sockets(), event, data);
     }
 
     /// Emits to `sockets`, serialising `data` once: each socket's packet
@@ -394,4 +530,49 @@ fn remove_sockets(sockets: &[SocketRef], key: &str, matches: impl Fn(&Session) -
 
 pub fn session(socket: &SocketRef) -> Option<Arc<Session>> {
     socket.extensions.get::<Arc<Session>>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_presence_batch_keeps_each_users_newest_state_in_first_change_order() {
+        let t0 = Instant::now();
+        let mut batch = PresenceBatch::default();
+        assert_eq!(batch.due, None);
+        batch.record("ann", true, t0);
+        batch.record("bob", true, t0 + Duration::from_millis(100));
+        batch.record("ann", false, t0 + Duration::from_millis(200));
+        batch.record("cat", true, t0 + Duration::from_millis(300));
+        // Due an interval after its first change, not after its last.
+        assert_eq!(batch.due, Some(t0 + PRESENCE_BATCH_INTERVAL));
+        let payload = batch.take(7);
+        assert_eq!(
+            serde_json::to_value(&payload).expect("json"),
+            serde_json::json!({ "room_id": 7, "online": ["bob", "cat"], "offline": ["ann"] })
+        );
+        assert_eq!(batch.due, None, "nothing left to send");
+        batch.record("ann", true, t0);
+        let payload = batch.take(7);
+        assert_eq!(
+            (payload.online, payload.offline),
+            (vec!["ann".into()], vec![])
+        );
+    }
+
+    #[test]
+    fn a_room_found_too_large_is_counted_again_only_after_an_interval() {
+        let t0 = Instant::now();
+        let mut audience = Audience::new(2);
+        assert!(audience.may_take_per_user(t0), "never counted");
+        assert!(audience.count(2, t0), "at the limit");
+        assert!(
+            audience.may_take_per_user(t0),
+            "small rooms are listed each time"
+        );
+        assert!(!audience.count(3, t0), "over the limit");
+        assert!(!audience.may_take_per_user(t0 + Duration::from_millis(249)));
+        assert!(audience.may_take_per_user(t0 + PRESENCE_BATCH_INTERVAL));
+    }
 }

@@ -60,6 +60,13 @@ pub struct GatewayArgs {
     /// Sockets one user may hold open on one gateway; 0 is unlimited.
     #[arg(long, env = "MAX_SOCKETS_PER_USER", default_value_t = 32)]
     pub max_sockets_per_user: usize,
+    /// A room's sockets on this gateway up to which each gets the per-user
+    /// events (`user_joined`, `user_left`, `user_online`, `user_offline`);
+    /// in a larger room nobody gets them (their number grows with the
+    /// square of the room), and clients that asked for presence in batches
+    /// get `presence` (docs/protocol.md, "Presence").
+    #[arg(long, env = "PER_USER_EVENTS_MAX_SOCKETS", default_value_t = 200)]
+    pub per_user_events_max_sockets: usize,
 }
 
 /// What the gateway needs from the rest of the process.
@@ -76,6 +83,8 @@ pub struct Deps {
     pub connect_timeout: Duration,
     /// Sockets per user on this gateway; 0 is unlimited.
     pub max_sockets_per_user: usize,
+    /// See [`GatewayArgs::per_user_events_max_sockets`].
+    pub per_user_events_max_sockets: usize,
     pub metrics: GatewayMetrics,
 }
 
@@ -167,6 +176,7 @@ impl Gateway {
             deps.subjects.clone(),
             deps.metrics.slow_consumers.clone(),
             deps.metrics.deliveries.clone(),
+            deps.per_user_events_max_sockets,
         );
         let path = format!("{SOCKET_IO_PATH}/");
         let routes = axum::Router::new()

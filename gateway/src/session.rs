@@ -24,6 +24,10 @@ pub struct Session {
     /// The connect span's trace context, when traces are exported: each
     /// event's span (a trace of its own) links to it.
     pub connection: Option<TraceParent>,
+    /// The client asked for presence in batches (`auth.presence =
+    /// "batched"`): it gets `presence` events instead of `user_online` and
+    /// `user_offline` (docs/protocol.md, "Presence").
+    pub batched_presence: bool,
     /// Counts the socket against its user's cap while it lives.
     _slot: Option<UserSlot>,
 }
@@ -51,7 +55,14 @@ impl Session {
             bucket: Mutex::new(TokenBucket::new(rate, Instant::now())),
             appends: Arc::new(Semaphore::new(Self::MAX_PENDING_APPENDS)),
             connection: TraceParent::current(),
+            batched_presence: false,
         }
+    }
+
+    /// The session of a client that asked for presence in batches.
+    pub fn with_batched_presence(mut self, batched: bool) -> Self {
+        self.batched_presence = batched;
+        self
     }
 
     /// A socket's messages waiting to be stored at once, at most; the next

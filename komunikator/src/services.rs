@@ -124,6 +124,7 @@ async fn start(
                     args.socket_connect_timeout_secs.max(1),
                 ),
                 max_sockets_per_user: args.max_sockets_per_user,
+                per_user_events_max_sockets: args.per_user_events_max_sockets,
                 metrics: gateway::GatewayMetrics::new(registry),
             });
             Started {

@@ -18,7 +18,11 @@ async fn help_documents_every_option_and_environment_variable() {
     // Every variable the harness controls, in `all` and in the service it
     // configures; DATA_DIR is `all`'s alone, and the OpenTelemetry SDK's
     // standard variables are documented in the README.
-    const GATEWAY_VARS: [&str; 2] = ["MAX_SOCKETS_PER_USER", "SOCKET_CONNECT_TIMEOUT_SECS"];
+    const GATEWAY_VARS: [&str; 3] = [
+        "MAX_SOCKETS_PER_USER",
+        "SOCKET_CONNECT_TIMEOUT_SECS",
+        "PER_USER_EVENTS_MAX_SOCKETS",
+    ];
     for var in CONFIG_VARS
         .iter()
         .filter(|v| **v != "DATA_DIR" && !v.starts_with("OTEL_"))
@@ -56,6 +60,7 @@ async fn help_documents_every_option_and_environment_variable() {
     for (var, default) in [
         ("SOCKET_CONNECT_TIMEOUT_SECS", "10"),
         ("MAX_SOCKETS_PER_USER", "32"),
+        ("PER_USER_EVENTS_MAX_SOCKETS", "200"),
     ] {
         let documented = format!("[env: {var}=] [default: {default}]");
         assert!(

@@ -169,6 +169,8 @@ crate::on_both_stores!(
     heartbeats_bring_a_user_online_and_silence_takes_them_offline,
     presence_events_go_only_to_the_rooms_the_user_is_a_member_of,
     malformed_watchdogs_are_refused_and_break_nothing,
+    batched_presence_adds_up_to_every_transition,
+    a_large_room_gets_no_per_user_events,
 );
 
 /// Counts the `event`s a socket receives within `wait`.
@@ -283,4 +285,136 @@ async fn killing_presence_during_steady_heartbeats_causes_no_offline_storm() {
         count(&mut watcher, "user_offline", Duration::from_millis(500)).await,
         0
     );
+}
+
+/// Reads `presence` events until `done` holds for the state they add up
+/// to (user name → online); returns how many it took.
+async fn presence_until(
+    socket: &mut Socket,
+    room: i64,
+    state: &mut std::collections::HashMap<String, bool>,
+    done: impl Fn(&std::collections::HashMap<String, bool>) -> bool,
+) -> usize {
+    let mut events = 0;
+    while !done(state) {
+        let batch = socket.expect("presence").await;
+        assert_eq!(batch["room_id"], room, "{batch}");
+        for (list, online) in [("online", true), ("offline", false)] {
+            for name in batch[list].as_array().expect("a list of names") {
+                let name = name.as_str().expect("a name").to_owned();
+                assert!(
+                    state.insert(name, online) != Some(online),
+                    "{batch} repeats a state"
+                );
+            }
+        }
+        events += 1;
+    }
+    events
+}
+
+/// A client that asks for presence in batches gets one `presence` event
+/// for many changes, never `user_online`/`user_offline`; the others keep
+/// getting those, one per user.
+async fn batched_presence_adds_up_to_every_transition(backend: Backend) {
+    let app = TestApp::start_with(backend, short_timeout()).await;
+    let users = app
+        .users(["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "u9"])
+        .await;
+    let [bob, cat] = app.users(["bob", "cat"]).await;
+    let members: Vec<&User> = users.iter().chain([&cat]).collect();
+    let room = room_with(&app, &bob, &members).await;
+    let mut batched = app.batched_socket(&bob).await;
+    batched.join(room).await;
+    let mut per_user = app.socket(&cat).await;
+    per_user.join(room).await;
+
+    let sockets = futures_util::future::join_all(users.iter().map(|u| app.socket(u))).await;
+    for (socket, user) in sockets.iter().zip(&users) {
+        beat(socket, user);
+    }
+    let mut state = std::collections::HashMap::new();
+    let all_online = |s: &std::collections::HashMap<String, bool>| {
+        users.iter().all(|u| s.get(&u.name) == Some(&true))
+    };
+    let events = presence_until(&mut batched, room, &mut state, all_online).await;
+    // Ten heartbeats sent at once come in one batch, or a few.
+    assert!(events <= 3, "{events} presence events for 10 users");
+    let mut announced = Vec::new();
+    for _ in &users {
+        announced.push(per_user.expect("user_online").await["user_name"].clone());
+    }
+    announced.sort_by_key(|n| n.to_string());
+    let mut names: Vec<_> = users.iter().map(|u| json!(u.name)).collect();
+    names.sort_by_key(|n| n.to_string());
+    assert_eq!(
+        announced, names,
+        "one user_online each for the other client"
+    );
+
+    // Silence: every one of them offline, in batches again.
+    drop(sockets);
+    let all_offline = |s: &std::collections::HashMap<String, bool>| {
+        users.iter().all(|u| s.get(&u.name) == Some(&false))
+    };
+    presence_until(&mut batched, room, &mut state, all_offline).await;
+    assert_eq!(state.len(), users.len(), "only the users who changed");
+    batched
+        .expect_none("user_online", Duration::from_millis(10))
+        .await;
+    batched
+        .expect_none("user_offline", Duration::from_millis(10))
+        .await;
+    assert_eq!(online_list(&app, &bob).await, json!([]));
+}
+
+/// Above `PER_USER_EVENTS_MAX_SOCKETS` sockets in a room, nobody gets
+/// per-user events (`user_joined`, `user_online`, ...) there; clients that
+/// take presence in batches still get it.
+async fn a_large_room_gets_no_per_user_events(backend: Backend) {
+    let options = short_timeout().with("PER_USER_EVENTS_MAX_SOCKETS", "2");
+    let app = TestApp::start_with(backend, options).await;
+    let [bob, cat, dan, ann] = app.users(["bob", "cat", "dan", "ann"]).await;
+    let room = room_with(&app, &bob, &[&cat, &dan, &ann]).await;
+    let mut batched = app.batched_socket(&bob).await;
+    batched.join(room).await;
+    // Two sockets: each is told of the second joining (`join` waits for
+    // the joiner's own `user_joined`).
+    let mut per_user = app.socket(&cat).await;
+    per_user.join(room).await;
+    assert_eq!(batched.expect("user_joined").await["user_name"], cat.name);
+    let ann_socket = app.socket(&ann).await;
+    beat(&ann_socket, &ann);
+    expect_online(&mut per_user, &ann).await;
+
+    // A third: the room is too large for per-user events.
+    let mut third = app.socket(&dan).await;
+    third.join_acked(room).await;
+    let dan_socket = app.socket(&dan).await;
+    beat(&dan_socket, &dan);
+    let mut state = std::collections::HashMap::new();
+    presence_until(&mut batched, room, &mut state, |s| {
+        s.get(&dan.name) == Some(&true)
+    })
+    .await;
+    assert_eq!(state.get(&ann.name), Some(&true), "ann before dan");
+    for socket in [&mut per_user, &mut third] {
+        socket
+            .expect_none("user_online", Duration::from_millis(300))
+            .await;
+    }
+    for socket in [&mut batched, &mut per_user, &mut third] {
+        socket
+            .expect_none("user_joined", Duration::from_millis(10))
+            .await;
+    }
+    // Presence is still exact over REST.
+    let mut online = online_list(&app, &cat).await;
+    online
+        .as_array_mut()
+        .expect("list")
+        .sort_by_key(|n| n.to_string());
+    let mut expected = vec![json!(ann.name), json!(dan.name)];
+    expected.sort_by_key(|n| n.to_string());
+    assert_eq!(online, json!(expected));
 }

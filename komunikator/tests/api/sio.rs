@@ -36,6 +36,8 @@ pub struct Socket {
 /// How a socket presents its token.
 pub enum Auth<'a> {
     Payload(&'a str),
+    /// In the payload, asking for presence in batches.
+    Batched(&'a str),
     Header(&'a str),
     Query(&'a str),
     None,
@@ -82,6 +84,10 @@ impl Socket {
         assert!(open.starts_with('0'), "engine.io open packet: {open}");
         let connect = match auth {
             Auth::Payload(token) => format!("40{}", serde_json::json!({ "token": token })),
+            Auth::Batched(token) => format!(
+                "40{}",
+                serde_json::json!({ "token": token, "presence": "batched" })
+            ),
             _ => "40".to_owned(),
         };
         sink.send(Message::text(connect))
@@ -226,6 +232,15 @@ impl Socket {
         if let Some(v) = self.try_expect(event, wait).await {
             panic!("unexpected `{event}`: {v}");
         }
+    }
+
+    /// Joins a room and waits for the acknowledgement only (in a large room
+    /// nobody gets `user_joined`).
+    pub async fn join_acked(&mut self, room_id: i64) {
+        let ack = self
+            .emit_with_ack("join", serde_json::json!({ "room_id": room_id }))
+            .await;
+        assert_eq!(ack["room_id"], room_id, "join refused: {ack}");
     }
 
     /// Joins a room and waits until the socket sees its own `user_joined`.

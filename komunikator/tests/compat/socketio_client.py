@@ -38,7 +38,7 @@ def login(name):
 class Client:
     """A python-socketio client recording every event it receives."""
 
-    def __init__(self, token):
+    def __init__(self, token, presence=None):
         self.events = []
         self.cond = threading.Condition()
         self.sio = socketio.Client(reconnection=False)
@@ -46,7 +46,10 @@ class Client:
         # Zero-argument handlers must work for events without payload.
         self.sio.on("room_list_updated", lambda: self._record("room_list_updated"))
         self.sio.on("user_list_updated", lambda: self._record("user_list_updated"))
-        self.sio.connect(GATEWAY, auth={"token": token}, transports=TRANSPORTS, wait_timeout=WAIT)
+        auth = {"token": token}
+        if presence:
+            auth["presence"] = presence
+        self.sio.connect(GATEWAY, auth=auth, transports=TRANSPORTS, wait_timeout=WAIT)
 
     def _record(self, event, *args):
         payload = check_event(event, args[0] if args else None)
@@ -92,6 +95,8 @@ def main():
     assert r.text.startswith("0{"), r.text
 
     a, b = Client(ann_token), Client(bob_token)
+    # Ann's second socket takes presence in batches.
+    batched = Client(ann_token, presence="batched")
     if TRANSPORT == "default":
         # Long-polling first, then the upgrade to WebSocket.
         deadline = time.time() + WAIT
@@ -102,6 +107,7 @@ def main():
     joined = a.call("join", {"room_id": room, "user_name": ann})
     assert joined == {"room_id": room, "replayed": 0, "complete": True}, joined
     a.wait_for("user_joined", lambda p: p == {"user_name": ann, "room_id": room})
+    batched.call("join", {"room_id": room})
     b.call("join", {"room_id": room, "user_name": bob})
     a.wait_for("user_joined", lambda p: p["user_name"] == bob)
     b.wait_for("user_joined", lambda p: p["user_name"] == bob)
@@ -138,6 +144,7 @@ def main():
 
     b.sio.emit("watchdog", {"user_name": bob})
     a.wait_for("user_online", lambda p: p == {"user_name": bob})
+    batched.wait_for("presence", lambda p: p == {"room_id": room, "online": [bob], "offline": []})
     requests.post(f"{API}/api/room/create", headers=headers, json={"room_name": "another"})
     a.wait_for("room_list_updated")
     b.wait_for("room_list_updated")
@@ -146,6 +153,8 @@ def main():
     a.wait_for("user_left", lambda p: p == {"user_name": bob, "room_id": room})
     # Bob's heartbeat stopped: offline once the presence timeout passes.
     a.wait_for("user_offline", lambda p: p == {"user_name": bob}, wait=PRESENCE_TIMEOUT + WAIT)
+    batched.wait_for("presence", lambda p: p == {"room_id": room, "online": [], "offline": [bob]})
+    assert not [e for e, _ in batched.events if e in ("user_online", "user_offline")], batched.events
 
     r = requests.post(f"{API}/api/user_kick", headers=headers, json={"room_id": room, "user_to_kick": bob})
     assert r.status_code == 200, r.text
@@ -161,6 +170,7 @@ def main():
 
     a.sio.disconnect()
     b.sio.disconnect()
+    batched.sio.disconnect()
     print("python-socketio compatibility: all checks passed")
 
 

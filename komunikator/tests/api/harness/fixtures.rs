@@ -15,6 +15,13 @@ impl TestApp {
         self.socket_on(0, user).await
     }
 
+    /// A socket of `user` that takes presence in batches.
+    pub async fn batched_socket(&self, user: &User) -> Socket {
+        Socket::connect(self.gateway_url(0), Auth::Batched(&user.token))
+            .await
+            .expect("socket connects")
+    }
+
     /// A socket of `user` on gateway `i`.
     pub async fn socket_on(&self, i: usize, user: &User) -> Socket {
         Socket::connect(self.gateway_url(i), Auth::Payload(&user.token))

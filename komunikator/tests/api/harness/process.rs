@@ -50,6 +50,7 @@ pub const CONFIG_VARS: &[&str] = &[
     "REGISTRATIONS_WINDOW_SECS",
     "MAX_SOCKETS_PER_USER",
     "SOCKET_CONNECT_TIMEOUT_SECS",
+    "PER_USER_EVENTS_MAX_SOCKETS",
     // Traces go only where a test sends them.
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
