@@ -57,7 +57,7 @@ scenario() {
     presence) args="presence --presence \$PRESENCE --users 100000 --seconds 10" ;;
     # A mass reconnect into one room: 10,000 sockets (batched presence,
     # heartbeating) join it at once while probes chat in it and outside it.
-    storm) args="rejoin --gateway \$GATEWAY --connections ${STORM_CONNECTIONS:-10000} --rooms 1 --plain --batched --heartbeat --probe-rate 20 --within 120" ;;
+    storm) args="rejoin --gateway \$GATEWAY --connections ${STORM_CONNECTIONS:-10000} --rooms 1 --plain --batched --heartbeat --probe-rate 2 --within 60" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
   echo "$mode $args"

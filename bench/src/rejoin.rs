@@ -70,8 +70,11 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<()> {
     let names = (0..args.connections)
         .map(|i| format!("r{tag}_{i}"))
         .collect();
-    let (users, _) = args.direct.seed(names).await?;
-    let rooms = args.direct.rooms(&users[0].name, args.rooms).await?;
+    // The first room is the one every user is a member of: presence
+    // (`user_online`, `presence`) goes there.
+    let (users, seeded) = args.direct.seed(names).await?;
+    let mut rooms = vec![seeded];
+    rooms.extend(args.direct.rooms(&users[0].name, args.rooms - 1).await?);
     let probes = if args.probe_rate > 0 {
         let outside = args.direct.rooms(&users[0].name, 1).await?;
         Some(Probes::start(&args, &users, [rooms[0], outside[0]]).await?)
@@ -136,6 +139,7 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<()> {
             want: if args.plain { 0 } else { args.behind },
             got: 0,
             acked: false,
+            done: false,
             shared: shared.clone(),
         };
         let heartbeat = args.heartbeat.then_some(Duration::from_secs(1));
@@ -297,12 +301,16 @@ struct CatchingUp {
     want: usize,
     got: usize,
     acked: bool,
+    done: bool,
     shared: Arc<Progress>,
 }
 
 impl CatchingUp {
+    /// Done once the join is acknowledged and the missed messages came
+    /// (live ones may follow them: the room may be chatting).
     fn check_done(&mut self) {
-        if self.acked && self.got == self.want {
+        if !self.done && self.acked && self.got >= self.want {
+            self.done = true;
             let us = self.started.elapsed().as_micros();
             let _ = self
                 .shared
@@ -344,6 +352,8 @@ struct Probes {
     tasks: Vec<tokio::task::JoinHandle<(Probe, bool)>>,
     /// Each probe's sender: how many it sent.
     tickers: Vec<tokio::task::JoinHandle<u64>>,
+    /// How many each probe received so far.
+    counts: Vec<Arc<AtomicU64>>,
 }
 
 impl Probes {
@@ -352,17 +362,20 @@ impl Probes {
         let stop_sending = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut tickers = Vec::new();
+        let mut counts = Vec::new();
         let epoch = Instant::now();
         let period = Duration::from_secs_f64(1.0 / f64::from(args.probe_rate));
         for (user, room) in users.iter().zip(rooms) {
             let mut socket = Socket::connect(&args.gateway, &user.name, &user.token, None).await?;
             socket.join(room).await?;
             let (tx, rx) = mpsc::unbounded_channel();
+            let received = Arc::new(AtomicU64::new(0));
             let probe = Probe {
                 epoch,
                 latency: report::histogram(),
-                received: 0,
+                received: received.clone(),
             };
+            counts.push(received);
             tasks.push(tokio::spawn(socket.drive(
                 probe,
                 None,
@@ -396,6 +409,7 @@ impl Probes {
             stop,
             tasks,
             tickers,
+            counts,
         })
     }
 
@@ -406,15 +420,27 @@ impl Probes {
         for ticker in self.tickers {
             sent.push(ticker.await.unwrap_or(0));
         }
-        // What is in flight comes back within a moment.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // What is in flight comes back (a message not back within 30 s
+        // counts as lost).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline
+            && sent
+                .iter()
+                .zip(&self.counts)
+                .any(|(sent, got)| got.load(Ordering::Relaxed) < *sent)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.stop.cancel();
         let mut out = Vec::new();
         for (sent, task) in sent.into_iter().zip(self.tasks) {
             let Ok((probe, _)) = task.await else {
                 continue;
             };
-            errors.add("probe_lost", sent.saturating_sub(probe.received));
+            errors.add(
+                "probe_lost",
+                sent.saturating_sub(probe.received.load(Ordering::Relaxed)),
+            );
             out.push(report::latency(&probe.latency));
         }
         let mut out = out.into_iter();
@@ -426,7 +452,7 @@ impl Probes {
 struct Probe {
     epoch: Instant,
     latency: Histogram<u64>,
-    received: u64,
+    received: Arc<AtomicU64>,
 }
 
 impl Events for Probe {
@@ -442,7 +468,7 @@ impl Events for Probe {
         else {
             return;
         };
-        self.received += 1;
+        self.received.fetch_add(1, Ordering::Relaxed);
         let now = self.epoch.elapsed().as_micros();
         let us = u64::try_from(now.saturating_sub(due)).unwrap_or(u64::MAX);
         let _ = self.latency.record(us.max(1));

@@ -45,6 +45,14 @@ class Member(Client):
         self.lost = True
         self.joined.clear()
 
+    def describe(self):
+        """What a client that did not rejoin is doing, for the test's report."""
+        sio = self.sio
+        return {"name": self.name, "transports": self.transports or "default", "local": self.local,
+                "connected": sio.connected, "sid": sio.sid, "eio_state": sio.eio.state,
+                "transport": sio.eio.current_transport,
+                "reconnecting": getattr(sio, "_reconnect_task", None) is not None}
+
     async def on_user_joined(self, data):
         if data.get("user_name") == self.name and data.get("room_id") == ROOM:
             self.joined_at = time.monotonic()
@@ -77,7 +85,8 @@ async def main():
         rejoined = [m for m in lost if m.joined.is_set()]
         slowest = max((m.joined_at - started for m in rejoined), default=0.0)
         say({"round": rounds, "lost": len(lost), "rejoined": len(rejoined),
-             "max_ms": round(slowest * 1000), "stranded": [m.name for m in lost if not m.joined.is_set()]})
+             "max_ms": round(slowest * 1000),
+             "stranded": [m.describe() for m in lost if not m.joined.is_set()]})
         for m in members:
             m.lost = False
     await asyncio.gather(*(m.stop() for m in members), return_exceptions=True)
