@@ -425,7 +425,11 @@ async fn a_rolling_restart_under_load_loses_no_message_for_anyone() {
     clients.say("stop").await;
     let summary = clients.next("summary").await;
     println!("rolling restart: {summary}");
-    assert!(summary["acked"].as_u64() > Some(1000), "{summary}");
+    // Load ran throughout (unloaded the clients get about 2,400 messages
+    // acknowledged; a machine under `stress-ng --cpu 2` starves their one
+    // Python process down to about 450): what is checked is that none of
+    // them is lost, duplicated or reordered, not how many there were.
+    assert!(summary["acked"].as_u64() >= Some(100), "{summary}");
     assert!(summary["reconnects"].as_u64() > Some(0), "{summary}");
     for what in ["missing", "duplicates", "out_of_order"] {
         assert_eq!(summary[what], 0, "{what}: {summary}\n{}", proxied.logs());
