@@ -384,7 +384,7 @@ impl Room {
                 });
             }
             ServerEvent::UserJoined(member) | ServerEvent::UserLeft(member) => {
-                self.emit_per_user(name, &member, |_| true);
+                self.emit_per_user(name, &member, false);
             }
             ServerEvent::UserOnline { user, .. } => self.presence_changed(name, &user, true),
             ServerEvent::UserOffline { user, .. } => self.presence_changed(name, &user, false),
@@ -416,13 +416,14 @@ impl Room {
         }
     }
 
-    /// A per-user event, to the sockets it is for (by their session),
-    /// while the room is small enough for per-user events.
+    /// A per-user event, to the room's sockets (but those that take
+    /// presence in batches, for `user_online`/`user_offline`), while the
+    /// room is small enough for per-user events.
     fn emit_per_user<T: serde::Serialize + ?Sized>(
         &mut self,
         event: &str,
         data: &T,
-        for_session: impl Fn(&Session) -> bool,
+        presence: bool,
     ) {
         let now = Instant::now();
         if !self.audience.may_take_per_user(now) {
@@ -432,7 +433,9 @@ impl Room {
         if !self.audience.count(sockets.len(), now) {
             return;
         }
-        sockets.retain(|s| session(s).is_some_and(|s| for_session(&s)));
+        if presence {
+            sockets.retain(|s| session(s).is_some_and(|s| !s.batched_presence));
+        }
         self.emit_to(&sockets, event, data);
     }
 
@@ -441,7 +444,7 @@ impl Room {
     fn presence_changed(&mut self, event: &str, user: &UserName, online: bool) {
         self.presence
             .record(&user.user_name, online, Instant::now());
-        self.emit_per_user(event, user, |s| !s.batched_presence);
+        self.emit_per_user(event, user, true);
     }
 
     /// Sends the presence changes recorded to the sockets that take them in
