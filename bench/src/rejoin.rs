@@ -393,7 +393,7 @@ impl Probes {
                             // The text carries when the message was due (µs
                             // since the epoch): open loop, no coordinated omission.
                             let due = due.into_std().duration_since(epoch).as_micros();
-                            let message = json!({ "room_id": room, "message": format!("probe {due}") });
+                            let message = json!({ "room_id": room, "message": format!("{due} probe") });
                             if tx.send(format!("42{}", json!(["message", message]))).is_err() {
                                 break;
                             }
@@ -460,19 +460,12 @@ impl Events for Probe {
         if name != "new_message" {
             return;
         }
-        let Some(due) = frame
-            .split("probe ")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .and_then(|n| n.parse::<u128>().ok())
-        else {
+        // The text starts with when the message was due, as in `chat`.
+        let Some(due) = field_u64(frame, r#""message""#) else {
             return;
         };
         self.received.fetch_add(1, Ordering::Relaxed);
-        let now = self.epoch.elapsed().as_micros();
-        let us = u64::try_from(now.saturating_sub(due)).unwrap_or(u64::MAX);
-        let _ = self.latency.record(us.max(1));
+        let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let _ = self.latency.record(now.saturating_sub(due).max(1));
     }
-
-    fn ack(&mut self, _id: u64, _body: &str) {}
 }
