@@ -27,8 +27,9 @@ use crate::session::Session;
 /// Most messages one catch-up replays: the newest of those missed.
 pub const REPLAY_MAX: u32 = 1000;
 
-/// How long a caught-up socket's floor is kept: well past the sequencer's
-/// reorder window, the longest the forwarding task holds a message back.
+/// How long a room stays subscribed for a socket that just caught up,
+/// however many sockets it has: well past the sequencer's reorder window,
+/// the longest the forwarding task holds a message back.
 const FLOOR_KEPT: Duration = Duration::from_secs(2);
 
 /// Longest a replay waits for room in a socket's send buffer, per message,
@@ -46,10 +47,9 @@ struct SeamState {
     catching_up: Vec<CatchingUp>,
     /// Sockets that joined the group after a replay up to this `chat_id`.
     /// A message the room's forwarding task still held back for ordering
-    /// (see `sequencer`) may be one they were replayed: it is not sent to
-    /// them again. Forgotten once a later message went out (the task sends
-    /// in `chat_id` order), or after [`FLOOR_KEPT`] (the task holds a
-    /// message back for at most the sequencer's reorder window).
+    /// (see `sequencer`), or read from the log after it was lost live, may
+    /// be one they were replayed: it is not sent to them again. Forgotten
+    /// once a later message went out (the task sends in `chat_id` order).
     floors: Vec<Floor>,
 }
 
@@ -62,7 +62,7 @@ struct Floor {
 impl Floor {
     /// Still needed for a message with this id.
     fn covers(&self, chat_id: ChatId) -> bool {
-        chat_id <= self.chat_id && self.since.elapsed() < FLOOR_KEPT
+        chat_id <= self.chat_id
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::bus::{Bus, BusError, BusMessage, Subjects, Subscription};
-use common::domain::RoomId;
+use common::chat_log::{ChatLog, ChatLogError};
+use common::domain::{ChatId, RoomId};
 use common::events::{ServerEvent, UserName};
 use common::store::{Store, StoreError};
 use futures_util::StreamExt;
@@ -16,12 +17,12 @@ use prometheus_client::metrics::family::Family;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::catch_up::Seam;
-use crate::metrics::EventLabels;
+use crate::catch_up::{REPLAY_MAX, Seam};
+use crate::metrics::{EventLabels, GatewayMetrics};
 use crate::sequencer::Sequencer;
 use crate::session::Session;
 
@@ -40,13 +41,42 @@ pub struct Fanout {
     bus: Arc<dyn Bus>,
     /// Who may stay in a room that turned private.
     store: Store,
+    /// Where chat messages lost on their way here are read.
+    reads: LogReads,
     subjects: Subjects,
     slow_consumers: Counter,
     deliveries: Family<EventLabels, Counter>,
     /// See [`crate::GatewayArgs::per_user_events_max_sockets`].
     per_user_max: usize,
     rooms: Mutex<HashMap<RoomId, Subscribed>>,
+    /// Changed when live chat messages may have been lost on their way
+    /// here ([`ChatLog::live_gaps`]): every room reads what it missed.
+    gaps: watch::Sender<u64>,
 }
+
+/// The chat log, as the rooms read from it what they missed live.
+#[derive(Clone)]
+struct LogReads {
+    log: Arc<dyn ChatLog>,
+    /// Messages found missing and read.
+    recovered: Counter,
+    /// Reads at once: after a leader election every room reads, and a
+    /// gateway may have thousands.
+    permits: Arc<Semaphore>,
+}
+
+/// Rooms reading the chat log at once (see [`LogReads`]).
+const LOG_READS: usize = 16;
+
+/// How long after a sign of lost messages the rooms read the log: the
+/// live copies still on their way arrive first.
+const GAP_READ_DELAY: Duration = Duration::from_millis(250);
+
+/// Pause between two reads of a log that could not be read (a stream
+/// still electing its leader), and how many are tried: a election takes
+/// up to ten seconds.
+const GAP_READ_RETRY: Duration = Duration::from_secs(1);
+const GAP_READ_TRIES: u32 = 30;
 
 /// A room this gateway receives: the task forwarding its events, and the
 /// seam where sockets catching up meet the live messages.
@@ -60,21 +90,34 @@ impl Fanout {
         io: SocketIo,
         bus: Arc<dyn Bus>,
         store: Store,
+        chat_log: Arc<dyn ChatLog>,
         subjects: Subjects,
-        slow_consumers: Counter,
-        deliveries: Family<EventLabels, Counter>,
+        metrics: &GatewayMetrics,
         per_user_max: usize,
     ) -> Self {
         Self {
             io,
             bus,
             store,
+            reads: LogReads {
+                log: chat_log,
+                recovered: metrics.recovered.clone(),
+                permits: Arc::new(Semaphore::new(LOG_READS)),
+            },
             subjects,
-            slow_consumers,
-            deliveries,
+            slow_consumers: metrics.slow_consumers.clone(),
+            deliveries: metrics.deliveries.clone(),
             per_user_max,
             rooms: Mutex::default(),
+            gaps: watch::Sender::new(0),
         }
+    }
+
+    /// Live chat messages may have been lost on their way here: every
+    /// subscribed room reads from the chat log what came after the last
+    /// one it delivered.
+    pub fn read_gaps(&self) {
+        self.gaps.send_modify(|n| *n += 1);
     }
 
     /// Makes sure this gateway receives the room's events; returns once the
@@ -115,6 +158,8 @@ impl Fanout {
         let room = Room {
             io: self.io.clone(),
             store: self.store.clone(),
+            reads: self.reads.clone(),
+            new_message: self.subjects.new_message(room_id),
             key: room_key(room_id),
             room_id,
             slow_consumers: self.slow_consumers.clone(),
@@ -123,7 +168,7 @@ impl Fanout {
             audience: Audience::new(self.per_user_max),
             presence: PresenceBatch::default(),
         };
-        let task = tokio::spawn(forward(room, subscription));
+        let task = tokio::spawn(forward(room, subscription, self.gaps.subscribe()));
         rooms.insert(
             room_id,
             Subscribed {
@@ -156,6 +201,9 @@ impl Fanout {
 struct Room {
     io: SocketIo,
     store: Store,
+    reads: LogReads,
+    /// The subject of the room's chat messages.
+    new_message: String,
     key: String,
     room_id: RoomId,
     slow_consumers: Counter,
@@ -174,15 +222,63 @@ pub const PRESENCE_BATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Emits a room's bus messages to its local sockets, chat messages in
 /// `chat_id` order, presence in batches to the sockets that asked for it.
-async fn forward(mut room: Room, mut subscription: Subscription) {
+/// Chat messages lost on their way here (live delivery is at most once) are
+/// read from the chat log: those a later message shows missing, and those
+/// after the last delivered when `gaps` says some may be.
+async fn forward(mut room: Room, mut subscription: Subscription, mut gaps: watch::Receiver<u64>) {
     let mut sequencer = Sequencer::default();
+    // A read of the log for lost messages: when, and the tries so far.
+    let mut gap_read: Option<(Instant, u32)> = None;
+    let mut gaps_open = true;
     loop {
         let ready = tokio::select! {
             message = subscription.next() => match message {
                 Some(message) => sequencer.push(message, Instant::now()),
                 None => break,
             },
-            () = sleep_until(sequencer.deadline()) => sequencer.flush(),
+            () = sleep_until(sequencer.deadline()) => {
+                // A predecessor did not come in time: lost on its way, or
+                // published before the room was subscribed here.
+                let mut ready = match sequencer.last() {
+                    Some(last) => match room.read_after(last).await {
+                        Ok(found) => room.fill(&mut sequencer, found),
+                        Err(e) => {
+                            tracing::error!(room_id = room.room_id, after = last, error = %e,
+                                "chat messages missing live and not read from the log: skipped");
+                            Vec::new()
+                        }
+                    },
+                    None => Vec::new(),
+                };
+                ready.extend(sequencer.flush());
+                ready
+            }
+            changed = gaps.changed(), if gaps_open => {
+                match changed {
+                    Ok(()) => gap_read = Some((Instant::now() + GAP_READ_DELAY, 0)),
+                    Err(_) => gaps_open = false,
+                }
+                continue;
+            }
+            () = sleep_until(gap_read.map(|(at, _)| at)) => {
+                let tries = gap_read.take().map_or(0, |(_, tries)| tries) + 1;
+                // Before its first message the room has nothing to miss:
+                // its sockets caught up from the log when they joined.
+                let Some(last) = sequencer.last() else { continue };
+                match room.read_after(last).await {
+                    Ok(found) => room.fill(&mut sequencer, found),
+                    Err(e) if tries < GAP_READ_TRIES => {
+                        tracing::debug!(room_id = room.room_id, error = %e, "chat log not read; tried again");
+                        gap_read = Some((Instant::now() + GAP_READ_RETRY, tries));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(room_id = room.room_id, after = last, error = %e,
+                            "chat log not read after a sign of lost messages");
+                        continue;
+                    }
+                }
+            }
             () = sleep_until(room.presence.due) => {
                 room.send_presence();
                 continue;
@@ -282,6 +378,49 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Room {
+    /// The room's acknowledged chat messages after `after`, from the chat
+    /// log, as the bus would have delivered them.
+    async fn read_after(&self, after: ChatId) -> Result<Vec<BusMessage>, ChatLogError> {
+        let _permit = self.reads.permits.acquire().await;
+        let page = self
+            .reads
+            .log
+            .read_after(self.room_id, after, REPLAY_MAX)
+            .await?;
+        if !page.complete {
+            tracing::warn!(
+                room_id = self.room_id,
+                after,
+                "more chat messages missing than one read takes: the oldest skipped"
+            );
+        }
+        Ok(page
+            .messages
+            .into_iter()
+            .map(|message| BusMessage {
+                subject: self.new_message.clone(),
+                sequence: Some(message.chat_id),
+                previous: None,
+                trace: None,
+                payload: ServerEvent::NewMessage(message).encode(),
+            })
+            .collect())
+    }
+
+    /// [`Sequencer::fill`], counting the messages that had not come live.
+    fn fill(&self, sequencer: &mut Sequencer, found: Vec<BusMessage>) -> Vec<BusMessage> {
+        let (ready, missed) = sequencer.fill(found);
+        if missed > 0 {
+            self.reads.recovered.inc_by(missed as u64);
+            tracing::warn!(
+                room_id = self.room_id,
+                missed,
+                "chat messages lost live, read from the chat log"
+            );
+        }
+        ready
+    }
+
     /// Emits one bus message to the room's local sockets, in the order the
     /// room's messages come: a change of access takes effect before what
     /// follows it.

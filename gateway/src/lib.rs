@@ -92,6 +92,8 @@ pub struct Deps {
 pub enum GatewayError {
     #[error(transparent)]
     Bus(#[from] common::bus::BusError),
+    #[error(transparent)]
+    ChatLog(#[from] common::chat_log::ChatLogError),
 }
 
 /// A gateway: its shared state, behind the Socket.IO handlers.
@@ -173,9 +175,9 @@ impl Gateway {
             io.clone(),
             deps.bus.clone(),
             deps.store.clone(),
+            deps.chat_log.clone(),
             deps.subjects.clone(),
-            deps.metrics.slow_consumers.clone(),
-            deps.metrics.deliveries.clone(),
+            &deps.metrics,
             deps.per_user_events_max_sockets,
         );
         let path = format!("{SOCKET_IO_PATH}/");
@@ -226,6 +228,12 @@ impl Gateway {
             .bus
             .subscribe(self.deps.subjects.session_ended())
             .await?;
+        let mut live_gaps = self
+            .deps
+            .chat_log
+            .live_gaps()
+            .await?
+            .unwrap_or_else(|| Box::pin(futures_util::stream::pending()));
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         let mut expiries = tokio::time::interval(EXPIRY_SWEEP);
         let mut record = tokio::time::interval(RECORD_ACKED);
@@ -255,6 +263,10 @@ impl Gateway {
                         break;
                     };
                     self.session_ended(&ended.payload);
+                }
+                Some(()) = live_gaps.next() => {
+                    tracing::info!("live chat messages may have been lost: rooms read the chat log");
+                    self.fanout.read_gaps();
                 }
                 _ = expiries.tick() => self.close_expired(),
                 _ = record.tick() => self.record_acked().await,

@@ -39,6 +39,9 @@ pub struct GatewayMetrics {
     /// Server events delivered to this gateway's sockets of a room (one per
     /// event and gateway, whatever the number of sockets).
     pub deliveries: Family<EventLabels, Counter>,
+    /// Chat messages lost on their way to this gateway (a stream leader
+    /// that died, a connection that was down) and read from the log.
+    pub recovered: Counter,
 }
 
 impl GatewayMetrics {
@@ -51,6 +54,7 @@ impl GatewayMetrics {
             append_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             slow_consumers: Counter::default(),
             deliveries: Family::default(),
+            recovered: Counter::default(),
         };
         registry.register(
             "gateway_sockets",
@@ -86,6 +90,11 @@ impl GatewayMetrics {
             "gateway_deliveries",
             "Server events delivered to the sockets of a room on this gateway",
             metrics.deliveries.clone(),
+        );
+        registry.register(
+            "gateway_recovered_messages",
+            "Chat messages that did not reach this gateway live and were read from the chat log",
+            metrics.recovered.clone(),
         );
         metrics
     }

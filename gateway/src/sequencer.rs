@@ -2,6 +2,9 @@
 //! predecessor in the room (`previous`); it is delivered once that
 //! predecessor has been, or, if the predecessor does not show up within
 //! [`REORDER_WINDOW`], together with everything held, in `chat_id` order.
+//! A predecessor that never shows up was lost on its way here (live
+//! delivery is at most once): the room's task reads it from the chat log
+//! and hands it in with [`Sequencer::fill`] before the held ones go.
 
 use std::collections::BTreeMap;
 
@@ -29,7 +32,9 @@ impl Sequencer {
             return vec![message];
         };
         if self.last.is_some_and(|last| id <= last) {
-            tracing::warn!(
+            // Delivered already, read from the log (or out of order, after
+            // the window: too late to put in order).
+            tracing::debug!(
                 chat_id = id,
                 "chat message arrived after a later one; dropped live"
             );
@@ -48,6 +53,44 @@ impl Sequencer {
     /// When the oldest held message stops waiting, if any is held.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// The last `chat_id` delivered; `None` before the first.
+    pub fn last(&self) -> Option<ChatId> {
+        self.last
+    }
+
+    /// Takes the room's messages read from the chat log after
+    /// [`Self::last`]: every one acknowledged when it was read. Returns
+    /// them with the held ones up to the newest of them, in order, and then
+    /// whatever held follows on from it; and how many of them had not come
+    /// live.
+    pub fn fill(&mut self, found: Vec<BusMessage>) -> (Vec<BusMessage>, usize) {
+        let Some(newest) = found.iter().filter_map(|m| m.sequence).max() else {
+            return (vec![], 0);
+        };
+        if self.last.is_some_and(|last| newest <= last) {
+            return (vec![], 0);
+        }
+        let mut missed = 0;
+        for message in found {
+            let Some(id) = message.sequence else { continue };
+            if self.last.is_none_or(|last| id > last)
+                && let std::collections::btree_map::Entry::Vacant(entry) = self.held.entry(id)
+            {
+                entry.insert((0, message));
+                missed += 1;
+            }
+        }
+        let later = self.held.split_off(&(newest + 1));
+        let covered = std::mem::replace(&mut self.held, later);
+        self.last = Some(newest);
+        let mut ready: Vec<BusMessage> = covered.into_values().map(|(_, m)| m).collect();
+        ready.extend(self.release_chain());
+        if self.held.is_empty() {
+            self.deadline = None;
+        }
+        (ready, missed)
     }
 
     /// The window has passed: delivers everything held, in order.
@@ -134,6 +177,31 @@ mod tests {
         assert_eq!(ids(&s.push(chat(54, 53), now)), [54]);
         // Anything older than what was delivered cannot be put in order.
         assert!(s.push(chat(50, 45), now).is_empty());
+    }
+
+    #[test]
+    fn messages_read_from_the_log_close_the_gap_before_the_held_ones() {
+        let mut s = Sequencer::default();
+        let now = Instant::now();
+        assert_eq!(ids(&s.push(chat(10, 0), now)), [10]);
+        // 11 and 13 were lost on the way; 12 and 14 wait for them.
+        assert!(s.push(chat(12, 11), now).is_empty());
+        assert!(s.push(chat(14, 13), now).is_empty());
+        assert!(s.push(chat(16, 15), now).is_empty());
+        assert_eq!(s.last(), Some(10));
+        // The log, read after 10: everything up to 14, 12 among them.
+        let found = vec![chat(11, 10), chat(12, 11), chat(13, 12), chat(14, 13)];
+        let (ready, missed) = s.fill(found);
+        assert_eq!((ids(&ready), missed), (vec![11, 12, 13, 14], 2));
+        assert_eq!(s.last(), Some(14));
+        // 16 still waits for 15, which the read did not have yet.
+        assert!(s.deadline().is_some());
+        assert_eq!(ids(&s.push(chat(15, 14), now)), [15, 16]);
+        assert_eq!(s.deadline(), None);
+        // A read that finds nothing newer changes nothing.
+        assert_eq!(s.fill(vec![chat(16, 15)]).1, 0);
+        assert!(s.fill(Vec::new()).0.is_empty());
+        assert_eq!(ids(&s.push(chat(17, 16), now)), [17]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The NATS adapter of the bus: core NATS subjects. The chat stream on the
 //! same connection is the chat log's ([`crate::chat_log::JetStreamChatLog`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -8,6 +9,7 @@ use async_nats::jetstream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::sync::watch;
 
 use super::{Bus, BusError, BusMessage, Subscription};
 use crate::domain::ChatId;
@@ -28,6 +30,8 @@ pub struct NatsBus {
     subjects: Subjects,
     /// Replicas of the streams created on this connection.
     replicas: usize,
+    /// See [`Self::losses`].
+    losses: watch::Receiver<u64>,
 }
 
 impl NatsBus {
@@ -40,9 +44,20 @@ impl NatsBus {
         name: &str,
         subjects: Subjects,
     ) -> Result<Self, BusError> {
+        let (lost, losses) = watch::channel(0);
+        let lost = Arc::new(lost);
         let client = async_nats::ConnectOptions::new()
             .name(name)
             .reconnect_delay_callback(|attempts| RECONNECT_DELAY * attempts.clamp(1, 3) as u32)
+            .event_callback(move |event| {
+                let lost = lost.clone();
+                async move {
+                    if let async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) = event
+                    {
+                        lost.send_modify(|n| *n += 1);
+                    }
+                }
+            })
             .connect(servers)
             .await
             .map_err(|e| BusError::Connect(e.to_string()))?;
@@ -53,6 +68,7 @@ impl NatsBus {
             jetstream,
             subjects,
             replicas: replicas.max(1),
+            losses,
         })
     }
 
@@ -124,6 +140,14 @@ impl NatsBus {
 
     pub fn subjects(&self) -> &Subjects {
         &self.subjects
+    }
+
+    /// Changes each time core NATS messages may have missed this
+    /// connection's subscriptions: it was made (first or again: what was
+    /// published while it was down never comes), or a subscription fell so
+    /// far behind that the client dropped messages for it.
+    pub fn losses(&self) -> watch::Receiver<u64> {
+        self.losses.clone()
     }
 
     async fn ready_subscription(

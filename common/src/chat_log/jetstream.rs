@@ -13,11 +13,12 @@ use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, strea
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{
-    ChatLog, ChatLogError, Delivery, IDEMPOTENCY_WINDOW, IdempotencyKey, PendingAppend, Receipt,
-    ToStore, Unstored,
+    ChatLog, ChatLogError, Delivery, IDEMPOTENCY_WINDOW, IdempotencyKey, LiveGaps, PendingAppend,
+    Receipt, ToStore, Unstored,
 };
 use crate::bus::NatsBus;
 use crate::domain::{ChatDraft, ChatId, RoomId};
@@ -83,6 +84,8 @@ pub struct JetStreamChatLog {
     /// The persister's ack floor as last read: every chat message up to it
     /// is in the store. It only grows, so a stale value is merely cautious.
     stored_floor: Arc<AtomicU64>,
+    /// See [`NatsBus::losses`].
+    losses: watch::Receiver<u64>,
 }
 
 impl JetStreamChatLog {
@@ -104,6 +107,7 @@ impl JetStreamChatLog {
             subjects,
             store,
             stored_floor: Arc::default(),
+            losses: nats.losses(),
         })
     }
 }
@@ -360,6 +364,31 @@ impl ChatLog for JetStreamChatLog {
 
     fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// RePublish is core NATS, at most once: a connection that was down (or
+    /// a subscriber too slow) missed what was republished meanwhile, and a
+    /// stream leader that dies loses the copies it had not sent yet (seen
+    /// killing the leader of a three-server cluster under load). The last
+    /// is told by JetStream's advisory that the stream elected a leader.
+    async fn live_gaps(&self) -> Result<Option<LiveGaps>, ChatLogError> {
+        let advisory = format!(
+            "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{}",
+            self.subjects.chat_stream()
+        );
+        let elected = self
+            .client
+            .subscribe(advisory)
+            .await
+            .map_err(|e| ChatLogError::Setup(e.to_string()))?
+            .map(drop);
+        let mut losses = self.losses.clone();
+        losses.mark_unchanged();
+        let lost = futures_util::stream::unfold(losses, |mut losses| async {
+            losses.changed().await.ok()?;
+            Some(((), losses))
+        });
+        Ok(Some(Box::pin(futures_util::stream::select(elected, lost))))
     }
 
     fn check_ready(&self) -> Result<(), ChatLogError> {

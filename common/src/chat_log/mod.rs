@@ -86,6 +86,16 @@ pub trait ChatLog: Send + Sync + 'static {
     /// Fails when messages cannot be appended now.
     fn check_ready(&self) -> Result<(), ChatLogError>;
 
+    /// Yields each time `new_message`s published live may have missed this
+    /// process's subscriptions although they were acknowledged: its
+    /// connection to the broker came back, or the stream's leader changed
+    /// (a leader that dies takes the live copies it was sending with it).
+    /// A subscriber then reads what it missed from the log. `None` when
+    /// live publication loses nothing (the embedded log).
+    async fn live_gaps(&self) -> Result<Option<LiveGaps>, ChatLogError> {
+        Ok(None)
+    }
+
     /// Stores a chat message durably and returns its `chat_id`.
     async fn append(&self, draft: &ChatDraft) -> Result<ChatId, ChatLogError> {
         self.begin_append(draft, None).await?.await
@@ -195,6 +205,9 @@ impl Default for Unstored {
         }
     }
 }
+
+/// See [`ChatLog::live_gaps`].
+pub type LiveGaps = Pin<Box<dyn Stream<Item = ()> + Send>>;
 
 /// A chat message on its way to durable storage.
 pub type PendingAppend = Pin<Box<dyn Future<Output = Result<ChatId, ChatLogError>> + Send>>;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 
 use crate::harness::{Backend, Chat, Options, TestApp, User};
-use crate::sio::Socket;
+use crate::sio::{Auth, Socket};
 
 /// Sends a chat message with a `client_msg_id` every 50 ms until `stop`,
 /// each waiting for its answer; the answers, in order.
@@ -264,6 +264,76 @@ async fn time_to_ready(base: String) -> Duration {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Polls `/readyz` of `base` until it answers `status`.
+async fn wait_for_readiness(base: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(res) = reqwest::get(format!("{base}/readyz")).await
+            && res.status() == status
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base}/readyz not {status} within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One gateway loses the broker for a moment while the others keep it:
+/// the chat messages republished meanwhile never reach it (core NATS is at
+/// most once). Back, it reads them from the chat log: its sockets get every
+/// acknowledged message once, in order, though nothing is sent after them
+/// to show the gap.
+#[tokio::test]
+async fn a_gateway_cut_off_from_the_broker_delivers_what_was_sent_meanwhile() {
+    let relay =
+        crate::servers::TcpCut::start(crate::harness::nats_url().trim_start_matches("nats://"))
+            .await;
+    let mut app = TestApp::start_with(Backend::MySql, Options::unlimited()).await;
+    app.set_env("NATS_URL", &format!("nats://{}", relay.address));
+    let behind = app.add_gateway().await;
+    let [ann, bob] = app.users(["ann", "bob"]).await;
+    let room = app.as_user(&ann).create_room("Cut off", None).await;
+    app.as_user(&bob).join(room).await;
+    let mut sender = Socket::connect(app.gateway_url(0), Auth::Payload(&ann.token))
+        .await
+        .expect("sender connects");
+    sender.join(room).await;
+    let mut reader = Socket::connect(app.gateway_url(behind), Auth::Payload(&bob.token))
+        .await
+        .expect("reader connects");
+    reader.join(room).await;
+    let first = sender.send(room, "before").await;
+    assert_eq!(reader.next_chat_ids(1).await, [first]);
+
+    relay.cut();
+    wait_for_readiness(app.gateway_url(behind), 503).await;
+    let mut meanwhile = Vec::new();
+    for i in 0..20 {
+        meanwhile.push(sender.send(room, &format!("meanwhile {i}")).await);
+    }
+    relay.restore();
+    wait_for_readiness(app.gateway_url(behind), 200).await;
+    assert_eq!(
+        reader.next_chat_ids(meanwhile.len()).await,
+        meanwhile,
+        "the messages sent while the gateway was cut off"
+    );
+    let last = sender.send(room, "after").await;
+    assert_eq!(reader.next_chat_ids(1).await, [last]);
+    reader.expect_none("new_message", Duration::ZERO).await;
+    reader.expect_none("disconnect", Duration::ZERO).await;
+    // Counted for the operator.
+    let recovered = crate::harness::metrics(app.gateway_url(behind))
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("komunikator_gateway_recovered_messages_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(recovered, Some(meanwhile.len() as f64));
 }
 
 /// NATS killed for 5 s while a client sends 20 messages a second, each with

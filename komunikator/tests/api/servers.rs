@@ -524,3 +524,70 @@ impl RedisCluster {
             .expect("a master")
     }
 }
+
+/// A TCP relay to a server that a test can cut: its connections are then
+/// dropped and new ones closed at once, until it is restored. One client
+/// behind it loses the server while everyone else keeps it.
+pub struct TcpCut {
+    /// `127.0.0.1:<port>`: where clients connect instead of the server.
+    pub address: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    relays: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpCut {
+    /// Relays to `target` (`host:port`).
+    pub async fn start(target: &str) -> TcpCut {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("relay port");
+        let address = listener.local_addr().expect("relay address").to_string();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let relays = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let target = target.to_owned();
+        let accept = tokio::spawn({
+            let (cut, relays) = (cut.clone(), relays.clone());
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                    let target = target.clone();
+                    let relay = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    relays.lock().expect("relays").push(relay);
+                }
+            }
+        });
+        TcpCut {
+            address,
+            cut,
+            relays,
+            accept,
+        }
+    }
+
+    /// Drops every connection relayed, and each new one until [`Self::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for relay in self.relays.lock().expect("relays").drain(..) {
+            relay.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpCut {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
