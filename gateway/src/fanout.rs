@@ -527,9 +527,8 @@ impl Room {
             }
             ServerEvent::UserOnline { user, .. } => self.presence_changed(name, &user, true),
             ServerEvent::UserOffline { user, .. } => self.presence_changed(name, &user, false),
-            // Not through `emit`: a payload of no arguments must stay a
-            // tuple for socketioxide, not become the JSON text `[]`.
-            ServerEvent::UserListUpdated { .. } => self.send_to(&self.sockets(), name, &NO_ARGS),
+            // No arguments: the client's handler gets none.
+            ServerEvent::UserListUpdated { .. } => self.emit_to(&self.sockets(), name, &NO_ARGS),
             ServerEvent::UserKicked { user, .. } => {
                 // The kicked sockets leave before anyone is told: a client
                 // that reacts to `user_kicked` at once must already be out.
@@ -606,24 +605,25 @@ impl Room {
         self.io.within(self.key.clone()).sockets()
     }
 
-    /// Emits to `sockets`, serialising `data` once: each socket's packet
-    /// only copies the text.
+    /// Sends to `sockets`, local sockets of the room, encoding the event
+    /// once: each socket's queue gets a shared copy of the same packet. A
+    /// socket whose send buffer is full (its client stopped reading) would
+    /// silently miss this event and keep a gap; it is disconnected instead,
+    /// so its client reconnects and reloads what it missed.
     fn emit_to<T: serde::Serialize + ?Sized>(&self, sockets: &[SocketRef], event: &str, data: &T) {
-        match serde_json::value::to_raw_value(data) {
-            Ok(data) => self.send_to(sockets, event, &*data),
+        let Some(first) = sockets.first() else {
+            return;
+        };
+        // Every socket of the room is in the one namespace, with one parser.
+        let packet = match first.encode_event(event, data) {
+            Ok(packet) => packet,
             Err(e) => {
                 tracing::error!(room_id = self.room_id, event, error = %e, "event not serialisable");
+                return;
             }
-        }
-    }
-
-    /// Sends to `sockets`, local sockets of the room. A socket whose send buffer
-    /// is full (its client stopped reading) would silently miss this event
-    /// and keep a gap; it is disconnected instead, so its client reconnects
-    /// and reloads what it missed.
-    fn send_to<T: serde::Serialize + ?Sized>(&self, sockets: &[SocketRef], event: &str, data: &T) {
+        };
         for socket in sockets {
-            match socket.emit(event, data) {
+            match socket.emit_encoded(&packet) {
                 Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                     self.slow_consumers.inc();
