@@ -127,7 +127,7 @@ fn event_span(name: &'static str, socket: &SocketRef) -> tracing::Span {
     if !common::otel::enabled() {
         return tracing::Span::none();
     }
-    let session = crate::fanout::session(socket);
+    let session = crate::session::session(socket);
     let span = common::trace_span!(
         "socket.io event",
         otel.name = %format_args!("socket.io {name}"),

@@ -18,9 +18,9 @@ use crate::client_event::{
 };
 use crate::connect::Refused;
 use crate::event_queue::Queued;
-use crate::fanout::{room_key, session};
+use crate::fanout::room_key;
 use crate::refusal::Refusal;
-use crate::session::Session;
+use crate::session::{Session, session};
 
 impl Gateway {
     /// Handles one queued event of a socket, in the socket's event order.

@@ -7,9 +7,9 @@
 //! [`Gateway::routes`] to serve and [`Gateway::run`] until shutdown.
 //! Inside, by concern: `connect` (authentication), `client_event` (parsing),
 //! `event_queue` (per-socket order), `handlers` (one per event), `refusal`
-//! (error codes), `heartbeats` (coalescing), `fanout` (room subscriptions and
-//! delivery, with `sequencer`), `catch_up` (replay on join), `session` (one
-//! socket's user and rate).
+//! (error codes), `heartbeats` (coalescing), `fanout` (room subscriptions),
+//! `room` (a room's delivery, with `sequencer` and `room_presence`),
+//! `catch_up` (replay on join), `session` (one socket's user and rate).
 
 mod admission;
 mod catch_up;
@@ -22,6 +22,8 @@ mod heartbeats;
 mod metrics;
 mod refusal;
 mod request_headers;
+mod room;
+mod room_presence;
 mod sequencer;
 mod session;
 
@@ -341,7 +343,7 @@ impl Gateway {
         let now = chrono::Utc::now().timestamp();
         for sid in self.expiries.due(now) {
             if let Some(socket) = self.io.get_socket(sid)
-                && fanout::session(&socket).is_some_and(|s| s.expired(now))
+                && session::session(&socket).is_some_and(|s| s.expired(now))
             {
                 tracing::info!(sid = %sid, "socket closed: its token expired");
                 close_for(&socket, Refusal::SessionExpired);
@@ -354,7 +356,7 @@ impl Gateway {
     fn close_where(&self, why: &str, matches: impl Fn(&session::Session) -> bool) -> usize {
         let mut closed = 0;
         for socket in self.io.sockets() {
-            if fanout::session(&socket).is_some_and(|s| matches(&s)) {
+            if session::session(&socket).is_some_and(|s| matches(&s)) {
                 closed += 1;
                 tracing::debug!(sid = %socket.id, why, "closing socket");
                 close_for(&socket, Refusal::SessionExpired);
@@ -416,6 +418,6 @@ pub(crate) fn close_for(socket: &socketioxide::extract::SocketRef, why: Refusal)
     }
     socket.leave_all();
     if let Err(socketioxide::SocketError::InternalChannelFull) = socket.clone().disconnect() {
-        tokio::spawn(fanout::disconnect_when_possible(socket.clone()));
+        tokio::spawn(room::disconnect_when_possible(socket.clone()));
     }
 }

@@ -179,6 +179,11 @@ impl TokenBucket {
 /// Heartbeats forwarded per user at most once per this interval per gateway.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The session of a socket that authenticated.
+pub fn session(socket: &socketioxide::extract::SocketRef) -> Option<Arc<Session>> {
+    socket.extensions.get::<Arc<Session>>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

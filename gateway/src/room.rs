@@ -1,0 +1,433 @@
+//! A room's task on a gateway: emits what the bus delivers for the room to
+//! its local sockets, in the order it comes; chat messages in `chat_id`
+//! order, those lost on their way here read from the chat log; presence per
+//! user or in batches (`room_presence`).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::bus::{BusMessage, Subscription};
+use common::chat_log::ChatLogError;
+use common::domain::{ChatId, RoomId};
+use common::events::{ServerEvent, UserName};
+use common::store::{Store, StoreError};
+use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
+use socketioxide::{SendError, SocketError};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::catch_up::{REPLAY_MAX, Seam};
+use crate::fanout::{LogReads, NO_ARGS};
+use crate::metrics::EventLabels;
+use crate::room_presence::{Audience, PresenceBatch};
+use crate::sequencer::Sequencer;
+use crate::session::{Session, session};
+
+/// How long after a sign of lost messages the rooms read the log: the
+/// live copies still on their way arrive first.
+const GAP_READ_DELAY: Duration = Duration::from_millis(250);
+
+/// Pause between two reads of a log that could not be read (a stream
+/// still electing its leader), and how many are tried: a election takes
+/// up to ten seconds.
+const GAP_READ_RETRY: Duration = Duration::from_secs(1);
+const GAP_READ_TRIES: u32 = 30;
+
+/// A room's local sockets, as the forwarding task sees them.
+pub(crate) struct Room {
+    pub(crate) io: SocketIo,
+    pub(crate) store: Store,
+    pub(crate) reads: LogReads,
+    /// The subject of the room's chat messages.
+    pub(crate) new_message: String,
+    pub(crate) key: String,
+    pub(crate) room_id: RoomId,
+    pub(crate) slow_consumers: Counter,
+    pub(crate) deliveries: Family<EventLabels, Counter>,
+    pub(crate) seam: Arc<Seam>,
+    /// How many sockets the room has here, as last counted.
+    pub(crate) audience: Audience,
+    /// Presence changes not yet sent to the sockets that take them in
+    /// batches.
+    pub(crate) presence: PresenceBatch,
+}
+
+/// Emits a room's bus messages to its local sockets, chat messages in
+/// `chat_id` order, presence in batches to the sockets that asked for it.
+/// Chat messages lost on their way here (live delivery is at most once) are
+/// read from the chat log: those a later message shows missing, and those
+/// after the last delivered when `gaps` says some may be.
+pub(crate) async fn forward(
+    mut room: Room,
+    mut subscription: Subscription,
+    mut gaps: watch::Receiver<u64>,
+) {
+    let mut sequencer = Sequencer::default();
+    // A read of the log for lost messages: when, and the tries so far.
+    let mut gap_read: Option<(Instant, u32)> = None;
+    let mut gaps_open = true;
+    loop {
+        let ready = tokio::select! {
+            message = subscription.next() => match message {
+                Some(message) => sequencer.push(message, Instant::now()),
+                None => break,
+            },
+            () = sleep_until(sequencer.deadline()) => {
+                // A predecessor did not come in time: lost on its way, or
+                // published before the room was subscribed here.
+                let mut ready = match sequencer.last() {
+                    Some(last) => match room.read_after(last).await {
+                        Ok(found) => room.fill(&mut sequencer, found),
+                        Err(e) => {
+                            tracing::error!(room_id = room.room_id, after = last, error = %e,
+                                "chat messages missing live and not read from the log: skipped");
+                            Vec::new()
+                        }
+                    },
+                    None => Vec::new(),
+                };
+                ready.extend(sequencer.flush());
+                ready
+            }
+            changed = gaps.changed(), if gaps_open => {
+                match changed {
+                    Ok(()) => gap_read = Some((Instant::now() + GAP_READ_DELAY, 0)),
+                    Err(_) => gaps_open = false,
+                }
+                continue;
+            }
+            () = sleep_until(gap_read.map(|(at, _)| at)) => {
+                let tries = gap_read.take().map_or(0, |(_, tries)| tries) + 1;
+                // Before its first message the room has nothing to miss:
+                // its sockets caught up from the log when they joined.
+                let Some(last) = sequencer.last() else { continue };
+                match room.read_after(last).await {
+                    Ok(found) => room.fill(&mut sequencer, found),
+                    Err(e) if tries < GAP_READ_TRIES => {
+                        tracing::debug!(room_id = room.room_id, error = %e, "chat log not read; tried again");
+                        gap_read = Some((Instant::now() + GAP_READ_RETRY, tries));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(room_id = room.room_id, after = last, error = %e,
+                            "chat log not read after a sign of lost messages");
+                        continue;
+                    }
+                }
+            }
+            () = sleep_until(room.presence.due) => {
+                room.send_presence();
+                continue;
+            }
+        };
+        for message in ready {
+            room.deliver(message).await;
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Room {
+    /// The room's acknowledged chat messages after `after`, from the chat
+    /// log, as the bus would have delivered them.
+    async fn read_after(&self, after: ChatId) -> Result<Vec<BusMessage>, ChatLogError> {
+        let _permit = self.reads.permits.acquire().await;
+        let page = self
+            .reads
+            .log
+            .read_after(self.room_id, after, REPLAY_MAX)
+            .await?;
+        if !page.complete {
+            tracing::warn!(
+                room_id = self.room_id,
+                after,
+                "more chat messages missing than one read takes: the oldest skipped"
+            );
+        }
+        Ok(page
+            .messages
+            .into_iter()
+            .map(|message| BusMessage {
+                subject: self.new_message.clone(),
+                sequence: Some(message.chat_id),
+                previous: None,
+                trace: None,
+                payload: ServerEvent::NewMessage(message).encode(),
+            })
+            .collect())
+    }
+
+    /// [`Sequencer::fill`], counting the messages that had not come live.
+    fn fill(&self, sequencer: &mut Sequencer, found: Vec<BusMessage>) -> Vec<BusMessage> {
+        let (ready, missed) = sequencer.fill(found);
+        if missed > 0 {
+            self.reads.recovered.inc_by(missed as u64);
+            tracing::warn!(
+                room_id = self.room_id,
+                missed,
+                "chat messages lost live, read from the chat log"
+            );
+        }
+        ready
+    }
+
+    /// Emits one bus message to the room's local sockets, in the order the
+    /// room's messages come: a change of access takes effect before what
+    /// follows it.
+    async fn deliver(&mut self, message: BusMessage) {
+        let event = match ServerEvent::decode(&message) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(room_id = self.room_id, error = %e, "bus message dropped");
+                return;
+            }
+        };
+        if let ServerEvent::RoomMadePrivate { .. } = event {
+            self.remove_non_members().await;
+            return;
+        }
+        self.emit_event(event, &message);
+    }
+
+    /// The room turned private: the sockets of users who are not its
+    /// members (nor its owner) leave it. Should the store not say who the
+    /// members are, every socket of the room is disconnected: their
+    /// clients reconnect and join again, and only members are let in.
+    async fn remove_non_members(&self) {
+        let sockets = self.sockets();
+        let catching_up = self.seam.catching_up();
+        if sockets.is_empty() && catching_up.is_empty() {
+            return;
+        }
+        let allowed = match self.allowed_users().await {
+            Ok(allowed) => allowed,
+            Err(e) => {
+                tracing::error!(room_id = self.room_id, error = %e,
+                    "members of a room turned private unknown: its sockets are disconnected");
+                for socket in sockets.iter().chain(&catching_up) {
+                    socket.leave_all();
+                    tokio::spawn(disconnect_when_possible(socket.clone()));
+                }
+                return;
+            }
+        };
+        let outsider = |s: &Session| !allowed.contains(&common::domain::user_name_key(&s.user));
+        self.seam.refuse(outsider);
+        let removed = remove_sockets(&sockets, &self.key, outsider);
+        tracing::info!(
+            room_id = self.room_id,
+            removed,
+            "room turned private: sockets of non-members removed"
+        );
+    }
+
+    /// The keys ([`common::domain::user_name_key`]) of who may be in the
+    /// room: its members and its owner (none when it is gone).
+    async fn allowed_users(&self) -> Result<HashSet<String>, StoreError> {
+        let Some(room) = self.store.room(self.room_id).await? else {
+            return Ok(HashSet::new());
+        };
+        let members = self.store.members(self.room_id).await?;
+        Ok(members
+            .iter()
+            .map(|m| m.user_name.as_str())
+            .chain([room.room_owner.as_str()])
+            .map(common::domain::user_name_key)
+            .collect())
+    }
+
+    /// Emits a decoded event to the room's local sockets.
+    fn emit_event(&mut self, event: ServerEvent, message: &BusMessage) {
+        let name = event.name();
+        self.deliveries
+            .get_or_create(&EventLabels { event: name })
+            .inc();
+        // Only an event of a sampled trace gets a span: it would not be
+        // recorded otherwise.
+        let span = match &message.trace {
+            Some(trace) if trace.sampled() => {
+                let span = common::trace_span!(
+                    "deliver",
+                    otel.name = %format_args!("process {name}"),
+                    otel.kind = "consumer",
+                    messaging.system = "nats",
+                    messaging.operation.type = "process",
+                    messaging.destination.name = %message.subject,
+                    socket.io.event = name,
+                    chat.room_id = self.room_id,
+                );
+                trace.adopt(&span);
+                span
+            }
+            _ => tracing::Span::none(),
+        };
+        let _in_span = span.enter();
+        match event {
+            ServerEvent::NewMessage(message) => {
+                self.seam.deliver(&message, |replayed| {
+                    let mut sockets = self.sockets();
+                    if !replayed.is_empty() {
+                        sockets.retain(|s| !replayed.contains(&s.id));
+                    }
+                    self.emit_to(&sockets, name, &message);
+                });
+            }
+            ServerEvent::UserJoined(member) | ServerEvent::UserLeft(member) => {
+                self.emit_per_user(name, &member, false);
+            }
+            ServerEvent::UserOnline { user, .. } => self.presence_changed(name, &user, true),
+            ServerEvent::UserOffline { user, .. } => self.presence_changed(name, &user, false),
+            // No arguments: the client's handler gets none.
+            ServerEvent::UserListUpdated { .. } => self.emit_to(&self.sockets(), name, &NO_ARGS),
+            ServerEvent::UserKicked { user, .. } => {
+                // The kicked sockets leave before anyone is told: a client
+                // that reacts to `user_kicked` at once must already be out.
+                self.seam.refuse(|s| s.is(&user.user_name));
+                let sockets = self.sockets();
+                remove_sockets(&sockets, &self.key, |s| s.is(&user.user_name));
+                self.emit_to(&sockets, name, &user);
+            }
+            ServerEvent::MemberRemoved { user, .. } => {
+                // Left over REST: their sockets stop receiving the room,
+                // and their messages to it are refused (code 4).
+                self.seam.refuse(|s| s.is(&user.user_name));
+                remove_sockets(&self.sockets(), &self.key, |s| s.is(&user.user_name));
+            }
+            ServerEvent::RoomDeleted { .. } => {
+                self.seam.refuse(|_| true);
+                remove_sockets(&self.sockets(), &self.key, |_| true);
+            }
+            // Handled in `deliver` (it needs the store).
+            ServerEvent::RoomMadePrivate { .. } => {}
+            // Goes to every socket, on its own subject (`Gateway::run`).
+            ServerEvent::RoomListUpdated => {}
+        }
+    }
+
+    /// A per-user event, to the room's sockets (but those that take
+    /// presence in batches, for `user_online`/`user_offline`), while the
+    /// room is small enough for per-user events.
+    fn emit_per_user<T: serde::Serialize + ?Sized>(
+        &mut self,
+        event: &str,
+        data: &T,
+        presence: bool,
+    ) {
+        let now = Instant::now();
+        if !self.audience.may_take_per_user(now) {
+            return;
+        }
+        let mut sockets = self.sockets();
+        if !self.audience.count(sockets.len(), now) {
+            return;
+        }
+        if presence {
+            sockets.retain(|s| session(s).is_some_and(|s| !s.batched_presence));
+        }
+        self.emit_to(&sockets, event, data);
+    }
+
+    /// `user_online` or `user_offline`: per user to the sockets that take
+    /// them so, and recorded for the next batch of the others.
+    fn presence_changed(&mut self, event: &str, user: &UserName, online: bool) {
+        self.presence
+            .record(&user.user_name, online, Instant::now());
+        self.emit_per_user(event, user, true);
+    }
+
+    /// Sends the presence changes recorded to the sockets that take them in
+    /// batches, in one `presence` event each.
+    fn send_presence(&mut self) {
+        let payload = self.presence.take(self.room_id);
+        let mut sockets = self.sockets();
+        sockets.retain(|s| session(s).is_some_and(|s| s.batched_presence));
+        if sockets.is_empty() {
+            return;
+        }
+        self.deliveries
+            .get_or_create(&EventLabels { event: "presence" })
+            .inc();
+        self.emit_to(&sockets, "presence", &payload);
+    }
+
+    /// The room's local sockets now.
+    fn sockets(&self) -> Vec<SocketRef> {
+        self.io.within(self.key.clone()).sockets()
+    }
+
+    /// Sends to `sockets`, local sockets of the room, encoding the event
+    /// once: each socket's queue gets a shared copy of the same packet. A
+    /// socket whose send buffer is full (its client stopped reading) would
+    /// silently miss this event and keep a gap; it is disconnected instead,
+    /// so its client reconnects and reloads what it missed.
+    fn emit_to<T: serde::Serialize + ?Sized>(&self, sockets: &[SocketRef], event: &str, data: &T) {
+        let Some(first) = sockets.first() else {
+            return;
+        };
+        // Every socket of the room is in the one namespace, with one parser.
+        let packet = match first.encode_event(event, data) {
+            Ok(packet) => packet,
+            Err(e) => {
+                tracing::error!(room_id = self.room_id, event, error = %e, "event not serialisable");
+                return;
+            }
+        };
+        for socket in sockets {
+            match socket.emit_encoded(&packet) {
+                Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                    self.slow_consumers.inc();
+                    tracing::warn!(sid = %socket.id, room_id = self.room_id, event,
+                        "socket not reading what is sent to it: disconnected");
+                    // Nothing more is queued behind the gap...
+                    socket.leave_all();
+                    tokio::spawn(disconnect_when_possible(socket.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(room_id = self.room_id, event, error = %e, "event not delivered")
+                }
+            }
+        }
+    }
+}
+
+/// Disconnects a socket whose send buffer is full. socketioxide refuses to
+/// while the buffer has no room for the disconnect packet, so this retries:
+/// as soon as the client reads again it gets what was queued, then the
+/// disconnect (and reconnects and reloads). A client that never reads again
+/// is closed by the Engine.IO ping timeout.
+pub(crate) async fn disconnect_when_possible(socket: SocketRef) {
+    for _ in 0..600 {
+        match socket.clone().disconnect() {
+            Err(SocketError::InternalChannelFull) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok(()) | Err(SocketError::Closed) => return,
+        }
+    }
+}
+
+/// Takes the matching sockets out of a room: they stop receiving it at
+/// once. Returns how many.
+fn remove_sockets(sockets: &[SocketRef], key: &str, matches: impl Fn(&Session) -> bool) -> usize {
+    let mut removed = 0;
+    for socket in sockets {
+        if session(socket).is_some_and(|s| matches(&s)) {
+            socket.leave(key.to_owned());
+            removed += 1;
+        }
+    }
+    removed
+}
