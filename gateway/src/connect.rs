@@ -199,10 +199,13 @@ impl Gateway {
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::to_owned);
+        // Percent-decoded, as any query parameter (a token with `+` or `%`
+        // in it, from a client that encodes it, is the same token).
         let from_query = parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("token="))
-                .map(str::to_owned)
+            serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+                .ok()?
+                .into_iter()
+                .find_map(|(name, value)| (name == "token").then_some(value))
         });
         let token = from_auth
             .or(from_header)

@@ -15,10 +15,14 @@ async fn a_token_in_the_auth_payload_the_header_or_the_query_connects(backend: B
     let ann = app.user("ann").await;
     let room = app.as_user(&ann).create_room("lobby", None).await;
     let url = app.gateway_url(0).to_owned();
+    // In the query percent-encoded too, as a client's URL builder may
+    // (every byte, here): it is the same token.
+    let encoded: String = ann.token.bytes().map(|b| format!("%{b:02X}")).collect();
     for auth in [
         Auth::Payload(&ann.token),
         Auth::Header(&ann.token),
         Auth::Query(&ann.token),
+        Auth::Query(&encoded),
     ] {
         let mut sock = Socket::connect(&url, auth).await.expect("connects");
         sock.emit("join", json!({ "room_id": room }));
