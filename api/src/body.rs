@@ -1,10 +1,10 @@
-//! Reads each request body before the handler does, with a size and a time
-//! limit. A body over [`BODY_LIMIT`] is still read to its end (up to
+//! Reads each request body before the handler does, with a size limit; its
+//! time limit is the server's (`BODY_READ_TIMEOUT_SECS`,
+//! [`common::http::BodyDeadlinePassed`]), answered here with 408. A body
+//! over [`BODY_LIMIT`] is still read to its end (up to
 //! [`DRAIN_LIMIT`]) before the 413: a reverse proxy that is still sending it
 //! would otherwise meet a closed connection and answer 502 instead of
 //! passing the 413 on.
-
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -23,9 +23,6 @@ pub const BODY_LIMIT: usize = common::domain::PAYLOAD_MAX;
 /// Most bytes of an over-limit body read (and dropped) before answering. A
 /// body declared larger is refused at once, and its connection closed.
 const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
-
-/// A body must arrive within this time (slow senders hold a connection).
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Read {
     Complete(Bytes),
@@ -46,14 +43,16 @@ pub async fn buffer(request: Request, next: Next) -> Response {
             .insert(CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    match tokio::time::timeout(BODY_TIMEOUT, read(body)).await {
-        Ok(Ok(Read::Complete(bytes))) => {
+    match read(body).await {
+        Ok(Read::Complete(bytes)) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
-        Ok(Ok(Read::TooLarge)) => ApiError::TooLarge.into_response(),
-        Ok(Err(_)) => ApiError::invalid("Cannot read the request body").into_response(),
-        Err(_) => ApiError::SlowBody.into_response(),
+        Ok(Read::TooLarge) => ApiError::TooLarge.into_response(),
+        Err(e) if common::http::BodyDeadlinePassed::caused(&e) => {
+            ApiError::SlowBody.into_response()
+        }
+        Err(_) => ApiError::invalid("Cannot read the request body").into_response(),
     }
 }
 

@@ -454,6 +454,26 @@ async fn body_deadline(State(limit): State<Duration>, request: Request, next: Ne
     response
 }
 
+/// The error a request body's stream ends with once `BODY_READ_TIMEOUT_SECS`
+/// passed before it all arrived (the one body deadline every route has).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyDeadlinePassed;
+
+impl BodyDeadlinePassed {
+    /// Whether a body read failed for this.
+    pub fn caused(error: &axum::Error) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = cause {
+            if e.is::<Self>() {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
 /// A request body that fails once its deadline passes.
 struct Deadline {
     inner: Body,
@@ -474,9 +494,7 @@ impl http_body::Body for Deadline {
         }
         if self.sleep.as_mut().poll(cx).is_ready() {
             self.late.store(true, std::sync::atomic::Ordering::Relaxed);
-            return std::task::Poll::Ready(Some(Err(axum::Error::new(
-                "the request body did not arrive in time",
-            ))));
+            return std::task::Poll::Ready(Some(Err(axum::Error::new(BodyDeadlinePassed))));
         }
         std::pin::Pin::new(&mut self.inner).poll_frame(cx)
     }

@@ -116,6 +116,27 @@ async fn slow_headers_bodies_and_idle_connections_are_closed(backend: Backend) {
         Duration::from_millis(500),
         header_deadline,
     ));
+    // A body that stops short is answered 408 at its deadline.
+    let answered = tokio::spawn({
+        let host = host.clone();
+        async move {
+            let mut stream = TcpStream::connect(&host).await.expect("connect");
+            stream
+                .write_all(
+                    b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                      Content-Length: 1000\r\n\r\n{",
+                )
+                .await
+                .expect("write");
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(body_deadline, stream.read_to_end(&mut answer)).await;
+            assert!(
+                read.is_ok(),
+                "no answer to a slow body within {body_deadline:?}"
+            );
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    });
     let (headers, bodies): (Vec<_>, Vec<_>) =
         (headers.collect::<Vec<_>>(), bodies.collect::<Vec<_>>());
     let slowest = normal_client(&app, body_deadline).await;
@@ -137,6 +158,15 @@ async fn slow_headers_bodies_and_idle_connections_are_closed(backend: Backend) {
             );
         }
     }
+    let answer = answered.await.expect("slow body");
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a slow body's answer: {answer}"
+    );
+    assert!(
+        answer.contains(r#"{"error":"Request body not received in time"}"#),
+        "{answer}"
+    );
     let idle = idle
         .await
         .expect("idle")
