@@ -126,21 +126,13 @@ impl Gateway {
 
     /// A room missing, or private without a membership: refused (code 4).
     async fn check_access(&self, session: &Session, room_id: RoomId) -> Result<(), Refusal> {
-        let room = self.deps.store.room(room_id).await.map_err(unavailable)?;
-        let room = room.ok_or(Refusal::JoinFailed)?;
-        if room.is_private
-            && room.room_owner != session.user
-            && self
-                .deps
-                .store
-                .member(room_id, &session.user)
-                .await
-                .map_err(unavailable)?
-                .is_none()
-        {
-            return Err(Refusal::JoinFailed);
-        }
-        Ok(())
+        self.deps
+            .store
+            .visible_room(room_id, Some(&session.user))
+            .await
+            .map_err(unavailable)?
+            .map(drop)
+            .ok_or(Refusal::JoinFailed)
     }
 
     /// Subscribes, reads what the socket missed after `after` from the chat

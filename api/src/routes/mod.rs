@@ -22,30 +22,18 @@ fn message(text: &str) -> Json<Value> {
     Json(json!({ "message": text }))
 }
 
-/// The room, if `viewer` may see it: public rooms are visible to anyone,
-/// private ones only to their members and owner. Anything else is
-/// indistinguishable from a room that does not exist.
+/// The room, if `viewer` may see it ([`common::store::Store::visible_room`]);
+/// a private room of others is as missing as a room that does not exist.
 async fn visible_room(
     state: &AppState,
     room_id: RoomId,
     viewer: Option<&str>,
 ) -> Result<Room, ApiError> {
-    let room = state
+    state
         .store
-        .room(room_id)
+        .visible_room(room_id, viewer)
         .await?
-        .ok_or(ApiError::RoomNotFound)?;
-    if !room.is_private {
-        return Ok(room);
-    }
-    let Some(viewer) = viewer else {
-        return Err(ApiError::RoomNotFound);
-    };
-    if room.room_owner == viewer || state.store.member(room_id, viewer).await?.is_some() {
-        Ok(room)
-    } else {
-        Err(ApiError::RoomNotFound)
-    }
+        .ok_or(ApiError::RoomNotFound)
 }
 
 /// The throttle key of a user name: the same for every spelling of it.

@@ -26,6 +26,31 @@ impl Store {
         Ok(row.map(Into::into))
     }
 
+    /// The room, if `viewer` may see it (and send to it, and read its
+    /// history): a public room to anyone, a private one only to its members
+    /// and owner. `None` otherwise, as for a room that does not exist:
+    /// whether a private room exists is not told to outsiders.
+    pub async fn visible_room(
+        &self,
+        room_id: RoomId,
+        viewer: Option<&str>,
+    ) -> Result<Option<Room>> {
+        let Some(room) = self.room(room_id).await? else {
+            return Ok(None);
+        };
+        if !room.is_private {
+            return Ok(Some(room));
+        }
+        let Some(viewer) = viewer else {
+            return Ok(None);
+        };
+        if room.room_owner == viewer || self.member(room_id, viewer).await?.is_some() {
+            Ok(Some(room))
+        } else {
+            Ok(None)
+        }
+    }
+
     pub async fn private_room_by_key(&self, access_key: &str) -> Result<Option<Room>> {
         let sql = "SELECT room_id, room_name, room_owner, create_date, is_private, access_key \
                    FROM rooms WHERE access_key = ? AND is_private = 1";
