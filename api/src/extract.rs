@@ -8,7 +8,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use bytes::Bytes;
 use common::auth::TokenError;
-use common::domain::{MAX_ID, RoomId, char_len, is_blank};
+use common::domain::{GivenId, RoomId, char_len, is_blank};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -111,17 +111,7 @@ impl Body {
     /// An id given as a JSON integer or a numeric string; `None` when absent,
     /// null or empty.
     pub fn id(&self, field: &str) -> Result<Option<RoomId>, ApiError> {
-        match self.0.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => parse_id(field, s).map(Some),
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .filter(|id| (1..=MAX_ID).contains(id))
-                .map(Some)
-                .ok_or_else(|| bad_id(field)),
-            Some(_) => Err(bad_id(field)),
-        }
+        given_id(field, GivenId::of_json(self.0.get(field)))
     }
 
     /// A boolean field; also accepts the numbers 0 and 1 (the old server's
@@ -166,7 +156,7 @@ impl Params {
 
     /// A positive integer id; `None` when absent or empty.
     pub fn id(&self, name: &str) -> Result<Option<i64>, ApiError> {
-        self.get(name).map(|v| parse_id(name, v)).transpose()
+        given_id(name, GivenId::of_text(self.get(name).unwrap_or_default()))
     }
 
     /// An integer within `range`; `None` when absent or empty.
@@ -194,19 +184,16 @@ impl Params {
     }
 }
 
-fn parse_id(field: &str, raw: &str) -> Result<i64, ApiError> {
-    // Digits only: no sign, no spaces, no exponent.
-    if !raw.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad_id(field));
+/// An id field read by the one rule ([`GivenId`]): absent is `None`,
+/// anything but a valid id is 400.
+fn given_id(field: &str, id: GivenId) -> Result<Option<i64>, ApiError> {
+    match id {
+        GivenId::Absent => Ok(None),
+        GivenId::Valid(id) => Ok(Some(id)),
+        GivenId::OutOfRange | GivenId::Malformed => Err(ApiError::invalid(format!(
+            "{field} must be a positive integer below 2^53"
+        ))),
     }
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| (1..=MAX_ID).contains(id))
-        .ok_or_else(|| bad_id(field))
-}
-
-fn bad_id(field: &str) -> ApiError {
-    ApiError::invalid(format!("{field} must be a positive integer below 2^53"))
 }
 
 /// Rejects a value longer than `max` characters.

@@ -6,6 +6,54 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Largest id a JSON client can hold exactly (2^53 - 1).
 pub const MAX_ID: i64 = (1 << 53) - 1;
 
+/// An id (of a room, a message) as a client gave it: a JSON integer or a
+/// string of digits, from 1 to [`MAX_ID`] (docs/protocol.md). The one rule
+/// both the REST API and the gateway read ids by; each edge answers the
+/// cases its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GivenId {
+    /// Absent, `null` or `""`.
+    Absent,
+    Valid(i64),
+    /// Digits, or a JSON integer, outside 1..=[`MAX_ID`].
+    OutOfRange,
+    /// Anything else: a sign, a space, an exponent, a fraction, another type.
+    Malformed,
+}
+
+impl GivenId {
+    /// From a JSON field (`None` when the object has no such field).
+    pub fn of_json(value: Option<&serde_json::Value>) -> Self {
+        match value {
+            None | Some(serde_json::Value::Null) => Self::Absent,
+            Some(serde_json::Value::String(text)) => Self::of_text(text),
+            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                n.as_i64().map_or(Self::OutOfRange, Self::in_range)
+            }
+            Some(_) => Self::Malformed,
+        }
+    }
+
+    /// From text (a JSON string, a query parameter): digits only.
+    pub fn of_text(text: &str) -> Self {
+        if text.is_empty() {
+            Self::Absent
+        } else if !text.bytes().all(|b| b.is_ascii_digit()) {
+            Self::Malformed
+        } else {
+            text.parse::<i64>().map_or(Self::OutOfRange, Self::in_range)
+        }
+    }
+
+    fn in_range(id: i64) -> Self {
+        if (1..=MAX_ID).contains(&id) {
+            Self::Valid(id)
+        } else {
+            Self::OutOfRange
+        }
+    }
+}
+
 /// Contract limits, in characters (Unicode scalar values).
 pub const USER_NAME_MAX: usize = 48;
 pub const PASSWORD_MAX: usize = 128;
@@ -221,6 +269,32 @@ pub fn is_blank(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_is_an_integer_or_digits_from_1_to_2_pow_53_minus_1() {
+        use serde_json::json;
+        for (given, read) in [
+            (json!(7), GivenId::Valid(7)),
+            (json!("7"), GivenId::Valid(7)),
+            (json!(MAX_ID), GivenId::Valid(MAX_ID)),
+            (json!(MAX_ID + 1), GivenId::OutOfRange),
+            (json!(0), GivenId::OutOfRange),
+            (json!(-1), GivenId::OutOfRange),
+            (json!(u64::MAX), GivenId::OutOfRange),
+            (json!("99999999999999999999"), GivenId::OutOfRange),
+            (json!(null), GivenId::Absent),
+            (json!(""), GivenId::Absent),
+            (json!("-1"), GivenId::Malformed),
+            (json!(" 7"), GivenId::Malformed),
+            (json!("1e3"), GivenId::Malformed),
+            (json!(1.5), GivenId::Malformed),
+            (json!(true), GivenId::Malformed),
+            (json!([7]), GivenId::Malformed),
+        ] {
+            assert_eq!(GivenId::of_json(Some(&given)), read, "{given}");
+        }
+        assert_eq!(GivenId::of_json(None), GivenId::Absent);
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_millis_and_z() {

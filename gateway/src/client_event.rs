@@ -2,7 +2,7 @@
 //! Anything that does not fit becomes a [`Refusal`] with its contract error
 //! code here, in one place, so handlers only see well-formed requests.
 
-use common::domain::{ChatId, MAX_ID, MESSAGE_MAX, RoomId, char_len, is_blank};
+use common::domain::{ChatId, GivenId, MAX_ID, MESSAGE_MAX, RoomId, char_len, is_blank};
 use serde_json::{Map, Value};
 
 use crate::refusal::Refusal;
@@ -189,22 +189,15 @@ fn object(payload: Option<&Value>) -> Result<&Map<String, Value>, Refusal> {
 
 /// A room id, as a JSON integer or a numeric string. A well-typed id that
 /// cannot name a room (0, negative, beyond 2^53) is an unknown room.
+/// The room an event names, read by the one rule ([`GivenId`]): none is
+/// code 3, a well-formed id of no possible room code 4 (as a room that does
+/// not exist), anything else code 7.
 fn room_id(map: &Map<String, Value>) -> Result<RoomId, Refusal> {
-    let id = match map.get("room_id") {
-        None | Some(Value::Null) => return Err(Refusal::MissingRoom),
-        Some(Value::String(s)) if s.is_empty() => return Err(Refusal::MissingRoom),
-        Some(Value::String(s)) if s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse::<i64>().map_err(|_| Refusal::JoinFailed)?
-        }
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
-            n.as_i64().ok_or(Refusal::JoinFailed)?
-        }
-        Some(_) => return Err(Refusal::Invalid),
-    };
-    if (1..=MAX_ID).contains(&id) {
-        Ok(id)
-    } else {
-        Err(Refusal::JoinFailed)
+    match GivenId::of_json(map.get("room_id")) {
+        GivenId::Absent => Err(Refusal::MissingRoom),
+        GivenId::Valid(id) => Ok(id),
+        GivenId::OutOfRange => Err(Refusal::JoinFailed),
+        GivenId::Malformed => Err(Refusal::Invalid),
     }
 }
 
