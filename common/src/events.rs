@@ -72,11 +72,22 @@ pub struct DecodeError {
     reason: String,
 }
 
+/// The Socket.IO event (and bus subject's last token) of a chat message.
+pub const NEW_MESSAGE: &str = "new_message";
+
+/// The body of a chat message in the chat log and on the bus: its draft,
+/// the `chat_id` being the log's sequence. Both logs append and publish
+/// this; [`ServerEvent::decode`] reads it back.
+pub fn encode_draft(draft: &ChatDraft) -> Bytes {
+    // A plain struct of strings and numbers always serialises.
+    Bytes::from(serde_json::to_vec(draft).unwrap_or_default())
+}
+
 impl ServerEvent {
     /// The Socket.IO event name.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::NewMessage(_) => "new_message",
+            Self::NewMessage(_) => NEW_MESSAGE,
             Self::UserJoined(_) => "user_joined",
             Self::UserLeft(_) => "user_left",
             Self::UserOnline { .. } => "user_online",
@@ -119,12 +130,14 @@ impl ServerEvent {
     /// without one, the draft for a chat message.
     pub fn encode(&self) -> Bytes {
         let json = match self {
-            Self::NewMessage(m) => serde_json::to_vec(&ChatDraft {
-                room_id: m.room_id,
-                user_name: m.user_name.clone(),
-                message: m.message.clone(),
-                create_date: m.create_date.unwrap_or_default(),
-            }),
+            Self::NewMessage(m) => {
+                return encode_draft(&ChatDraft {
+                    room_id: m.room_id,
+                    user_name: m.user_name.clone(),
+                    message: m.message.clone(),
+                    create_date: m.create_date.unwrap_or_default(),
+                });
+            }
             Self::UserJoined(e) | Self::UserLeft(e) => serde_json::to_vec(e),
             Self::UserOnline { user, .. }
             | Self::UserOffline { user, .. }
@@ -161,7 +174,7 @@ impl ServerEvent {
         let user = || serde_json::from_slice::<UserName>(body).map_err(|e| fail(&e));
         let member = || serde_json::from_slice::<UserInRoom>(body).map_err(|e| fail(&e));
         Ok(match name {
-            "new_message" => {
+            NEW_MESSAGE => {
                 let draft = serde_json::from_slice::<ChatDraft>(body).map_err(|e| fail(&e))?;
                 let chat_id: ChatId = message.sequence.ok_or_else(|| fail(&"no chat_id"))?;
                 Self::NewMessage(draft.with_id(chat_id))

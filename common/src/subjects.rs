@@ -31,7 +31,17 @@ impl Subjects {
 
     /// `<prefix>.room.<room_id>.new_message`: stored chat messages, live.
     pub fn new_message(&self, room_id: RoomId) -> String {
-        self.room_event(room_id, "new_message")
+        self.room_event(room_id, crate::events::NEW_MESSAGE)
+    }
+
+    /// The chat stream's RePublish destination: each message appended to
+    /// [`Self::chat`] of a room goes to [`Self::new_message`] of that room.
+    pub fn new_message_republished(&self) -> String {
+        format!(
+            "{}.room.{{{{wildcard(1)}}}}.{}",
+            self.prefix,
+            crate::events::NEW_MESSAGE
+        )
     }
 
     /// A user's password changed: gateways close the sockets that
@@ -54,6 +64,11 @@ impl Subjects {
     /// `<prefix>.chat.<room_id>`: the JetStream subject a message is appended to.
     pub fn chat(&self, room_id: RoomId) -> String {
         format!("{}.chat.{room_id}", self.prefix)
+    }
+
+    /// `<prefix>.chat.*`: the chat stream's subjects, every room's.
+    pub fn chats(&self) -> String {
+        format!("{}.chat.*", self.prefix)
     }
 
     /// `<prefix>.presence.heartbeat`: coalesced heartbeats, gateway to presence.
@@ -93,5 +108,22 @@ impl Subjects {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chat_stream_republishes_each_rooms_messages_to_its_new_message_subject() {
+        let subjects = Subjects::new("kom");
+        assert_eq!(subjects.chat(7), "kom.chat.7");
+        assert_eq!(subjects.chats(), "kom.chat.*");
+        assert_eq!(subjects.new_message(7), "kom.room.7.new_message");
+        assert_eq!(
+            subjects.new_message_republished(),
+            "kom.room.{{wildcard(1)}}.new_message"
+        );
     }
 }

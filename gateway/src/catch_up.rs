@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::domain::{ChatId, ChatMessage};
+use common::events::NEW_MESSAGE;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
@@ -184,7 +185,7 @@ impl Seam {
         for message in mine.held.iter().filter(|m| m.chat_id > replayed_up_to) {
             // Few, and the buffer has just had room for the replay: a full
             // one here is a client that stopped reading (the fan-out's rule).
-            if socket.emit("new_message", message).is_err() {
+            if socket.emit(NEW_MESSAGE, message).is_err() {
                 return Err(Refusal::Unavailable);
             }
             last = message.chat_id;
@@ -204,7 +205,7 @@ impl Seam {
 async fn send_patiently(socket: &SocketRef, message: &ChatMessage) -> Result<(), Refusal> {
     let deadline = tokio::time::Instant::now() + REPLAY_PATIENCE;
     loop {
-        match socket.emit("new_message", message) {
+        match socket.emit(NEW_MESSAGE, message) {
             Ok(()) => return Ok(()),
             Err(SendError::Socket(SocketError::InternalChannelFull))
                 if tokio::time::Instant::now() < deadline =>

@@ -8,7 +8,6 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -255,9 +254,7 @@ impl Writer {
         chat_id: ChatId,
         trace: Option<TraceParent>,
     ) -> Result<(), ChatLogError> {
-        let payload = Bytes::from(
-            serde_json::to_vec(draft).map_err(|e| ChatLogError::Append(e.to_string()))?,
-        );
+        let payload = crate::events::encode_draft(draft);
         self.bus
             .deliver(BusMessage {
                 subject: self.subjects.new_message(draft.room_id),

@@ -142,10 +142,9 @@ async fn ensure_stream(
     floor: Floor,
 ) -> Result<stream::Stream, ChatLogError> {
     let jetstream = nats.jetstream();
-    let p = subjects.prefix();
     let config = stream::Config {
         name: subjects.chat_stream(),
-        subjects: vec![format!("{p}.chat.*")],
+        subjects: vec![subjects.chats()],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         max_age: STREAM_MAX_AGE,
@@ -153,8 +152,8 @@ async fn ensure_stream(
         // Reads of unstored messages (read your writes) use direct gets.
         allow_direct: true,
         republish: Some(stream::Republish {
-            source: format!("{p}.chat.*"),
-            destination: format!("{p}.room.{{{{wildcard(1)}}}}.new_message"),
+            source: subjects.chats(),
+            destination: subjects.new_message_republished(),
             headers_only: false,
         }),
         ..Default::default()
@@ -225,9 +224,7 @@ impl ChatLog for JetStreamChatLog {
         draft: &ChatDraft,
         key: Option<&IdempotencyKey>,
     ) -> Result<PendingAppend, ChatLogError> {
-        let payload = Bytes::from(
-            serde_json::to_vec(draft).map_err(|e| ChatLogError::Append(e.to_string()))?,
-        );
+        let payload = crate::events::encode_draft(draft);
         let msg_id = key.map_or_else(|| crate::random_hex(12), |k| k.as_str().to_owned());
         let subject = self.subjects.chat(draft.room_id);
         // From the publish to the stream's acknowledgement; the persister's
