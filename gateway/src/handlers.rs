@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::chat_log::{ChatLogError, IdempotencyKey};
 use common::domain::{ChatDraft, ChatId, RoomId, now};
 use common::events::{ServerEvent, UserInRoom};
-use serde_json::{Value, json};
+
 use socketioxide::extract::{AckSender, SocketRef};
 use tracing::Instrument;
 
@@ -94,7 +94,7 @@ impl Gateway {
         socket: &SocketRef,
         session: &Session,
         request: JoinRequest,
-    ) -> Result<Value, Refusal> {
+    ) -> Result<Ack, Refusal> {
         let room_id = request.room.room_id;
         // Joins spend from the socket's allowance: each one is an event to
         // every member of the room.
@@ -121,7 +121,11 @@ impl Gateway {
         self.events
             .publish(ServerEvent::UserJoined(member(session, room_id)))
             .await;
-        Ok(json!({ "room_id": room_id, "replayed": replayed, "complete": complete }))
+        Ok(Ack::Joined {
+            room_id,
+            replayed,
+            complete,
+        })
     }
 
     /// A room missing, or private without a membership: refused (code 4).
@@ -191,7 +195,7 @@ impl Gateway {
         socket: &SocketRef,
         session: &Session,
         request: MessageRequest,
-    ) -> Result<impl Future<Output = Result<Value, Refusal>> + Send + 'static, Refusal> {
+    ) -> Result<impl Future<Output = Result<Ack, Refusal>> + Send + 'static, Refusal> {
         let checked = async {
             if !in_room(socket, &room_key(request.room_id)) {
                 return Err(Refusal::JoinFailed);
@@ -230,7 +234,7 @@ impl Gateway {
             acked.fetch_max(chat_id, std::sync::atomic::Ordering::Relaxed);
             drop(permit);
             append_seconds.observe(started.elapsed().as_secs_f64());
-            Ok(json!({ "chat_id": chat_id }))
+            Ok(Ack::Sent { chat_id })
         })
     }
 
@@ -242,7 +246,7 @@ impl Gateway {
         socket: &SocketRef,
         session: &Session,
         request: RefreshRequest,
-    ) -> Result<Value, Refusal> {
+    ) -> Result<Ack, Refusal> {
         let (user, grant) = self.grant(&request.token).await.map_err(|refused| {
             if refused == Refused::Unavailable {
                 Refusal::Unavailable
@@ -255,7 +259,7 @@ impl Gateway {
         }
         self.expiries.watch(grant.expires_at, socket.id);
         session.renew(grant);
-        Ok(json!({ "ok": true }))
+        Ok(Ack::Refreshed { ok: true })
     }
 
     async fn watchdog(&self, session: &Session, _heartbeat: Heartbeat) -> Result<(), Refusal> {
@@ -335,13 +339,40 @@ impl From<common::store::StoreError> for UnavailableCause {
     }
 }
 
+/// The acknowledgement of an event (docs/asyncapi.yaml): what the event
+/// did, or why it was refused (with the same message and code as the
+/// `error` event).
+#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum Ack {
+    /// `join`: how many missed messages were replayed, and whether that
+    /// was all of them.
+    Joined {
+        room_id: RoomId,
+        replayed: usize,
+        complete: bool,
+    },
+    /// `message`: stored, with this id.
+    Sent {
+        chat_id: ChatId,
+    },
+    /// `refresh`: the socket goes on with the new token.
+    Refreshed {
+        ok: bool,
+    },
+    Refused {
+        error: &'static str,
+        code: u8,
+    },
+}
+
 /// Sends the outcome: the acknowledgement (when asked for) and, for a
 /// refusal, the `error` event.
 pub(crate) fn answer(
     socket: &SocketRef,
     ack: AckSender,
     event: &str,
-    result: Result<Option<Value>, Refusal>,
+    result: Result<Option<Ack>, Refusal>,
 ) {
     let sent = match result {
         Ok(Some(body)) => ack.send(&body),
@@ -352,10 +383,42 @@ pub(crate) fn answer(
             if let Err(e) = socket.emit("error", &body) {
                 tracing::debug!(error = %e, "error event not sent");
             }
-            ack.send(&json!({ "error": body.message, "code": body.code }))
+            ack.send(&Ack::Refused {
+                error: body.message,
+                code: body.code,
+            })
         }
     };
     if let Err(e) = sent {
         tracing::debug!(event, error = %e, "acknowledgement not sent (socket closed)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::Ack;
+
+    #[test]
+    fn acknowledgements_keep_their_wire_shape() {
+        let shape = |ack: Ack| serde_json::to_value(ack).expect("json");
+        assert_eq!(
+            shape(Ack::Joined {
+                room_id: 3,
+                replayed: 2,
+                complete: true
+            }),
+            json!({ "room_id": 3, "replayed": 2, "complete": true })
+        );
+        assert_eq!(shape(Ack::Sent { chat_id: 9 }), json!({ "chat_id": 9 }));
+        assert_eq!(shape(Ack::Refreshed { ok: true }), json!({ "ok": true }));
+        assert_eq!(
+            shape(Ack::Refused {
+                error: "Join failed",
+                code: 4
+            }),
+            json!({ "error": "Join failed", "code": 4 })
+        );
     }
 }
