@@ -297,14 +297,7 @@ impl Events {
     /// Publishes on the bus, in a producer span of the current trace when
     /// it is sampled.
     async fn send(&self, subject: String, name: &str, payload: Bytes) -> Result<(), String> {
-        let span = crate::child_span!(
-            "publish event",
-            otel.name = %format_args!("send {name}"),
-            otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.operation.type = "send",
-            messaging.destination.name = %subject,
-        );
+        let span = crate::nats_send_span!("publish event", name, subject);
         let published = self.bus.publish(subject, payload);
         tracing::Instrument::instrument(published, span)
             .await

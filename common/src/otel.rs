@@ -63,6 +63,44 @@ macro_rules! child_span {
     };
 }
 
+/// A span of publishing on NATS, named and filled in as OpenTelemetry's
+/// messaging conventions say (`send <what>`, kind producer, the system, the
+/// operation and the destination subject), continuing the current trace
+/// ([`child_span!`](crate::child_span)); more fields may follow.
+#[macro_export]
+macro_rules! nats_send_span {
+    ($name:literal, $what:expr, $subject:expr $(, $($fields:tt)*)?) => {
+        $crate::child_span!(
+            $name,
+            otel.name = %format_args!("send {}", $what),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %$subject
+            $(, $($fields)*)?
+        )
+    };
+}
+
+/// A span of processing a message that came over NATS (`process <what>`,
+/// kind consumer), as [`nats_send_span!`](crate::nats_send_span) names its
+/// fields; its parent is the sender's span, adopted from the message's
+/// headers by the caller ([`TraceParent::adopt`]).
+#[macro_export]
+macro_rules! nats_process_span {
+    ($name:literal, $what:expr, $subject:expr $(, $($fields:tt)*)?) => {
+        $crate::trace_span!(
+            $name,
+            otel.name = %format_args!("process {}", $what),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %$subject
+            $(, $($fields)*)?
+        )
+    };
+}
+
 /// True when the current span is part of a sampled trace.
 pub fn in_sampled_trace() -> bool {
     enabled() && {

@@ -258,13 +258,10 @@ impl Room {
         // recorded otherwise.
         let span = match &message.trace {
             Some(trace) if trace.sampled() => {
-                let span = common::trace_span!(
+                let span = common::nats_process_span!(
                     "deliver",
-                    otel.name = %format_args!("process {name}"),
-                    otel.kind = "consumer",
-                    messaging.system = "nats",
-                    messaging.operation.type = "process",
-                    messaging.destination.name = %message.subject,
+                    name,
+                    message.subject,
                     socket.io.event = name,
                     chat.room_id = self.room_id,
                 );

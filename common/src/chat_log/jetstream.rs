@@ -229,13 +229,10 @@ impl ChatLog for JetStreamChatLog {
         let subject = self.subjects.chat(draft.room_id);
         // From the publish to the stream's acknowledgement; the persister's
         // and every gateway's spans of the message are its children.
-        let span = crate::child_span!(
+        let span = crate::nats_send_span!(
             "publish",
-            otel.name = %format_args!("send {subject}"),
-            otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.operation.type = "send",
-            messaging.destination.name = %subject,
+            subject,
+            subject,
             messaging.message.id = %msg_id,
             messaging.nats.stream.sequence = tracing::field::Empty,
         );
