@@ -179,7 +179,6 @@ impl From<PresenceError> for ApiError {
         match e {
             // Lost: Redis restarted empty, the presence service restores it.
             PresenceError::Redis(_) | PresenceError::Lost => Self::Unavailable(e.to_string()),
-            PresenceError::Poisoned => Self::Internal(e.to_string()),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::shared_counter::SharedCounter;
+use common::sync::Locked;
 
 /// Longest a copy is served even while the counter stands still: a bound
 /// for a change whose bump was lost.
@@ -56,29 +57,26 @@ impl RoomList {
 
     /// The copy, if it was made at `version` and is not too old.
     pub fn get(&self, version: u64) -> Option<Bytes> {
-        let copy = self.copy.lock().ok()?;
-        copy.as_ref()
+        self.copy
+            .locked()
+            .as_ref()
             .filter(|c| c.version == version && c.made.elapsed() < MAX_AGE)
             .map(|c| c.body.clone())
     }
 
     /// Keeps `body`, read from the store after `version` was read.
     pub fn keep(&self, version: u64, body: Bytes) {
-        if let Ok(mut copy) = self.copy.lock() {
-            *copy = Some(Copy {
-                version,
-                body,
-                made: Instant::now(),
-            });
-        }
+        *self.copy.locked() = Some(Copy {
+            version,
+            body,
+            made: Instant::now(),
+        });
     }
 
     /// A room was created, edited or deleted (and the change is stored):
     /// every replica's copy is out of date from now on.
     pub async fn changed(&self) {
-        if let Ok(mut copy) = self.copy.lock() {
-            *copy = None;
-        }
+        *self.copy.locked() = None;
         if let Err(e) = self.version.bump().await {
             tracing::error!(error = %e, "room list change not announced to the other replicas");
         }

@@ -28,6 +28,7 @@ use crate::chat_log::ChatLog;
 use crate::otel::TraceParent;
 use crate::presence::Presence;
 use crate::store::Store;
+use crate::sync::Locked;
 use crate::telemetry::Metrics;
 use crate::throttle::ProxyNet;
 
@@ -279,7 +280,7 @@ async fn serve_connection(
     let header_read_timeout = gate.limits.header_read_timeout;
     let slot = std::sync::Mutex::new(slot);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        let first = slot.lock().ok().and_then(|mut slot| slot.take());
+        let first = slot.locked().take();
         let admitted = gate.admit(&mut request, peer, first);
         request
             .extensions_mut()
@@ -333,9 +334,7 @@ pub struct PendingSocket(Arc<std::sync::Mutex<Option<PendingSlot>>>);
 impl PendingSocket {
     /// The socket authenticated: it no longer counts against its address.
     pub fn authenticated(&self) {
-        if let Ok(mut slot) = self.0.lock() {
-            slot.take();
-        }
+        self.0.locked().take();
     }
 }
 
@@ -403,7 +402,7 @@ struct PendingSlot {
 impl PendingConnections {
     /// A slot for one more connection of `address`; `None` at `max`.
     fn enter(&self, address: IpAddr, max: usize) -> Option<PendingSlot> {
-        let mut counts = self.0.lock().ok()?;
+        let mut counts = self.0.locked();
         let count = counts.entry(address).or_insert(0);
         if *count >= max {
             return None;
@@ -418,9 +417,8 @@ impl PendingConnections {
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        if let Ok(mut counts) = self.pending.0.lock()
-            && let Some(count) = counts.get_mut(&self.address)
-        {
+        let mut counts = self.pending.0.locked();
+        if let Some(count) = counts.get_mut(&self.address) {
             *count -= 1;
             if *count == 0 {
                 counts.remove(&self.address);

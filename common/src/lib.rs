@@ -17,6 +17,7 @@ pub mod redis_pool;
 pub mod shared_counter;
 pub mod store;
 pub mod subjects;
+pub mod sync;
 pub mod telemetry;
 pub mod throttle;
 

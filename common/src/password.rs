@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
+use crate::sync::Locked;
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use subtle::ConstantTimeEq;
@@ -91,10 +92,10 @@ impl Passwords {
                 .spawn(move || {
                     loop {
                         // The lock is held only while waiting for the next job.
-                        let next = queue.lock().map(|q| q.recv());
+                        let next = queue.locked().recv();
                         match next {
-                            Ok(Ok(job)) => job(&mut memory),
-                            _ => return,
+                            Ok(job) => job(&mut memory),
+                            Err(_) => return,
                         }
                     }
                 });

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::redis_pool::RedisPool;
+use crate::sync::Locked;
 use redis::AsyncCommands;
 use tokio::sync::watch;
 
@@ -137,7 +138,7 @@ impl CoalescedReads {
         loop {
             let value = inner.get().await.map_err(|e| e.0);
             publish.send_replace(Read { number, value });
-            let Ok(mut s) = state.lock() else { return };
+            let mut s = state.locked();
             if !std::mem::take(&mut s.again) {
                 s.running = false;
                 return;
@@ -152,10 +153,7 @@ impl CoalescedReads {
 impl SharedCounter for CoalescedReads {
     async fn get(&self) -> Result<u64, CounterError> {
         let needed = {
-            let mut s = self
-                .state
-                .lock()
-                .map_err(|_| CounterError("poisoned".into()))?;
+            let mut s = self.state.locked();
             if s.running {
                 s.again = true;
             } else {

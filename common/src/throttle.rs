@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::redis_pool::{RedisConnection, RedisPool};
+use crate::sync::Locked;
 
 /// How many failures a key may have within a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +58,7 @@ impl LocalThrottle {
 impl Throttle for LocalThrottle {
     async fn blocked(&self, keys: &[String]) -> Result<Option<Duration>, ThrottleError> {
         let now = Instant::now();
-        let state = self.keys.lock().map_err(|e| ThrottleError(e.to_string()))?;
+        let state = self.keys.locked();
         Ok(keys
             .iter()
             .filter_map(|key| state.get(key))
@@ -68,7 +69,7 @@ impl Throttle for LocalThrottle {
 
     async fn failed(&self, keys: &[String]) -> Result<(), ThrottleError> {
         let now = Instant::now();
-        let mut state = self.keys.lock().map_err(|e| ThrottleError(e.to_string()))?;
+        let mut state = self.keys.locked();
         if state.len() > LOCAL_SWEEP_AT {
             state.retain(|_, (_, until)| *until > now);
         }
@@ -85,10 +86,7 @@ impl Throttle for LocalThrottle {
     }
 
     async fn clear(&self, key: &str) -> Result<(), ThrottleError> {
-        self.keys
-            .lock()
-            .map_err(|e| ThrottleError(e.to_string()))?
-            .remove(key);
+        self.keys.locked().remove(key);
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+use common::sync::Locked;
 use socketioxide::socket::Sid;
 
 /// The open sockets of each user on this gateway, against a cap.
@@ -33,7 +34,7 @@ impl UserSockets {
     /// A slot for one more socket of `user`; `None` when they hold `max`.
     pub fn enter(&self, user: &str) -> Option<UserSlot> {
         let key = common::domain::user_name_key(user);
-        let mut open = self.open.lock().ok()?;
+        let mut open = self.open.locked();
         let count = open.entry(key.clone()).or_insert(0);
         if self.max > 0 && *count >= self.max {
             return None;
@@ -48,9 +49,8 @@ impl UserSockets {
 
 impl Drop for UserSlot {
     fn drop(&mut self) {
-        if let Ok(mut open) = self.sockets.open.lock()
-            && let Some(count) = open.get_mut(&self.user)
-        {
+        let mut open = self.sockets.open.locked();
+        if let Some(count) = open.get_mut(&self.user) {
             *count -= 1;
             if *count == 0 {
                 open.remove(&self.user);
@@ -70,17 +70,13 @@ pub struct Expiries {
 impl Expiries {
     /// Watches `sid`, whose token expires at `at` (Unix seconds).
     pub fn watch(&self, at: i64, sid: Sid) {
-        if let Ok(mut due) = self.due.lock() {
-            due.insert((at, sid));
-        }
+        self.due.locked().insert((at, sid));
     }
 
     /// The sockets whose entries are due at `now`: each to be checked
     /// against what its token grants now.
     pub fn due(&self, now: i64) -> Vec<Sid> {
-        let Ok(mut due) = self.due.lock() else {
-            return Vec::new();
-        };
+        let mut due = self.due.locked();
         let mut sids = Vec::new();
         while let Some(&(at, sid)) = due.first() {
             if at > now {

@@ -24,6 +24,7 @@ use socketioxide::{SendError, SocketError};
 
 use crate::refusal::Refusal;
 use crate::session::Session;
+use common::sync::Locked;
 
 /// Most messages one catch-up replays: the newest of those missed.
 pub const REPLAY_MAX: u32 = 1000;
@@ -78,37 +79,33 @@ struct CatchingUp {
 impl Seam {
     /// Starts holding the room's live chat messages for `socket`.
     pub fn hold_for(&self, socket: &SocketRef) {
-        if let Ok(mut state) = self.state.lock() {
-            state.catching_up.push(CatchingUp {
-                socket: socket.clone(),
-                held: Vec::new(),
-                refused: false,
-            });
-        }
+        self.state.locked().catching_up.push(CatchingUp {
+            socket: socket.clone(),
+            held: Vec::new(),
+            refused: false,
+        });
     }
 
     /// True while some socket of the room is catching up, or has a fresh
     /// floor: the room's subscription must stay.
     pub fn is_busy(&self) -> bool {
-        self.state.lock().map_or(true, |s| {
-            !s.catching_up.is_empty() || s.floors.iter().any(|f| f.since.elapsed() < FLOOR_KEPT)
-        })
+        let state = self.state.locked();
+        !state.catching_up.is_empty() || state.floors.iter().any(|f| f.since.elapsed() < FLOOR_KEPT)
     }
 
     /// Stops holding for `socket` (its catch-up failed).
     pub fn release(&self, sid: Sid) {
-        if let Ok(mut state) = self.state.lock() {
-            state.catching_up.retain(|c| c.socket.id != sid);
-        }
+        self.state
+            .locked()
+            .catching_up
+            .retain(|c| c.socket.id != sid);
     }
 
     /// Delivers one live chat message: `emit` sends it to the room's group
     /// but for the sockets it names (already replayed it); the sockets
     /// catching up hold it. One lock for both, see the module.
     pub fn deliver(&self, message: &ChatMessage, emit: impl FnOnce(&[Sid])) {
-        let Ok(mut state) = self.state.lock() else {
-            return emit(&[]);
-        };
+        let mut state = self.state.locked();
         if state.floors.is_empty() {
             emit(&[]);
         } else {
@@ -125,22 +122,18 @@ impl Seam {
     /// (the room was deleted, its user kicked or gone, the room private):
     /// they do not.
     pub fn refuse(&self, matches: impl Fn(&Session) -> bool) {
-        if let Ok(mut state) = self.state.lock() {
-            for c in state.catching_up.iter_mut() {
-                let session = c.socket.extensions.get::<std::sync::Arc<Session>>();
-                if session.is_none_or(|s| matches(&s)) {
-                    c.refused = true;
-                }
+        for c in self.state.locked().catching_up.iter_mut() {
+            let session = c.socket.extensions.get::<std::sync::Arc<Session>>();
+            if session.is_none_or(|s| matches(&s)) {
+                c.refused = true;
             }
         }
     }
 
     /// The sockets catching up now.
     pub fn catching_up(&self) -> Vec<SocketRef> {
-        self.state
-            .lock()
-            .map(|state| state.catching_up.iter().map(|c| c.socket.clone()).collect())
-            .unwrap_or_default()
+        let state = self.state.locked();
+        state.catching_up.iter().map(|c| c.socket.clone()).collect()
     }
 
     /// Sends `replay` (messages after `after`, oldest first), then the held
@@ -170,7 +163,7 @@ impl Seam {
     /// The seam itself: under the lock, the held messages after `last` go
     /// out and the socket joins the group.
     fn join_group(&self, socket: &SocketRef, key: &str, last: ChatId) -> Result<(), Refusal> {
-        let mut state = self.state.lock().map_err(|_| Refusal::Unavailable)?;
+        let mut state = self.state.locked();
         let i = state
             .catching_up
             .iter()

@@ -16,6 +16,7 @@ use crate::Gateway;
 use crate::client_event::ClientEvent;
 use crate::handlers::answer;
 use crate::refusal::Refusal;
+use common::sync::Locked;
 
 /// Events of one socket waiting to be handled; beyond this many, new ones
 /// are refused (code 6) instead of queueing without bound.
@@ -37,7 +38,7 @@ struct QueueState {
 impl EventQueue {
     /// The next event to handle; `None` (and the worker stops) when there is none.
     fn next(&self) -> Option<Queued> {
-        let mut state = self.state.lock().ok()?;
+        let mut state = self.state.locked();
         let next = state.pending.pop_front();
         state.running = next.is_some();
         next
@@ -92,9 +93,7 @@ impl Gateway {
     /// beyond [`EVENT_QUEUE`] waiting events the new one is refused (code 6).
     fn enqueue(self: &Arc<Self>, queue: &Arc<EventQueue>, queued: Queued) {
         let start = {
-            let Ok(mut state) = queue.state.lock() else {
-                return;
-            };
+            let mut state = queue.state.locked();
             if state.pending.len() >= EVENT_QUEUE {
                 drop(state);
                 answer(

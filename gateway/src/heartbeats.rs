@@ -10,6 +10,7 @@ use common::presence::Heartbeat;
 
 use crate::Gateway;
 use crate::session::HEARTBEAT_INTERVAL;
+use common::sync::Locked;
 
 /// The heartbeats of every user with a socket on this gateway.
 #[derive(Debug, Default)]
@@ -32,9 +33,7 @@ impl Heartbeats {
     /// always learns of a client's latest heartbeat, at most one interval
     /// late, and with the time the client sent it.
     pub fn coalesce(&self, user: &str, at: i64) -> Option<i64> {
-        let Ok(mut users) = self.users.lock() else {
-            return Some(at);
-        };
+        let mut users = self.users.locked();
         let now = Instant::now();
         match users.get_mut(user) {
             Some(w) if now.duration_since(w.forwarded) < HEARTBEAT_INTERVAL => {
@@ -54,9 +53,7 @@ impl Heartbeats {
 
     /// Held-back heartbeats whose interval has passed; forgets idle users.
     pub fn due(&self) -> Vec<(String, i64)> {
-        let Ok(mut users) = self.users.lock() else {
-            return vec![];
-        };
+        let mut users = self.users.locked();
         let now = Instant::now();
         let mut due = Vec::new();
         users.retain(|user, w| {

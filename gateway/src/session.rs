@@ -9,6 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admission::UserSlot;
 use crate::refusal::Refusal;
+use common::sync::Locked;
 
 /// One authenticated socket.
 #[derive(Debug)]
@@ -98,7 +99,7 @@ impl Session {
     /// Spends one event from the socket's allowance (messages, joins and
     /// leaves share it).
     pub fn take_message(&self) -> Result<(), Refusal> {
-        let mut bucket = self.bucket.lock().map_err(|_| Refusal::Unavailable)?;
+        let mut bucket = self.bucket.locked();
         if bucket.take(Instant::now()) {
             Ok(())
         } else {
@@ -108,30 +109,18 @@ impl Session {
 
     /// What the socket's token grants now.
     pub fn grant(&self) -> Grant {
-        match self.grant.lock() {
-            Ok(grant) => grant.clone(),
-            // A poisoned lock grants nothing: the socket is closed.
-            Err(_) => Grant {
-                stamp: String::new(),
-                session: None,
-                expires_at: 0,
-            },
-        }
+        self.grant.locked().clone()
     }
 
     /// Replaces what the socket's token grants (a `refresh`).
     pub fn renew(&self, grant: Grant) {
-        if let Ok(mut current) = self.grant.lock() {
-            *current = grant;
-        }
+        *self.grant.locked() = grant;
     }
 
     /// True once the socket's token has expired (`now` in Unix seconds).
     /// Asked on every event: reads the expiry in place, copies nothing.
     pub fn expired(&self, now: i64) -> bool {
-        self.grant
-            .lock()
-            .map_or(true, |grant| grant.expires_at <= now)
+        self.grant.locked().expires_at <= now
     }
 }
 

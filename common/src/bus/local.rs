@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::{Bus, BusError, BusMessage, Subscription};
 use crate::otel::TraceParent;
+use crate::sync::Locked;
 
 /// The bus of one process; clones share their subscribers.
 #[derive(Clone, Default)]
@@ -36,10 +37,7 @@ impl LocalBus {
     /// Hands a message to the matching subscribers, sequence and all (the
     /// embedded chat log delivers stored chat messages this way).
     pub fn deliver(&self, message: BusMessage) -> Result<(), BusError> {
-        let mut subscribers = self
-            .subscribers
-            .lock()
-            .map_err(|e| BusError::Publish(e.to_string()))?;
+        let mut subscribers = self.subscribers.locked();
         // Sending fails only when the subscription was dropped: forget it.
         subscribers.retain(|s| {
             !subject_matches(&s.pattern, &message.subject) || s.tx.send(message.clone()).is_ok()
@@ -62,13 +60,10 @@ impl Bus for LocalBus {
 
     async fn subscribe(&self, subject: String) -> Result<Subscription, BusError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        self.subscribers
-            .lock()
-            .map_err(|e| BusError::Subscribe(e.to_string()))?
-            .push(Subscriber {
-                pattern: subject,
-                tx,
-            });
+        self.subscribers.locked().push(Subscriber {
+            pattern: subject,
+            tx,
+        });
         Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
             rx.poll_recv(cx)
         })))

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::sync::Locked;
 use async_trait::async_trait;
 
 use super::{Beat, HEARING_GAP, Presence, PresenceError, millis, unix_ms};
@@ -55,7 +56,7 @@ impl LocalPresence {
         if deadline <= now {
             return Ok(Beat::Kept);
         }
-        let mut state = self.state.lock().map_err(|_| PresenceError::Poisoned)?;
+        let mut state = self.state.locked();
         let deadlines = state.hear(now, self.gap_ms);
         let beat = match deadlines.get(user).copied() {
             None => Beat::CameOnline,
@@ -70,7 +71,7 @@ impl LocalPresence {
     }
 
     fn expire_at(&self, now: i64) -> Result<Vec<String>, PresenceError> {
-        let mut state = self.state.lock().map_err(|_| PresenceError::Poisoned)?;
+        let mut state = self.state.locked();
         let deadlines = state.hear(now, self.gap_ms);
         let lapsed: Vec<String> = deadlines
             .iter()
@@ -84,7 +85,7 @@ impl LocalPresence {
     }
 
     fn online_at(&self, users: Vec<String>, now: i64) -> Result<Vec<String>, PresenceError> {
-        let state = self.state.lock().map_err(|_| PresenceError::Poisoned)?;
+        let state = self.state.locked();
         Ok(users
             .into_iter()
             .filter(|u| state.deadlines.get(u).is_some_and(|d| *d > now))

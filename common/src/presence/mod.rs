@@ -11,8 +11,6 @@ use async_trait::async_trait;
 pub enum PresenceError {
     #[error("cannot reach Redis: {0}")]
     Redis(String),
-    #[error("presence state is unavailable")]
-    Poisoned,
     /// The presence store lost its state (Redis restarted empty): restore
     /// who was online with [`Presence::restore`], then retry.
     #[error("the presence state was lost")]
