@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod cause;
 pub mod chat_log;
 pub mod config;
 pub mod domain;

@@ -22,7 +22,7 @@ pub struct Limit {
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("throttle state unavailable: {0}")]
-pub struct ThrottleError(String);
+pub struct ThrottleError(#[source] crate::cause::Cause);
 
 #[async_trait]
 pub trait Throttle: Send + Sync + 'static {
@@ -128,12 +128,15 @@ impl RedisThrottle {
     }
 
     async fn connection(&self) -> Result<RedisConnection, ThrottleError> {
-        self.pool.get().await.map_err(ThrottleError)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| ThrottleError(crate::cause::Cause::text(e)))
     }
 }
 
 fn redis_error(e: redis::RedisError) -> ThrottleError {
-    ThrottleError(e.to_string())
+    ThrottleError(crate::cause::Cause::new(e))
 }
 
 #[async_trait]

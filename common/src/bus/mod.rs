@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 
+use crate::cause::Cause;
 use crate::domain::ChatId;
 use crate::otel::TraceParent;
 
@@ -23,15 +24,15 @@ pub(crate) use nats::{trace_headers, trace_parent};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("cannot connect to NATS: {0}")]
-    Connect(String),
+    Connect(#[source] Cause),
     #[error("publish failed: {0}")]
-    Publish(String),
+    Publish(#[source] Cause),
     #[error("subscribe failed: {0}")]
-    Subscribe(String),
+    Subscribe(#[source] Cause),
     #[error("the bus is not connected")]
     NotConnected,
     #[error("stream setup failed: {0}")]
-    Setup(String),
+    Setup(#[source] Cause),
 }
 
 /// One message as a subscriber receives it.

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::{Bus, BusError, BusMessage, Subscription};
+use crate::cause::Cause;
 use crate::domain::ChatId;
 use crate::otel::TraceParent;
 use crate::subjects::Subjects;
@@ -60,7 +61,7 @@ impl NatsBus {
             })
             .connect(servers)
             .await
-            .map_err(|e| BusError::Connect(e.to_string()))?;
+            .map_err(|e| BusError::Connect(Cause::new(e)))?;
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(JETSTREAM_TIMEOUT);
         Ok(Self {
@@ -82,17 +83,21 @@ impl NatsBus {
         &self,
         mut config: jetstream::stream::Config,
     ) -> Result<jetstream::stream::Stream, BusError> {
-        let setup = |e: &dyn std::fmt::Display| BusError::Setup(e.to_string());
+        fn setup(e: impl std::error::Error + Send + Sync + 'static) -> BusError {
+            BusError::Setup(Cause::new(e))
+        }
         config.num_replicas = self.replicas;
         let name = config.name.clone();
-        let mut created = Err(BusError::Setup(format!("stream {name} not created")));
+        let mut created = Err(BusError::Setup(Cause::text(format!(
+            "stream {name} not created"
+        ))));
         for _ in 0..5 {
             match self.jetstream.get_or_create_stream(config.clone()).await {
                 Ok(stream) => {
                     created = Ok(stream);
                     break;
                 }
-                Err(e) => created = Err(setup(&e)),
+                Err(e) => created = Err(setup(e)),
             }
             if let Ok(stream) = self.jetstream.get_stream(&name).await {
                 created = Ok(stream);
@@ -101,18 +106,18 @@ impl NatsBus {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut stream = created?;
-        let existing = stream.info().await.map_err(|e| setup(&e))?.config.clone();
+        let existing = stream.info().await.map_err(setup)?.config.clone();
         if existing.num_replicas != self.replicas {
             let wanted = jetstream::stream::Config {
                 num_replicas: self.replicas,
                 ..existing.clone()
             };
             self.jetstream.update_stream(wanted).await.map_err(|e| {
-                BusError::Setup(format!(
+                BusError::Setup(Cause::text(format!(
                     "stream {name} has {} replicas and NATS_STREAM_REPLICAS asks for {}; \
                      NATS refused the change: {e}",
                     existing.num_replicas, self.replicas
-                ))
+                )))
             })?;
             tracing::warn!(
                 stream = name,
@@ -120,11 +125,7 @@ impl NatsBus {
                 to = self.replicas,
                 "stream replicas changed to NATS_STREAM_REPLICAS"
             );
-            stream = self
-                .jetstream
-                .get_stream(&name)
-                .await
-                .map_err(|e| setup(&e))?;
+            stream = self.jetstream.get_stream(&name).await.map_err(setup)?;
         }
         Ok(stream)
     }
@@ -154,13 +155,13 @@ impl NatsBus {
         &self,
         sub: Result<async_nats::Subscriber, async_nats::SubscribeError>,
     ) -> Result<Subscription, BusError> {
-        let sub = sub.map_err(|e| BusError::Subscribe(e.to_string()))?;
+        let sub = sub.map_err(|e| BusError::Subscribe(Cause::new(e)))?;
         // The server has the subscription once a round trip completes: only
         // then is nothing published afterwards missed.
         self.client
             .flush()
             .await
-            .map_err(|e| BusError::Subscribe(e.to_string()))?;
+            .map_err(|e| BusError::Subscribe(Cause::new(e)))?;
         Ok(Box::pin(sub.map(|m| {
             BusMessage {
                 sequence: m
@@ -190,7 +191,7 @@ impl Bus for NatsBus {
             }
             None => self.client.publish(subject, payload).await,
         };
-        published.map_err(|e| BusError::Publish(e.to_string()))
+        published.map_err(|e| BusError::Publish(Cause::new(e)))
     }
 
     async fn subscribe(&self, subject: String) -> Result<Subscription, BusError> {
@@ -211,7 +212,7 @@ impl Bus for NatsBus {
         self.client
             .flush()
             .await
-            .map_err(|e| BusError::Publish(e.to_string()))
+            .map_err(|e| BusError::Publish(Cause::new(e)))
     }
 
     fn check_ready(&self) -> Result<(), BusError> {

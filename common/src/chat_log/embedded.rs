@@ -15,6 +15,7 @@ use super::{
     ChatLog, ChatLogError, IDEMPOTENCY_WINDOW, IdempotencyKey, PendingAppend, ToStore, Unstored,
 };
 use crate::bus::{BusMessage, LocalBus};
+use crate::cause::Cause;
 use crate::domain::{ChatDraft, ChatId, RoomId};
 use crate::otel::TraceParent;
 use crate::store::{Store, StoreError};
@@ -228,7 +229,7 @@ impl Writer {
         let ids = match stored {
             Ok(ids) => ids,
             Err(e) => {
-                let e = ChatLogError::Append(e.to_string());
+                let e = ChatLogError::Append(Cause::new(e));
                 return drafts.iter().map(|_| Err(e.clone())).collect();
             }
         };
@@ -238,8 +239,10 @@ impl Writer {
             .zip(traces)
             .map(|((draft, id), trace)| {
                 let id = id.map_err(|e| match e {
-                    StoreError::Missing => ChatLogError::Append("the room no longer exists".into()),
-                    e => ChatLogError::Append(e.to_string()),
+                    StoreError::Missing => {
+                        ChatLogError::Append(Cause::text("the room no longer exists"))
+                    }
+                    e => ChatLogError::Append(Cause::new(e)),
                 })?;
                 self.publish(draft, id, trace.clone())?;
                 Ok(id)
@@ -263,7 +266,7 @@ impl Writer {
                 previous: None,
                 trace,
             })
-            .map_err(|e| ChatLogError::Append(e.to_string()))
+            .map_err(|e| ChatLogError::Append(Cause::new(e)))
     }
 }
 

@@ -21,6 +21,7 @@ use super::{
     Receipt, ToStore, Unstored,
 };
 use crate::bus::NatsBus;
+use crate::cause::Cause;
 use crate::domain::{ChatDraft, ChatId, RoomId};
 use crate::otel::TraceParent;
 use crate::store::Store;
@@ -158,19 +159,21 @@ async fn ensure_stream(
         }),
         ..Default::default()
     };
-    let err = |e: &dyn std::fmt::Display| ChatLogError::Setup(e.to_string());
+    fn err(e: impl std::error::Error + Send + Sync + 'static) -> ChatLogError {
+        ChatLogError::Setup(Cause::new(e))
+    }
     let mut stream = nats
         .ensure_stream(config)
         .await
-        .map_err(|e| ChatLogError::Setup(e.to_string()))?;
-    let info = stream.info().await.map_err(|e| err(&e))?.clone();
+        .map_err(|e| ChatLogError::Setup(Cause::new(e)))?;
+    let info = stream.info().await.map_err(err)?.clone();
     if !info.config.allow_direct {
         // A stream created by an older version.
         let config = stream::Config {
             allow_direct: true,
             ..info.config.clone()
         };
-        jetstream.update_stream(config).await.map_err(|e| err(&e))?;
+        jetstream.update_stream(config).await.map_err(err)?;
     }
     let state = info.state;
     let stored = u64::try_from(floor.stored).unwrap_or(0);
@@ -201,7 +204,7 @@ async fn ensure_stream(
             );
             return Ok(stream);
         }
-        stream.purge().sequence(next).await.map_err(|e| err(&e))?;
+        stream.purge().sequence(next).await.map_err(err)?;
         tracing::info!(
             next_chat_id = next,
             "chat stream starts above the ids handed out"
@@ -291,7 +294,7 @@ impl ChatLog for JetStreamChatLog {
                 }
             }
             tracing::warn!(attempt, error = %last_error, "chat message not confirmed in time");
-            Err(ChatLogError::Append(last_error))
+            Err(ChatLogError::Append(Cause::text(last_error)))
         };
         Ok(Box::pin(
             async move {
@@ -337,7 +340,7 @@ impl ChatLog for JetStreamChatLog {
                     self.stream
                         .get_consumer(PERSISTER_CONSUMER)
                         .await
-                        .map_err(|e| ChatLogError::Setup(e.to_string()))?
+                        .map_err(|e| ChatLogError::Setup(Cause::boxed(e)))?
                 }
             };
         let messages = consumer
@@ -345,9 +348,9 @@ impl ChatLog for JetStreamChatLog {
             .max_messages_per_batch(batch_max.max(1))
             .messages()
             .await
-            .map_err(|e| ChatLogError::Setup(e.to_string()))?;
+            .map_err(|e| ChatLogError::Setup(Cause::new(e)))?;
         Ok(Some(Box::pin(messages.map(|m| {
-            let message = m.map_err(|e| ChatLogError::Read(e.to_string()))?;
+            let message = m.map_err(|e| ChatLogError::Read(Cause::new(e)))?;
             Ok(Delivery {
                 message: row(&message),
                 trace: message.headers.as_ref().and_then(crate::bus::trace_parent),
@@ -374,7 +377,7 @@ impl ChatLog for JetStreamChatLog {
             .client
             .subscribe(advisory)
             .await
-            .map_err(|e| ChatLogError::Setup(e.to_string()))?
+            .map_err(|e| ChatLogError::Setup(Cause::new(e)))?
             .map(drop);
         let mut losses = self.losses.clone();
         losses.mark_unchanged();
@@ -398,7 +401,7 @@ impl Receipt for jetstream::Message {
     async fn stored(&self) -> Result<(), ChatLogError> {
         self.ack()
             .await
-            .map_err(|e| ChatLogError::Read(e.to_string()))
+            .map_err(|e| ChatLogError::Read(Cause::boxed(e)))
     }
 
     async fn in_progress(&self) {
@@ -459,7 +462,7 @@ impl JetStreamChatLog {
                 Ok(message) => message,
                 // Removed from the stream (its age limit): stored long ago.
                 Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => continue,
-                Err(e) => return Err(ChatLogError::Read(e.to_string())),
+                Err(e) => return Err(ChatLogError::Read(Cause::new(e))),
             };
             if subject
                 .as_deref()
@@ -485,7 +488,7 @@ impl JetStreamChatLog {
         match self.stream.direct_get_last_for_subject(subject).await {
             Ok(message) => Ok(Some(message.sequence)),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
-            Err(e) => Err(ChatLogError::Read(e.to_string())),
+            Err(e) => Err(ChatLogError::Read(Cause::new(e))),
         }
     }
 
@@ -494,7 +497,9 @@ impl JetStreamChatLog {
     /// to the store before being acknowledged), up to the newest message.
     /// `None` when everything is stored.
     async fn unstored_range(&self) -> Result<Option<(u64, u64)>, ChatLogError> {
-        let read_error = |e: &dyn std::fmt::Display| ChatLogError::Read(e.to_string());
+        fn read_error(e: impl std::error::Error + Send + Sync + 'static) -> ChatLogError {
+            ChatLogError::Read(Cause::new(e))
+        }
         match self.stream.consumer_info(PERSISTER_CONSUMER).await {
             Ok(info) => {
                 if info.num_pending == 0 && info.num_ack_pending == 0 {
@@ -513,18 +518,18 @@ impl JetStreamChatLog {
                     .jetstream
                     .get_stream(self.subjects.chat_stream())
                     .await
-                    .map_err(|e| read_error(&e))?
+                    .map_err(read_error)?
                     .cached_info()
                     .state
                     .clone();
                 Ok((state.messages > 0)
                     .then(|| (state.first_sequence.saturating_sub(1), state.last_sequence)))
             }
-            Err(e) => Err(read_error(&e)),
+            Err(e) => Err(read_error(e)),
         }
     }
 }
 
 fn chat_id(sequence: u64) -> Result<ChatId, ChatLogError> {
-    ChatId::try_from(sequence).map_err(|e| ChatLogError::Append(e.to_string()))
+    ChatId::try_from(sequence).map_err(|e| ChatLogError::Append(Cause::new(e)))
 }

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use futures_util::Stream;
 
+use crate::cause::Cause;
 use crate::domain::{ChatDraft, ChatId, ChatMessage, HistoryQuery, RoomId};
 use crate::store::{Store, StoreError};
 
@@ -25,11 +26,11 @@ pub enum ChatLogError {
     #[error("the chat log is not reachable")]
     NotConnected,
     #[error("the message was not stored: {0}")]
-    Append(String),
+    Append(#[source] Cause),
     #[error("cannot set up the chat log: {0}")]
-    Setup(String),
+    Setup(#[source] Cause),
     #[error("cannot read the chat log: {0}")]
-    Read(String),
+    Read(#[source] Cause),
     /// More chat messages wait to be stored than a read may merge: the
     /// persister is far behind (or down).
     #[error("{0} chat messages wait to be stored")]

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
     #[error("cannot reach Redis: {0}")]
-    Redis(String),
+    Redis(#[source] crate::cause::Cause),
     /// The presence store lost its state (Redis restarted empty): restore
     /// who was online with [`Presence::restore`], then retry.
     #[error("the presence state was lost")]

@@ -215,7 +215,10 @@ impl RedisPresence {
     }
 
     async fn connection(&self) -> Result<RedisConnection, PresenceError> {
-        self.pool.get().await.map_err(PresenceError::Redis)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| PresenceError::Redis(crate::cause::Cause::text(e)))
     }
 
     /// Runs `invocation` (of `script`, over `batch` users), in its span.
@@ -254,7 +257,7 @@ fn redis_error(e: redis::RedisError) -> PresenceError {
     if e.code() == Some("LOST") {
         PresenceError::Lost
     } else {
-        PresenceError::Redis(e.to_string())
+        PresenceError::Redis(crate::cause::Cause::new(e))
     }
 }
 
