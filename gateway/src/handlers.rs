@@ -288,8 +288,6 @@ impl Gateway {
     }
 }
 
-/// The payload of `user_joined`/`user_left`: the socket's user, spelled as
-/// stored.
 /// Marks the event's span with its refusal code; "try again" (code 8) is a
 /// failure of the service, the others the client's.
 fn record<T>(span: &tracing::Span, result: &Result<T, Refusal>) {
@@ -301,6 +299,8 @@ fn record<T>(span: &tracing::Span, result: &Result<T, Refusal>) {
     }
 }
 
+/// The payload of `user_joined`/`user_left`: the socket's user, spelled as
+/// stored.
 fn member(session: &Session, room_id: RoomId) -> UserInRoom {
     UserInRoom {
         user_name: session.user.clone(),
@@ -308,6 +308,7 @@ fn member(session: &Session, room_id: RoomId) -> UserInRoom {
     }
 }
 
+/// Whether the socket is in the socketioxide room `key` (it joined it).
 fn in_room(socket: &SocketRef, key: &str) -> bool {
     socket.rooms().iter().any(|r| r == key)
 }

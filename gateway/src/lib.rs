@@ -365,12 +365,6 @@ impl Gateway {
         closed
     }
 
-    /// Lets the chat messages in flight be acknowledged. The sockets stay
-    /// open until the process exits: their connections then drop, which
-    /// every client takes as a lost transport and reconnects (to another
-    /// replica, and catches up there). Closing them with a Socket.IO or
-    /// Engine.IO close packet instead would tell some clients (python-socketio)
-    /// that the server meant it, and they would not reconnect.
     /// True once shutdown has begun: chat messages are refused.
     pub(crate) fn draining(&self) -> bool {
         self.shutdown
@@ -378,6 +372,12 @@ impl Gateway {
             .is_some_and(CancellationToken::is_cancelled)
     }
 
+    /// Lets the chat messages in flight be acknowledged. The sockets stay
+    /// open until the process exits: their connections then drop, which
+    /// every client takes as a lost transport and reconnects (to another
+    /// replica, and catches up there). Closing them with a Socket.IO or
+    /// Engine.IO close packet instead would tell some clients (python-socketio)
+    /// that the server meant it, and they would not reconnect.
     async fn drain(&self) {
         self.appends.close();
         let in_flight = self.appends.len();

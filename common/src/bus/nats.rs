@@ -223,11 +223,6 @@ impl Bus for NatsBus {
     }
 }
 
-/// A sequence JetStream's RePublish puts on a message: its own
-/// (`Nats-Sequence`) and that of the previous message on the same subject,
-/// that is in the same room (`Nats-Last-Sequence`). RePublish can deliver a
-/// room's messages out of order when several connections publish at once
-/// (seen on NATS 2.9.10); the second lets subscribers restore the order.
 /// The NATS headers carrying a trace context.
 pub(crate) fn trace_headers(trace: &TraceParent) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -242,6 +237,11 @@ pub(crate) fn trace_parent(headers: &HeaderMap) -> Option<TraceParent> {
     TraceParent::from_headers(|name| headers.get(name).map(|v| v.as_str()))
 }
 
+/// A sequence JetStream's RePublish puts on a message: its own
+/// (`Nats-Sequence`) and that of the previous message on the same subject,
+/// that is in the same room (`Nats-Last-Sequence`). RePublish can deliver a
+/// room's messages out of order when several connections publish at once
+/// (seen on NATS 2.9.10); the second lets subscribers restore the order.
 fn number_header(headers: &HeaderMap, name: &str) -> Option<ChatId> {
     headers.get(name)?.as_str().parse().ok()
 }
