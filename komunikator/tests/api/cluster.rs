@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Backend, Options, TestApp, User};
+use crate::harness::{Backend, Options, TestApp, User, eventually};
 use crate::nginx::Proxied;
 use crate::servers::NatsCluster;
 use crate::sio::{self, Auth, Socket};
@@ -82,26 +82,19 @@ async fn new_leader(
     stream: &str,
     old: usize,
 ) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(leader) = cluster.leader(js, stream).await
-            && leader != old
-        {
-            return leader;
+    eventually(Duration::from_secs(60), async || {
+        match cluster.leader(js, stream).await {
+            Some(leader) if leader != old => Ok(leader),
+            leader => Err(format!("the leader of {stream}: {leader:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "no new leader of {stream} within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Waits until every replica of `stream` is current again (a restarted
 /// server has caught up).
 async fn all_replicas_current(js: &async_nats::jetstream::Context, stream: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(Duration::from_secs(60), async || {
         let current = match js.get_stream(stream).await {
             Ok(mut s) => s.info().await.ok().and_then(|info| {
                 let cluster = info.cluster.as_ref()?;
@@ -109,15 +102,12 @@ async fn all_replicas_current(js: &async_nats::jetstream::Context, stream: &str)
             }),
             Err(_) => None,
         };
-        if current == Some(true) {
-            return;
+        match current {
+            Some(true) => Ok(()),
+            _ => Err(format!("replicas of {stream} current: {current:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "replicas of {stream} not current within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Every `chat_id` of the room's history, oldest first, a page at a time.

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::harness::{Backend, Chat, Options, TestApp, User};
+use crate::harness::{Backend, Chat, Options, TestApp, User, eventually};
 use crate::sio::{Auth, Socket};
 
 /// Sends a chat message with a `client_msg_id` every 50 ms until `stop`,
@@ -166,8 +166,7 @@ async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
         acked,
         "delivered live, once each, in order"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), async || {
         let mut conn = sqlx::MySqlConnection::connect(&db.url)
             .await
             .expect("connect");
@@ -177,14 +176,12 @@ async fn a_database_outage_answers_503_and_service_unavailable_then_recovers() {
                 .await
                 .expect("stored");
         if stored == acked {
-            break;
+            Ok(())
+        } else {
+            Err(format!("stored {stored:?}, acked {acked:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "stored {stored:?}, acked {acked:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 /// Redis killed: `GET /api/users/online` answers 503 JSON with Retry-After
@@ -268,19 +265,13 @@ async fn time_to_ready(base: String) -> Duration {
 
 /// Polls `/readyz` of `base` until it answers `status`.
 async fn wait_for_readiness(base: &str, status: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(res) = reqwest::get(format!("{base}/readyz")).await
-            && res.status() == status
-        {
-            return;
+    eventually(Duration::from_secs(10), async || {
+        match reqwest::get(format!("{base}/readyz")).await {
+            Ok(res) if res.status() == status => Ok(()),
+            answer => Err(format!("{base}/readyz answered {answer:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{base}/readyz not {status} within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// One gateway loses the broker for a moment while the others keep it:
@@ -551,19 +542,18 @@ async fn an_unconfirmed_message_is_code_8_after_10_s_and_its_resend_is_stored_on
     reader
         .expect_none("new_message", Duration::from_millis(500))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), async || {
         let rows = app.history_ids(room).await;
         let stored = app
             .count_rows("chat_history", &format!("room_id = {room}"))
             .await;
         assert_eq!(rows, [chat_id], "read once");
-        if stored == 1 {
-            break;
+        match stored {
+            1 => Ok(()),
+            n => Err(format!("{n} rows stored")),
         }
-        assert!(Instant::now() < deadline, "never stored");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 /// A gateway stopped (SIGTERM) while a chat message waits for the broker:
@@ -617,23 +607,27 @@ async fn a_stopped_gateway_acknowledges_the_messages_in_flight_before_it_exits()
     assert_eq!(code, Some(0), "{}", app.logs());
     assert!(took < Duration::from_secs(10), "drained in {took:?}");
     let chat_id = ack["chat_id"].as_i64().unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.history_ids(room).await != [chat_id] {
-        assert!(
-            Instant::now() < deadline,
-            "the acknowledged message is not in the history"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), async || {
+        match app.history_ids(room).await {
+            ids if ids == [chat_id] => Ok(()),
+            ids => Err(format!(
+                "the history holds {ids:?}, not the acknowledged {chat_id}"
+            )),
+        }
+    })
+    .await;
 }
 
 /// Waits (at most 8 s) until `service` has logged `line`.
 async fn wait_for_log(service: &crate::harness::Service, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while !service.logs().contains(line) {
-        assert!(Instant::now() < deadline, "never logged: {line}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(8), async || {
+        if service.logs().contains(line) {
+            Ok(())
+        } else {
+            Err(format!("never logged: {line}"))
+        }
+    })
+    .await
 }
 
 /// The presence timeout of the presence fault tests.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
-use crate::harness::random_hex;
+use crate::harness::{eventually, random_hex};
 
 /// How a server is started: on its port, in its directory.
 type Launcher = Box<dyn Fn(u16, &Path) -> Command + Send + Sync>;
@@ -60,19 +60,19 @@ impl OwnedServer {
             .spawn()
             .expect("server binary (scripts/test.sh installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not listen:\n{}",
-                self.url,
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let port = self.port;
+        eventually(
+            Duration::from_secs(30),
+            async || match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!(
+                    "{} did not listen ({e}):\n{}",
+                    self.url,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )),
+            },
+        )
+        .await;
     }
 
     /// Sends the signal `name` (`STOP`: the server hangs with its

@@ -9,7 +9,8 @@
 //! - [`db`]: test databases, and SQL on a deployment's store;
 //! - [`http`]: requests and their answers, [`Resp`];
 //! - [`actions`]: what a client does over REST, as typed calls;
-//! - [`fixtures`]: sockets, and rooms with joined sockets.
+//! - [`fixtures`]: sockets, and rooms with joined sockets;
+//! - [`wait`]: [`eventually`], waiting on a condition.
 
 #![allow(dead_code)] // each test uses the helpers it needs
 
@@ -19,6 +20,7 @@ mod db;
 mod fixtures;
 mod http;
 mod process;
+mod wait;
 
 pub use actions::*;
 pub use app::*;
@@ -26,6 +28,7 @@ pub use db::*;
 pub use fixtures::*;
 pub use http::*;
 pub use process::*;
+pub use wait::*;
 
 /// Instantiates each scenario `async fn name(backend: Backend)` as two tests:
 /// `mysql::name` (MariaDB + NATS + Redis) and `embedded::name`.
