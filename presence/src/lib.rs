@@ -355,3 +355,46 @@ async fn record_in_snapshot(snapshot: &OnlineSnapshot, changes: &[(String, Event
 fn report(changes: usize, e: &StoreError) {
     tracing::error!(changes, error = %e, "rooms of the users not read; presence events lost");
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use common::bus::{BusMessage, Subscription};
+
+    use super::*;
+
+    fn beat(payload: &'static str) -> BusMessage {
+        BusMessage {
+            subject: "kom.presence.heartbeat".into(),
+            payload: Bytes::from_static(payload.as_bytes()),
+            sequence: None,
+            previous: None,
+            trace: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_what_has_arrived_up_to_its_limit_and_skips_malformed_heartbeats() {
+        let waiting: Vec<BusMessage> = std::iter::once(beat(r#"{"user_name":"bob"}"#))
+            .chain(std::iter::once(beat("not json")))
+            .chain(std::iter::repeat_n(
+                beat(r#"{"user_name":"cat","at":7}"#),
+                BATCH_MAX,
+            ))
+            .collect();
+        let mut heartbeats: Subscription = Box::pin(futures_util::stream::iter(waiting));
+        let before = common::presence::unix_ms();
+        let (beats, _) = take_batch(beat(r#"{"user_name":"ann","at":5}"#), &mut heartbeats);
+        // The first, then what was waiting, BATCH_MAX messages in all; the
+        // malformed one counts against the limit and is left out.
+        assert_eq!(beats.len(), BATCH_MAX - 1);
+        assert_eq!(beats[0], ("ann".to_owned(), 5));
+        assert_eq!(beats[1].0, "bob");
+        assert!(beats[1].1 >= before, "a heartbeat without a time is now");
+        assert!(beats[2..].iter().all(|b| *b == ("cat".to_owned(), 7)));
+        // The three left wait for the next batch, after its first.
+        let (rest, _) = take_batch(beat(r#"{"user_name":"dan"}"#), &mut heartbeats);
+        assert_eq!(rest.len(), 4);
+        assert_eq!(rest[0].0, "dan");
+    }
+}
