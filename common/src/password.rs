@@ -7,11 +7,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
-use crate::sync::Locked;
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
+
+use crate::sync::Locked;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {

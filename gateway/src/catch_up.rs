@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use common::domain::{ChatId, ChatMessage};
 use common::events::NEW_MESSAGE;
+use common::sync::Locked;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
 
 use crate::refusal::Refusal;
 use crate::session::Session;
-use common::sync::Locked;
 
 /// Most messages one catch-up replays: the newest of those missed.
 pub const REPLAY_MAX: u32 = 1000;

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use common::sync::Locked;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use tracing::Instrument;
@@ -16,7 +17,6 @@ use crate::Gateway;
 use crate::client_event::ClientEvent;
 use crate::handlers::answer;
 use crate::refusal::Refusal;
-use common::sync::Locked;
 
 /// Events of one socket waiting to be handled; beyond this many, new ones
 /// are refused (code 6) instead of queueing without bound.

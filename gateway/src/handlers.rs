@@ -40,8 +40,7 @@ impl Gateway {
         if !matches!(event, Ok(ClientEvent::Refresh(_)))
             && session.expired(chrono::Utc::now().timestamp())
         {
-            self.count(name, &Err::<(), _>(Refusal::SessionExpired));
-            answer(&socket, ack, name, Err(Refusal::SessionExpired));
+            self.finish(name, &socket, ack, &span, Err(Refusal::SessionExpired));
             crate::close_for(&socket, Refusal::SessionExpired);
             return;
         }
@@ -69,10 +68,8 @@ impl Gateway {
                     Ok(stored) => {
                         let gateway = self.clone();
                         let answered = async move {
-                            let result = stored.await;
-                            gateway.count(name, &result);
-                            record(&tracing::Span::current(), &result);
-                            answer(&socket, ack, name, result.map(Some));
+                            let result = stored.await.map(Some);
+                            gateway.finish(name, &socket, ack, &tracing::Span::current(), result);
                         };
                         self.appends.spawn(answered.instrument(span));
                         return;
@@ -81,9 +78,21 @@ impl Gateway {
                 }
             }
         };
+        self.finish(name, &socket, ack, &span, result);
+    }
+
+    /// The one end of every event: counted, its span marked, answered.
+    fn finish(
+        &self,
+        name: &'static str,
+        socket: &SocketRef,
+        ack: AckSender,
+        span: &tracing::Span,
+        result: Result<Option<Ack>, Refusal>,
+    ) {
         self.count(name, &result);
-        record(&span, &result);
-        answer(&socket, ack, name, result);
+        record(span, &result);
+        answer(socket, ack, name, result);
     }
 
     /// Joins the socket to the room, after replaying what it missed when it

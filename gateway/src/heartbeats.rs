@@ -4,13 +4,15 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::presence::Heartbeat;
+use common::sync::Locked;
 
 use crate::Gateway;
-use crate::session::HEARTBEAT_INTERVAL;
-use common::sync::Locked;
+
+/// Heartbeats forwarded per user at most once per this interval per gateway.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The heartbeats of every user with a socket on this gateway.
 #[derive(Debug, Default)]

@@ -2,14 +2,14 @@
 //! from a payload) and how fast it may send.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::otel::TraceParent;
+use common::sync::Locked;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admission::UserSlot;
 use crate::refusal::Refusal;
-use common::sync::Locked;
 
 /// One authenticated socket.
 #[derive(Debug)]
@@ -165,9 +165,6 @@ impl TokenBucket {
     }
 }
 
-/// Heartbeats forwarded per user at most once per this interval per gateway.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-
 /// The session of a socket that authenticated.
 pub fn session(socket: &socketioxide::extract::SocketRef) -> Option<Arc<Session>> {
     socket.extensions.get::<Arc<Session>>()
@@ -175,6 +172,8 @@ pub fn session(socket: &socketioxide::extract::SocketRef) -> Option<Arc<Session>
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

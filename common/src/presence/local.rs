@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::sync::Locked;
 use async_trait::async_trait;
 
 use super::{Beat, HEARING_GAP, Presence, PresenceError, millis, unix_ms};
+use crate::sync::Locked;
 
 /// Presence in process memory, for single-node mode. Deadlines are Unix
 /// times in milliseconds, like the heartbeats'.
