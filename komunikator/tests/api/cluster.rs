@@ -242,12 +242,9 @@ async fn the_chat_stream_survives_the_death_of_its_leader_on_a_nats_cluster() {
     );
     let mut recovered = Vec::new();
     for gateway in &app.gateways {
-        let metrics = crate::harness::metrics(&gateway.url).await;
         recovered.push(
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix("komunikator_gateway_recovered_messages_total "))
-                .map(|v| v.trim().to_owned()),
+            crate::harness::metric(&gateway.url, "komunikator_gateway_recovered_messages_total")
+                .await,
         );
     }
     eprintln!(

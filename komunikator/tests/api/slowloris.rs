@@ -211,13 +211,13 @@ async fn pending_connections_per_address_are_capped(backend: Backend) {
         assert!(Instant::now() < until, "the address stayed refused");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = crate::harness::metrics(&app.base).await;
     // Counted, for the operator.
-    let refused = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("komunikator_http_connections_refused_total "))
-        .and_then(|n| n.trim().parse::<u64>().ok());
-    assert!(refused.is_some_and(|n| n >= 1), "{metrics}");
+    let refused =
+        crate::harness::metric(&app.base, "komunikator_http_connections_refused_total").await;
+    assert!(
+        refused.is_some_and(|n| n >= 1.0),
+        "refused connections counted: {refused:?}"
+    );
 }
 
 crate::on_both_stores!(

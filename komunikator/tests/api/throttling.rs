@@ -37,12 +37,9 @@ async fn login(app: &TestApp, api: &str, name: &str, password: &str, address: &s
 async fn hashes_computed(apis: &[String]) -> u64 {
     let mut total = 0;
     for api in apis {
-        total += crate::harness::metrics(api)
+        total += crate::harness::metric(api, "komunikator_password_hashes_total")
             .await
-            .lines()
-            .find_map(|l| l.strip_prefix("komunikator_password_hashes_total "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .expect("password_hashes counter");
+            .expect("password_hashes counter") as u64;
     }
     total
 }

@@ -77,6 +77,16 @@ pub async fn metrics(base: &str) -> String {
         .expect("metrics text")
 }
 
+/// The value of the unlabelled metric `name` a process serves at
+/// `<base>/metrics` (`komunikator_…_total`, …); `None` when it has none.
+pub async fn metric(base: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{name} ");
+    metrics(base)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
