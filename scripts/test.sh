@@ -152,6 +152,8 @@ ensure_lazyfs
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "module import loops"
+python3 scripts/module-deps.py --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"

@@ -1,20 +1,24 @@
-//! Connecting a socket: the middleware that checks its origin and token
-//! and names its user, then attaches its event queue.
+//! Connecting a socket: the [`Connector`] checks its origin and token and
+//! names its user, then its event queue is attached.
 
 use std::sync::Arc;
 
-use common::auth::TokenError;
+use common::auth::{TokenError, Tokens};
+use common::http::PendingSocket;
 use common::otel::TraceParent;
+use common::store::Store;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
+use socketioxide::socket::Sid;
 use tracing::Instrument;
 
-use common::http::PendingSocket;
-
-use crate::Gateway;
-use crate::session::{Grant, Session};
+use crate::admission::{Expiries, UserSockets};
+use crate::metrics::ConnectRefusalLabels;
+use crate::session::{Grant, RateLimit, Session};
 
 /// The connect error a client sees; its text is sent as is, so it says
 /// nothing about why a token failed.
@@ -35,7 +39,7 @@ pub enum ConnectError {
 /// Why a connection (or a `refresh`) was refused: logged and counted
 /// (never the token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
+pub enum Refused {
     Origin,
     NoToken,
     ExpiredToken,
@@ -80,20 +84,53 @@ impl Refused {
 /// batches (docs/protocol.md, "Presence"); any other is ignored.
 const BATCHED_PRESENCE: &str = "batched";
 
-/// Serves the default namespace: every socket is authenticated first.
-pub fn register(io: &SocketIo, gateway: Arc<Gateway>) {
+/// Who may open a socket, as whom.
+pub struct Connector {
+    tokens: Tokens,
+    /// Where users and their sessions are looked up.
+    store: Store,
+    /// `None` accepts sockets from any origin.
+    allowed_origins: Option<Vec<String>>,
+    /// Each socket's allowance of chat messages.
+    rate: RateLimit,
+    /// The open sockets of each user, against their cap.
+    user_sockets: UserSockets,
+    /// When each socket's token expires.
+    expiries: Arc<Expiries>,
+    refusals: Family<ConnectRefusalLabels, Counter>,
+}
+
+/// What a [`Connector`] is made of.
+pub struct ConnectorDeps {
+    pub tokens: Tokens,
+    pub store: Store,
+    pub allowed_origins: Option<Vec<String>>,
+    pub rate: RateLimit,
+    pub max_sockets_per_user: usize,
+    pub expiries: Arc<Expiries>,
+    pub refusals: Family<ConnectRefusalLabels, Counter>,
+}
+
+/// Serves the default namespace: every socket is authenticated first, then
+/// `attach` listens to its events.
+pub fn register(
+    io: &SocketIo,
+    connector: Arc<Connector>,
+    attach: impl Fn(&SocketRef) + Clone + Send + Sync + 'static,
+) {
     // Event handlers are registered by the middleware, which completes before
     // socketioxide acknowledges the connection: the connect handler runs only
     // after the ack, and an event sent right after connecting would find none.
     let authenticate = move |socket: SocketRef, TryData(auth): TryData<Value>| {
-        let gateway = gateway.clone();
+        let connector = connector.clone();
+        let attach = attach.clone();
         async move {
             let span = connect_span(&socket);
-            gateway
+            connector
                 .authenticate(&socket, auth.ok())
                 .instrument(span)
                 .await?;
-            gateway.attach_queue(&socket);
+            attach(&socket);
             Ok::<(), ConnectError>(())
         }
     };
@@ -116,7 +153,25 @@ fn connect_span(socket: &SocketRef) -> tracing::Span {
     span
 }
 
-impl Gateway {
+impl Connector {
+    pub fn new(deps: ConnectorDeps) -> Self {
+        Self {
+            tokens: deps.tokens,
+            store: deps.store,
+            allowed_origins: deps.allowed_origins,
+            rate: deps.rate,
+            user_sockets: UserSockets::new(deps.max_sockets_per_user),
+            expiries: deps.expiries,
+            refusals: deps.refusals,
+        }
+    }
+
+    /// Closes the socket `sid` (by `revocation`) once `at` (Unix s) passes,
+    /// unless its token is renewed.
+    pub fn watch_expiry(&self, at: i64, sid: Sid) {
+        self.expiries.watch(at, sid);
+    }
+
     /// Connect middleware: the origin must be allowed and the token valid,
     /// taken from `auth: {token}`, the `Authorization` header or `?token=`.
     /// A refusal is logged and counted by reason, so that an operator sees
@@ -134,7 +189,7 @@ impl Gateway {
                 Some(slot) => {
                     tracing::Span::current().record("user.name", &user);
                     self.expiries.watch(grant.expires_at, socket.id);
-                    let session = Session::new(user, grant, self.deps.rate, Some(slot))
+                    let session = Session::new(user, grant, self.rate, Some(slot))
                         .with_batched_presence(batched_presence);
                     socket.extensions.insert(Arc::new(session));
                     // No longer one of its address's unauthenticated sockets.
@@ -165,10 +220,8 @@ impl Gateway {
             forwarded_for = header("x-forwarded-for"),
             "socket connection refused"
         );
-        self.deps
-            .metrics
-            .connect_refusals
-            .get_or_create(&crate::metrics::ConnectRefusalLabels {
+        self.refusals
+            .get_or_create(&ConnectRefusalLabels {
                 reason: refused.reason(),
             })
             .inc();
@@ -183,7 +236,7 @@ impl Gateway {
         auth: Option<Value>,
     ) -> Result<(String, Grant), Refused> {
         let parts = socket.req_parts();
-        if let Some(allowed) = &self.deps.allowed_origins {
+        if let Some(allowed) = &self.allowed_origins {
             let origin = parts.headers.get("origin").and_then(|o| o.to_str().ok());
             if origin.is_some_and(|o| !allowed.iter().any(|a| a == o.trim_end_matches('/'))) {
                 return Err(Refused::Origin);
@@ -217,21 +270,19 @@ impl Gateway {
     /// What `token` grants: its user, spelled as stored, the stamp of
     /// their current password, its session and expiry; or why it grants
     /// nothing (expired, revoked, its session ended, its user gone).
-    pub(crate) async fn grant(&self, token: &str) -> Result<(String, Grant), Refused> {
-        let bearer = self.deps.tokens.verify(token).map_err(|e| match e {
+    pub async fn grant(&self, token: &str) -> Result<(String, Grant), Refused> {
+        let bearer = self.tokens.verify(token).map_err(|e| match e {
             TokenError::Expired => Refused::ExpiredToken,
             TokenError::Revoked => Refused::RevokedToken,
             TokenError::Missing | TokenError::Invalid => Refused::InvalidToken,
         })?;
         match self
-            .deps
             .store
             .account(&bearer.user, bearer.session.as_deref())
             .await
         {
             Ok(Some(account)) => {
                 let stamp = self
-                    .deps
                     .tokens
                     .check_current(&bearer, &account)
                     .map_err(|_| Refused::RevokedToken)?;

@@ -9,23 +9,37 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use common::sync::Locked;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use tracing::Instrument;
 
-use crate::Gateway;
 use crate::client_event::ClientEvent;
-use crate::handlers::answer;
+use crate::drain::Drain;
+use crate::handlers::Handlers;
+use crate::outcome::{Answers, Outcome};
 use crate::refusal::Refusal;
+use crate::revocation::close_for;
 
 /// Events of one socket waiting to be handled; beyond this many, new ones
 /// are refused (code 6) instead of queueing without bound.
 const EVENT_QUEUE: usize = 256;
 
+/// Where every authenticated socket's events go: parsed and queued in
+/// arrival order, handled by [`Handlers`], answered by [`Answers`].
+pub struct EventQueues {
+    handlers: Arc<Handlers>,
+    answers: Answers,
+    /// Chat messages waiting for their acknowledgement, past the queue.
+    drain: Arc<Drain>,
+    /// Authenticated sockets open.
+    sockets: Gauge,
+}
+
 /// A socket's events waiting to be handled, and whether a worker is
 /// handling them.
 #[derive(Default)]
-pub struct EventQueue {
+struct EventQueue {
     state: Mutex<QueueState>,
 }
 
@@ -46,22 +60,36 @@ impl EventQueue {
 }
 
 /// One client event, parsed, queued for its socket's worker.
-pub struct Queued {
+struct Queued {
     /// The event's name, for metrics and logs.
-    pub name: &'static str,
-    pub event: Result<ClientEvent, Refusal>,
-    pub socket: SocketRef,
-    pub ack: AckSender,
+    name: &'static str,
+    event: Result<ClientEvent, Refusal>,
+    socket: SocketRef,
+    ack: AckSender,
     /// The event's span (a trace of its own), from its arrival on; `none`
     /// when traces are not exported.
-    pub span: tracing::Span,
+    span: tracing::Span,
 }
 
-impl Gateway {
+impl EventQueues {
+    pub fn new(
+        handlers: Arc<Handlers>,
+        answers: Answers,
+        drain: Arc<Drain>,
+        sockets: Gauge,
+    ) -> Self {
+        Self {
+            handlers,
+            answers,
+            drain,
+            sockets,
+        }
+    }
+
     /// Listens to the client events of an authenticated socket.
-    pub(crate) fn attach_queue(self: &Arc<Self>, socket: &SocketRef) {
-        self.deps.metrics.sockets.inc();
-        let sockets = self.deps.metrics.sockets.clone();
+    pub fn attach(self: &Arc<Self>, socket: &SocketRef) {
+        self.sockets.inc();
+        let sockets = self.sockets.clone();
         socket.on_disconnect(move || {
             sockets.dec();
             async {}
@@ -69,7 +97,7 @@ impl Gateway {
         let queue = Arc::new(EventQueue::default());
         for name in ClientEvent::NAMES {
             let queue = queue.clone();
-            let gateway = self.clone();
+            let queues = self.clone();
             socket.on(
                 name,
                 move |socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
@@ -82,7 +110,7 @@ impl Gateway {
                         ack,
                         span,
                     };
-                    gateway.enqueue(&queue, queued);
+                    queues.enqueue(&queue, queued);
                     async {}
                 },
             );
@@ -96,27 +124,53 @@ impl Gateway {
             let mut state = queue.state.locked();
             if state.pending.len() >= EVENT_QUEUE {
                 drop(state);
-                answer(
-                    &queued.socket,
-                    queued.ack,
-                    queued.name,
-                    Err(Refusal::RateLimited),
-                );
+                let Queued {
+                    name, socket, ack, ..
+                } = queued;
+                self.answers
+                    .refuse(name, &socket, ack, Refusal::RateLimited);
                 return;
             }
             state.pending.push_back(queued);
             !std::mem::replace(&mut state.running, true)
         };
         if start {
-            let gateway = self.clone();
+            let queues = self.clone();
             let queue = queue.clone();
             tokio::spawn(async move {
                 while let Some(queued) = queue.next() {
                     wait_until_connected(&queued.socket).await;
                     let span = queued.span.clone();
-                    gateway.handle(queued).instrument(span).await;
+                    queues.handle(queued).instrument(span).await;
                 }
             });
+        }
+    }
+
+    /// Handles one event and answers it: at once, or (a chat message) once
+    /// it is stored, while the socket's next events go on.
+    async fn handle(&self, queued: Queued) {
+        let Queued {
+            name,
+            event,
+            socket,
+            ack,
+            span,
+        } = queued;
+        match self.handlers.handle(&socket, event).await {
+            Outcome::Now(answer) => self.answers.finish(name, &socket, ack, &span, answer),
+            Outcome::Close(why) => {
+                self.answers.finish(name, &socket, ack, &span, Err(why));
+                close_for(&socket, why);
+            }
+            Outcome::Later(answer) => {
+                let answers = self.answers.clone();
+                let answered = async move {
+                    let answer = answer.await;
+                    answers.finish(name, &socket, ack, &tracing::Span::current(), answer);
+                };
+                self.drain.track(answered.instrument(span));
+            }
         }
     }
 }

@@ -6,62 +6,26 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::bus::{Bus, BusError, Subjects};
-use common::chat_log::ChatLog;
 use common::domain::RoomId;
-use common::store::Store;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::catch_up::Seam;
-use crate::metrics::{EventLabels, GatewayMetrics};
-use crate::room::{Room, forward};
-use crate::room_presence::{Audience, PresenceBatch};
-
-/// Emitted for events that carry no payload: a zero-length tuple, so the
-/// client's handler gets no argument at all (`42["user_list_updated"]`).
-pub const NO_ARGS: [(); 0] = [];
-
-/// The socketioxide room of a chat room.
-pub fn room_key(room_id: RoomId) -> String {
-    room_id.to_string()
-}
+use crate::room::{Room, RoomsShared, forward};
 
 /// The rooms this gateway is subscribed to, each with its forwarding task.
 pub struct Fanout {
-    io: SocketIo,
     bus: Arc<dyn Bus>,
-    /// Who may stay in a room that turned private.
-    store: Store,
-    /// Where chat messages lost on their way here are read.
-    reads: LogReads,
     subjects: Subjects,
-    slow_consumers: Counter,
-    deliveries: Family<EventLabels, Counter>,
-    /// See [`crate::GatewayArgs::per_user_events_max_sockets`].
-    per_user_max: usize,
+    /// What every room's task shares.
+    shared: RoomsShared,
     rooms: Mutex<HashMap<RoomId, Subscribed>>,
     /// Changed when live chat messages may have been lost on their way
-    /// here ([`ChatLog::live_gaps`]): every room reads what it missed.
+    /// here ([`common::chat_log::ChatLog::live_gaps`]): every room reads
+    /// what it missed.
     gaps: watch::Sender<u64>,
 }
-
-/// The chat log, as the rooms read from it what they missed live.
-#[derive(Clone)]
-pub(crate) struct LogReads {
-    pub(crate) log: Arc<dyn ChatLog>,
-    /// Messages found missing and read.
-    pub(crate) recovered: Counter,
-    /// Reads at once: after a leader election every room reads, and a
-    /// gateway may have thousands.
-    pub(crate) permits: Arc<Semaphore>,
-}
-
-/// Rooms reading the chat log at once (see [`LogReads`]).
-const LOG_READS: usize = 16;
 
 /// A room this gateway receives: the task forwarding its events, and the
 /// seam where sockets catching up meet the live messages.
@@ -71,28 +35,11 @@ struct Subscribed {
 }
 
 impl Fanout {
-    pub fn new(
-        io: SocketIo,
-        bus: Arc<dyn Bus>,
-        store: Store,
-        chat_log: Arc<dyn ChatLog>,
-        subjects: Subjects,
-        metrics: &GatewayMetrics,
-        per_user_max: usize,
-    ) -> Self {
+    pub fn new(bus: Arc<dyn Bus>, subjects: Subjects, shared: RoomsShared) -> Self {
         Self {
-            io,
             bus,
-            store,
-            reads: LogReads {
-                log: chat_log,
-                recovered: metrics.recovered.clone(),
-                permits: Arc::new(Semaphore::new(LOG_READS)),
-            },
             subjects,
-            slow_consumers: metrics.slow_consumers.clone(),
-            deliveries: metrics.deliveries.clone(),
-            per_user_max,
+            shared,
             rooms: Mutex::default(),
             gaps: watch::Sender::new(0),
         }
@@ -140,19 +87,8 @@ impl Fanout {
             .subscribe(self.subjects.room_events(room_id))
             .await?;
         let seam = Arc::new(Seam::default());
-        let room = Room {
-            io: self.io.clone(),
-            store: self.store.clone(),
-            reads: self.reads.clone(),
-            new_message: self.subjects.new_message(room_id),
-            key: room_key(room_id),
-            room_id,
-            slow_consumers: self.slow_consumers.clone(),
-            deliveries: self.deliveries.clone(),
-            seam: seam.clone(),
-            audience: Audience::new(self.per_user_max),
-            presence: PresenceBatch::default(),
-        };
+        let new_message = self.subjects.new_message(room_id);
+        let room = Room::new(&self.shared, room_id, new_message, seam.clone());
         let task = tokio::spawn(forward(room, subscription, self.gaps.subscribe()));
         rooms.insert(
             room_id,
@@ -170,8 +106,7 @@ impl Fanout {
     pub async fn sweep(&self) {
         let mut rooms = self.rooms.lock().await;
         rooms.retain(|room_id, room| {
-            let keep = (!self.io.within(room_key(*room_id)).sockets().is_empty()
-                || room.seam.is_busy())
+            let keep = (!self.shared.sockets(*room_id).is_empty() || room.seam.is_busy())
                 && !room.task.is_finished();
             if !keep {
                 room.task.abort();

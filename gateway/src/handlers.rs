@@ -4,95 +4,86 @@
 
 use std::sync::Arc;
 
-use common::chat_log::{ChatLogError, IdempotencyKey};
+use common::chat_log::{ChatLog, ChatLogError, IdempotencyKey};
 use common::domain::{ChatDraft, ChatId, RoomId, now};
-use common::events::{ServerEvent, UserInRoom};
-
-use socketioxide::extract::{AckSender, SocketRef};
+use common::events::{Events, ServerEvent, UserInRoom};
+use common::store::Store;
+use prometheus_client::metrics::histogram::Histogram;
+use socketioxide::extract::SocketRef;
 use tracing::Instrument;
 
-use crate::Gateway;
+use crate::acked::AckedIds;
 use crate::catch_up::REPLAY_MAX;
 use crate::client_event::{
     ClientEvent, Heartbeat, JoinRequest, MessageRequest, RefreshRequest, RoomRequest,
 };
-use crate::connect::Refused;
-use crate::event_queue::Queued;
-use crate::fanout::room_key;
+use crate::connect::{Connector, Refused};
+use crate::drain::Drain;
+use crate::fanout::Fanout;
+use crate::heartbeats::Heartbeats;
+use crate::outcome::{Ack, Outcome};
 use crate::refusal::Refusal;
+use crate::room::room_key;
 use crate::session::{Session, session};
 
-impl Gateway {
-    /// Handles one queued event of a socket, in the socket's event order.
-    pub(crate) async fn handle(self: &Arc<Self>, queued: Queued) {
-        let Queued {
-            name,
-            event,
-            socket,
-            ack,
-            span,
-        } = queued;
-        let Some(session) = session(&socket) else {
-            return;
+/// The client events' handlers, and what they act on.
+pub struct Handlers {
+    pub store: Store,
+    pub chat_log: Arc<dyn ChatLog>,
+    pub events: Events,
+    pub fanout: Arc<Fanout>,
+    pub heartbeats: Arc<Heartbeats>,
+    /// Checks the tokens of `refresh`.
+    pub connector: Arc<Connector>,
+    pub acked: Arc<AckedIds>,
+    /// Refuses chat messages once shutdown has begun.
+    pub drain: Arc<Drain>,
+    /// Time for the chat log to store a chat message.
+    pub append_seconds: Histogram,
+}
+
+impl Handlers {
+    /// Handles one event of a socket, in the socket's event order.
+    pub async fn handle(&self, socket: &SocketRef, event: Result<ClientEvent, Refusal>) -> Outcome {
+        let Some(session) = session(socket) else {
+            return Outcome::Close(Refusal::SessionExpired);
         };
         // A token that ran out ends the socket at its next event (or at
         // the next expiry sweep), unless the event brings a fresh one.
         if !matches!(event, Ok(ClientEvent::Refresh(_)))
             && session.expired(chrono::Utc::now().timestamp())
         {
-            self.finish(name, &socket, ack, &span, Err(Refusal::SessionExpired));
-            crate::close_for(&socket, Refusal::SessionExpired);
-            return;
+            return Outcome::Close(Refusal::SessionExpired);
         }
         let event = event.and_then(|event| {
             session.check_name(event.claimed_user())?;
             Ok(event)
         });
-        let result = match event {
+        let answer = match event {
             Err(refusal) => Err(refusal),
-            Ok(ClientEvent::Join(request)) => self.join(&socket, &session, request).await.map(Some),
+            Ok(ClientEvent::Join(request)) => self.join(socket, &session, request).await.map(Some),
             Ok(ClientEvent::Leave(request)) => {
-                self.leave(&socket, &session, request).await.map(|()| None)
+                self.leave(socket, &session, request).await.map(|()| None)
             }
             Ok(ClientEvent::Refresh(request)) => {
-                self.refresh(&socket, &session, request).await.map(Some)
+                self.refresh(socket, &session, request).await.map(Some)
             }
             Ok(ClientEvent::Watchdog(heartbeat)) => {
                 self.watchdog(&session, heartbeat).await.map(|()| None)
             }
-            Ok(ClientEvent::Message(_)) if self.draining() => Err(Refusal::Unavailable),
+            Ok(ClientEvent::Message(_)) if self.drain.draining() => Err(Refusal::Unavailable),
             Ok(ClientEvent::Message(request)) => {
-                match self.begin_message(&socket, &session, request).await {
+                match self.begin_message(socket, &session, request).await {
                     // Stored in the background: the socket's next events (and
                     // messages) go on while this one waits for its acknowledgement.
                     Ok(stored) => {
-                        let gateway = self.clone();
-                        let answered = async move {
-                            let result = stored.await.map(Some);
-                            gateway.finish(name, &socket, ack, &tracing::Span::current(), result);
-                        };
-                        self.appends.spawn(answered.instrument(span));
-                        return;
+                        return Outcome::Later(Box::pin(async { stored.await.map(Some) }));
                     }
                     Err(refusal) => Err(refusal),
                 }
             }
         };
-        self.finish(name, &socket, ack, &span, result);
-    }
-
-    /// The one end of every event: counted, its span marked, answered.
-    fn finish(
-        &self,
-        name: &'static str,
-        socket: &SocketRef,
-        ack: AckSender,
-        span: &tracing::Span,
-        result: Result<Option<Ack>, Refusal>,
-    ) {
-        self.count(name, &result);
-        record(span, &result);
-        answer(socket, ack, name, result);
+        Outcome::Now(answer)
     }
 
     /// Joins the socket to the room, after replaying what it missed when it
@@ -139,8 +130,7 @@ impl Gateway {
 
     /// A room missing, or private without a membership: refused (code 4).
     async fn check_access(&self, session: &Session, room_id: RoomId) -> Result<(), Refusal> {
-        self.deps
-            .store
+        self.store
             .visible_room(room_id, Some(&session.user))
             .await
             .map_err(unavailable)?
@@ -161,12 +151,7 @@ impl Gateway {
             .subscribe_catching_up(room_id, socket)
             .await
             .map_err(unavailable)?;
-        let page = match self
-            .deps
-            .chat_log
-            .read_after(room_id, after, REPLAY_MAX)
-            .await
-        {
+        let page = match self.chat_log.read_after(room_id, after, REPLAY_MAX).await {
             Ok(page) => page,
             Err(e) => {
                 seam.release(socket.id);
@@ -231,16 +216,15 @@ impl Gateway {
             .as_deref()
             .map(|id| IdempotencyKey::new(&session.user, id));
         let pending = self
-            .deps
             .chat_log
             .begin_append(&draft, key.as_ref())
             .await
             .map_err(unavailable)?;
-        let append_seconds = self.deps.metrics.append_seconds.clone();
+        let append_seconds = self.append_seconds.clone();
         let acked = self.acked.clone();
         Ok(async move {
             let chat_id = pending.await.map_err(unavailable)?;
-            acked.fetch_max(chat_id, std::sync::atomic::Ordering::Relaxed);
+            acked.acked(chat_id);
             drop(permit);
             append_seconds.observe(started.elapsed().as_secs_f64());
             Ok(Ack::Sent { chat_id })
@@ -256,55 +240,28 @@ impl Gateway {
         session: &Session,
         request: RefreshRequest,
     ) -> Result<Ack, Refusal> {
-        let (user, grant) = self.grant(&request.token).await.map_err(|refused| {
-            if refused == Refused::Unavailable {
-                Refusal::Unavailable
-            } else {
-                Refusal::SessionExpired
-            }
-        })?;
+        let (user, grant) = self
+            .connector
+            .grant(&request.token)
+            .await
+            .map_err(|refused| {
+                if refused == Refused::Unavailable {
+                    Refusal::Unavailable
+                } else {
+                    Refusal::SessionExpired
+                }
+            })?;
         if !session.is(&user) {
             return Err(Refusal::Forbidden);
         }
-        self.expiries.watch(grant.expires_at, socket.id);
+        self.connector.watch_expiry(grant.expires_at, socket.id);
         session.renew(grant);
         Ok(Ack::Refreshed { ok: true })
     }
 
     async fn watchdog(&self, session: &Session, _heartbeat: Heartbeat) -> Result<(), Refusal> {
-        if let Some(at) = self
-            .heartbeats
-            .coalesce(&session.user, common::presence::unix_ms())
-        {
-            self.forward_heartbeat(&session.user, at).await;
-        }
+        self.heartbeats.beat(&session.user).await;
         Ok(())
-    }
-
-    fn count<T>(&self, event: &'static str, result: &Result<T, Refusal>) {
-        let metrics = &self.deps.metrics;
-        metrics
-            .events
-            .get_or_create(&crate::metrics::EventLabels { event })
-            .inc();
-        if let Err(refusal) = result {
-            let labels = crate::metrics::RefusalLabels {
-                event,
-                code: refusal.code(),
-            };
-            metrics.refusals.get_or_create(&labels).inc();
-        }
-    }
-}
-
-/// Marks the event's span with its refusal code; "try again" (code 8) is a
-/// failure of the service, the others the client's.
-fn record<T>(span: &tracing::Span, result: &Result<T, Refusal>) {
-    if let Err(refusal) = result {
-        span.record("error.type", refusal.code());
-        if *refusal == Refusal::Unavailable {
-            common::otel::fail(span);
-        }
     }
 }
 
@@ -346,89 +303,5 @@ impl From<ChatLogError> for UnavailableCause {
 impl From<common::store::StoreError> for UnavailableCause {
     fn from(e: common::store::StoreError) -> Self {
         Self(e.to_string())
-    }
-}
-
-/// The acknowledgement of an event (docs/asyncapi.yaml): what the event
-/// did, or why it was refused (with the same message and code as the
-/// `error` event).
-#[derive(Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(untagged)]
-pub(crate) enum Ack {
-    /// `join`: how many missed messages were replayed, and whether that
-    /// was all of them.
-    Joined {
-        room_id: RoomId,
-        replayed: usize,
-        complete: bool,
-    },
-    /// `message`: stored, with this id.
-    Sent {
-        chat_id: ChatId,
-    },
-    /// `refresh`: the socket goes on with the new token.
-    Refreshed {
-        ok: bool,
-    },
-    Refused {
-        error: &'static str,
-        code: u8,
-    },
-}
-
-/// Sends the outcome: the acknowledgement (when asked for) and, for a
-/// refusal, the `error` event.
-pub(crate) fn answer(
-    socket: &SocketRef,
-    ack: AckSender,
-    event: &str,
-    result: Result<Option<Ack>, Refusal>,
-) {
-    let sent = match result {
-        Ok(Some(body)) => ack.send(&body),
-        Ok(None) => Ok(()),
-        Err(refusal) => {
-            tracing::debug!(event, code = refusal.code(), "event refused");
-            let body = refusal.body();
-            if let Err(e) = socket.emit("error", &body) {
-                tracing::debug!(error = %e, "error event not sent");
-            }
-            ack.send(&Ack::Refused {
-                error: body.message,
-                code: body.code,
-            })
-        }
-    };
-    if let Err(e) = sent {
-        tracing::debug!(event, error = %e, "acknowledgement not sent (socket closed)");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::Ack;
-
-    #[test]
-    fn acknowledgements_keep_their_wire_shape() {
-        let shape = |ack: Ack| serde_json::to_value(ack).expect("json");
-        assert_eq!(
-            shape(Ack::Joined {
-                room_id: 3,
-                replayed: 2,
-                complete: true
-            }),
-            json!({ "room_id": 3, "replayed": 2, "complete": true })
-        );
-        assert_eq!(shape(Ack::Sent { chat_id: 9 }), json!({ "chat_id": 9 }));
-        assert_eq!(shape(Ack::Refreshed { ok: true }), json!({ "ok": true }));
-        assert_eq!(
-            shape(Ack::Refused {
-                error: "Join failed",
-                code: 4
-            }),
-            json!({ "error": "Join failed", "code": 4 })
-        );
     }
 }

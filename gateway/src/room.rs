@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::bus::{BusMessage, Subscription};
-use common::chat_log::ChatLogError;
+use common::chat_log::{ChatLog, ChatLogError};
 use common::domain::{ChatId, RoomId};
 use common::events::{ServerEvent, UserName};
 use common::store::{Store, StoreError};
@@ -18,12 +18,11 @@ use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::catch_up::{REPLAY_MAX, Seam};
-use crate::fanout::{LogReads, NO_ARGS};
-use crate::metrics::EventLabels;
+use crate::metrics::{EventLabels, GatewayMetrics};
 use crate::room_presence::{Audience, PresenceBatch};
 use crate::sequencer::Sequencer;
 use crate::session::{Session, session};
@@ -38,23 +37,97 @@ const GAP_READ_DELAY: Duration = Duration::from_millis(250);
 const GAP_READ_RETRY: Duration = Duration::from_secs(1);
 const GAP_READ_TRIES: u32 = 30;
 
+/// Emitted for events that carry no payload: a zero-length tuple, so the
+/// client's handler gets no argument at all (`42["user_list_updated"]`).
+pub const NO_ARGS: [(); 0] = [];
+
+/// The socketioxide room of a chat room.
+pub fn room_key(room_id: RoomId) -> String {
+    room_id.to_string()
+}
+
+/// Rooms reading the chat log at once (see [`RoomsShared`]).
+const LOG_READS: usize = 16;
+
+/// What every room's task of a gateway shares.
+#[derive(Clone)]
+pub struct RoomsShared {
+    io: SocketIo,
+    /// Who may stay in a room that turned private.
+    store: Store,
+    /// Where chat messages lost on their way here are read.
+    log: Arc<dyn ChatLog>,
+    /// Reads at once: after a leader election every room reads, and a
+    /// gateway may have thousands.
+    log_reads: Arc<Semaphore>,
+    /// Messages found missing and read.
+    recovered: Counter,
+    slow_consumers: Counter,
+    deliveries: Family<EventLabels, Counter>,
+    /// See [`crate::GatewayArgs::per_user_events_max_sockets`].
+    per_user_max: usize,
+}
+
+impl RoomsShared {
+    pub fn new(
+        io: SocketIo,
+        store: Store,
+        log: Arc<dyn ChatLog>,
+        metrics: &GatewayMetrics,
+        per_user_max: usize,
+    ) -> Self {
+        Self {
+            io,
+            store,
+            log,
+            log_reads: Arc::new(Semaphore::new(LOG_READS)),
+            recovered: metrics.recovered.clone(),
+            slow_consumers: metrics.slow_consumers.clone(),
+            deliveries: metrics.deliveries.clone(),
+            per_user_max,
+        }
+    }
+
+    /// The room's local sockets now.
+    pub fn sockets(&self, room_id: RoomId) -> Vec<SocketRef> {
+        self.io.within(room_key(room_id)).sockets()
+    }
+}
+
 /// A room's local sockets, as the forwarding task sees them.
-pub(crate) struct Room {
-    pub(crate) io: SocketIo,
-    pub(crate) store: Store,
-    pub(crate) reads: LogReads,
+pub struct Room {
+    shared: RoomsShared,
     /// The subject of the room's chat messages.
-    pub(crate) new_message: String,
-    pub(crate) key: String,
-    pub(crate) room_id: RoomId,
-    pub(crate) slow_consumers: Counter,
-    pub(crate) deliveries: Family<EventLabels, Counter>,
-    pub(crate) seam: Arc<Seam>,
+    new_message: String,
+    key: String,
+    room_id: RoomId,
+    seam: Arc<Seam>,
     /// How many sockets the room has here, as last counted.
-    pub(crate) audience: Audience,
+    audience: Audience,
     /// Presence changes not yet sent to the sockets that take them in
     /// batches.
-    pub(crate) presence: PresenceBatch,
+    presence: PresenceBatch,
+}
+
+impl Room {
+    /// The room `room_id`, whose chat messages come on `new_message` and
+    /// meet the sockets catching up at `seam`.
+    pub fn new(
+        shared: &RoomsShared,
+        room_id: RoomId,
+        new_message: String,
+        seam: Arc<Seam>,
+    ) -> Self {
+        Self {
+            audience: Audience::new(shared.per_user_max),
+            shared: shared.clone(),
+            new_message,
+            key: room_key(room_id),
+            room_id,
+            seam,
+            presence: PresenceBatch::default(),
+        }
+    }
 }
 
 /// Emits a room's bus messages to its local sockets, chat messages in
@@ -62,7 +135,7 @@ pub(crate) struct Room {
 /// Chat messages lost on their way here (live delivery is at most once) are
 /// read from the chat log: those a later message shows missing, and those
 /// after the last delivered when `gaps` says some may be.
-pub(crate) async fn forward(
+pub async fn forward(
     mut room: Room,
     mut subscription: Subscription,
     mut gaps: watch::Receiver<u64>,
@@ -143,9 +216,9 @@ impl Room {
     /// The room's acknowledged chat messages after `after`, from the chat
     /// log, as the bus would have delivered them.
     async fn read_after(&self, after: ChatId) -> Result<Vec<BusMessage>, ChatLogError> {
-        let _permit = self.reads.permits.acquire().await;
+        let _permit = self.shared.log_reads.acquire().await;
         let page = self
-            .reads
+            .shared
             .log
             .read_after(self.room_id, after, REPLAY_MAX)
             .await?;
@@ -173,7 +246,7 @@ impl Room {
     fn fill(&self, sequencer: &mut Sequencer, found: Vec<BusMessage>) -> Vec<BusMessage> {
         let (ready, missed) = sequencer.fill(found);
         if missed > 0 {
-            self.reads.recovered.inc_by(missed as u64);
+            self.shared.recovered.inc_by(missed as u64);
             tracing::warn!(
                 room_id = self.room_id,
                 missed,
@@ -236,10 +309,10 @@ impl Room {
     /// The keys ([`common::domain::user_name_key`]) of who may be in the
     /// room: its members and its owner (none when it is gone).
     async fn allowed_users(&self) -> Result<HashSet<String>, StoreError> {
-        let Some(room) = self.store.room(self.room_id).await? else {
+        let Some(room) = self.shared.store.room(self.room_id).await? else {
             return Ok(HashSet::new());
         };
-        let members = self.store.members(self.room_id).await?;
+        let members = self.shared.store.members(self.room_id).await?;
         Ok(members
             .iter()
             .map(|m| m.user_name.as_str())
@@ -251,7 +324,8 @@ impl Room {
     /// Emits a decoded event to the room's local sockets.
     fn emit_event(&mut self, event: ServerEvent, message: &BusMessage) {
         let name = event.name();
-        self.deliveries
+        self.shared
+            .deliveries
             .get_or_create(&EventLabels { event: name })
             .inc();
         // Only an event of a sampled trace gets a span: it would not be
@@ -353,7 +427,8 @@ impl Room {
         if sockets.is_empty() {
             return;
         }
-        self.deliveries
+        self.shared
+            .deliveries
             .get_or_create(&EventLabels { event: "presence" })
             .inc();
         self.emit_to(&sockets, "presence", &payload);
@@ -361,7 +436,7 @@ impl Room {
 
     /// The room's local sockets now.
     fn sockets(&self) -> Vec<SocketRef> {
-        self.io.within(self.key.clone()).sockets()
+        self.shared.sockets(self.room_id)
     }
 
     /// Sends to `sockets`, local sockets of the room, encoding the event
@@ -385,7 +460,7 @@ impl Room {
             match socket.emit_encoded(&packet) {
                 Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                    self.slow_consumers.inc();
+                    self.shared.slow_consumers.inc();
                     tracing::warn!(sid = %socket.id, room_id = self.room_id, event,
                         "socket not reading what is sent to it: disconnected");
                     // Nothing more is queued behind the gap...
@@ -405,7 +480,7 @@ impl Room {
 /// as soon as the client reads again it gets what was queued, then the
 /// disconnect (and reconnects and reloads). A client that never reads again
 /// is closed by the Engine.IO ping timeout.
-pub(crate) async fn disconnect_when_possible(socket: SocketRef) {
+pub async fn disconnect_when_possible(socket: SocketRef) {
     for _ in 0..600 {
         match socket.clone().disconnect() {
             Err(SocketError::InternalChannelFull) => {
