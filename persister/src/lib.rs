@@ -119,26 +119,37 @@ pub async fn run(deps: Deps, shutdown: CancellationToken) -> Result<(), Persiste
         let Some(first) = first else {
             return Err(PersisterError::Ended);
         };
-        let mut batch = Vec::with_capacity(batch_max);
-        batch.extend(
-            first
-                .map_err(|e| tracing::warn!(error = %e, "consumer error"))
-                .ok(),
-        );
-        let deadline = tokio::time::Instant::now() + wait;
-        while batch.len() < batch_max {
-            match tokio::time::timeout_at(deadline, messages.next()).await {
-                Ok(Some(Ok(m))) => batch.push(m),
-                Ok(Some(Err(e))) => tracing::warn!(error = %e, "consumer error"),
-                Ok(None) | Err(_) => break,
-            }
-        }
+        let batch = take_batch(first, &mut messages, batch_max, wait).await;
         if !persist(deps.chat_log.store(), batch, &deps.metrics, &shutdown).await {
             break;
         }
     }
     tracing::info!("persister stopped");
     Ok(())
+}
+
+/// A batch: `first`, and what else `messages` hands over within `wait` of
+/// it, up to `max` in all; errors are logged and skipped.
+async fn take_batch<T, E: std::fmt::Display>(
+    first: Result<T, E>,
+    messages: &mut (impl futures_util::Stream<Item = Result<T, E>> + Unpin),
+    max: usize,
+    wait: Duration,
+) -> Vec<T> {
+    let mut batch = Vec::with_capacity(max);
+    match first {
+        Ok(m) => batch.push(m),
+        Err(e) => tracing::warn!(error = %e, "consumer error"),
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(Ok(m))) => batch.push(m),
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "consumer error"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Writes one batch and acknowledges it. Retries while the store fails;
@@ -202,4 +213,74 @@ fn spans(batch: &[Delivery]) -> BatchSpans {
         "process chat message",
         "persist batch",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::Stream;
+    use tokio::sync::mpsc;
+
+    use super::take_batch;
+
+    const WAIT: Duration = Duration::from_millis(5);
+
+    type Handed = Result<u32, String>;
+
+    /// The messages handed over, as a stream that stays open while the
+    /// sender lives.
+    fn channel() -> (
+        mpsc::UnboundedSender<Handed>,
+        impl Stream<Item = Handed> + Unpin,
+    ) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        (
+            tx,
+            futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_batch_holds_at_most_max_messages() {
+        let (tx, mut rx) = channel();
+        for i in 1..1200 {
+            tx.send(Ok(i)).expect("open");
+        }
+        let first = take_batch(Ok(0), &mut rx, 500, WAIT).await;
+        assert_eq!(first, (0..500).collect::<Vec<_>>());
+        let second = take_batch(Ok(1000), &mut rx, 500, WAIT).await;
+        assert_eq!(second.len(), 500);
+        assert_eq!(second[1], 500, "in the order handed over");
+        // Fewer than max left (201), the stream still open: the wait ends it.
+        let third = take_batch(Ok(2000), &mut rx, 500, WAIT).await;
+        assert_eq!(third.len(), 1 + 201);
+        assert_eq!(third.last(), Some(&1199));
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_batch_ends_with_its_wait_or_the_stream() {
+        let (tx, mut rx) = channel();
+        tx.send(Ok(1)).expect("open");
+        tx.send(Ok(2)).expect("open");
+        assert_eq!(take_batch(Ok(0), &mut rx, 500, WAIT).await, [0, 1, 2]);
+        tx.send(Ok(4)).expect("open");
+        drop(tx);
+        assert_eq!(
+            take_batch(Ok(3), &mut rx, 500, Duration::from_secs(3600)).await,
+            [3, 4],
+            "the end of the stream does not wait"
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_are_skipped_not_batched() {
+        let (tx, mut rx) = channel();
+        tx.send(Err("lost".into())).expect("open");
+        tx.send(Ok(2)).expect("open");
+        drop(tx);
+        let batch = take_batch(Err("first lost".into()), &mut rx, 500, WAIT).await;
+        assert_eq!(batch, [2]);
+    }
 }
