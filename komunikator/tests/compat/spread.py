@@ -4,6 +4,7 @@ the upgrade), half WebSocket only; they connect from different loopback
 addresses so that the balancer spreads them. What they receive is checked
 against docs/asyncapi.yaml; what it does not describe is reported on every
 line the script prints, as "undocumented"."""
+import asyncio
 import json
 
 import aiohttp
@@ -37,7 +38,14 @@ def _checked(event, handler):
     return check
 
 
+# How often a client checks that python-socketio did not strand it.
+STRANDED_CHECK = 0.25
+
+
 class Client:
+    # Clients found stranded by python-socketio and connected again.
+    stranded_by_library = 0
+
     def __init__(self, index, name, token):
         self.name = name
         self.token = token
@@ -45,6 +53,8 @@ class Client:
         self.local = f"127.0.0.{2 + index % 50}"
         self.session = None
         self.sio = None
+        self.url = None
+        self.guard = None
 
     async def start(self, url, handlers):
         """Connects to `url` with the token, `handlers` mapping event names
@@ -54,10 +64,45 @@ class Client:
         self.sio = socketio.AsyncClient(http_session=self.session)
         for event, handler in handlers.items():
             self.sio.on(event, handler if event in LIFECYCLE else _checked(event, handler))
-        await self.sio.connect(url, auth={"token": self.token}, transports=self.transports,
+        self.url = url
+        await self.connect()
+        self.guard = asyncio.create_task(self.guard_against_stranding())
+
+    async def connect(self):
+        await self.sio.connect(self.url, auth={"token": self.token}, transports=self.transports,
                                wait_timeout=10)
 
+    def stranded(self):
+        """python-socketio's AsyncClient can strand a client: when its
+        transport drops while its own reconnection task is in `connect()`,
+        between the namespace's answer and the end of `connect()`, the drop
+        is not handled (the client is not marked connected yet) and no new
+        reconnection starts (one is running); `connect()` then marks it
+        connected on a dead transport, for good (python-socketio issues #940
+        and #459, still so in 5.18). What the server does cannot prevent
+        it: the transport went away."""
+        sio = self.sio
+        return (sio.connected and sio.eio.state == "disconnected"
+                and getattr(sio, "_reconnect_task", None) is None)
+
+    async def guard_against_stranding(self):
+        """Connects again, as an application that checks its transport
+        does, a client the library stranded (counted, and reported)."""
+        while True:
+            await asyncio.sleep(STRANDED_CHECK)
+            if not self.stranded():
+                continue
+            Client.stranded_by_library += 1
+            await self.sio.disconnect()
+            while not self.sio.connected:
+                try:
+                    await self.connect()
+                except Exception:  # noqa: BLE001 (any failure: try again)
+                    await asyncio.sleep(STRANDED_CHECK)
+
     async def stop(self):
+        if self.guard is not None:
+            self.guard.cancel()
         try:
             await self.sio.disconnect()
         finally:
@@ -68,4 +113,6 @@ def say(obj):
     """One JSON line on stdout, for the test reading it."""
     if UNDOCUMENTED:
         obj = {**obj, "undocumented": UNDOCUMENTED}
+    if Client.stranded_by_library:
+        obj = {**obj, "stranded_by_library": Client.stranded_by_library}
     print(json.dumps(obj), flush=True)
