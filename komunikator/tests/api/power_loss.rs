@@ -191,35 +191,31 @@ async fn a_lost_chat_stream_never_hands_out_an_acknowledged_id_again() {
     let Chat(room, [ann], [sock]) = app.chat("lost", ["ann"]).await;
     let stored = acknowledged(&sock, room).await;
     // Stored in MariaDB, then the persister is frozen.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app
-        .count_rows("chat_history", &format!("room_id = {room}"))
-        .await
-        < MESSAGES as i64
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not stored within 10 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let in_room = format!("room_id = {room}");
+    crate::harness::eventually(std::time::Duration::from_secs(10), async || {
+        match app.count_rows("chat_history", &in_room).await {
+            n if n >= MESSAGES as i64 => Ok(()),
+            n => Err(format!("{n} of {MESSAGES} stored")),
+        }
+    })
+    .await;
     app.persister.as_ref().expect("persister").signal("STOP");
     let unstored = acknowledged(&sock, room).await;
     drop(sock);
     let highest = unstored.iter().map(|(id, _)| *id).max().unwrap_or(0);
     // The gateway's once-a-second record of what it acknowledged.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app
-        .scalar::<i64>("SELECT acked_up_to FROM chat_log_state WHERE id = 1")
-        .await
-        < highest
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "acknowledged ids not recorded"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    crate::harness::eventually(std::time::Duration::from_secs(10), async || {
+        match app
+            .scalar::<i64>("SELECT acked_up_to FROM chat_log_state WHERE id = 1")
+            .await
+        {
+            recorded if recorded >= highest => Ok(()),
+            recorded => Err(format!(
+                "acknowledged ids recorded up to {recorded} of {highest}"
+            )),
+        }
+    })
+    .await;
 
     for service in app.services_mut() {
         service.kill9().await;

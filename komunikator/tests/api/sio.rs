@@ -227,6 +227,43 @@ impl Socket {
         }
     }
 
+    /// Everything the server sent this socket before it answered a round
+    /// trip has arrived (one connection delivers in order). The round trip
+    /// is a `join` of a room that cannot exist, refused (code 4); its
+    /// `error` event is taken, the rest kept for later.
+    pub async fn round_trip(&mut self) {
+        let ack = self
+            .emit_with_ack("join", serde_json::json!({ "room_id": 0 }))
+            .await;
+        assert_eq!(
+            ack,
+            serde_json::json!({ "error": "Join failed", "code": 4 }),
+            "the round trip's answer"
+        );
+        // The reader queued the refusal's `error` before it passed the ack on.
+        while let Ok(event) = self.events.try_recv() {
+            self.backlog.push_back(event);
+        }
+        let error = refusal("Join failed", 4);
+        let i = self
+            .backlog
+            .iter()
+            .rposition(|(name, value)| name == "error" && *value == error)
+            .expect("the round trip's error event");
+        self.backlog.remove(i);
+    }
+
+    /// Asserts that no `event` came before a round trip. The barrier for a
+    /// negative check: call it once the test has seen that the server would
+    /// have sent the event by now (a socket of the same gateway in the same
+    /// room got it, or a later event of the same room).
+    pub async fn assert_none_so_far(&mut self, event: &str) {
+        self.round_trip().await;
+        if let Some((_, value)) = self.backlog.iter().find(|(name, _)| name == event) {
+            panic!("unexpected `{event}`: {value}");
+        }
+    }
+
     /// Asserts no `event` arrives within `wait`.
     pub async fn expect_none(&mut self, event: &str, wait: Duration) {
         if let Some(v) = self.try_expect(event, wait).await {

@@ -2,8 +2,6 @@
 //! socket missed is replayed, oldest first, at most the newest 1000, then
 //! the live messages follow with no gap and no duplicate at the seam.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use crate::harness::{Backend, Chat, Options, TestApp};
@@ -46,16 +44,17 @@ async fn a_rejoin_replays_what_was_missed_then_the_live_messages(backend: Backen
 
     let live = a.send(room, "live").await;
     assert_eq!(b.next_chat_ids(1).await, vec![live]);
-    b.expect_none("new_message", super::QUIET).await;
+    let later = nothing_before_a_later_message(&a, &mut b, room).await;
 
     // Nothing missed: nothing replayed. A join without `last_chat_id`
     // acknowledges the same way.
     let mut c = app.socket(&bob).await;
     assert_eq!(
-        rejoin(&c, room, live).await,
+        rejoin(&c, room, later).await,
         json!({ "room_id": room, "replayed": 0, "complete": true })
     );
-    c.expect_none("new_message", super::QUIET).await;
+    // A replay comes before the join's acknowledgement.
+    c.assert_none_so_far("new_message").await;
     let plain = c.emit_with_ack("join", json!({ "room_id": room })).await;
     assert_eq!(
         plain,
@@ -77,7 +76,7 @@ async fn more_than_1000_missed_replays_the_newest_1000_and_says_so(backend: Back
     );
     let replayed = b.next_chat_ids(1000).await;
     assert_eq!(replayed, sent[1..], "the newest 1000, oldest first");
-    b.expect_none("new_message", super::QUIET).await;
+    b.assert_none_so_far("new_message").await;
 
     // Exactly 1000 missed: all of them, complete.
     let mut c = app.socket(&bob).await;
@@ -101,7 +100,7 @@ async fn a_private_room_replays_only_to_its_members(backend: Backend) {
     let ack = rejoin(&b, room, 0).await;
     assert_eq!(ack, json!({ "error": "Join failed", "code": 4 }));
     assert_eq!(b.expect("error").await, refusal("Join failed", 4));
-    b.expect_none("new_message", super::QUIET).await;
+    b.assert_none_so_far("new_message").await;
 
     app.as_user(&bob).join_private("k3y").await;
     let ack = rejoin(&b, room, 0).await;
@@ -126,11 +125,11 @@ async fn messages_sent_while_a_socket_catches_up_reach_it_once_in_order(backend:
     let from = before[149];
     let ack = rejoin(&b, room, from).await;
     assert_eq!(ack["complete"], json!(true), "{ack}");
-    let (_a, during) = sender.await.expect("sender");
+    let (a, during) = sender.await.expect("sender");
     let expected: Vec<i64> = before[150..].iter().chain(&during).copied().collect();
     let got = b.next_chat_ids(expected.len()).await;
     assert_eq!(got, expected, "every message after {from}, once, in order");
-    b.expect_none("new_message", super::QUIET).await;
+    nothing_before_a_later_message(&a, &mut b, room).await;
 }
 
 async fn a_malformed_last_chat_id_is_an_invalid_payload(backend: Backend) {
@@ -147,8 +146,20 @@ async fn a_malformed_last_chat_id_is_an_invalid_payload(backend: Backend) {
         )
         .await;
     }
-    a.expect_none("user_joined", Duration::from_millis(200))
-        .await;
+    a.assert_none_so_far("user_joined").await;
+}
+
+/// Asserts `b` got no other message of the room (a second copy, a replay
+/// twice) than those it was asked for: the next it gets is a later one,
+/// whose id this returns.
+async fn nothing_before_a_later_message(sender: &Socket, b: &mut Socket, room: i64) -> i64 {
+    let later = sender.send(room, "later").await;
+    assert_eq!(
+        b.next_chat_ids(1).await,
+        vec![later],
+        "nothing before the later message"
+    );
+    later
 }
 
 /// With the persister down, what a socket missed is not in MySQL yet: the

@@ -243,16 +243,13 @@ async fn unauthenticated_sockets_of_one_address_hit_its_cap_until_they_authentic
         .expect("a slot was freed");
     drop(held);
     // Once the others are gone, so are their slots.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while open_raw(&url).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "slots not given back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    sock.expect_none("disconnect", Duration::from_millis(100))
-        .await;
+    crate::harness::eventually(WAIT, async || match open_raw(&url).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("slots not given back: {e:?}")),
+    })
+    .await;
+    // The authenticated socket was never closed.
+    sock.assert_none_so_far("disconnect").await;
 }
 
 async fn an_unauthenticated_socket_is_closed_after_the_connect_timeout(backend: Backend) {
@@ -270,14 +267,11 @@ async fn an_unauthenticated_socket_is_closed_after_the_connect_timeout(backend: 
     let lasted = opened.elapsed();
     eprintln!("an unauthenticated socket lasted {lasted:?} (timeout 1 s)");
     assert!(lasted >= Duration::from_millis(900), "{lasted:?}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while open_raw(&url).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "slot not given back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::harness::eventually(WAIT, async || match open_raw(&url).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("slot not given back: {e:?}")),
+    })
+    .await;
 }
 
 async fn a_user_holds_at_most_the_configured_sockets_on_a_gateway(backend: Backend) {
@@ -297,23 +291,17 @@ async fn a_user_holds_at_most_the_configured_sockets_on_a_gateway(backend: Backe
     let _bob = app.socket(&bob).await;
     // A closed socket gives its place back.
     sockets.pop().expect("a socket").close();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let sock = crate::harness::eventually(WAIT, async || {
         match Socket::connect(&url, Auth::Payload(&ann.token)).await {
-            Ok(sock) => {
-                sockets.push(sock);
-                break;
-            }
+            Ok(sock) => Ok(sock),
             Err(e) => {
                 assert_eq!(e, "Too many connections");
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "place not given back"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err("place not given back".to_owned())
             }
         }
-    }
+    })
+    .await;
+    sockets.push(sock);
     // Counted by reason (once, or more if the test retried while the
     // closed socket's place was being given back).
     let metrics = crate::harness::metrics(url.as_str()).await;

@@ -34,41 +34,31 @@ async fn refused(url: &str, auth: Auth<'_>) -> String {
     }
 }
 
-/// The room's history (as `viewer`), polled until it holds at least `n`
-/// messages or 3 s passed: the persister writes asynchronously.
+/// The room's history (as `viewer`) once it holds at least `n` messages
+/// (within 3 s): the persister writes asynchronously.
 async fn history(app: &TestApp, viewer: &User, room: i64, n: usize) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let items = app
-            .chat_history(&format!("room_id={room}"), Some(viewer))
-            .await
-            .list();
-        if items.len() >= n || tokio::time::Instant::now() >= deadline {
-            return items;
+    let query = format!("room_id={room}");
+    crate::harness::eventually(Duration::from_secs(3), async || {
+        let items = app.chat_history(&query, Some(viewer)).await.list();
+        if items.len() >= n {
+            Ok(items)
+        } else {
+            Err(format!("{} of {n} messages in the history", items.len()))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Sends messages until one to `room` is refused with 4 (within 5 s): a
 /// removal from a room may land shortly after the event announcing it.
 async fn until_join_failed(sock: &mut Socket, room: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let ack = sock
-            .emit_with_ack(
-                "message",
-                serde_json::json!({ "room_id": room, "message": "probe" }),
-            )
-            .await;
-        if ack == serde_json::json!({ "error": "Join failed", "code": 4 }) {
-            assert_eq!(sock.expect("error").await, refusal("Join failed", 4));
-            return;
+    let probe = serde_json::json!({ "room_id": room, "message": "probe" });
+    crate::harness::eventually(Duration::from_secs(5), async || {
+        match sock.emit_with_ack("message", probe.clone()).await {
+            ack if ack == serde_json::json!({ "error": "Join failed", "code": 4 }) => Ok(()),
+            ack => Err(format!("the socket is still in room {room}: {ack}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the socket is still in room {room}: {ack}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    assert_eq!(sock.expect("error").await, refusal("Join failed", 4));
 }

@@ -1,11 +1,9 @@
 //! Being in a room: `join` and `leave`, who may join which room, and
 //! that nothing of a room reaches a socket outside it.
 
-use std::time::Duration;
-
 use serde_json::json;
 
-use super::{QUIET, history};
+use super::history;
 use crate::harness::{Backend, Chat, TestApp};
 
 async fn join_announces_the_joiner_to_the_whole_room_including_the_joiner(backend: Backend) {
@@ -23,7 +21,7 @@ async fn join_announces_the_joiner_to_the_whole_room_including_the_joiner(backen
     let joined = json!({ "user_name": bob.name, "room_id": room });
     assert_eq!(b.expect("user_joined").await, joined);
     assert_eq!(a.expect("user_joined").await, joined);
-    c.expect_none("user_joined", QUIET).await;
+    c.assert_none_so_far("user_joined").await;
 }
 
 async fn private_rooms_can_be_joined_by_the_owner_and_members_only(backend: Backend) {
@@ -38,7 +36,7 @@ async fn private_rooms_can_be_joined_by_the_owner_and_members_only(backend: Back
         .await;
     // The owner joins; the refused socket was not added.
     a.join(private).await;
-    a.expect_none("user_joined", QUIET).await;
+    a.assert_none_so_far("user_joined").await;
     b.expect_not_in_room(private, "hi").await;
 
     app.as_user(&bob).join_private("key-1").await;
@@ -77,11 +75,11 @@ async fn leave_tells_the_others_and_stops_delivery_to_the_leaver(backend: Backen
     let left = json!({ "user_name": bob.name, "room_id": room });
     assert_eq!(a.expect("user_left").await, left);
     assert_eq!(c.expect("user_left").await, left);
-    b.expect_none("user_left", QUIET).await;
+    b.assert_none_so_far("user_left").await;
 
     let chat_id = a.send(room, "after bob left").await;
     assert_eq!(c.next_message().await["chat_id"], chat_id);
-    b.expect_none("new_message", QUIET).await;
+    b.assert_none_so_far("new_message").await;
     // And bob may no longer send to it.
     b.expect_not_in_room(room, "x").await;
 }
@@ -133,7 +131,7 @@ async fn a_non_member_never_receives_a_private_rooms_messages(backend: Backend) 
 
     let chat_id = a.send(private, "members only").await;
     assert_eq!(b.next_message().await["chat_id"], chat_id);
-    e.expect_none("new_message", QUIET).await;
+    e.assert_none_so_far("new_message").await;
     let stored = history(&app, &ann, private, 1).await;
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0]["message"], "members only");
@@ -147,13 +145,11 @@ async fn sockets_in_another_room_do_not_get_its_messages_or_joins(backend: Backe
     let in_two = b.send(two, "in two").await;
     assert_eq!(a.next_message().await["chat_id"], in_one);
     assert_eq!(b.next_message().await["chat_id"], in_two);
-    a.expect_none("new_message", QUIET).await;
-    b.expect_none("new_message", Duration::from_millis(100))
-        .await;
+    a.assert_none_so_far("new_message").await;
+    b.assert_none_so_far("new_message").await;
     let mut a2 = app.socket(&ann).await;
     a2.join(one).await;
-    b.expect_none("user_joined", Duration::from_millis(300))
-        .await;
+    b.assert_none_so_far("user_joined").await;
 }
 
 crate::on_both_stores!(
