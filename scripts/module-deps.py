@@ -30,7 +30,7 @@ TESTS = re.compile(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", re.S)
 MOD_DECL = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", re.M)
 # A path start: `crate::`, `super::` or `name::`, then the rest of the path
 # and any `{…}` group it opens.
-PATH = re.compile(r"\b(crate|super|self|[a-z_][a-z0-9_]*)::")
+PATH = re.compile(r"(?<![\w:$])(crate|super|self|[a-z_][a-z0-9_]*)::")
 
 
 def module_of(src: pathlib.Path, file: pathlib.Path) -> tuple:

@@ -1,6 +1,6 @@
 //! Reads each request body before the handler does, with a size limit; its
 //! time limit is the server's (`BODY_READ_TIMEOUT_SECS`,
-//! [`common::http::BodyDeadlinePassed`]), answered here with 408. A body
+//! [`common::edge::deadline::BodyDeadlinePassed`]), answered here with 408. A body
 //! over [`BODY_LIMIT`] is still read to its end (up to
 //! [`DRAIN_LIMIT`]) before the 413: a reverse proxy that is still sending it
 //! would otherwise meet a closed connection and answer 502 instead of
@@ -49,7 +49,7 @@ pub async fn buffer(request: Request, next: Next) -> Response {
                 .await
         }
         Ok(Read::TooLarge) => ApiError::TooLarge.into_response(),
-        Err(e) if common::http::BodyDeadlinePassed::caused(&e) => {
+        Err(e) if common::edge::deadline::BodyDeadlinePassed::caused(&e) => {
             ApiError::SlowBody.into_response()
         }
         Err(_) => ApiError::invalid("Cannot read the request body").into_response(),

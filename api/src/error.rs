@@ -4,11 +4,11 @@
 use axum::http::StatusCode;
 use axum::http::header::RETRY_AFTER;
 use axum::response::{IntoResponse, Json, Response};
-use common::auth::TokenError;
-use common::chat_log::ChatLogError;
-use common::password::PasswordError;
-use common::presence::PresenceError;
-use common::store::StoreError;
+use common::accounts::password::PasswordError;
+use common::accounts::tokens::TokenError;
+use common::adapters::chat_log::ChatLogError;
+use common::adapters::presence::PresenceError;
+use common::adapters::store::StoreError;
 use serde_json::json;
 
 /// What a 503 tells clients to wait before trying again.

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use bytes::Bytes;
-use common::auth::TokenError;
+use common::accounts::tokens::TokenError;
 use common::domain::{GivenId, RoomId, char_len, is_blank};
 use serde_json::{Map, Value};
 
@@ -208,7 +208,7 @@ pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
 }
 
 /// The client's address: the peer's, or, from a trusted proxy, the one it
-/// names in `X-Forwarded-For` (see [`common::throttle::client_address`]).
+/// names in `X-Forwarded-For` (see [`common::edge::proxy::client_address`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::IpAddr);
 
@@ -223,8 +223,8 @@ impl FromRequestParts<AppState> for ClientAddr {
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-        let forwarded = common::throttle::forwarded_for(&parts.headers);
-        Ok(Self(common::throttle::client_address(
+        let forwarded = common::edge::proxy::forwarded_for(&parts.headers);
+        Ok(Self(common::edge::proxy::client_address(
             peer,
             forwarded.as_deref(),
             &state.trusted_proxies,

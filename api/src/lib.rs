@@ -53,15 +53,15 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
-    pub fn attempt_limit(&self) -> common::throttle::Limit {
-        common::throttle::Limit {
+    pub fn attempt_limit(&self) -> common::adapters::throttle::Limit {
+        common::adapters::throttle::Limit {
             max: self.login_attempts_max.max(1),
             window: std::time::Duration::from_secs(self.login_attempts_window_secs.max(1)),
         }
     }
 
-    pub fn registration_limit(&self) -> common::throttle::Limit {
-        common::throttle::Limit {
+    pub fn registration_limit(&self) -> common::adapters::throttle::Limit {
+        common::adapters::throttle::Limit {
             max: self.registrations_per_address.max(1),
             window: std::time::Duration::from_secs(self.registrations_window_secs.max(1)),
         }

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::shared_counter::SharedCounter;
-use common::sync::Locked;
+use common::adapters::counter::SharedCounter;
+use common::support::sync::Locked;
 
 /// Longest a copy is served even while the counter stands still: a bound
 /// for a change whose bump was lost.
@@ -85,7 +85,7 @@ impl RoomList {
 
 #[cfg(test)]
 mod tests {
-    use common::shared_counter::LocalCounter;
+    use common::adapters::counter::LocalCounter;
 
     use super::*;
 

@@ -24,7 +24,7 @@ async fn openapi() -> Response {
 }
 
 /// The API routes under `/api`, with body limit and JSON fallbacks (CORS
-/// covers every path of the process: `common::http::serve`).
+/// covers every path of the process: `common::edge::serve::serve`).
 pub fn routes(deps: crate::Deps) -> Router {
     let state = AppState::new(deps);
     Router::new()

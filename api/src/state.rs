@@ -3,12 +3,12 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use common::auth::Tokens;
-use common::chat_log::ChatLog;
-use common::events::Events;
-use common::password::Passwords;
-use common::presence::Presence;
-use common::store::Store;
+use common::accounts::password::Passwords;
+use common::accounts::tokens::Tokens;
+use common::adapters::chat_log::ChatLog;
+use common::adapters::presence::Presence;
+use common::adapters::store::Store;
+use common::domain::events::Events;
 
 /// What the API needs from the rest of the process.
 pub struct Deps {
@@ -24,11 +24,11 @@ pub struct Deps {
     pub room_list: crate::room_list::RoomList,
     /// Failed logins and password checks, wrong and conflicting access
     /// keys (docs/protocol.md, "Accounts and abuse").
-    pub throttle: Arc<dyn common::throttle::Throttle>,
+    pub throttle: Arc<dyn common::adapters::throttle::Throttle>,
     /// Registrations per client address.
-    pub registrations: Arc<dyn common::throttle::Throttle>,
+    pub registrations: Arc<dyn common::adapters::throttle::Throttle>,
     /// Peers whose `X-Forwarded-For` names the client (the load balancers).
-    pub trusted_proxies: Vec<common::throttle::ProxyNet>,
+    pub trusted_proxies: Vec<common::edge::proxy::ProxyNet>,
     /// How long a session lives without being refreshed.
     pub refresh_ttl: std::time::Duration,
 }

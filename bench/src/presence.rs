@@ -59,7 +59,7 @@ pub async fn presence(args: PresenceArgs) -> anyhow::Result<()> {
     while sent < total {
         slice += 1;
         let due = ((f64::from(slice) * per_ms) as u64).min(total);
-        let at = common::presence::unix_ms();
+        let at = common::adapters::presence::unix_ms();
         while sent < due {
             let body = json!({ "user_name": format!("p{tag}_{}", sent % args.users), "at": at });
             nats.publish(subject.clone(), body.to_string().into())

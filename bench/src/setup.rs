@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use common::config::{AuthArgs, DataDirArgs, DbArgs, Problems};
+use common::accounts::config::AuthArgs;
+use common::adapters::store::config::DbArgs;
+use common::adapters::store::{Store, StoreSettings};
 use common::domain::NewRoom;
-use common::store::{Store, StoreSettings};
+use common::support::data_dir::DataDirArgs;
+use common::support::problems::Problems;
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
@@ -181,10 +184,11 @@ impl Direct {
     pub async fn seed(&self, names: Vec<String>) -> anyhow::Result<(Vec<User>, i64)> {
         anyhow::ensure!(!names.is_empty(), "nobody to seed");
         let (store, secret) = self.open().await?;
-        let hash = common::password::Passwords::new(1, 1)
+        let hash = common::accounts::password::Passwords::new(1, 1)
             .hash("bench-password".to_owned())
             .await?;
-        let tokens = common::auth::Tokens::new(secret.as_bytes(), self.auth.token_ttl());
+        let tokens =
+            common::accounts::tokens::Tokens::new(secret.as_bytes(), self.auth.token_ttl());
         futures_util::stream::iter(names.iter())
             .map(|name| store.create_user(name, &hash))
             .buffer_unordered(8)

@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use common::adapters::store::Store;
 use common::domain::ChatId;
-use common::store::Store;
 
 /// How often the highest acknowledged `chat_id` is recorded in the store:
 /// a lost stream can have acknowledged at most this long's messages more

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use common::sync::Locked;
+use common::support::sync::Locked;
 use socketioxide::socket::Sid;
 
 /// The open sockets of each user on this gateway, against a cap.

@@ -16,9 +16,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::domain::NEW_MESSAGE;
 use common::domain::{ChatId, ChatMessage};
-use common::events::NEW_MESSAGE;
-use common::sync::Locked;
+use common::support::sync::Locked;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};

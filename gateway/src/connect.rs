@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use common::auth::{TokenError, Tokens};
-use common::http::PendingSocket;
-use common::otel::TraceParent;
-use common::store::Store;
+use common::accounts::tokens::{TokenError, Tokens};
+use common::adapters::store::Store;
+use common::edge::pending::PendingSocket;
+use common::telemetry::trace_context::TraceParent;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::Value;

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use common::sync::Locked;
+use common::support::sync::Locked;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
@@ -177,7 +177,7 @@ impl EventQueues {
 
 /// The span of one client event, linked to its socket's connect span.
 fn event_span(name: &'static str, socket: &SocketRef) -> tracing::Span {
-    if !common::otel::enabled() {
+    if !common::telemetry::otel::enabled() {
         return tracing::Span::none();
     }
     let session = crate::session::session(socket);

@@ -1,11 +1,11 @@
 //! Fan-out: a gateway subscribes to a room's subjects only while it has
 //! local sockets in that room; each room's task (`room`) decodes what
-//! arrives into a [`common::events::ServerEvent`] and emits it to them.
+//! arrives into a [`common::domain::events::ServerEvent`] and emits it to them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::bus::{Bus, BusError, Subjects};
+use common::adapters::bus::{Bus, BusError, Subjects};
 use common::domain::RoomId;
 use socketioxide::extract::SocketRef;
 use tokio::sync::{Mutex, watch};
@@ -22,7 +22,7 @@ pub struct Fanout {
     shared: RoomsShared,
     rooms: Mutex<HashMap<RoomId, Subscribed>>,
     /// Changed when live chat messages may have been lost on their way
-    /// here ([`common::chat_log::ChatLog::live_gaps`]): every room reads
+    /// here ([`common::adapters::chat_log::ChatLog::live_gaps`]): every room reads
     /// what it missed.
     gaps: watch::Sender<u64>,
 }

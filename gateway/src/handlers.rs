@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use common::chat_log::{ChatLog, ChatLogError, IdempotencyKey};
+use common::adapters::chat_log::{ChatLog, ChatLogError, IdempotencyKey};
+use common::adapters::store::Store;
+use common::domain::events::{Events, ServerEvent, UserInRoom};
 use common::domain::{ChatDraft, ChatId, RoomId, now};
-use common::events::{Events, ServerEvent, UserInRoom};
-use common::store::Store;
 use prometheus_client::metrics::histogram::Histogram;
 use socketioxide::extract::SocketRef;
 use tracing::Instrument;
@@ -288,8 +288,8 @@ fn unavailable(e: impl Into<UnavailableCause>) -> Refusal {
 
 struct UnavailableCause(String);
 
-impl From<common::bus::BusError> for UnavailableCause {
-    fn from(e: common::bus::BusError) -> Self {
+impl From<common::adapters::bus::BusError> for UnavailableCause {
+    fn from(e: common::adapters::bus::BusError) -> Self {
         Self(e.to_string())
     }
 }
@@ -300,8 +300,8 @@ impl From<ChatLogError> for UnavailableCause {
     }
 }
 
-impl From<common::store::StoreError> for UnavailableCause {
-    fn from(e: common::store::StoreError) -> Self {
+impl From<common::adapters::store::StoreError> for UnavailableCause {
+    fn from(e: common::adapters::store::StoreError) -> Self {
         Self(e.to_string())
     }
 }

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::events::Events;
-use common::presence::Heartbeat;
-use common::sync::Locked;
+use common::adapters::presence::Heartbeat;
+use common::domain::events::Events;
+use common::support::sync::Locked;
 
 /// Heartbeats forwarded per user at most once per this interval per gateway.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,7 +36,10 @@ impl Heartbeats {
     /// A `watchdog` of `user`'s: forwarded now, or held back for
     /// [`Self::flush`].
     pub async fn beat(&self, user: &str) {
-        if let Some(at) = self.windows.coalesce(user, common::presence::unix_ms()) {
+        if let Some(at) = self
+            .windows
+            .coalesce(user, common::adapters::presence::unix_ms())
+        {
             self.forward(user, at).await;
         }
     }

@@ -41,11 +41,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use common::auth::Tokens;
-use common::bus::{Bus, Subjects};
-use common::chat_log::ChatLog;
-use common::events::Events;
-use common::store::Store;
+use common::accounts::tokens::Tokens;
+use common::adapters::bus::{Bus, Subjects};
+use common::adapters::chat_log::ChatLog;
+use common::adapters::store::Store;
+use common::domain::events::Events;
 use futures_util::StreamExt;
 use socketioxide::SocketIo;
 use tokio_util::sync::CancellationToken;
@@ -101,9 +101,9 @@ pub struct Deps {
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
-    Bus(#[from] common::bus::BusError),
+    Bus(#[from] common::adapters::bus::BusError),
     #[error(transparent)]
-    ChatLog(#[from] common::chat_log::ChatLogError),
+    ChatLog(#[from] common::adapters::chat_log::ChatLogError),
 }
 
 /// A gateway: its parts, behind the Socket.IO handlers.

@@ -90,7 +90,7 @@ impl Answers {
             // the client's.
             span.record("error.type", refusal.code());
             if *refusal == Refusal::Unavailable {
-                common::otel::fail(span);
+                common::telemetry::otel::fail(span);
             }
         }
         send(socket, ack, name, answer);

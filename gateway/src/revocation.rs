@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use common::events::{PasswordChanged, SessionEnded};
+use common::domain::events::{PasswordChanged, SessionEnded};
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use common::bus::BusMessage;
+use common::adapters::bus::BusMessage;
 use common::domain::ChatId;
 use tokio::time::{Duration, Instant};
 

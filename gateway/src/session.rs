@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::otel::TraceParent;
-use common::sync::Locked;
+use common::support::sync::Locked;
+use common::telemetry::trace_context::TraceParent;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admission::UserSlot;

@@ -2,10 +2,15 @@
 //! an environment variable; `--help` is the reference.
 
 use clap::{ArgMatches, Args, Parser, Subcommand};
-use common::config::{
-    AuthArgs, DataDirArgs, DbArgs, HttpArgs, NatsArgs, PrefixArgs, Problems, RedisArgs,
-};
-use common::telemetry::LogArgs;
+use common::accounts::config::AuthArgs;
+use common::adapters::nats::NatsArgs;
+use common::adapters::redis::RedisArgs;
+use common::adapters::store::config::DbArgs;
+use common::domain::subjects::PrefixArgs;
+use common::edge::config::HttpArgs;
+use common::support::data_dir::DataDirArgs;
+use common::support::problems::Problems;
+use common::telemetry::logs::LogArgs;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -5,15 +5,15 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use common::bus::{Bus, LocalBus, NatsBus};
-use common::chat_log::{ChatLog, EmbeddedChatLog, JetStreamChatLog};
-use common::presence::{LocalPresence, Presence, RedisPresence};
-use common::shared_counter::{CoalescedReads, LocalCounter, RedisCounter, SharedCounter};
-use common::store::{Store, StoreSettings};
-use common::subjects::Subjects;
+use common::adapters::bus::{Bus, LocalBus, NatsBus};
+use common::adapters::chat_log::{ChatLog, EmbeddedChatLog, JetStreamChatLog};
+use common::adapters::counter::{CoalescedReads, LocalCounter, RedisCounter, SharedCounter};
+use common::adapters::presence::{LocalPresence, Presence, RedisPresence};
+use common::adapters::store::{Store, StoreSettings};
+use common::domain::subjects::Subjects;
 
 use crate::plan::{Adapters, BusAt, PresenceAt, Schema};
-use common::config::RedisAt;
+use common::adapters::redis::RedisAt;
 
 /// What the services of a process share.
 #[derive(Clone)]
@@ -41,7 +41,7 @@ pub struct SharedState {
     pub external: bool,
     /// The process's Redis pool, when the state is in Redis (the API's
     /// throttle shares it).
-    pub redis: Option<common::redis_pool::RedisPool>,
+    pub redis: Option<common::adapters::redis::RedisPool>,
 }
 
 impl Infra {
@@ -93,8 +93,8 @@ impl Infra {
             PresenceAt::Redis { at, timeout } => {
                 // One pool per process, shared by everything kept in Redis.
                 let pool = match at {
-                    RedisAt::Server(url) => common::redis_pool::connect(url),
-                    RedisAt::Cluster(nodes) => common::redis_pool::connect_cluster(nodes),
+                    RedisAt::Server(url) => common::adapters::redis::connect(url),
+                    RedisAt::Cluster(nodes) => common::adapters::redis::connect_cluster(nodes),
                 }
                 .map_err(anyhow::Error::msg)
                 .context("configuring Redis")?;
@@ -135,7 +135,7 @@ impl Infra {
 async fn open_store(adapters: &Adapters) -> anyhow::Result<Store> {
     let settings = &adapters.store;
     if let (StoreSettings::Sqlite { .. }, Some(dir)) = (settings, &adapters.data_dir) {
-        common::config::private_dir(dir)
+        common::support::data_dir::private_dir(dir)
             .with_context(|| format!("creating the data directory {}", dir.display()))?;
     }
     let store = Store::connect(settings)

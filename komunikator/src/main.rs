@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use cli::{Cli, Command, MigrateCmd};
-use common::config::Problems;
-use common::store::{Store, StoreSettings};
+use common::adapters::store::{Store, StoreSettings};
+use common::support::problems::Problems;
 use plan::Failure;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         .command
         .unwrap_or_else(|| unreachable!("parse() defaults to `all`"));
     let mut problems = Problems::default();
-    let traces = common::telemetry::init_tracing(&cli.log, command.name())
+    let traces = common::telemetry::logs::init_tracing(&cli.log, command.name())
         .map_err(|problem| problems.push(problem))
         .unwrap_or_default();
     cli::check_secrets_from_env(&matches, &mut problems);
@@ -83,7 +83,7 @@ fn exit(result: Result<(), Failure>) -> ExitCode {
 async fn migrate(cmd: MigrateCmd) -> Result<(), Failure> {
     let (settings, data_dir) = cmd.store()?;
     if matches!(settings, StoreSettings::Sqlite { .. }) {
-        common::config::private_dir(&data_dir).context("creating the data directory")?;
+        common::support::data_dir::private_dir(&data_dir).context("creating the data directory")?;
     }
     let store = Store::connect(&settings)
         .await

@@ -7,10 +7,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::config::{
-    AuthArgs, DataDirArgs, DbArgs, HttpArgs, NatsArgs, PrefixArgs, Problems, RedisArgs, RedisAt,
-};
-use common::store::StoreSettings;
+use common::accounts::config::AuthArgs;
+use common::adapters::nats::NatsArgs;
+use common::adapters::redis::RedisArgs;
+use common::adapters::redis::RedisAt;
+use common::adapters::store::StoreSettings;
+use common::adapters::store::config::DbArgs;
+use common::domain::subjects::PrefixArgs;
+use common::edge::config::HttpArgs;
+use common::support::data_dir::DataDirArgs;
+use common::support::problems::Problems;
 
 use crate::cli::{AllCmd, ApiCmd, GatewayCmd, MigrateCmd, PersisterCmd, PresenceCmd};
 

@@ -8,13 +8,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context;
-use common::auth::Tokens;
-use common::config::HttpArgs;
-use common::events::Events;
-use common::http::Readiness;
-use common::password::Passwords;
-use common::telemetry::Metrics;
-use common::throttle::{Limit, LocalThrottle, ProxyNet, RedisThrottle, Throttle};
+use common::accounts::password::Passwords;
+use common::accounts::tokens::Tokens;
+use common::adapters::throttle::Limit;
+use common::adapters::throttle::LocalThrottle;
+use common::adapters::throttle::RedisThrottle;
+use common::adapters::throttle::Throttle;
+use common::domain::events::Events;
+use common::edge::config::HttpArgs;
+use common::edge::ops::Readiness;
+use common::edge::proxy::ProxyNet;
+use common::telemetry::metrics::Metrics;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -70,7 +74,7 @@ pub async fn serve(plan: Plan, shutdown: CancellationToken) -> Result<(), Failur
     let metrics = Metrics::from_registry(registry);
     let limits = plan.http.limits();
     let server: Task = Box::pin(async move {
-        common::http::serve(app, readiness, metrics, listener, &origins, limits)
+        common::edge::serve::serve(app, readiness, metrics, listener, &origins, limits)
             .await
             .context("serving HTTP")
     });

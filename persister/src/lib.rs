@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use common::chat_log::{ChatLog, ChatLogError, Delivery, PERSISTER_CONSUMER};
+use common::adapters::chat_log::{ChatLog, ChatLogError, Delivery, PERSISTER_CONSUMER};
+use common::adapters::store::{Store, StoreError};
 use common::domain::ChatMessage;
-use common::otel::BatchSpans;
-use common::store::{Store, StoreError};
+use common::telemetry::trace_context::BatchSpans;
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -177,7 +177,7 @@ async fn persist(
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = rows.len(), "batch not written, retrying");
-                common::otel::fail(&spans.batch);
+                common::telemetry::otel::fail(&spans.batch);
                 for delivery in &batch {
                     delivery.receipt.in_progress().await;
                 }

@@ -14,11 +14,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::bus::{Bus, BusError, BusMessage, Subjects, Subscription};
-use common::events::{Events, ServerEvent, UserName};
-use common::otel::BatchSpans;
-use common::presence::{Beat, Heartbeat, Presence, PresenceError};
-use common::store::{Store, StoreError};
+use common::adapters::bus::{Bus, BusError, BusMessage, Subjects, Subscription};
+use common::adapters::presence::{Beat, Heartbeat, Presence, PresenceError};
+use common::adapters::store::{Store, StoreError};
+use common::domain::events::{Events, ServerEvent, UserName};
+use common::telemetry::trace_context::BatchSpans;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
@@ -175,7 +175,7 @@ fn take_batch(
         .filter_map(|m| match serde_json::from_slice::<Heartbeat>(&m.payload) {
             Ok(beat) => Some((
                 beat.user_name,
-                beat.at.unwrap_or_else(common::presence::unix_ms),
+                beat.at.unwrap_or_else(common::adapters::presence::unix_ms),
             )),
             Err(e) => {
                 tracing::warn!(error = %e, "malformed heartbeat ignored");
@@ -266,7 +266,7 @@ async fn lapse(deps: &Deps) {
     loop {
         match restoring(deps, || deps.presence.expire()).await {
             Ok(users) => {
-                let full = users.len() >= common::presence::EXPIRE_BATCH;
+                let full = users.len() >= common::adapters::presence::EXPIRE_BATCH;
                 let changes = users
                     .into_iter()
                     .map(|user| (user, Event::Offline))
@@ -359,7 +359,7 @@ fn report(changes: usize, e: &StoreError) {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use common::bus::{BusMessage, Subscription};
+    use common::adapters::bus::{BusMessage, Subscription};
 
     use super::*;
 
@@ -383,7 +383,7 @@ mod tests {
             ))
             .collect();
         let mut heartbeats: Subscription = Box::pin(futures_util::stream::iter(waiting));
-        let before = common::presence::unix_ms();
+        let before = common::adapters::presence::unix_ms();
         let (beats, _) = take_batch(beat(r#"{"user_name":"ann","at":5}"#), &mut heartbeats);
         // The first, then what was waiting, BATCH_MAX messages in all; the
         // malformed one counts against the limit and is left out.

@@ -10,7 +10,7 @@
 //! buckets on the NATS 2.9 servers we support.)
 
 use async_nats::jetstream::{self, stream};
-use common::bus::{NatsBus, Subjects};
+use common::adapters::bus::{NatsBus, Subjects};
 use futures_util::TryStreamExt;
 
 /// The online users of a deployment.

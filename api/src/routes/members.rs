@@ -2,9 +2,9 @@
 
 use axum::Json;
 use axum::extract::State;
+use common::adapters::store::StoreError;
+use common::domain::events::{ServerEvent, UserName};
 use common::domain::{ACCESS_KEY_MAX, Member, Membership, Room, USER_NAME_MAX};
-use common::events::{ServerEvent, UserName};
-use common::store::StoreError;
 use serde_json::Value;
 
 use super::{message, visible_room};

@@ -10,8 +10,8 @@ pub mod users;
 use std::sync::Arc;
 
 use axum::Json;
+use common::adapters::throttle::Throttle;
 use common::domain::{Room, RoomId};
-use common::throttle::Throttle;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -22,7 +22,7 @@ fn message(text: &str) -> Json<Value> {
     Json(json!({ "message": text }))
 }
 
-/// The room, if `viewer` may see it ([`common::store::Store::visible_room`]);
+/// The room, if `viewer` may see it ([`common::adapters::store::Store::visible_room`]);
 /// a private room of others is as missing as a room that does not exist.
 async fn visible_room(
     state: &AppState,
@@ -43,7 +43,10 @@ fn user_key(kind: &str, user: &str) -> String {
 
 /// The throttle key of a client address (IPv6 by its /64 network).
 fn address_key(kind: &str, address: std::net::IpAddr) -> String {
-    format!("{kind}:addr:{}", common::throttle::address_group(address))
+    format!(
+        "{kind}:addr:{}",
+        common::edge::proxy::address_group(address)
+    )
 }
 
 /// 429 when any of `keys` failed too often lately. The throttle's state

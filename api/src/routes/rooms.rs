@@ -5,9 +5,9 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use common::adapters::store::StoreError;
+use common::domain::events::ServerEvent;
 use common::domain::{ACCESS_KEY_MAX, NewRoom, ROOM_NAME_MAX, Room, RoomEdit, now};
-use common::events::ServerEvent;
-use common::store::StoreError;
 use serde_json::{Value, json};
 
 use super::{message, visible_room};

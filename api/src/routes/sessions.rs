@@ -7,8 +7,8 @@
 
 use axum::Json;
 use axum::extract::State;
+use common::domain::events::SessionEnded;
 use common::domain::now;
-use common::events::SessionEnded;
 use serde_json::{Value, json};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
@@ -25,8 +25,8 @@ pub(crate) async fn open(
     user: &str,
     stored_password: &str,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let id = common::random_hex(16);
-    let secret = common::random_hex(32);
+    let id = common::support::random_hex(16);
+    let secret = common::support::random_hex(32);
     state
         .store
         .create_session(&id, user, &hash(&secret), expiry(state))
@@ -63,7 +63,7 @@ pub async fn refresh(State(state): State<AppState>, body: Body) -> Result<Json<V
         tracing::warn!(user, "spent refresh token presented: session ended");
         return Err(ApiError::InvalidRefreshToken);
     }
-    let next = common::random_hex(32);
+    let next = common::support::random_hex(32);
     if !state
         .store
         .rotate_session(id, &stored_hash, &hash(&next), expiry(&state))

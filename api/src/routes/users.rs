@@ -4,12 +4,12 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use common::accounts::password::Verification;
+use common::adapters::store::StoreError;
+use common::domain::events::PasswordChanged;
 use common::domain::{
     PASSWORD_MAX, USER_NAME_MAX, UserInfo, normalize_user_name, user_name_problem,
 };
-use common::events::PasswordChanged;
-use common::password::Verification;
-use common::store::StoreError;
 use serde_json::Value;
 
 use crate::error::ApiError;

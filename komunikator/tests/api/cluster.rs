@@ -145,7 +145,7 @@ async fn the_chat_stream_survives_the_death_of_its_leader_on_a_nats_cluster() {
     // Asked every 50 ms while a leader is gone: a short answer time, so the
     // time measured is the election's, not a request's timeout.
     js.set_timeout(Duration::from_millis(250));
-    let stream = common::bus::Subjects::new(&app.prefix).chat_stream();
+    let stream = common::adapters::bus::Subjects::new(&app.prefix).chat_stream();
 
     // Rooms with their members' sockets, through nginx.
     let mut rooms = Vec::new();
@@ -319,7 +319,7 @@ async fn streams_are_brought_to_the_configured_replica_count() {
     let servers: Vec<String> = cluster.servers.iter().map(|s| s.url.clone()).collect();
     let js =
         async_nats::jetstream::new(async_nats::connect(servers.as_slice()).await.expect("NATS"));
-    let subjects = common::bus::Subjects::new(&app.prefix);
+    let subjects = common::adapters::bus::Subjects::new(&app.prefix);
     let replicas = |name: String| {
         let js = js.clone();
         async move {

@@ -123,10 +123,10 @@ async fn persister_consumer(app: &TestApp) -> async_nats::jetstream::consumer::P
         .await
         .expect("NATS");
     async_nats::jetstream::new(client)
-        .get_stream(common::bus::Subjects::new(&app.prefix).chat_stream())
+        .get_stream(common::adapters::bus::Subjects::new(&app.prefix).chat_stream())
         .await
         .expect("chat stream")
-        .get_consumer(common::chat_log::PERSISTER_CONSUMER)
+        .get_consumer(common::adapters::chat_log::PERSISTER_CONSUMER)
         .await
         .expect("persister consumer")
 }

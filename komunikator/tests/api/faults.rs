@@ -238,7 +238,7 @@ async fn a_redis_outage_makes_online_users_503_not_500() {
 
 /// How long after NATS listens again every service must be ready (the
 /// contract's half second; the reconnect delay is at most 300 ms,
-/// `common::bus::nats`; measured about 130 ms).
+/// `common::adapters::bus::nats`; measured about 130 ms).
 const RECONNECTED_WITHIN: Duration = Duration::from_millis(500);
 
 /// Polls `/readyz` of `base` until it answers 200; the time it took.

@@ -23,7 +23,7 @@ async fn online_lists_only_room_mates_with_a_live_presence_key() {
         .await
         .expect("redis");
     for user in [&ann, &bob, &cid, &eve] {
-        let key = common::presence::redis_online_key(&app.prefix, &user.name);
+        let key = common::adapters::presence::redis_online_key(&app.prefix, &user.name);
         let () = redis.set_ex(key, 1, 30).await.expect("set");
     }
     let mut expected = vec![bob.name.clone(), cid.name.clone()];
@@ -35,7 +35,10 @@ async fn online_lists_only_room_mates_with_a_live_presence_key() {
     assert_eq!(app.as_user(&eve).online().await, json!([]));
 
     let () = redis
-        .del(common::presence::redis_online_key(&app.prefix, &bob.name))
+        .del(common::adapters::presence::redis_online_key(
+            &app.prefix,
+            &bob.name,
+        ))
         .await
         .expect("del");
     assert_eq!(app.as_user(&ann).online().await, json!([cid.name]));

@@ -18,7 +18,7 @@ use crate::harness::{Backend, Options, TestApp, User};
 const ROUTE_FILES: [&str; 3] = [
     include_str!("../../../api/src/router.rs"),
     include_str!("../../../api/src/web.rs"),
-    include_str!("../../../common/src/http.rs"),
+    include_str!("../../../common/src/edge/ops.rs"),
 ];
 
 /// Every `(METHOD, path)` the route files declare: `.route("<path>",

@@ -223,7 +223,7 @@ async fn a_lost_chat_stream_never_hands_out_an_acknowledged_id_again() {
     let nats = async_nats::connect(crate::harness::nats_url())
         .await
         .expect("NATS");
-    let stream = common::bus::Subjects::new(&app.prefix).chat_stream();
+    let stream = common::adapters::bus::Subjects::new(&app.prefix).chat_stream();
     async_nats::jetstream::new(nats)
         .delete_stream(&stream)
         .await

@@ -296,7 +296,7 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if self.backend == Backend::MySql {
             // The deployment's chat stream would otherwise stay on the NATS server.
-            let subjects = common::bus::Subjects::new(&self.prefix);
+            let subjects = common::adapters::bus::Subjects::new(&self.prefix);
             let streams = [subjects.chat_stream(), subjects.presence_stream()];
             let cleanup = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
