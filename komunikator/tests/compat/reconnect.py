@@ -8,9 +8,10 @@ usage: reconnect.py URL ROOM_ID USERS_FILE   (USERS_FILE: "name token ..." lines
 
 Protocol on stdin/stdout (one JSON object per line on stdout):
 - prints {"ready": N} once every client is connected and has joined;
-- on each stdin line "round", waits until every client that lost its
-  connection since the previous round is connected and joined again (at
-  most 30 s), then prints {"round": ..., "lost": K, "rejoined": K,
+- on each stdin line "round N" (N: how many sockets the gateway just
+  killed held), waits until N clients have seen their connection close,
+  then until every client that lost its connection since the previous
+  round is connected and joined again (at most 30 s in all), then prints {"round": ..., "lost": K, "rejoined": K,
   "max_ms": T}, T being the longest time from the "round" line to a
   client's rejoin;
 - stdin closed: disconnects every client and exits.
@@ -73,13 +74,21 @@ async def main():
         if not line:
             break
         started = time.monotonic()
+        deadline = started + ROUND_WITHIN
         rounds += 1
-        # The balancer notices a dead gateway at once (the connection
-        # closes), but give every client the chance to see it.
-        await asyncio.sleep(0.2)
-        lost = [m for m in members if m.lost or not m.joined.is_set()]
+        held = int(line.split()[1]) if len(line.split()) > 1 else 0
+
+        def lost_now():
+            return [m for m in members if m.lost or not m.joined.is_set()]
+
+        # Each client of the killed gateway sees its connection close, on a
+        # loaded machine some only after a while: wait for all of them.
+        while len(lost_now()) < held and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        lost = lost_now()
         try:
-            await asyncio.wait_for(asyncio.gather(*(m.joined.wait() for m in lost)), ROUND_WITHIN)
+            await asyncio.wait_for(asyncio.gather(*(m.joined.wait() for m in lost)),
+                                   max(deadline - time.monotonic(), 0.1))
         except asyncio.TimeoutError:
             pass
         rejoined = [m for m in lost if m.joined.is_set()]
