@@ -82,6 +82,9 @@ impl Fanout {
         {
             return Ok(room.seam.clone());
         }
+        // Read before subscribing: whatever comes after it arrives live or
+        // is found missing.
+        let floor = self.shared.live_floor(room_id).await;
         let subscription = self
             .bus
             .subscribe(self.subjects.room_events(room_id))
@@ -89,7 +92,8 @@ impl Fanout {
         let seam = Arc::new(Seam::default());
         let new_message = self.subjects.new_message(room_id);
         let room = Room::new(&self.shared, room_id, new_message, seam.clone());
-        let task = tokio::spawn(forward(room, subscription, self.gaps.subscribe()));
+        let gaps = self.gaps.subscribe();
+        let task = tokio::spawn(forward(room, subscription, gaps, floor));
         rooms.insert(
             room_id,
             Subscribed {

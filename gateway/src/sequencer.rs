@@ -25,6 +25,17 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
+    /// A sequencer whose room had delivered up to `floor` (0: nothing yet)
+    /// before it started; `None` when that is not known: then the first
+    /// message starts the sequence, or waits [`REORDER_WINDOW`] for a
+    /// predecessor.
+    pub fn after(floor: Option<ChatId>) -> Self {
+        Self {
+            last: floor,
+            ..Self::default()
+        }
+    }
+
     /// Takes one message; returns those now deliverable, in order.
     pub fn push(&mut self, message: BusMessage, now: Instant) -> Vec<BusMessage> {
         let (Some(id), Some(previous)) = (message.sequence, message.previous) else {
@@ -202,6 +213,23 @@ mod tests {
         assert_eq!(s.fill(vec![chat(16, 15)]).1, 0);
         assert!(s.fill(Vec::new()).0.is_empty());
         assert_eq!(ids(&s.push(chat(17, 16), now)), [17]);
+    }
+
+    #[test]
+    fn from_a_floor_the_next_message_passes_at_once_and_a_lost_one_shows() {
+        let now = Instant::now();
+        // The room's newest message was 52 when it was subscribed.
+        let mut s = Sequencer::after(Some(52));
+        assert_eq!(ids(&s.push(chat(53, 52), now)), [53]);
+        // An empty room: its first message has no predecessor.
+        let mut empty = Sequencer::after(Some(0));
+        assert_eq!(ids(&empty.push(chat(1, 0), now)), [1]);
+        // 53 was lost on its way: 54 waits, and the log is read after 52.
+        let mut lost = Sequencer::after(Some(52));
+        assert!(lost.push(chat(54, 53), now).is_empty());
+        assert_eq!(lost.last(), Some(52));
+        let (ready, missed) = lost.fill(vec![chat(53, 52), chat(54, 53)]);
+        assert_eq!((ids(&ready), missed), (vec![53, 54], 1));
     }
 
     #[test]

@@ -80,6 +80,18 @@ impl RoomsShared {
         }
     }
 
+    /// Where the room's task starts checking live messages for gaps (see
+    /// [`ChatLog::live_floor`]); `None`, as if the log lost nothing live,
+    /// when it cannot be read.
+    pub async fn live_floor(&self, room_id: RoomId) -> Option<ChatId> {
+        self.log
+            .live_floor(room_id)
+            .await
+            .map_err(|e| tracing::warn!(room_id, error = %e, "live floor not read: the room's first gap goes unseen"))
+            .ok()
+            .flatten()
+    }
+
     /// The room's local sockets now.
     pub fn sockets(&self, room_id: RoomId) -> Vec<SocketRef> {
         self.io.within(room_key(room_id)).sockets()

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use common::adapters::bus::Subscription;
+use common::domain::ChatId;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -26,13 +27,16 @@ const GAP_READ_TRIES: u32 = 30;
 /// `chat_id` order, presence in batches to the sockets that asked for it.
 /// Chat messages lost on their way here (live delivery is at most once) are
 /// read from the chat log: those a later message shows missing, and those
-/// after the last delivered when `gaps` says some may be.
+/// after the last delivered when `gaps` says some may be; counting from
+/// `floor`, the room's newest message before it was subscribed
+/// ([`ChatLog::live_floor`](common::adapters::chat_log::ChatLog::live_floor)).
 pub async fn forward(
     mut room: Room,
     mut subscription: Subscription,
     mut gaps: watch::Receiver<u64>,
+    floor: Option<ChatId>,
 ) {
-    let mut sequencer = Sequencer::default();
+    let mut sequencer = Sequencer::after(floor);
     // A read of the log for lost messages: when, and the tries so far.
     let mut gap_read: Option<(Instant, u32)> = None;
     let mut gaps_open = true;
@@ -68,8 +72,8 @@ pub async fn forward(
             }
             () = sleep_until(gap_read.map(|(at, _)| at)) => {
                 let tries = gap_read.take().map_or(0, |(_, tries)| tries) + 1;
-                // Before its first message the room has nothing to miss:
-                // its sockets caught up from the log when they joined.
+                // Without a floor (it could not be read) and before its
+                // first message, the room does not know where to read from.
                 let Some(last) = sequencer.last() else { continue };
                 match room.read_after(last).await {
                     Ok(found) => room.fill(&mut sequencer, found),

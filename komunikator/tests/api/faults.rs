@@ -271,6 +271,20 @@ async fn wait_for_readiness(base: &str, status: u16, within: Duration) {
 /// to show the gap.
 #[tokio::test]
 async fn a_gateway_cut_off_from_the_broker_delivers_what_was_sent_meanwhile() {
+    cut_off_and_back(true).await;
+}
+
+/// The same, cut off before the room's first live message reached the
+/// gateway: it knows where to read from all the same (the room's newest
+/// message when it subscribed).
+#[tokio::test]
+async fn a_gateway_cut_off_before_a_rooms_first_message_delivers_it_too() {
+    cut_off_and_back(false).await;
+}
+
+/// A room whose reader is on a gateway reaching NATS through a relay that
+/// is cut while 20 messages are sent, after one delivered message or none.
+async fn cut_off_and_back(deliver_first: bool) {
     let relay =
         crate::servers::TcpCut::start(crate::harness::nats_url().trim_start_matches("nats://"))
             .await;
@@ -288,8 +302,10 @@ async fn a_gateway_cut_off_from_the_broker_delivers_what_was_sent_meanwhile() {
         .await
         .expect("reader connects");
     reader.join(room).await;
-    let first = sender.send(room, "before").await;
-    assert_eq!(reader.next_chat_ids(1).await, [first]);
+    if deliver_first {
+        let first = sender.send(room, "before").await;
+        assert_eq!(reader.next_chat_ids(1).await, [first]);
+    }
 
     relay.cut();
     wait_for_readiness(app.gateway_url(behind), 503, Duration::from_secs(10)).await;

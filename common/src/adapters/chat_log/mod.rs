@@ -97,6 +97,16 @@ pub trait ChatLog: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Where a subscriber to the room's live messages starts checking them
+    /// for gaps: the room's newest `chat_id` now (0 when it has none), read
+    /// before subscribing. A message after it that does not come live is
+    /// then read from the log, even the first one the subscriber would
+    /// have received. `None` when live publication loses nothing (the
+    /// embedded log).
+    async fn live_floor(&self, _room_id: RoomId) -> Result<Option<ChatId>, ChatLogError> {
+        Ok(None)
+    }
+
     /// Stores a chat message durably and returns its `chat_id`.
     async fn append(&self, draft: &ChatDraft) -> Result<ChatId, ChatLogError> {
         self.begin_append(draft, None).await?.await

@@ -385,6 +385,11 @@ impl ChatLog for JetStreamChatLog {
         Ok(Some(Box::pin(futures_util::stream::select(elected, lost))))
     }
 
+    async fn live_floor(&self, room_id: RoomId) -> Result<Option<ChatId>, ChatLogError> {
+        let newest = self.last_of(&self.subjects.chat(room_id)).await?;
+        Ok(Some(newest.map_or(Ok(0), chat_id)?))
+    }
+
     fn check_ready(&self) -> Result<(), ChatLogError> {
         match self.client.connection_state() {
             async_nats::connection::State::Connected => Ok(()),

@@ -83,7 +83,7 @@ impl JetStreamChatLog {
     }
 
     /// The sequence of the newest message on `subject`; `None` when it has none.
-    async fn last_of(&self, subject: &str) -> Result<Option<u64>, ChatLogError> {
+    pub(super) async fn last_of(&self, subject: &str) -> Result<Option<u64>, ChatLogError> {
         match self.stream.direct_get_last_for_subject(subject).await {
             Ok(message) => Ok(Some(message.sequence)),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
