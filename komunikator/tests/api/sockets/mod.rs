@@ -23,9 +23,6 @@ use serde_json::Value;
 use crate::harness::{TestApp, User};
 use crate::sio::{Auth, Socket, refusal};
 
-/// How long a test waits to be sure an event does not arrive.
-const QUIET: Duration = Duration::from_millis(500);
-
 /// Connects with `auth` and returns the connect error's message.
 async fn refused(url: &str, auth: Auth<'_>) -> String {
     match Socket::connect(url, auth).await {
