@@ -5,7 +5,7 @@
 #
 #   bench/run.sh <bin-dir> [name ...]     e.g. bench/run.sh target/release chat fanout
 #
-# Names: rest light-400 light-1000 chat chat-6000 chat-max chat-max-fine fanout fanout-cold fanout-max
+# Names: rest light-400 light-1000 chat chat-6000 chat-max chat-max-fine fanout fanout-cold fanout-cold-10k fanout-max
 # idle presence, each also as all-<name> and peer-<name> (rest and presence:
 # Komunikator only). Default: the comparison table (COMPARED) and the rest.
 set -euo pipefail
@@ -50,6 +50,9 @@ scenario() {
     chat-max-fine) args="$chat --rate 6000 --step 1.05 --seconds 5 --max --max-p99-ms 50" ;;
     fanout) args="$fanout --rate 100 --warmup 5 --seconds 10" ;;
     fanout-cold) args="$fanout --rate 100 --seconds 10" ;;
+    # Ten times the members, a tenth of the rate: the same 100k deliveries/s,
+    # the users written to the store (registering 10,000 takes minutes).
+    fanout-cold-10k) args="fanout --api \$API --gateways \$GATEWAYS --users 10000 --senders 1 --seed-direct --rate 10 --seconds 10" ;;
     # The same with the web client's batched presence.
     fanout-cold-batched) args="$fanout --rate 100 --seconds 10 --batched" ;;
     fanout-max) args="$fanout --rate 100 --step 1.2 --warmup 5 --seconds 5 --max" ;;
