@@ -14,11 +14,13 @@ use axum::http::{Request, StatusCode, header};
 use common::accounts::password::Passwords;
 use common::accounts::tokens::Tokens;
 use common::adapters::bus::LocalBus;
+use common::adapters::chat_log::ChatLog;
 use common::adapters::chat_log::EmbeddedChatLog;
 use common::adapters::counter::LocalCounter;
 use common::adapters::presence::LocalPresence;
 use common::adapters::store::{Store, StoreSettings};
 use common::adapters::throttle::{Limit, LocalThrottle};
+use common::domain::ChatDraft;
 use common::domain::events::Events;
 use common::domain::subjects::Subjects;
 use serde_json::{Value, json};
@@ -27,6 +29,8 @@ use tower::ServiceExt;
 /// The routes over a fresh SQLite database, and where it lives.
 struct Api {
     routes: Router,
+    /// Where chat messages are stored, as the gateway appends them.
+    chat_log: Arc<EmbeddedChatLog>,
     dir: std::path::PathBuf,
 }
 
@@ -62,7 +66,7 @@ impl Api {
         let routes = api::routes(api::Deps {
             store,
             events: Events::new(Arc::new(bus), subjects),
-            chat_log,
+            chat_log: chat_log.clone(),
             presence: Arc::new(LocalPresence::new(Duration::from_secs(5))),
             tokens: Tokens::new(&[7; 32], Duration::from_secs(900)),
             passwords: Passwords::new(1, 16),
@@ -72,7 +76,22 @@ impl Api {
             trusted_proxies: Vec::new(),
             refresh_ttl: Duration::from_secs(3600),
         });
-        Self { routes, dir }
+        Self {
+            routes,
+            chat_log,
+            dir,
+        }
+    }
+
+    /// Stores a chat message of `user` in `room`, as a gateway does; its id.
+    async fn send(&self, room_id: i64, user: &str, message: &str) -> i64 {
+        let draft = ChatDraft {
+            room_id,
+            user_name: user.to_owned(),
+            message: message.to_owned(),
+            create_date: common::domain::now(),
+        };
+        self.chat_log.append(&draft).await.expect("stored")
     }
 
     /// One request, as a client at 127.0.0.1 sends it: the status and the
@@ -282,4 +301,153 @@ async fn missing_parameters_and_bad_tokens_are_4xx() {
             json!({ "error": "Missing Login or password" })
         )
     );
+}
+
+#[tokio::test]
+async fn history_pages_back_from_the_newest_and_private_rooms_keep_theirs() {
+    let api = Api::new().await;
+    let ann = api.register("ann").await;
+    let bob = api.register("bob").await;
+    let room = api.create_room(&ann, "lobby", None).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(api.send(room, "ann", &format!("m{i}")).await);
+    }
+    let chat_ids = |body: &Value| -> Vec<i64> {
+        body.as_array()
+            .expect("a list")
+            .iter()
+            .map(|m| m["chat_id"].as_i64().expect("chat_id"))
+            .collect()
+    };
+    // Anonymous readers may read a public room: oldest first.
+    let (status, all) = api
+        .call(
+            "GET",
+            &format!("/api/chat_history?room_id={room}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(chat_ids(&all), ids);
+    assert_eq!(all[0]["message"], "m0");
+    assert_eq!(all[0]["user_name"], "ann");
+    // The newest two, then the two before them.
+    let uri = format!("/api/chat_history?room_id={room}&limit=2");
+    let (_, newest) = api.call("GET", &uri, None, None).await;
+    assert_eq!(chat_ids(&newest), ids[3..]);
+    let uri = format!("/api/chat_history?room_id={room}&limit=2&before={}", ids[3]);
+    let (_, before) = api.call("GET", &uri, None, None).await;
+    assert_eq!(chat_ids(&before), ids[1..3]);
+    // A private room's history is its members' only.
+    let private = api.create_room(&ann, "vault", Some("k")).await;
+    api.send(private, "ann", "secret").await;
+    let uri = format!("/api/chat_history?room_id={private}");
+    assert_eq!(
+        api.call("GET", &uri, Some(&ann), None).await.0,
+        StatusCode::OK
+    );
+    for token in [None, Some(bob.as_str())] {
+        assert_eq!(
+            api.call("GET", &uri, token, None).await,
+            (StatusCode::NOT_FOUND, json!({ "error": "Room not found" }))
+        );
+    }
+}
+
+#[tokio::test]
+async fn only_the_owner_edits_and_deletes_and_a_deleted_room_is_gone() {
+    let api = Api::new().await;
+    let ann = api.register("ann").await;
+    let bob = api.register("bob").await;
+    let room = api.create_room(&ann, "lobby", None).await;
+    let edit = async |token: &str, body: Value| {
+        api.call("POST", "/api/room/edit", Some(token), Some(body))
+            .await
+    };
+    assert_eq!(
+        edit(&bob, json!({ "room_id": room, "new_name": "mine" })).await,
+        (
+            StatusCode::FORBIDDEN,
+            json!({ "error": "You are not the owner of this room" })
+        )
+    );
+    assert_eq!(
+        edit(&ann, json!({ "room_id": room, "new_name": " " })).await,
+        (
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "Room name cannot be empty" })
+        )
+    );
+    assert_eq!(
+        edit(
+            &ann,
+            json!({ "room_id": room, "new_name": "x", "is_private": true })
+        )
+        .await,
+        (
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "Missing new_access_key parameter for private room" })
+        )
+    );
+    assert_eq!(
+        edit(&ann, json!({ "room_id": room, "new_name": "renamed" }))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, rooms) = api.call("GET", "/api/rooms", None, None).await;
+    assert_eq!(rooms[0]["room_name"], "renamed");
+    api.send(room, "ann", "before the end").await;
+    let delete = json!({ "room_id": room });
+    assert_eq!(
+        api.call("POST", "/api/room/delete", Some(&bob), Some(delete.clone()))
+            .await,
+        (StatusCode::NOT_FOUND, json!({ "error": "Room not found" })),
+        "not the owner: as if it did not exist"
+    );
+    assert_eq!(
+        api.call("POST", "/api/room/delete", Some(&ann), Some(delete))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let uri = format!("/api/chat_history?room_id={room}");
+    assert_eq!(
+        api.call("GET", &uri, None, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, rooms) = api.call("GET", "/api/rooms", None, None).await;
+    assert_eq!(rooms, json!([]));
+}
+
+#[tokio::test]
+async fn joining_twice_and_leaving_a_room_one_is_not_in_are_refused() {
+    let api = Api::new().await;
+    let ann = api.register("ann").await;
+    let bob = api.register("bob").await;
+    let room = api.create_room(&ann, "lobby", None).await;
+    let body = json!({ "room_id": room });
+    let call = async |path: &str| api.call("POST", path, Some(&bob), Some(body.clone())).await;
+    assert_eq!(
+        call("/api/room/leave").await,
+        (
+            StatusCode::NOT_FOUND,
+            json!({ "error": "User not in room" })
+        )
+    );
+    assert_eq!(call("/api/room/join_public").await.0, StatusCode::OK);
+    assert_eq!(
+        call("/api/room/join_public").await,
+        (
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "User already in room" })
+        )
+    );
+    let (_, mine) = api.call("GET", "/api/user_rooms", Some(&bob), None).await;
+    assert_eq!(mine.as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(call("/api/room/leave").await.0, StatusCode::OK);
+    let (_, mine) = api.call("GET", "/api/user_rooms", Some(&bob), None).await;
+    assert_eq!(mine, json!([]));
 }
