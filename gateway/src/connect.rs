@@ -86,27 +86,16 @@ const BATCHED_PRESENCE: &str = "batched";
 
 /// Who may open a socket, as whom.
 pub struct Connector {
-    tokens: Tokens,
-    /// Where users and their sessions are looked up.
-    store: Store,
-    /// `None` accepts sockets from any origin.
-    allowed_origins: Option<Vec<String>>,
-    /// Each socket's allowance of chat messages.
-    rate: RateLimit,
-    /// The open sockets of each user, against their cap.
-    user_sockets: UserSockets,
-    /// When each socket's token expires.
-    expiries: Arc<Expiries>,
-    refusals: Family<ConnectRefusalLabels, Counter>,
-}
-
-/// What a [`Connector`] is made of.
-pub struct ConnectorDeps {
     pub tokens: Tokens,
+    /// Where users and their sessions are looked up.
     pub store: Store,
+    /// `None` accepts sockets from any origin.
     pub allowed_origins: Option<Vec<String>>,
+    /// Each socket's allowance of chat messages.
     pub rate: RateLimit,
-    pub max_sockets_per_user: usize,
+    /// The open sockets of each user, against their cap.
+    pub user_sockets: UserSockets,
+    /// When each socket's token expires.
     pub expiries: Arc<Expiries>,
     pub refusals: Family<ConnectRefusalLabels, Counter>,
 }
@@ -154,18 +143,6 @@ fn connect_span(socket: &SocketRef) -> tracing::Span {
 }
 
 impl Connector {
-    pub fn new(deps: ConnectorDeps) -> Self {
-        Self {
-            tokens: deps.tokens,
-            store: deps.store,
-            allowed_origins: deps.allowed_origins,
-            rate: deps.rate,
-            user_sockets: UserSockets::new(deps.max_sockets_per_user),
-            expiries: deps.expiries,
-            refusals: deps.refusals,
-        }
-    }
-
     /// Closes the socket `sid` (by `revocation`) once `at` (Unix s) passes,
     /// unless its token is renewed.
     pub fn watch_expiry(&self, at: i64, sid: Sid) {

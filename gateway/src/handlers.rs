@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use common::adapters::chat_log::{ChatLog, ChatLogError, IdempotencyKey};
+use common::adapters::chat_log::{ChatLog, IdempotencyKey};
 use common::adapters::store::Store;
 use common::domain::events::{Events, ServerEvent, UserInRoom};
 use common::domain::{ChatDraft, ChatId, RoomId, now};
@@ -280,28 +280,7 @@ fn in_room(socket: &SocketRef, key: &str) -> bool {
 }
 
 /// Logs a dependency failure once, here, and refuses the event with code 8.
-fn unavailable(e: impl Into<UnavailableCause>) -> Refusal {
-    let UnavailableCause(detail) = e.into();
-    tracing::error!(error = %detail, "event failed on a dependency");
+fn unavailable(e: impl std::fmt::Display) -> Refusal {
+    tracing::error!(error = %e, "event failed on a dependency");
     Refusal::Unavailable
-}
-
-struct UnavailableCause(String);
-
-impl From<common::adapters::bus::BusError> for UnavailableCause {
-    fn from(e: common::adapters::bus::BusError) -> Self {
-        Self(e.to_string())
-    }
-}
-
-impl From<ChatLogError> for UnavailableCause {
-    fn from(e: ChatLogError) -> Self {
-        Self(e.to_string())
-    }
-}
-
-impl From<common::adapters::store::StoreError> for UnavailableCause {
-    fn from(e: common::adapters::store::StoreError) -> Self {
-        Self(e.to_string())
-    }
 }

@@ -169,15 +169,15 @@ impl Gateway {
             deps.subjects.heartbeats(),
         ));
         let expiries = Arc::new(admission::Expiries::default());
-        let connector = Arc::new(connect::Connector::new(connect::ConnectorDeps {
+        let connector = Arc::new(connect::Connector {
             tokens: deps.tokens,
             store: deps.store.clone(),
             allowed_origins: deps.allowed_origins,
             rate: deps.rate,
-            max_sockets_per_user: deps.max_sockets_per_user,
+            user_sockets: admission::UserSockets::new(deps.max_sockets_per_user),
             expiries: expiries.clone(),
             refusals: metrics.connect_refusals.clone(),
-        }));
+        });
         let acked = Arc::new(acked::AckedIds::new(deps.store.clone()));
         let drain = Arc::new(drain::Drain::default());
         let handlers = Arc::new(handlers::Handlers {
