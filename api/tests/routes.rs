@@ -135,6 +135,15 @@ impl Api {
         (status, body)
     }
 
+    /// Ann and Bob registered (their tokens), and Ann's public room.
+    async fn ann_bob_and_a_lobby() -> (Self, String, String, i64) {
+        let api = Self::new().await;
+        let ann = api.register("ann").await;
+        let bob = api.register("bob").await;
+        let room = api.create_room(&ann, "lobby", None).await;
+        (api, ann, bob, room)
+    }
+
     /// Registers `name`; its access token.
     async fn register(&self, name: &str) -> String {
         let (status, body) = self
@@ -160,6 +169,11 @@ impl Api {
     }
 }
 
+/// An answer refusing a request: `status`, and the error's message.
+fn refused(status: StatusCode, message: &str) -> (StatusCode, Value) {
+    (status, json!({ "error": message }))
+}
+
 #[tokio::test]
 async fn register_then_login_with_the_same_password_only() {
     let api = Api::new().await;
@@ -177,10 +191,7 @@ async fn register_then_login_with_the_same_password_only() {
     assert!(body["access_token"].is_string(), "{body}");
     assert_eq!(
         login("wrong").await,
-        (
-            StatusCode::UNAUTHORIZED,
-            json!({ "error": "Invalid user credentials" })
-        )
+        refused(StatusCode::UNAUTHORIZED, "Invalid user credentials")
     );
     let (status, body) = api
         .call(
@@ -190,10 +201,7 @@ async fn register_then_login_with_the_same_password_only() {
             Some(json!({ "user_name": "ann", "password": "x-other" })),
         )
         .await;
-    assert_eq!(
-        (status, body),
-        (StatusCode::CONFLICT, json!({ "error": "User Exists" }))
-    );
+    assert_eq!((status, body), refused(StatusCode::CONFLICT, "User Exists"));
 }
 
 #[tokio::test]
@@ -210,7 +218,7 @@ async fn a_private_rooms_key_is_shown_to_its_owner_only() {
     let (status, body) = api.call("GET", &uri, Some(&bob), None).await;
     assert_eq!(
         (status, body),
-        (StatusCode::NOT_FOUND, json!({ "error": "Room not found" }))
+        refused(StatusCode::NOT_FOUND, "Room not found")
     );
     let (status, _) = api
         .call(
@@ -231,10 +239,7 @@ async fn a_private_rooms_key_is_shown_to_its_owner_only() {
 
 #[tokio::test]
 async fn only_the_owner_kicks_and_only_members_are_kicked() {
-    let api = Api::new().await;
-    let ann = api.register("ann").await;
-    let bob = api.register("bob").await;
-    let room = api.create_room(&ann, "lobby", None).await;
+    let (api, ann, bob, room) = Api::ann_bob_and_a_lobby().await;
     let join = json!({ "room_id": room });
     let (status, _) = api
         .call("POST", "/api/room/join_public", Some(&bob), Some(join))
@@ -247,18 +252,12 @@ async fn only_the_owner_kicks_and_only_members_are_kicked() {
     };
     assert_eq!(
         kick(&bob, "ann").await,
-        (
-            StatusCode::FORBIDDEN,
-            json!({ "error": "You are not the owner of this room" })
-        )
+        refused(StatusCode::FORBIDDEN, "You are not the owner of this room")
     );
     assert_eq!(kick(&ann, "bob").await.0, StatusCode::OK);
     assert_eq!(
         kick(&ann, "bob").await,
-        (
-            StatusCode::NOT_FOUND,
-            json!({ "error": "User not in room" })
-        )
+        refused(StatusCode::NOT_FOUND, "User not in room")
     );
     let (_, members) = api
         .call("GET", &format!("/api/user_list?room_id={room}"), None, None)
@@ -272,10 +271,7 @@ async fn missing_parameters_and_bad_tokens_are_4xx() {
     let ann = api.register("ann").await;
     assert_eq!(
         api.call("GET", "/api/room", None, None).await,
-        (
-            StatusCode::BAD_REQUEST,
-            json!({ "error": "Missing room_id parameter" })
-        )
+        refused(StatusCode::BAD_REQUEST, "Missing room_id parameter")
     );
     let (status, _) = api
         .call("GET", "/api/user/get_info", Some("not-a-token"), None)
@@ -296,19 +292,13 @@ async fn missing_parameters_and_bad_tokens_are_4xx() {
         .await;
     assert_eq!(
         (status, body),
-        (
-            StatusCode::BAD_REQUEST,
-            json!({ "error": "Missing Login or password" })
-        )
+        refused(StatusCode::BAD_REQUEST, "Missing Login or password")
     );
 }
 
 #[tokio::test]
 async fn history_pages_back_from_the_newest_and_private_rooms_keep_theirs() {
-    let api = Api::new().await;
-    let ann = api.register("ann").await;
-    let bob = api.register("bob").await;
-    let room = api.create_room(&ann, "lobby", None).await;
+    let (api, ann, bob, room) = Api::ann_bob_and_a_lobby().await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(api.send(room, "ann", &format!("m{i}")).await);
@@ -351,34 +341,25 @@ async fn history_pages_back_from_the_newest_and_private_rooms_keep_theirs() {
     for token in [None, Some(bob.as_str())] {
         assert_eq!(
             api.call("GET", &uri, token, None).await,
-            (StatusCode::NOT_FOUND, json!({ "error": "Room not found" }))
+            refused(StatusCode::NOT_FOUND, "Room not found")
         );
     }
 }
 
 #[tokio::test]
 async fn only_the_owner_edits_and_deletes_and_a_deleted_room_is_gone() {
-    let api = Api::new().await;
-    let ann = api.register("ann").await;
-    let bob = api.register("bob").await;
-    let room = api.create_room(&ann, "lobby", None).await;
+    let (api, ann, bob, room) = Api::ann_bob_and_a_lobby().await;
     let edit = async |token: &str, body: Value| {
         api.call("POST", "/api/room/edit", Some(token), Some(body))
             .await
     };
     assert_eq!(
         edit(&bob, json!({ "room_id": room, "new_name": "mine" })).await,
-        (
-            StatusCode::FORBIDDEN,
-            json!({ "error": "You are not the owner of this room" })
-        )
+        refused(StatusCode::FORBIDDEN, "You are not the owner of this room")
     );
     assert_eq!(
         edit(&ann, json!({ "room_id": room, "new_name": " " })).await,
-        (
-            StatusCode::BAD_REQUEST,
-            json!({ "error": "Room name cannot be empty" })
-        )
+        refused(StatusCode::BAD_REQUEST, "Room name cannot be empty")
     );
     assert_eq!(
         edit(
@@ -386,9 +367,9 @@ async fn only_the_owner_edits_and_deletes_and_a_deleted_room_is_gone() {
             json!({ "room_id": room, "new_name": "x", "is_private": true })
         )
         .await,
-        (
+        refused(
             StatusCode::BAD_REQUEST,
-            json!({ "error": "Missing new_access_key parameter for private room" })
+            "Missing new_access_key parameter for private room"
         )
     );
     assert_eq!(
@@ -404,7 +385,7 @@ async fn only_the_owner_edits_and_deletes_and_a_deleted_room_is_gone() {
     assert_eq!(
         api.call("POST", "/api/room/delete", Some(&bob), Some(delete.clone()))
             .await,
-        (StatusCode::NOT_FOUND, json!({ "error": "Room not found" })),
+        refused(StatusCode::NOT_FOUND, "Room not found"),
         "not the owner: as if it did not exist"
     );
     assert_eq!(
@@ -424,26 +405,17 @@ async fn only_the_owner_edits_and_deletes_and_a_deleted_room_is_gone() {
 
 #[tokio::test]
 async fn joining_twice_and_leaving_a_room_one_is_not_in_are_refused() {
-    let api = Api::new().await;
-    let ann = api.register("ann").await;
-    let bob = api.register("bob").await;
-    let room = api.create_room(&ann, "lobby", None).await;
+    let (api, _, bob, room) = Api::ann_bob_and_a_lobby().await;
     let body = json!({ "room_id": room });
     let call = async |path: &str| api.call("POST", path, Some(&bob), Some(body.clone())).await;
     assert_eq!(
         call("/api/room/leave").await,
-        (
-            StatusCode::NOT_FOUND,
-            json!({ "error": "User not in room" })
-        )
+        refused(StatusCode::NOT_FOUND, "User not in room")
     );
     assert_eq!(call("/api/room/join_public").await.0, StatusCode::OK);
     assert_eq!(
         call("/api/room/join_public").await,
-        (
-            StatusCode::BAD_REQUEST,
-            json!({ "error": "User already in room" })
-        )
+        refused(StatusCode::BAD_REQUEST, "User already in room")
     );
     let (_, mine) = api.call("GET", "/api/user_rooms", Some(&bob), None).await;
     assert_eq!(mine.as_array().map(Vec::len), Some(1), "{mine}");
