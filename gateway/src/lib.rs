@@ -67,6 +67,15 @@ pub struct GatewayArgs {
     /// authenticate its Socket.IO connection; then it is closed.
     #[arg(long, env = "SOCKET_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
     pub socket_connect_timeout_secs: u64,
+    /// Seconds between the Engine.IO pings a gateway sends each socket (the
+    /// open packet's `pingInterval`). A load balancer's idle timeout must
+    /// be longer.
+    #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 25)]
+    pub ping_interval_secs: u64,
+    /// Seconds a client has to answer a ping before its socket is closed
+    /// (`pingTimeout`).
+    #[arg(long, env = "PING_TIMEOUT_SECS", default_value_t = 20)]
+    pub ping_timeout_secs: u64,
     /// Sockets one user may hold open on one gateway; 0 is unlimited.
     #[arg(long, env = "MAX_SOCKETS_PER_USER", default_value_t = 32)]
     pub max_sockets_per_user: usize,
@@ -91,6 +100,10 @@ pub struct Deps {
     pub rate: RateLimit,
     /// How long a socket has to authenticate.
     pub connect_timeout: Duration,
+    /// Engine.IO's heartbeat: a ping every `ping_interval`, to be answered
+    /// within `ping_timeout`.
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
     /// Sockets per user on this gateway; 0 is unlimited.
     pub max_sockets_per_user: usize,
     /// See [`GatewayArgs::per_user_events_max_sockets`].
@@ -149,6 +162,8 @@ impl Gateway {
             .ws_max_message_size(payload_max)
             .ws_max_frame_size(payload_max)
             .connect_timeout(deps.connect_timeout)
+            .ping_interval(deps.ping_interval)
+            .ping_timeout(deps.ping_timeout)
             .build_svc();
         let metrics = &deps.metrics;
         let rooms = room::RoomsShared::new(

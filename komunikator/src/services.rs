@@ -127,6 +127,8 @@ async fn start(
                 connect_timeout: std::time::Duration::from_secs(
                     args.socket_connect_timeout_secs.max(1),
                 ),
+                ping_interval: std::time::Duration::from_secs(args.ping_interval_secs.max(1)),
+                ping_timeout: std::time::Duration::from_secs(args.ping_timeout_secs.max(1)),
                 max_sockets_per_user: args.max_sockets_per_user,
                 per_user_events_max_sockets: args.per_user_events_max_sockets,
                 metrics: gateway::GatewayMetrics::new(registry),

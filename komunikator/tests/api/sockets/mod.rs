@@ -9,6 +9,7 @@ mod catch_up;
 mod connect;
 mod error_codes;
 mod gateways;
+mod heartbeat;
 mod identity;
 mod limits;
 mod messages;

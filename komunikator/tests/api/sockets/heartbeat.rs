@@ -1,0 +1,163 @@
+//! Engine.IO's heartbeat (docs/protocol.md, "Connecting"): the gateway pings
+//! every `PING_INTERVAL_SECS`, keeps a socket that answers, and closes one
+//! that does not answer within `PING_TIMEOUT_SECS`: on a session opened on
+//! WebSocket, whose one task reads, writes and pings, and on one upgraded
+//! from long-polling, whose pings come from the polling session.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::{Backend, Options, TestApp};
+use crate::sio::WAIT;
+
+type Raw =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The configured heartbeat: a ping a second, answered within a second.
+const INTERVAL: Duration = Duration::from_secs(1);
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Pings answered before the client goes silent.
+const ANSWERED: usize = 3;
+
+fn options() -> Options {
+    Options::default()
+        .with("PING_INTERVAL_SECS", "1")
+        .with("PING_TIMEOUT_SECS", "1")
+}
+
+fn ws_url(base: &str, query: &str) -> String {
+    format!(
+        "{}/socket.io/?EIO=4&{query}",
+        base.replace("http://", "ws://")
+    )
+}
+
+/// The next text frame within `wait`, or `None` once the connection closed.
+async fn next_text(ws: &mut Raw, wait: Duration) -> Option<String> {
+    loop {
+        match tokio::time::timeout(wait, ws.next()).await {
+            Err(_) => panic!("nothing from the gateway within {wait:?}"),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return None,
+            Ok(Some(Ok(Message::Text(text)))) => return Some(text.to_string()),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Signs `ws`'s session in as `token`'s user; answers pings meanwhile.
+async fn authenticate(ws: &mut Raw, token: &str) {
+    ws.send(Message::text(format!("40{}", json!({ "token": token }))))
+        .await
+        .expect("send");
+    loop {
+        match next_text(ws, WAIT).await.as_deref() {
+            Some(text) if text.starts_with("40") => return,
+            Some("2") => ws.send(Message::text("3")).await.expect("pong"),
+            Some(_) => {}
+            None => panic!("closed before the connect answer"),
+        }
+    }
+}
+
+/// Answers `ANSWERED` pings, each due within an interval (and the slack of a
+/// loaded machine) of the one before; then answers nothing and expects a
+/// close packet and the connection closed within the ping timeout of the
+/// next ping.
+async fn answer_then_fall_silent(ws: &mut Raw) {
+    let due = INTERVAL + TIMEOUT + WAIT;
+    let mut pings = 0;
+    while pings < ANSWERED {
+        match next_text(ws, due).await.as_deref() {
+            Some("2") => {
+                pings += 1;
+                ws.send(Message::text("3")).await.expect("pong");
+            }
+            Some(_) => {}
+            None => panic!("closed after {pings} answered pings"),
+        }
+    }
+    let silent = Instant::now();
+    let mut close_packet = false;
+    while let Some(text) = next_text(ws, due).await {
+        close_packet |= text == "1";
+    }
+    let lasted = silent.elapsed();
+    eprintln!("a silent client was closed {lasted:?} after its last pong");
+    assert!(close_packet, "the gateway sends a close packet first");
+    assert!(lasted >= TIMEOUT, "closed before the timeout: {lasted:?}");
+}
+
+/// The gateway's count of its open sockets reaches `n`.
+async fn sockets_reach(url: &str, n: f64) {
+    crate::harness::eventually(WAIT, async || {
+        match crate::harness::metric(url, "komunikator_gateway_sockets").await {
+            Some(count) if count == n => Ok(()),
+            other => Err(format!("komunikator_gateway_sockets {other:?}, want {n}")),
+        }
+    })
+    .await;
+}
+
+async fn a_websocket_session_is_pinged_and_closed_once_it_stops_answering(backend: Backend) {
+    let app = TestApp::start_with(backend, options()).await;
+    let url = app.gateway_url(0).to_owned();
+    let ann = app.user("ann").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&url, "transport=websocket"))
+        .await
+        .expect("handshake");
+    let open = next_text(&mut ws, WAIT).await.expect("open packet");
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet"))
+        .expect("open packet's JSON");
+    assert_eq!(open["pingInterval"], json!(1000), "{open}");
+    assert_eq!(open["pingTimeout"], json!(1000), "{open}");
+    authenticate(&mut ws, &ann.token).await;
+    sockets_reach(&url, 1.0).await;
+
+    answer_then_fall_silent(&mut ws).await;
+    sockets_reach(&url, 0.0).await;
+}
+
+async fn an_upgraded_session_is_pinged_and_closed_once_it_stops_answering(backend: Backend) {
+    let app = TestApp::start_with(backend, options()).await;
+    let url = app.gateway_url(0).to_owned();
+    let ann = app.user("ann").await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let open = http
+        .get(format!("{url}/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .expect("polling handshake")
+        .text()
+        .await
+        .expect("open packet");
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet"))
+        .expect("open packet's JSON");
+    assert_eq!(open["upgrades"], json!(["websocket"]), "{open}");
+    let sid = open["sid"].as_str().expect("sid");
+
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(ws_url(&url, &format!("transport=websocket&sid={sid}")))
+            .await
+            .expect("upgrade");
+    ws.send(Message::text("2probe")).await.expect("probe");
+    assert_eq!(next_text(&mut ws, WAIT).await.as_deref(), Some("3probe"));
+    ws.send(Message::text("5")).await.expect("upgrade packet");
+    authenticate(&mut ws, &ann.token).await;
+    sockets_reach(&url, 1.0).await;
+
+    answer_then_fall_silent(&mut ws).await;
+    sockets_reach(&url, 0.0).await;
+}
+
+crate::on_both_stores!(
+    a_websocket_session_is_pinged_and_closed_once_it_stops_answering,
+    an_upgraded_session_is_pinged_and_closed_once_it_stops_answering,
+);
