@@ -154,6 +154,23 @@ impl Permit<'_> {
     }
 }
 
+/// See [`Socket::heartbeat`].
+#[derive(Debug)]
+struct HeartbeatChannel {
+    tx: mpsc::Sender<()>,
+    rx: Mutex<Receiver<()>>,
+}
+
+impl HeartbeatChannel {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel(1);
+        Self {
+            tx,
+            rx: Mutex::new(rx),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct InternalRx {
     pub buffered_rx: Receiver<PacketBuf>,
@@ -221,12 +238,11 @@ where
     /// message is retained; subsequent volatile sends overwrite the previous one.
     volatile_tx: watch::Sender<Option<PacketBuf>>,
 
-    /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
-    /// which is running in a separate task
-    heartbeat_rx: Mutex<Receiver<()>>,
-    /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
-    /// which is running in a separate task
-    pub(crate) heartbeat_tx: mpsc::Sender<()>,
+    /// The channel of the heartbeat task: Pong [`Packets`](Packet) (v4
+    /// protocol) or Ping (v3 protocol) from the connection to the task.
+    /// `None` for a v4 session opened on WebSocket, whose connection pings
+    /// by itself (`transport::ws`).
+    heartbeat: Option<HeartbeatChannel>,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -256,8 +272,9 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
+        let pinged_by_its_connection =
+            transport == TransportType::Websocket && protocol == ProtocolVersion::V4;
 
         Self {
             id: Sid::new(),
@@ -270,8 +287,7 @@ where
 
             volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: (!pinged_by_its_connection).then(HeartbeatChannel::new),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -296,6 +312,25 @@ where
             })?;
         Ok(())
     }
+    /// Hands a pong (v4) or a ping (v3) to the heartbeat task, if the
+    /// session has one.
+    pub(crate) fn pong(&self) {
+        if let Some(heartbeat) = &self.heartbeat {
+            // A full channel means that the client is already known to be alive.
+            heartbeat.tx.try_send(()).ok();
+        }
+    }
+
+    /// The heartbeat task's end of its channel.
+    fn heartbeat_rx(&self) -> tokio::sync::MutexGuard<'_, Receiver<()>> {
+        self.heartbeat
+            .as_ref()
+            .expect("a session with a heartbeat task has its channel")
+            .rx
+            .try_lock()
+            .expect("Pong rx should be locked only once")
+    }
+
     pub(crate) fn is_upgrading(&self) -> bool {
         self.upgrading.load(Ordering::Relaxed)
     }
@@ -348,10 +383,7 @@ where
     ///
     /// If the client does not respond within the timeout, the connection is closed.
     async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
+        let mut heartbeat_rx = self.heartbeat_rx();
 
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
@@ -391,10 +423,7 @@ where
 
     #[cfg(feature = "v3")]
     async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
+        let mut heartbeat_rx = self.heartbeat_rx();
 
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
@@ -558,8 +587,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
             .field("internal_tx", &self.internal_tx)
-            .field("heartbeat_rx", &self.heartbeat_rx)
-            .field("heartbeat_tx", &self.heartbeat_tx)
+            .field("heartbeat", &self.heartbeat)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
             .finish()
@@ -607,7 +635,6 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
@@ -621,8 +648,7 @@ where
 
             volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: Some(HeartbeatChannel::new()),
             cancellation_token: CancellationToken::new(),
             close_fn,
 

@@ -269,29 +269,60 @@ async fn volatile_changed(
 /// and sends the pings of a session opened on WebSocket. One task instead
 /// of a reader, a writer and a heartbeat, and no lock between the halves of
 /// a split stream: an idle connection holds one small future.
-async fn connection<H: EngineIoHandler, S>(
+fn connection<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     socket: Arc<Socket<H::Data>>,
     mut ws: WebSocketStream<S>,
-    mut heartbeat: Option<Heartbeat>,
-) where
+    heartbeat: Option<Heartbeat>,
+) -> impl Future<Output = ()> + Send + 'static
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // A polling request that was in progress during the upgrade may still hold the lock.
-    let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    else {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = %socket.id, "session closed before the ws connection started");
-        return;
-    };
+    // An async block rather than an async fn: what it captures is used in
+    // place, where an async fn would move its arguments into locals of their
+    // own (a second copy of the stream in every connection's task).
+    async move {
+        // A polling request that was in progress during the upgrade may still hold the lock.
+        let lock = socket.internal_rx.lock();
+        let Some(mut internal_rx) = lock
+            .with_cancellation_token(&socket.cancellation_token)
+            .await
+        else {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "session closed before the ws connection started");
+            return;
+        };
+        let end = serve(&engine, &socket, &mut ws, heartbeat, &mut internal_rx).await;
+        if !end_session(&engine, &socket, &mut ws, internal_rx, end) {
+            return;
+        }
+        let farewell = async {
+            ws.flush().await.ok();
+            ws.close(None).await.ok();
+        };
+        // A client that reads nothing more does not hold the task.
+        tokio::time::timeout(engine.config.ping_timeout, farewell)
+            .await
+            .ok();
+    }
+}
+
+/// Reads, writes and pings until the connection ends.
+async fn serve<H: EngineIoHandler, S>(
+    engine: &Arc<EngineIo<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    ws: &mut WebSocketStream<S>,
+    mut heartbeat: Option<Heartbeat>,
+    internal_rx: &mut InternalRx,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let InternalRx {
         buffered_rx,
         volatile_rx,
         ..
-    } = &mut *internal_rx;
+    } = internal_rx;
 
     // The first ping goes at once, as on a polling session. Without a
     // heartbeat the timer is never polled.
@@ -308,7 +339,7 @@ async fn connection<H: EngineIoHandler, S>(
     let mut volatile_open = true;
     let mut unflushed = false;
 
-    let end = std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         if cancelled.as_mut().poll(cx).is_ready() {
             return Poll::Ready(End::ByServer);
         }
@@ -319,12 +350,11 @@ async fn connection<H: EngineIoHandler, S>(
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(End::Error(e.into())),
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
-            match on_frame(&engine, &socket, frame) {
+            match on_frame(engine, socket, frame) {
                 Ok(Read::Packet) => {}
                 Ok(Read::Pong) => match heartbeat.as_mut() {
                     Some(heartbeat) => heartbeat.answered(&mut timer),
-                    // A full channel means that the client is already known to be alive.
-                    None => drop(socket.heartbeat_tx.try_send(())),
+                    None => socket.pong(),
                 },
                 Ok(Read::Close) => return Poll::Ready(End::ByClient),
                 Err(e) => return Poll::Ready(End::Error(e)),
@@ -335,7 +365,7 @@ async fn connection<H: EngineIoHandler, S>(
             }
         }
         if let Some(heartbeat) = heartbeat.as_mut()
-            && heartbeat.poll(&mut timer, cx, &socket).is_err()
+            && heartbeat.poll(&mut timer, cx, socket).is_err()
         {
             return Poll::Ready(End::HeartbeatTimeout);
         }
@@ -364,7 +394,7 @@ async fn connection<H: EngineIoHandler, S>(
                 Poll::Pending => break,
             };
             for packet in packets {
-                if let Err(e) = start_send(&mut ws, socket.protocol, packet) {
+                if let Err(e) = start_send(ws, socket.protocol, packet) {
                     return Poll::Ready(End::Error(e));
                 }
             }
@@ -379,8 +409,24 @@ async fn connection<H: EngineIoHandler, S>(
         }
         Poll::Pending
     })
-    .await;
+    .await
+}
 
+/// Ends the session as `end` says. Unless the transport failed, queues on
+/// the WebSocket what was left for the client (a close packet, a last
+/// message) and returns true: it is still to be flushed and closed. The
+/// lock on the socket's queue is released here, so that the session's
+/// handler is told at once.
+fn end_session<H: EngineIoHandler, S>(
+    engine: &Arc<EngineIo<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    ws: &mut WebSocketStream<S>,
+    mut internal_rx: tokio::sync::MutexGuard<'_, InternalRx>,
+    end: End,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let graceful = match end {
         End::ByClient => {
             #[cfg(feature = "tracing")]
@@ -410,27 +456,16 @@ async fn connection<H: EngineIoHandler, S>(
         }
     };
     if !graceful {
-        return;
+        return false;
     }
-    // What was queued before the session closed (a close packet, a last
-    // message) is still written; the lock is released first, so that the
-    // session's handler is told at once.
-    while let Ok(packets) = buffered_rx.try_recv() {
+    while let Ok(packets) = internal_rx.buffered_rx.try_recv() {
         for packet in packets {
-            if start_send(&mut ws, socket.protocol, packet).is_err() {
-                return;
+            if start_send(ws, socket.protocol, packet).is_err() {
+                return false;
             }
         }
     }
-    drop(internal_rx);
-    let farewell = async {
-        ws.flush().await.ok();
-        ws.close(None).await.ok();
-    };
-    // A client that reads nothing more does not hold the task.
-    tokio::time::timeout(engine.config.ping_timeout, farewell)
-        .await
-        .ok();
+    true
 }
 
 /// What a frame from the client was.
