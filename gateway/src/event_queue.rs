@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use common::support::sync::Locked;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
-use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use tracing::Instrument;
 
 use crate::client_event::ClientEvent;
@@ -55,6 +55,11 @@ impl EventQueue {
         let mut state = self.state.locked();
         let next = state.pending.pop_front();
         state.running = next.is_some();
+        if next.is_none() {
+            // An idle socket holds no room for events (half a KiB): most
+            // sockets send one event, their heartbeat, and wait a second.
+            state.pending = VecDeque::new();
+        }
         next
     }
 }
@@ -95,13 +100,17 @@ impl EventQueues {
             async {}
         });
         let queue = Arc::new(EventQueue::default());
-        for name in ClientEvent::NAMES {
-            let queue = queue.clone();
-            let queues = self.clone();
-            socket.on(
-                name,
-                move |socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
-                    // Runs synchronously, in arrival order: only parsing and queueing.
+        let queues = self.clone();
+        // One handler for every event rather than one per event name: each
+        // socket holds its handlers for its lifetime.
+        socket.on_fallback(
+            move |socket: SocketRef,
+                  Event(event): Event,
+                  TryData(data): TryData<Value>,
+                  ack: AckSender| {
+                // Runs synchronously, in arrival order: only parsing and queueing.
+                // Events the contract does not name are ignored.
+                if let Some(name) = ClientEvent::NAMES.into_iter().find(|n| *n == event) {
                     let span = event_span(name, &socket);
                     let queued = Queued {
                         name,
@@ -111,10 +120,10 @@ impl EventQueues {
                         span,
                     };
                     queues.enqueue(&queue, queued);
-                    async {}
-                },
-            );
-        }
+                }
+                async {}
+            },
+        );
     }
 
     /// Queues one event, starting the socket's worker if it is not running;

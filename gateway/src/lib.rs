@@ -135,7 +135,9 @@ pub struct Gateway {
 }
 
 /// Bytes read at a time from a WebSocket (socketioxide's default is 4 KiB):
-/// client frames are small, and every idle connection holds this buffer.
+/// client frames are small, and every idle connection holds this buffer
+/// (less would not stay less: once a frame shares it, the buffer grows back
+/// to 1 KiB, the least `bytes` reallocates to).
 const WS_READ_BUFFER: usize = 1024;
 
 /// Packets a socket may have waiting to be written (socketioxide's default

@@ -26,7 +26,13 @@ pub async fn detach_request(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let headers = std::mem::take(request.headers_mut());
-    let copied = request.headers_mut();
+    // Sized for what is kept: a map grown one header at a time holds room
+    // for twice as many.
+    let kept = KEPT_HEADERS
+        .iter()
+        .map(|name| headers.get_all(*name).iter().count())
+        .sum();
+    let mut copied = axum::http::HeaderMap::with_capacity(kept);
     for name in KEPT_HEADERS {
         for value in headers.get_all(name) {
             let mut fresh = axum::http::HeaderValue::from_bytes(value.as_bytes())
@@ -35,6 +41,7 @@ pub async fn detach_request(
             copied.append(name, fresh);
         }
     }
+    *request.headers_mut() = copied;
     if let Ok(uri) = request.uri().to_string().parse() {
         *request.uri_mut() = uri;
     }
