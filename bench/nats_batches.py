@@ -51,50 +51,45 @@ class Conn:
         target = f"{subject} {reply}" if reply else subject
         return b"HPUB %s %d %d\r\n%s%s\r\n" % (target.encode(), len(hb), len(hb) + len(payload), hb, payload)
 
-def single(c, total, inflight):
-    payload = b"x" * 100
-    sent = acked = 0
+PAYLOAD = b"x" * 100
+
+def closed_loop(c, units, inflight, unit):
+    """Sends `units` publishes of `unit(i)` bytes each, `inflight` at a
+    time, each acknowledged once; returns the seconds taken and the last
+    acknowledgement."""
     t0 = time.time()
-    buf = b""
-    while sent < min(inflight, total):
-        buf += c.hpub("t.a", f"_INBOX.x.{sent}", [("Nats-Msg-Id", uuid.uuid4().hex)], payload); sent += 1
-    c.s.sendall(buf)
-    while acked < total:
-        _, data = c.read_msg()
-        ack = json.loads(data)
+    sent = min(inflight, units)
+    c.s.sendall(b"".join(unit(i) for i in range(sent)))
+    for _ in range(units):
+        ack = json.loads(c.read_msg()[1])
         assert "error" not in ack, ack
-        acked += 1
-        if sent < total:
-            c.s.sendall(c.hpub("t.a", f"_INBOX.x.{sent}", [("Nats-Msg-Id", uuid.uuid4().hex)], payload)); sent += 1
-    return total / (time.time() - t0)
+        if sent < units:
+            c.s.sendall(unit(sent))
+            sent += 1
+    return time.time() - t0, ack
+
+def single(c, total, inflight):
+    def unit(i):
+        return c.hpub("t.a", f"_INBOX.x.{i}", [("Nats-Msg-Id", uuid.uuid4().hex)], PAYLOAD)
+    seconds, _ = closed_loop(c, total, inflight, unit)
+    return total / seconds
 
 def batched(c, total, size, inflight_batches):
-    payload = b"x" * 100
-    t0 = time.time()
-    done = 0; started = 0; nb = total // size
-    def one(bi):
-        bid = uuid.uuid4().hex[:32]
+    def unit(i):
+        batch = uuid.uuid4().hex
         out = b""
-        for i in range(1, size + 1):
-            hdr = [("Nats-Batch-Id", bid), ("Nats-Batch-Sequence", str(i)), ("Nats-Msg-Id", uuid.uuid4().hex)]
-            if i == size:
+        for n in range(1, size + 1):
+            hdr = [("Nats-Batch-Id", batch), ("Nats-Batch-Sequence", str(n)), ("Nats-Msg-Id", uuid.uuid4().hex)]
+            # Only the commit asks for an acknowledgement.
+            reply = ""
+            if n == size:
                 hdr.append(("Nats-Batch-Commit", "1"))
-                out += c.hpub("t.a", f"_INBOX.x.b{bi}", hdr, payload)
-            else:
-                out += c.hpub("t.a", "", hdr, payload)
+                reply = f"_INBOX.x.b{i}"
+            out += c.hpub("t.a", reply, hdr, PAYLOAD)
         return out
-    buf = b""
-    while started < min(inflight_batches, nb):
-        buf += one(started); started += 1
-    c.s.sendall(buf)
-    while done < nb:
-        _, data = c.read_msg()
-        ack = json.loads(data)
-        assert "error" not in ack, ack
-        done += 1
-        if started < nb:
-            c.s.sendall(one(started)); started += 1
-    return nb * size / (time.time() - t0), ack
+    batches = total // size
+    seconds, ack = closed_loop(c, batches, inflight_batches, unit)
+    return batches * size / seconds, ack
 
 c = Conn()
 print(c.request("$JS.API.STREAM.DELETE.T", b""))
