@@ -536,7 +536,13 @@ async fn an_unconfirmed_message_is_code_8_after_10_s_and_its_resend_is_stored_on
     assert_eq!(sender.expect("error").await["code"], 8);
 
     nats.launch().await;
-    time_to_ready(app.gateway_url(0).to_owned()).await;
+    // The history below is read through the API, which reconnects to the
+    // broker on its own schedule: wait for both, as a client retrying would.
+    futures_util::future::join(
+        time_to_ready(app.gateway_url(0).to_owned()),
+        time_to_ready(app.main.url.clone()),
+    )
+    .await;
     let acked = sender.emit_with_ack("message", message.clone()).await;
     let chat_id = acked["chat_id"]
         .as_i64()
