@@ -36,9 +36,11 @@ s = open(published).read()
 s = re.sub(r'\[dev-dependencies\.criterion\]\n(?:[^\[\n].*\n)*\n?', '', s)
 s = re.sub(r'\[\[bench\]\]\n(?:[^\[\n].*\n)*\n?', '', s)
 s += '\n[workspace]\n\n[patch.crates-io]\n'
-for name in ('engineioxide', 'engineioxide-core', 'socketioxide'):
-    if not target.endswith(f'/{name}/Cargo.toml'):
-        s += f'{name} = {{ path = "{vendor}/{name}" }}\n'
+# The vendored crates this one is built on (each depends on the ones before it).
+stack = ['engineioxide-core', 'engineioxide', 'socketioxide']
+crate = target.split('/')[-2]
+for name in stack[:stack.index(crate)]:
+    s += f'{name} = {{ path = "{vendor}/{name}" }}\n'
 open(target, 'w').write(s)
 PY
   cp "$root/Cargo.lock" "$work/$crate/"

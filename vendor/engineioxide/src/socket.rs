@@ -312,6 +312,12 @@ where
             })?;
         Ok(())
     }
+    /// Whether the session's connection sends the pings itself (a v4
+    /// session opened on WebSocket) rather than a heartbeat task.
+    pub(crate) fn pinged_by_its_connection(&self) -> bool {
+        self.heartbeat.is_none()
+    }
+
     /// Hands a pong (v4) or a ping (v3) to the heartbeat task, if the
     /// session has one.
     pub(crate) fn pong(&self) {

@@ -167,15 +167,14 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        let heartbeat = Heartbeat::new(&engine.config);
-        #[cfg(feature = "v3")]
-        let heartbeat = if socket.protocol == ProtocolVersion::V3 {
+        let heartbeat = if socket.pinged_by_its_connection() {
+            Some(Heartbeat::new(&engine.config))
+        } else {
+            // Protocol v3: the client pings and a task answers.
             socket
                 .clone()
                 .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
             None
-        } else {
-            heartbeat
         };
         (socket, ws, heartbeat)
     };
@@ -216,12 +215,12 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn new(config: &EngineIoConfig) -> Option<Self> {
-        Some(Self {
+    fn new(config: &EngineIoConfig) -> Self {
+        Self {
             interval: config.ping_interval,
             timeout: config.ping_timeout,
             awaiting: None,
-        })
+        }
     }
 
     /// Sends a ping when the timer is due; an unanswered one is a timeout.
@@ -794,7 +793,7 @@ mod tests {
         let engine = engine(config.clone());
         let socket = session(&engine);
         let (server, mut client) = ws_pair().await;
-        let heartbeat = Heartbeat::new(&config);
+        let heartbeat = Some(Heartbeat::new(&config));
         tokio::spawn(connection(
             engine.clone(),
             socket.clone(),
@@ -827,7 +826,7 @@ mod tests {
         let engine = engine(config.clone());
         let socket = session(&engine);
         let (server, mut client) = ws_pair().await;
-        let heartbeat = Heartbeat::new(&config);
+        let heartbeat = Some(Heartbeat::new(&config));
         tokio::spawn(connection(
             engine.clone(),
             socket.clone(),
