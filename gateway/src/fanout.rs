@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::adapters::bus::{Bus, BusError, Subjects};
 use common::domain::RoomId;
 use socketioxide::extract::SocketRef;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, MutexGuard, watch};
 use tokio::task::JoinHandle;
 
 use crate::catch_up::Seam;
@@ -55,8 +55,7 @@ impl Fanout {
     /// Makes sure this gateway receives the room's events; returns once the
     /// subscription is active, so nothing published afterwards is missed.
     pub async fn subscribe(&self, room_id: RoomId) -> Result<(), BusError> {
-        let mut rooms = self.rooms.lock().await;
-        self.subscribed(&mut rooms, room_id).await.map(drop)
+        self.subscribed(room_id).await.map(drop)
     }
 
     /// [`Self::subscribe`], and the room's live chat messages held for
@@ -66,25 +65,31 @@ impl Fanout {
         room_id: RoomId,
         socket: &SocketRef,
     ) -> Result<Arc<Seam>, BusError> {
-        let mut rooms = self.rooms.lock().await;
-        let seam = self.subscribed(&mut rooms, room_id).await?;
+        // Held under the lock, so that a sweep cannot drop the room first.
+        let (_rooms, seam) = self.subscribed(room_id).await?;
         seam.hold_for(socket);
         Ok(seam)
     }
 
+    /// The room's subscription, made if it has none; with the lock on the
+    /// rooms still held.
     async fn subscribed(
         &self,
-        rooms: &mut HashMap<RoomId, Subscribed>,
         room_id: RoomId,
-    ) -> Result<Arc<Seam>, BusError> {
-        if let Some(room) = rooms.get(&room_id)
-            && !room.task.is_finished()
-        {
-            return Ok(room.seam.clone());
+    ) -> Result<(MutexGuard<'_, HashMap<RoomId, Subscribed>>, Arc<Seam>), BusError> {
+        let rooms = self.rooms.lock().await;
+        if let Some(seam) = live_seam(&rooms, room_id) {
+            return Ok((rooms, seam));
         }
+        drop(rooms);
         // Read before subscribing: whatever comes after it arrives live or
-        // is found missing.
+        // is found missing. Outside the lock: the gateway's other joins do
+        // not wait for the chat log.
         let floor = self.shared.live_floor(room_id).await;
+        let mut rooms = self.rooms.lock().await;
+        if let Some(seam) = live_seam(&rooms, room_id) {
+            return Ok((rooms, seam));
+        }
         let subscription = self
             .bus
             .subscribe(self.subjects.room_events(room_id))
@@ -102,7 +107,7 @@ impl Fanout {
             },
         );
         tracing::debug!(room_id, "subscribed to room");
-        Ok(seam)
+        Ok((rooms, seam))
     }
 
     /// Drops the subscriptions of rooms without local sockets (joined, or
@@ -119,4 +124,12 @@ impl Fanout {
             keep
         });
     }
+}
+
+/// The seam of the room's subscription, if it has one that still runs.
+fn live_seam(rooms: &HashMap<RoomId, Subscribed>, room_id: RoomId) -> Option<Arc<Seam>> {
+    rooms
+        .get(&room_id)
+        .filter(|room| !room.task.is_finished())
+        .map(|room| room.seam.clone())
 }
