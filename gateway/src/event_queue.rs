@@ -19,7 +19,7 @@ use crate::drain::Drain;
 use crate::handlers::Handlers;
 use crate::outcome::{Answers, Outcome};
 use crate::refusal::Refusal;
-use crate::revocation::close_for;
+use crate::revocation::close;
 
 /// Events of one socket waiting to be handled; beyond this many, new ones
 /// are refused (code 6) instead of queueing without bound.
@@ -134,10 +134,14 @@ impl EventQueues {
             if state.pending.len() >= EVENT_QUEUE {
                 drop(state);
                 let Queued {
-                    name, socket, ack, ..
+                    name,
+                    socket,
+                    ack,
+                    span,
+                    ..
                 } = queued;
-                self.answers
-                    .refuse(name, &socket, ack, Refusal::RateLimited);
+                let refused = Err(Refusal::RateLimited);
+                self.answers.finish(name, &socket, ack, &span, refused);
                 return;
             }
             state.pending.push_back(queued);
@@ -169,8 +173,9 @@ impl EventQueues {
         match self.handlers.handle(&socket, event).await {
             Outcome::Now(answer) => self.answers.finish(name, &socket, ack, &span, answer),
             Outcome::Close(why) => {
+                // The refusal tells the client why (its `error` event).
                 self.answers.finish(name, &socket, ack, &span, Err(why));
-                close_for(&socket, why);
+                close(&socket);
             }
             Outcome::Later(answer) => {
                 let answers = self.answers.clone();

@@ -95,12 +95,6 @@ impl Answers {
         }
         send(socket, ack, name, answer);
     }
-
-    /// Answers an event refused before it was queued (its socket's queue
-    /// is full), the same way.
-    pub fn refuse(&self, name: &'static str, socket: &SocketRef, ack: AckSender, why: Refusal) {
-        self.finish(name, socket, ack, &tracing::Span::none(), Err(why));
-    }
 }
 
 /// Sends the answer: the acknowledgement (when asked for) and, for a

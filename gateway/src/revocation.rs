@@ -107,6 +107,11 @@ pub fn close_for(socket: &SocketRef, why: Refusal) {
     if let Err(e) = socket.emit("error", &why.body()) {
         tracing::debug!(error = %e, "error event not sent before closing");
     }
+    close(socket);
+}
+
+/// Closes a socket that was already told why: see [`close_for`].
+pub fn close(socket: &SocketRef) {
     socket.leave_all();
     if let Err(socketioxide::SocketError::InternalChannelFull) = socket.clone().disconnect() {
         tokio::spawn(disconnect_when_possible(socket.clone()));

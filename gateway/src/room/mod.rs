@@ -358,7 +358,7 @@ impl Room {
 
     /// The room's local sockets now.
     fn sockets(&self) -> Vec<SocketRef> {
-        self.shared.sockets(self.room_id)
+        self.shared.io.within(self.key.clone()).sockets()
     }
 
     /// Sends to `sockets`, local sockets of the room, encoding the event
