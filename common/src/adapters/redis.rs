@@ -106,11 +106,6 @@ impl RedisPool {
                 .map_err(|e| e.to_string()),
         }
     }
-
-    /// True on a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
-    }
 }
 
 impl ConnectionLike for RedisConnection {

@@ -1,13 +1,12 @@
 //! The NATS subjects and JetStream stream names of docs/architecture.md, in one
 //! place.
 
-use clap::Args;
-
-use crate::support::problems::Problems;
-
 use std::sync::Arc;
 
+use clap::Args;
+
 use crate::domain::RoomId;
+use crate::support::problems::Problems;
 
 /// Builds the subjects of docs/architecture.md under a configurable prefix (so
 /// several deployments, or tests, can share one NATS server).
@@ -115,23 +114,6 @@ impl Subjects {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_chat_stream_republishes_each_rooms_messages_to_its_new_message_subject() {
-        let subjects = Subjects::new("kom");
-        assert_eq!(subjects.chat(7), "kom.chat.7");
-        assert_eq!(subjects.chats(), "kom.chat.*");
-        assert_eq!(subjects.new_message(7), "kom.room.7.new_message");
-        assert_eq!(
-            subjects.new_message_republished(),
-            "kom.room.{{wildcard(1)}}.new_message"
-        );
-    }
-}
-
 /// Namespacing shared by every service of one deployment.
 #[derive(Debug, Clone, Args)]
 pub struct PrefixArgs {
@@ -152,5 +134,22 @@ impl PrefixArgs {
         if !valid {
             problems.push("KOM_PREFIX must be dot-separated tokens of letters, digits, `_` or `-`");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chat_stream_republishes_each_rooms_messages_to_its_new_message_subject() {
+        let subjects = Subjects::new("kom");
+        assert_eq!(subjects.chat(7), "kom.chat.7");
+        assert_eq!(subjects.chats(), "kom.chat.*");
+        assert_eq!(subjects.new_message(7), "kom.room.7.new_message");
+        assert_eq!(
+            subjects.new_message_republished(),
+            "kom.room.{{wildcard(1)}}.new_message"
+        );
     }
 }

@@ -387,7 +387,7 @@ impl ChatLog for JetStreamChatLog {
 
     async fn live_floor(&self, room_id: RoomId) -> Result<Option<ChatId>, ChatLogError> {
         let newest = self.last_of(&self.subjects.chat(room_id)).await?;
-        Ok(Some(newest.map_or(Ok(0), chat_id)?))
+        newest.map_or(Ok(0), chat_id).map(Some)
     }
 
     fn check_ready(&self) -> Result<(), ChatLogError> {
