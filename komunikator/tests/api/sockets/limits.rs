@@ -11,16 +11,12 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::refused;
+use super::{Raw, authenticate, refused};
 use crate::harness::{Backend, Options, Service, TestApp};
 use crate::sio::{Auth, Socket, WAIT, refusal};
 
 /// The payload limit of every transport: the REST body limit.
 const LIMIT: usize = 64 * 1024;
-
-/// A raw WebSocket connection to `/socket.io/`, before any Socket.IO packet.
-type Raw =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How a handshake over the cap is refused: a connection beyond it is
 /// closed at once (reset), a handshake on a connection that got in is
@@ -106,23 +102,6 @@ async fn send_fragmented(ws: &mut Raw, text: String) -> Result<(), String> {
         offset = end;
     }
     Ok(())
-}
-
-/// Authenticates a raw socket; panics unless the gateway accepts it.
-async fn authenticate(ws: &mut Raw, token: &str) {
-    ws.send(Message::text(format!("40{}", json!({ "token": token }))))
-        .await
-        .expect("send");
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) if text.starts_with("40") => return,
-            Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
-                ws.send(Message::text("3")).await.expect("pong");
-            }
-            Some(Ok(_)) => {}
-            other => panic!("no connect answer: {other:?}"),
-        }
-    }
 }
 
 async fn a_60_mib_message_is_refused_without_being_read(backend: Backend) {

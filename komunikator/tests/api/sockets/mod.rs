@@ -19,10 +19,33 @@ mod sessions;
 
 use std::time::Duration;
 
-use serde_json::Value;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{TestApp, User};
 use crate::sio::{Auth, Socket, refusal};
+
+/// A raw WebSocket connection to `/socket.io/`, before any Socket.IO packet.
+type Raw =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Authenticates a raw socket; panics unless the gateway accepts it.
+async fn authenticate(ws: &mut Raw, token: &str) {
+    ws.send(Message::text(format!("40{}", json!({ "token": token }))))
+        .await
+        .expect("send");
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.starts_with("40") => return,
+            Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
+                ws.send(Message::text("3")).await.expect("pong");
+            }
+            Some(Ok(_)) => {}
+            other => panic!("no connect answer: {other:?}"),
+        }
+    }
+}
 
 /// Connects with `auth` and returns the connect error's message.
 async fn refused(url: &str, auth: Auth<'_>) -> String {
