@@ -134,6 +134,31 @@ async fn one_chat_message_is_one_trace_from_gateway_to_persister() {
     }
 }
 
+/// A traced message carries its trace context and its `Nats-Msg-Id` in
+/// the same headers: a resend (same `client_msg_id`) is still stored once.
+#[tokio::test]
+async fn a_traced_messages_resend_is_stored_once() {
+    let collector = Collector::start().await;
+    let app = TestApp::start_with(Backend::MySql, collector.options()).await;
+    let crate::harness::Chat(room, _, [ann]) = app.chat("traced resend", ["ann"]).await;
+    let payload = json!({ "room_id": room, "message": "once", "client_msg_id": "m-1" });
+    let first = ann.emit_with_ack("message", payload.clone()).await;
+    let again = ann.emit_with_ack("message", payload).await;
+    assert!(first["chat_id"].is_i64(), "acknowledged: {first}");
+    assert_eq!(again, first, "the resend's acknowledgement");
+    let sent = format!("send {}.chat.{room}", app.prefix);
+    collector
+        .wait_for("the message's publish span", |spans| {
+            one(spans, |s| s.name == sent).map(drop)
+        })
+        .await;
+    let history = app
+        .chat_history(&format!("room_id={room}"), None)
+        .await
+        .chat_ids();
+    assert_eq!(history, vec![first["chat_id"].as_i64().unwrap_or_default()]);
+}
+
 #[tokio::test]
 async fn heartbeats_continue_their_trace_into_presence() {
     let collector = Collector::start().await;

@@ -232,16 +232,16 @@ impl ChatLog for JetStreamChatLog {
             messaging.message.id = %msg_id,
             messaging.nats.stream.sequence = tracing::field::Empty,
         );
-        let headers =
-            TraceParent::of(&span).map(|trace| crate::adapters::bus::trace_headers(&trace));
+        // The id and the trace context go in one header map: `headers()`
+        // replaces what `message_id()` set.
+        let mut headers = TraceParent::of(&span)
+            .map(|trace| crate::adapters::bus::trace_headers(&trace))
+            .unwrap_or_default();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
         let publish = move |payload: &Bytes| {
-            let message = PublishMessage::build()
+            PublishMessage::build()
                 .payload(payload.clone())
-                .message_id(&msg_id);
-            match &headers {
-                Some(headers) => message.headers(headers.clone()),
-                None => message,
-            }
+                .headers(headers.clone())
         };
         let first = self
             .jetstream
