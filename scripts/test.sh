@@ -159,7 +159,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$out"
+status=0
+cargo test --workspace --locked 2>&1 | tee "$out" || status=$?
+if [ "$status" != 0 ]; then
+  # Backtraces push the panic messages far from the end of the log: they
+  # are repeated here, last, where a CI summary shows them.
+  log "why each failing test failed"
+  grep -A8 "panicked at" "$out" | grep -v -E "^ +([0-9]+: | at )|^stack backtrace:" || true
+  exit "$status"
+fi
 log "protocol documents"
 "$KOM_TEST_PYTHON" scripts/openapi.py --check
 node docs/check-asyncapi.mjs

@@ -51,6 +51,9 @@ pub async fn serve(plan: Plan, shutdown: CancellationToken) -> Result<(), Failur
         "starting"
     );
     let mut registry = Metrics::registry();
+    if let Some(log) = &infra.chat_log {
+        log.register_metrics(&mut registry);
+    }
     let mut app = axum::Router::new();
     let mut tasks = Vec::new();
     let origins = plan.http.origin_allowlist();

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::harness::{Backend, Chat, Options, TestApp, User, eventually};
+use crate::harness::{Backend, Chat, Options, TestApp, User, eventually, random_hex};
 use crate::sio::{Auth, Socket};
 
 /// Sends a chat message with a `client_msg_id` every 50 ms until `stop`,
@@ -339,7 +339,18 @@ async fn cut_off_and_back(deliver_first: bool) {
 /// and every service is ready again within half a second of NATS listening.
 #[tokio::test]
 async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
-    let mut nats = crate::servers::nats().await;
+    broker_restart(crate::servers::nats().await).await;
+}
+
+/// The same on a current nats-server with the shipped configuration, where
+/// the gateway publishes in atomic batches.
+#[tokio::test]
+async fn a_broker_restart_gives_late_acks_not_refusals_with_atomic_batches() {
+    let dir = std::env::temp_dir().join(format!("kom-nats-restart-{}", random_hex(6)));
+    broker_restart(crate::servers::nats_shipped_in(dir).await).await;
+}
+
+async fn broker_restart(mut nats: crate::servers::OwnedServer) {
     let app = TestApp::start_with(
         Backend::MySql,
         Options::unlimited().with("NATS_URL", nats.url.clone()),

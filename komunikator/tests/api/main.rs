@@ -10,6 +10,7 @@ mod sessions;
 mod sio;
 
 mod auth;
+mod batching;
 mod chat;
 mod cluster;
 mod compat;

@@ -73,13 +73,18 @@ impl Drop for LazyFs {
 /// How many messages a test acknowledges at a time.
 const MESSAGES: usize = 200;
 
-/// Sends [`MESSAGES`] messages one by one; their `(chat_id, text)`, as
-/// acknowledged.
+/// Sends [`MESSAGES`] messages, 20 in flight at a time (so that a gateway
+/// publishes them in batches, and SQLite commits several at once); their
+/// `(chat_id, text)`, as acknowledged, in the order sent.
 async fn acknowledged(sock: &crate::sio::Socket, room: i64) -> Vec<(i64, String)> {
     let mut acked = Vec::with_capacity(MESSAGES);
-    for i in 0..MESSAGES {
-        let text = format!("before the power cut {i}");
-        acked.push((sock.send(room, &text).await, text));
+    let texts: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("before the power cut {i}"))
+        .collect();
+    for chunk in texts.chunks(20) {
+        let ids =
+            futures_util::future::join_all(chunk.iter().map(|text| sock.send(room, text))).await;
+        acked.extend(ids.into_iter().zip(chunk.iter().cloned()));
     }
     acked
 }
@@ -165,6 +170,15 @@ async fn acknowledged_messages_survive_a_power_loss_of_every_server() {
     app.persister.as_ref().expect("persister").signal("STOP");
     acked.extend(acknowledged(&sock, room).await);
     drop(sock);
+    // Published in atomic batches (on this server's chat stream).
+    let gateway = &app.gateways[0].url;
+    let metric = async |name: &str| crate::harness::metric(gateway, name).await;
+    let messages = metric("komunikator_chat_publish_batch_messages_sum").await;
+    let publishes = metric("komunikator_chat_publish_batch_messages_count").await;
+    assert!(
+        publishes < messages,
+        "published in batches: {publishes:?} publishes of {messages:?} messages"
+    );
 
     for service in app.services_mut() {
         service.kill9().await;

@@ -87,6 +87,9 @@ pub trait ChatLog: Send + Sync + 'static {
     /// Fails when messages cannot be appended now.
     fn check_ready(&self) -> Result<(), ChatLogError>;
 
+    /// Adds the log's own metrics, if it has any, to the process's.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+
     /// Yields each time `new_message`s published live may have missed this
     /// process's subscriptions although they were acknowledged: its
     /// connection to the broker came back, or the stream's leader changed

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, stream};
+use async_nats::jetstream::{self, consumer::pull, stream};
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -25,6 +25,7 @@ use crate::domain::{ChatDraft, ChatId, RoomId};
 use crate::support::cause::Cause;
 use crate::telemetry::trace_context::TraceParent;
 
+mod batches;
 mod unstored;
 
 /// How long a chat message is retried (with the same `Nats-Msg-Id`, so a
@@ -80,6 +81,9 @@ pub struct JetStreamChatLog {
     stored_floor: Arc<AtomicU64>,
     /// See [`NatsBus::losses`].
     losses: watch::Receiver<u64>,
+    /// Publishes chat messages in atomic batches; `None` when the stream
+    /// does not take them (a server older than 2.12): one publish each.
+    batches: Option<batches::Batches>,
 }
 
 impl JetStreamChatLog {
@@ -93,7 +97,17 @@ impl JetStreamChatLog {
             stored: store.max_chat_id().await?,
             acked: store.acked_up_to().await?,
         };
-        let stream = ensure_stream(nats, &subjects, floor).await?;
+        let (stream, atomic) = ensure_stream(nats, &subjects, floor).await?;
+        let batches = atomic.then(|| batches::Batches::start(jetstream.clone()));
+        tracing::info!(
+            atomic_batches = atomic,
+            "chat messages are published {}",
+            if atomic {
+                "in atomic batches"
+            } else {
+                "one by one (the NATS servers are older than 2.12)"
+            }
+        );
         Ok(Self {
             client: nats.client().clone(),
             jetstream,
@@ -102,6 +116,7 @@ impl JetStreamChatLog {
             store,
             stored_floor: Arc::default(),
             losses: nats.losses(),
+            batches,
         })
     }
 }
@@ -121,8 +136,10 @@ struct Floor {
 const LOST_STREAM_MARGIN: u64 = 1_000_000;
 
 /// Creates the chat stream if it does not exist, republishing every stored
-/// message to its room's `new_message` subject. A stream whose sequence is
-/// below what the store knows was handed out is set above it:
+/// message to its room's `new_message` subject, and allows atomic batch
+/// publishes on it where the servers have them (returned: whether they
+/// do). A stream whose sequence is below what the store knows was handed
+/// out is set above it:
 /// - below the stored ids only: a database that was used without NATS
 ///   (single-node mode) moves to NATS; the stream starts above them;
 /// - below the recorded acknowledged ids: the stream was lost (its volume
@@ -134,8 +151,9 @@ async fn ensure_stream(
     nats: &NatsBus,
     subjects: &Subjects,
     floor: Floor,
-) -> Result<stream::Stream, ChatLogError> {
+) -> Result<(stream::Stream, bool), ChatLogError> {
     let jetstream = nats.jetstream();
+    let atomic_known = takes_atomic_batches(&nats.client().server_info().version);
     let config = stream::Config {
         name: subjects.chat_stream(),
         subjects: vec![subjects.chats()],
@@ -145,6 +163,7 @@ async fn ensure_stream(
         duplicate_window: IDEMPOTENCY_WINDOW,
         // Reads of unstored messages (read your writes) use direct gets.
         allow_direct: true,
+        allow_atomic_publish: atomic_known,
         republish: Some(stream::Republish {
             source: subjects.chats(),
             destination: subjects.new_message_republished(),
@@ -159,15 +178,29 @@ async fn ensure_stream(
         .ensure_stream(config)
         .await
         .map_err(|e| ChatLogError::Setup(Cause::new(e)))?;
-    let info = stream.info().await.map_err(err)?.clone();
-    if !info.config.allow_direct {
-        // A stream created by an older version.
-        let config = stream::Config {
+    let mut info = stream.info().await.map_err(err)?.clone();
+    if !info.config.allow_direct || (atomic_known && !info.config.allow_atomic_publish) {
+        // A stream created by an older version (or on older servers).
+        let wanted = stream::Config {
             allow_direct: true,
+            allow_atomic_publish: atomic_known,
             ..info.config.clone()
         };
-        jetstream.update_stream(config).await.map_err(err)?;
+        match jetstream.update_stream(wanted).await {
+            Ok(updated) => info.config = updated.config,
+            Err(e) if info.config.allow_direct => {
+                tracing::warn!(error = %e, "the chat stream does not allow atomic publishes");
+            }
+            Err(_) => {
+                let wanted = stream::Config {
+                    allow_direct: true,
+                    ..info.config.clone()
+                };
+                info.config = jetstream.update_stream(wanted).await.map_err(err)?.config;
+            }
+        }
     }
+    let atomic = info.config.allow_atomic_publish;
     let state = info.state;
     let stored = u64::try_from(floor.stored).unwrap_or(0);
     let acked = u64::try_from(floor.acked).unwrap_or(0);
@@ -195,7 +228,7 @@ async fn ensure_stream(
                 stream_last_chat_id = state.last_sequence,
                 "the chat stream holds unstored messages below the ids handed out: not moved"
             );
-            return Ok(stream);
+            return Ok((stream, atomic));
         }
         stream.purge().sequence(next).await.map_err(err)?;
         tracing::info!(
@@ -203,7 +236,7 @@ async fn ensure_stream(
             "chat stream starts above the ids handed out"
         );
     }
-    Ok(stream)
+    Ok((stream, atomic))
 }
 
 #[async_trait]
@@ -238,16 +271,27 @@ impl ChatLog for JetStreamChatLog {
             .map(|trace| crate::adapters::bus::trace_headers(&trace))
             .unwrap_or_default();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-        let publish = move |payload: &Bytes| {
-            PublishMessage::build()
-                .payload(payload.clone())
-                .headers(headers.clone())
+        let first: BoxFuture<'static, Result<u64, String>> = match &self.batches {
+            // Queued now, in the order appends are started.
+            Some(batches) => Box::pin(batches.queue(batches::Outgoing {
+                subject: subject.clone().into(),
+                headers: headers.clone(),
+                payload: payload.clone(),
+            })),
+            None => {
+                let sent = self
+                    .jetstream
+                    .send_publish(subject.clone(), batches::publish(&headers, &payload))
+                    .instrument(span.clone())
+                    .await;
+                Box::pin(async move {
+                    match sent {
+                        Ok(ack) => ack.await.map(|ack| ack.sequence).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            }
         };
-        let first = self
-            .jetstream
-            .send_publish(subject.clone(), publish(&payload))
-            .instrument(span.clone())
-            .await;
         let jetstream = self.jetstream.clone();
         let client = self.client.clone();
         let started = tokio::time::Instant::now();
@@ -261,12 +305,9 @@ impl ChatLog for JetStreamChatLog {
                     || client.connection_state() == async_nats::connection::State::Connected)
         };
         let confirmed = async move {
-            let mut last_error = match first {
-                Ok(ack) => match ack.await {
-                    Ok(ack) => return chat_id(ack.sequence),
-                    Err(e) => e.to_string(),
-                },
-                Err(e) => e.to_string(),
+            let mut last_error = match first.await {
+                Ok(sequence) => return chat_id(sequence),
+                Err(e) => e,
             };
             let mut attempt = 1;
             while may_retry() {
@@ -277,7 +318,7 @@ impl ChatLog for JetStreamChatLog {
                 tokio::time::sleep(RETRY_PAUSE).await;
                 let acked = async {
                     jetstream
-                        .send_publish(subject.clone(), publish(&payload))
+                        .send_publish(subject.clone(), batches::publish(&headers, &payload))
                         .await?
                         .await
                 };
@@ -390,6 +431,24 @@ impl ChatLog for JetStreamChatLog {
         newest.map_or(Ok(0), chat_id).map(Some)
     }
 
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Some(batches) = &self.batches {
+            let metrics = batches.metrics();
+            registry.register(
+                "chat_publish_batch_messages",
+                "Chat messages published to the chat stream together, in one atomic batch \
+                 (1: alone)",
+                metrics.sizes.clone(),
+            );
+            registry.register(
+                "chat_publish_batches_refused",
+                "Atomic batches the chat stream refused or did not acknowledge, published \
+                 again message by message (a resend already stored in one; a leader change)",
+                metrics.refused.clone(),
+            );
+        }
+    }
+
     fn check_ready(&self) -> Result<(), ChatLogError> {
         match self.client.connection_state() {
             async_nats::connection::State::Connected => Ok(()),
@@ -426,6 +485,32 @@ fn row(message: &jetstream::Message) -> Option<crate::domain::ChatMessage> {
     }
 }
 
+/// Whether a nats-server of `version` takes atomic batch publishes (2.12
+/// and later). A server that does not know the stream setting leaves it
+/// out of the stream's configuration, so the stream's word is final.
+fn takes_atomic_batches(version: &str) -> bool {
+    let mut numbers = version
+        .split(['.', '-'])
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (2, 12)
+}
+
 pub(super) fn chat_id(sequence: u64) -> Result<ChatId, ChatLogError> {
     ChatId::try_from(sequence).map_err(|e| ChatLogError::Append(Cause::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::takes_atomic_batches;
+
+    #[test]
+    fn atomic_batches_from_nats_server_2_12() {
+        for old in ["2.9.10", "2.11.4", "1.4.1", "", "garbage"] {
+            assert!(!takes_atomic_batches(old), "{old}");
+        }
+        for new in ["2.12.0", "2.12.0-RC.1", "2.15.1", "3.0.0"] {
+            assert!(takes_atomic_batches(new), "{new}");
+        }
+    }
 }
