@@ -73,15 +73,16 @@ impl Drop for LazyFs {
 /// How many messages a test acknowledges at a time.
 const MESSAGES: usize = 200;
 
-/// Sends [`MESSAGES`] messages, 20 in flight at a time (so that a gateway
-/// publishes them in batches, and SQLite commits several at once); their
-/// `(chat_id, text)`, as acknowledged, in the order sent.
+/// Sends [`MESSAGES`] messages, 64 in flight at a time (all a socket may
+/// have: more than a gateway publishes one by one, so the rest go in
+/// batches; SQLite commits several at once); their `(chat_id, text)`, as
+/// acknowledged, in the order sent.
 async fn acknowledged(sock: &crate::sio::Socket, room: i64) -> Vec<(i64, String)> {
     let mut acked = Vec::with_capacity(MESSAGES);
     let texts: Vec<String> = (0..MESSAGES)
         .map(|i| format!("before the power cut {i}"))
         .collect();
-    for chunk in texts.chunks(20) {
+    for chunk in texts.chunks(64) {
         let ids =
             futures_util::future::join_all(chunk.iter().map(|text| sock.send(room, text))).await;
         acked.extend(ids.into_iter().zip(chunk.iter().cloned()));

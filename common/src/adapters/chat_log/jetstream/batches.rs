@@ -1,22 +1,28 @@
-//! Chat messages published to the chat stream in atomic batches (JetStream
-//! ADR-50: nats-server 2.12 and later, on a stream that allows them).
+//! Chat messages to the chat stream: one by one while the stream keeps up,
+//! in atomic batches (JetStream ADR-50: nats-server 2.12 and later, on a
+//! stream that allows them) once it falls behind.
 //!
 //! With `sync_interval: always` a server syncs every stored entry on its
-//! own, so one message per publish costs one sync (or one replicated
-//! append) per message. A batch is stored as one entry: one sync for all of
-//! it. One task per process sends whatever messages are waiting as one
-//! batch, and sends the next only once the stream has acknowledged it: the
-//! batches grow with the load, and messages are stored in the order they
-//! were started, batch after batch.
+//! own: one message per publish costs one sync (or one replicated append).
+//! An atomic batch is stored as one entry with one sync, but it costs more
+//! than a message alone (about 3 ms on one server, measured: a batch of 2
+//! takes as long as one of 25). So one task per process publishes what
+//! waits one by one, up to [`SINGLES_IN_FLIGHT`] unacknowledged; when that
+//! many are in flight the stream is behind, messages wait, and once
+//! [`BATCH_MIN`] wait they go as one batch. Batches grow with the load.
 //!
-//! A batch is all or nothing. One the stream refuses (a message in it is a
-//! resend already stored) is published again message by message, in
-//! order, under the same `Nats-Msg-Id`s: what was stored is answered with
-//! its first sequence, the rest is stored now. One the stream does not
-//! answer (no connection, no leader yet) fails, and so does everything
-//! waiting behind it: each appender then retries its own message as it
-//! would one published alone (see `begin_append`), rather than wait for
-//! batch after batch to time out.
+//! Order: the task publishes in the order appends started, and sends
+//! nothing while a batch is in flight, so a batch the stream refuses (a
+//! message in it is a resend already stored) is published again message by
+//! message, in order, under the same `Nats-Msg-Id`s, before anything sent
+//! after it: what was stored is answered with its first sequence, the rest
+//! is stored now. A batch the stream does not answer (no connection, no
+//! leader yet) fails, and so does everything waiting behind it: each
+//! appender then retries its own message as it would one published alone
+//! (see `begin_append`), rather than wait for batch after batch to time
+//! out.
+
+use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use async_nats::header::{NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
@@ -24,11 +30,20 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Most messages in one batch: a batch of 100 is stored as fast as larger
 /// ones (bench/README.md, "Durability"), and the server's limit is 1,000.
 const BATCH_MAX: usize = 100;
+
+/// Fewest messages worth a batch: on one server with sync always, 16
+/// messages published one by one (pipelined) take about as long as one
+/// batch.
+const BATCH_MIN: usize = 16;
+
+/// Messages published one by one and not acknowledged yet, at most. More
+/// would only queue in the server; past it, what waits goes in batches.
+const SINGLES_IN_FLIGHT: usize = 32;
 
 /// A chat message for the stream.
 pub(super) struct Outgoing {
@@ -46,7 +61,6 @@ type Waiting = (Outgoing, oneshot::Sender<Result<u64, String>>);
 #[derive(Debug, Clone)]
 pub(super) struct Batches {
     queue: mpsc::UnboundedSender<Waiting>,
-    metrics: BatchMetrics,
 }
 
 /// What the publishing task counts, for `/metrics`.
@@ -59,17 +73,22 @@ pub(super) struct BatchMetrics {
     pub refused: Counter,
 }
 
-impl Batches {
-    /// Starts the publishing task; it ends when the last clone is dropped.
-    pub fn start(jetstream: jetstream::Context) -> Self {
-        let (queue, waiting) = mpsc::unbounded_channel();
-        let metrics = BatchMetrics {
+impl Default for BatchMetrics {
+    fn default() -> Self {
+        Self {
             // 1, 2, 4 … 128 messages.
             sizes: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             refused: Counter::default(),
-        };
-        tokio::spawn(run(jetstream, waiting, metrics.clone()));
-        Self { queue, metrics }
+        }
+    }
+}
+
+impl Batches {
+    /// Starts the publishing task; it ends when the last clone is dropped.
+    pub fn start(jetstream: jetstream::Context, metrics: BatchMetrics) -> Self {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(run(jetstream, waiting, metrics));
+        Self { queue }
     }
 
     /// Queues `message` now, behind every message queued before it; the
@@ -86,10 +105,6 @@ impl Batches {
             stored.await.unwrap_or_else(|_| Err(stopped()))
         }
     }
-
-    pub fn metrics(&self) -> &BatchMetrics {
-        &self.metrics
-    }
 }
 
 async fn run(
@@ -97,21 +112,40 @@ async fn run(
     mut waiting: mpsc::UnboundedReceiver<Waiting>,
     metrics: BatchMetrics,
 ) {
+    let singles = Arc::new(Semaphore::new(SINGLES_IN_FLIGHT));
     let mut batch = Vec::with_capacity(BATCH_MAX);
     while waiting.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        if batch.len() < BATCH_MIN {
+            for (message, stored) in batch.drain(..) {
+                metrics.sizes.observe(1.0);
+                // Waits while the stream is behind: what arrives meanwhile
+                // waits, and goes as a batch.
+                let Ok(permit) = singles.clone().acquire_owned().await else {
+                    return;
+                };
+                let sent = jetstream
+                    .send_publish(message.subject, publish(&message.headers, &message.payload))
+                    .await;
+                tokio::spawn(async move {
+                    let sequence = match sent {
+                        Ok(ack) => ack.await.map(|ack| ack.sequence),
+                        Err(e) => Err(e),
+                    };
+                    drop(permit);
+                    let _ = stored.send(sequence.map_err(|e| e.to_string()));
+                });
+            }
+            continue;
+        }
         metrics.sizes.observe(batch.len() as f64);
-        let stored = match batch.as_slice() {
-            [(message, _)] => single(&jetstream, message).await,
-            _ => atomic(&jetstream, &batch).await,
-        };
-        let error = match stored {
+        let error = match atomic(&jetstream, &batch).await {
             Ok(first) => {
                 for ((_, stored), sequence) in batch.drain(..).zip(first..) {
                     let _ = stored.send(Ok(sequence));
                 }
                 continue;
             }
-            Err(Failed::Refused(e)) if batch.len() > 1 => {
+            Err(Failed::Refused(e)) => {
                 metrics.refused.inc();
                 tracing::debug!(
                     error = %e,
@@ -121,11 +155,8 @@ async fn run(
                 one_by_one(&jetstream, &mut batch).await;
                 continue;
             }
-            Err(Failed::Refused(e)) => e,
             Err(Failed::Unanswered(e)) => {
-                if batch.len() > 1 {
-                    metrics.refused.inc();
-                }
+                metrics.refused.inc();
                 // The stream is not answering (no connection, no leader):
                 // what waits now would wait as long, batch after batch.
                 // Each appender retries its own, as it would a message
@@ -161,18 +192,6 @@ impl From<async_nats::jetstream::context::PublishError> for Failed {
             _ => Self::Refused(e.to_string()),
         }
     }
-}
-
-/// Publishes one message alone; returns its sequence.
-async fn single(jetstream: &jetstream::Context, message: &Outgoing) -> Result<u64, Failed> {
-    let ack = jetstream
-        .send_publish(
-            message.subject.clone(),
-            publish(&message.headers, &message.payload),
-        )
-        .await?
-        .await?;
-    Ok(ack.sequence)
 }
 
 /// Publishes `batch` as one atomic batch; returns the sequence of its first

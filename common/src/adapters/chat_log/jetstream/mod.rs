@@ -84,6 +84,8 @@ pub struct JetStreamChatLog {
     /// Publishes chat messages in atomic batches; `None` when the stream
     /// does not take them (a server older than 2.12): one publish each.
     batches: Option<batches::Batches>,
+    /// Messages per publish and refused batches, for `/metrics`.
+    publishes: batches::BatchMetrics,
 }
 
 impl JetStreamChatLog {
@@ -98,7 +100,8 @@ impl JetStreamChatLog {
             acked: store.acked_up_to().await?,
         };
         let (stream, atomic) = ensure_stream(nats, &subjects, floor).await?;
-        let batches = atomic.then(|| batches::Batches::start(jetstream.clone()));
+        let publishes = batches::BatchMetrics::default();
+        let batches = atomic.then(|| batches::Batches::start(jetstream.clone(), publishes.clone()));
         tracing::info!(
             atomic_batches = atomic,
             "chat messages are published {}",
@@ -117,6 +120,7 @@ impl JetStreamChatLog {
             stored_floor: Arc::default(),
             losses: nats.losses(),
             batches,
+            publishes,
         })
     }
 }
@@ -279,6 +283,7 @@ impl ChatLog for JetStreamChatLog {
                 payload: payload.clone(),
             })),
             None => {
+                self.publishes.sizes.observe(1.0);
                 let sent = self
                     .jetstream
                     .send_publish(subject.clone(), batches::publish(&headers, &payload))
@@ -432,21 +437,18 @@ impl ChatLog for JetStreamChatLog {
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        if let Some(batches) = &self.batches {
-            let metrics = batches.metrics();
-            registry.register(
-                "chat_publish_batch_messages",
-                "Chat messages published to the chat stream together, in one atomic batch \
-                 (1: alone)",
-                metrics.sizes.clone(),
-            );
-            registry.register(
-                "chat_publish_batches_refused",
-                "Atomic batches the chat stream refused or did not acknowledge, published \
-                 again message by message (a resend already stored in one; a leader change)",
-                metrics.refused.clone(),
-            );
-        }
+        registry.register(
+            "chat_publish_batch_messages",
+            "Chat messages published to the chat stream together, in one atomic batch \
+             (1: alone; always 1 on NATS servers older than 2.12)",
+            self.publishes.sizes.clone(),
+        );
+        registry.register(
+            "chat_publish_batches_refused",
+            "Atomic batches the chat stream refused or did not answer: their messages \
+             published again one by one (a resend already stored in one, a leader change)",
+            self.publishes.refused.clone(),
+        );
     }
 
     fn check_ready(&self) -> Result<(), ChatLogError> {
