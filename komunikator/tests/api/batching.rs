@@ -57,6 +57,28 @@ fn assert_increasing(ids: &[i64], who: &str) {
     );
 }
 
+/// Asserts that no id was given twice and that the room's history holds
+/// exactly the acknowledged `ids` (sorted), each once.
+async fn assert_history(app: &TestApp, room: i64, ids: &[i64]) {
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "an id was given twice");
+    eventually(std::time::Duration::from_secs(10), async || {
+        let history = app
+            .chat_history(&format!("room_id={room}&limit=1000"), None)
+            .await
+            .chat_ids();
+        if history == ids {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} in the history, {} acknowledged",
+                history.len(),
+                ids.len()
+            ))
+        }
+    })
+    .await;
+}
+
 /// What the gateway's batch metrics say: (messages, publishes, refused).
 async fn batch_metrics(app: &TestApp) -> (f64, f64, f64) {
     let url = &app.gateways[0].url;
@@ -103,20 +125,8 @@ async fn pipelined_messages_are_stored_in_batches_once_and_in_order() {
     all.sort_unstable();
     let total = senders.len() * ROUNDS * IN_FLIGHT;
     assert_eq!(all.len(), total);
-    assert!(all.windows(2).all(|w| w[0] < w[1]), "an id was given twice");
+    assert_history(&app, room, &all).await;
     assert_eq!(member.next_chat_ids(total).await, all, "the member's view");
-    eventually(std::time::Duration::from_secs(10), async || {
-        let history = app
-            .chat_history(&format!("room_id={room}&limit=1000"), None)
-            .await
-            .chat_ids();
-        if history == all {
-            Ok(())
-        } else {
-            Err(format!("{} of {total} in the history", history.len()))
-        }
-    })
-    .await;
 
     let (messages, publishes, refused) = batch_metrics(&app).await;
     eprintln!("batches: {messages} messages in {publishes} publishes, {refused} refused");
@@ -188,24 +198,5 @@ async fn a_resend_in_a_batch_gets_its_first_id_and_the_rest_are_stored_once_in_o
     }
 
     expected.sort_unstable();
-    assert!(
-        expected.windows(2).all(|w| w[0] < w[1]),
-        "an id was given twice"
-    );
-    eventually(std::time::Duration::from_secs(10), async || {
-        let history = app
-            .chat_history(&format!("room_id={room}&limit=1000"), None)
-            .await
-            .chat_ids();
-        if history == expected {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} in the history, {} acknowledged",
-                history.len(),
-                expected.len()
-            ))
-        }
-    })
-    .await;
+    assert_history(&app, room, &expected).await;
 }

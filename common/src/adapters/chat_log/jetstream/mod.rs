@@ -245,8 +245,9 @@ async fn ensure_stream(
 
 #[async_trait]
 impl ChatLog for JetStreamChatLog {
-    /// Publishes the message now, so that one caller's messages reach the
-    /// stream in order, and returns the wait for its acknowledgement. A
+    /// Publishes the message now (or queues it for the publishing task, see
+    /// `batches.rs`), so that one caller's messages reach the stream in
+    /// order, and returns the wait for its acknowledgement. A
     /// message not acknowledged is published again with the same
     /// `Nats-Msg-Id`, so the stream stores it once however often it is sent;
     /// with an idempotency key that id is the key, so a client's resend is
