@@ -1,8 +1,9 @@
 //! Engine.IO's heartbeat (docs/protocol.md, "Connecting"): the gateway pings
 //! every `PING_INTERVAL_SECS`, keeps a socket that answers, and closes one
 //! that does not answer within `PING_TIMEOUT_SECS`: on a session opened on
-//! WebSocket, whose one task reads, writes and pings, and on one upgraded
-//! from long-polling, whose pings come from the polling session.
+//! WebSocket, whose one task reads, writes and pings, on one upgraded from
+//! long-polling, whose pings come from the polling session, and on one
+//! that stays on long-polling.
 
 use std::time::Duration;
 
@@ -84,6 +85,28 @@ async fn answer_then_fall_silent(ws: &mut Raw) {
     assert!(lasted >= TIMEOUT, "closed before the timeout: {lasted:?}");
 }
 
+/// Opens a long-polling session: an HTTP client whose requests give up
+/// after a ping interval and timeout (and a loaded machine's slack), and
+/// the session's open packet.
+async fn polling_open(url: &str) -> (reqwest::Client, Value) {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(INTERVAL + TIMEOUT + WAIT)
+        .build()
+        .expect("client");
+    let open = http
+        .get(format!("{url}/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .expect("polling handshake")
+        .text()
+        .await
+        .expect("open packet");
+    let open = serde_json::from_str(open.strip_prefix('0').expect("open packet"))
+        .expect("open packet's JSON");
+    (http, open)
+}
+
 /// The gateway's count of its open sockets reaches `n`.
 async fn sockets_reach(url: &str, n: f64) {
     crate::harness::eventually(WAIT, async || {
@@ -116,20 +139,7 @@ async fn an_upgraded_session_is_pinged_and_closed_once_it_stops_answering(backen
     let app = TestApp::start_with(backend, options()).await;
     let url = app.gateway_url(0).to_owned();
     let ann = app.user("ann").await;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
-    let open = http
-        .get(format!("{url}/socket.io/?EIO=4&transport=polling"))
-        .send()
-        .await
-        .expect("polling handshake")
-        .text()
-        .await
-        .expect("open packet");
-    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet"))
-        .expect("open packet's JSON");
+    let (_, open) = polling_open(&url).await;
     assert_eq!(open["upgrades"], json!(["websocket"]), "{open}");
     let sid = open["sid"].as_str().expect("sid");
 
@@ -144,6 +154,64 @@ async fn an_upgraded_session_is_pinged_and_closed_once_it_stops_answering(backen
     sockets_reach(&url, 1.0).await;
 
     answer_then_fall_silent(&mut ws).await;
+    sockets_reach(&url, 0.0).await;
+}
+
+/// A session that stays on long-polling: the pings come with the polls,
+/// pongs go back in POSTs. Once the client stops answering (it keeps
+/// polling), the gateway closes the session a ping timeout after the ping:
+/// a poll gets the close packet or an error, and the socket is gone.
+async fn a_polling_session_is_pinged_and_closed_once_it_stops_answering(backend: Backend) {
+    let app = TestApp::start_with(backend, options()).await;
+    let url = app.gateway_url(0).to_owned();
+    let ann = app.user("ann").await;
+    let (http, open) = polling_open(&url).await;
+    assert_eq!(open["pingInterval"], json!(1000), "{open}");
+    let session = format!(
+        "{url}/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().expect("sid")
+    );
+    let post = async |body: String| {
+        let answer = http.post(&session).body(body).send().await.expect("post");
+        assert_eq!(answer.status(), 200, "post refused");
+    };
+    // One poll: its packets (separated by U+001E), or `None` once the
+    // session is gone (an error status, or the close packet).
+    let poll = async || -> Option<Vec<String>> {
+        let answer = http.get(&session).send().await.expect("poll");
+        if answer.status() != 200 {
+            return None;
+        }
+        let body = answer.text().await.expect("poll body");
+        let packets: Vec<String> = body.split('\u{1e}').map(str::to_owned).collect();
+        (!packets.iter().any(|p| p == "1")).then_some(packets)
+    };
+    post(format!("40{}", json!({ "token": ann.token }))).await;
+    let mut pings = 0;
+    let mut connected = false;
+    let mut silent = Instant::now();
+    while pings < ANSWERED || !connected {
+        let packets = poll().await.expect("session open");
+        connected |= packets.iter().any(|p| p.starts_with("40"));
+        for _ in packets.iter().filter(|p| *p == "2") {
+            pings += 1;
+            post("3".to_owned()).await;
+            silent = Instant::now();
+        }
+    }
+    sockets_reach(&url, 1.0).await;
+
+    // Closed a ping timeout after the next ping at the latest.
+    let due = INTERVAL + TIMEOUT + WAIT;
+    while poll().await.is_some() {
+        assert!(
+            silent.elapsed() < due,
+            "still open {due:?} after the last pong"
+        );
+    }
+    let lasted = silent.elapsed();
+    eprintln!("a silent polling client was closed {lasted:?} after its last pong");
+    assert!(lasted >= TIMEOUT, "closed before the timeout: {lasted:?}");
     sockets_reach(&url, 0.0).await;
 }
 
@@ -164,4 +232,5 @@ crate::on_both_stores!(
     the_default_heartbeat_is_socket_ios,
     a_websocket_session_is_pinged_and_closed_once_it_stops_answering,
     an_upgraded_session_is_pinged_and_closed_once_it_stops_answering,
+    a_polling_session_is_pinged_and_closed_once_it_stops_answering,
 );
