@@ -584,7 +584,18 @@ async fn an_unconfirmed_message_is_code_8_after_10_s_and_its_resend_is_stored_on
 /// drain is refused with code 8 (resend it elsewhere).
 #[tokio::test]
 async fn a_stopped_gateway_acknowledges_the_messages_in_flight_before_it_exits() {
-    let mut nats = crate::servers::nats().await;
+    drain(crate::servers::nats().await).await;
+}
+
+/// The same on a current nats-server with the shipped configuration, where
+/// the message waits in the gateway's publishing task.
+#[tokio::test]
+async fn a_stopped_gateway_acknowledges_the_messages_in_flight_with_atomic_batches() {
+    let dir = std::env::temp_dir().join(format!("kom-nats-drain-{}", random_hex(6)));
+    drain(crate::servers::nats_shipped_in(dir).await).await;
+}
+
+async fn drain(mut nats: crate::servers::OwnedServer) {
     let mut app = TestApp::start_with(
         Backend::MySql,
         Options::default().with("NATS_URL", nats.url.clone()),
