@@ -9,16 +9,12 @@
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::harness::{Backend, Chat, Options, TestApp, eventually, metric, random_hex};
-use crate::servers::{OwnedServer, nats_shipped_in};
+use crate::harness::{Backend, Chat, Options, TestApp, eventually, metric};
+use crate::servers::{OwnedServer, current_nats};
 use crate::sio::Socket;
 
 /// Messages a sender has in flight at once (the gateway allows 64).
 const IN_FLIGHT: usize = 25;
-
-async fn current_nats() -> OwnedServer {
-    nats_shipped_in(std::env::temp_dir().join(format!("kom-nats-batches-{}", random_hex(6)))).await
-}
 
 /// The distributed services on `nats`.
 async fn app_on(nats: &OwnedServer) -> TestApp {
@@ -99,7 +95,7 @@ async fn batch_metrics(app: &TestApp) -> (f64, f64, f64) {
 /// the order sent, and a member gets every one in `chat_id` order.
 #[tokio::test]
 async fn pipelined_messages_are_stored_in_batches_once_and_in_order() {
-    let nats = current_nats().await;
+    let nats = current_nats("batches").await;
     let app = app_on(&nats).await;
     let Chat(room, _, [s0, s1, s2, s3, mut member]) = app
         .chat("batched", ["s0", "s1", "s2", "s3", "member"])
@@ -147,7 +143,7 @@ async fn pipelined_messages_are_stored_in_batches_once_and_in_order() {
 /// its first id, nothing is stored twice, no sender's order changes.
 #[tokio::test]
 async fn a_resend_in_a_batch_gets_its_first_id_and_the_rest_are_stored_once_in_order() {
-    let nats = current_nats().await;
+    let nats = current_nats("batches").await;
     let app = app_on(&nats).await;
     let Chat(room, _, [ann, bob, cid]) = app.chat("resent", ["ann", "bob", "cid"]).await;
     let first = json!({ "room_id": room, "message": "once", "client_msg_id": "first" });

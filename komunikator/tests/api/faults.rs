@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::harness::{Backend, Chat, Options, TestApp, User, eventually, random_hex};
+use crate::harness::{Backend, Chat, Options, TestApp, User, eventually};
 use crate::sio::{Auth, Socket};
 
 /// Sends a chat message with a `client_msg_id` every 50 ms until `stop`,
@@ -346,8 +346,7 @@ async fn a_broker_restart_of_a_few_seconds_gives_late_acks_not_refusals() {
 /// the gateway publishes in atomic batches.
 #[tokio::test]
 async fn a_broker_restart_gives_late_acks_not_refusals_with_atomic_batches() {
-    let dir = std::env::temp_dir().join(format!("kom-nats-restart-{}", random_hex(6)));
-    broker_restart(crate::servers::nats_shipped_in(dir).await).await;
+    broker_restart(crate::servers::current_nats("restart").await).await;
 }
 
 async fn broker_restart(mut nats: crate::servers::OwnedServer) {
@@ -591,8 +590,7 @@ async fn a_stopped_gateway_acknowledges_the_messages_in_flight_before_it_exits()
 /// the message waits in the gateway's publishing task.
 #[tokio::test]
 async fn a_stopped_gateway_acknowledges_the_messages_in_flight_with_atomic_batches() {
-    let dir = std::env::temp_dir().join(format!("kom-nats-drain-{}", random_hex(6)));
-    drain(crate::servers::nats_shipped_in(dir).await).await;
+    drain(crate::servers::current_nats("drain").await).await;
 }
 
 async fn drain(mut nats: crate::servers::OwnedServer) {

@@ -273,6 +273,12 @@ pub async fn nats_shipped_in(dir: PathBuf) -> OwnedServer {
     .await
 }
 
+/// A current nats-server on the shipped configuration, in a directory of
+/// its own.
+pub async fn current_nats(name: &str) -> OwnedServer {
+    nats_shipped_in(std::env::temp_dir().join(format!("kom-nats-{name}-{}", random_hex(6)))).await
+}
+
 /// Three (or `n`) current nats-servers in one JetStream cluster on
 /// 127.0.0.1, each on the shipped `deploy/nats/cluster.conf` (and through
 /// it `nats.conf`), only ports, routes and stores rewritten.
