@@ -9,7 +9,7 @@
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::harness::{Backend, Chat, Options, TestApp, eventually, metric};
+use crate::harness::{Backend, Chat, Options, TestApp, eventually, metric_in, metrics};
 use crate::servers::{OwnedServer, current_nats};
 use crate::sio::Socket;
 
@@ -77,16 +77,12 @@ async fn assert_history(app: &TestApp, room: i64, ids: &[i64]) {
 
 /// What the gateway's batch metrics say: (messages, publishes, refused).
 async fn batch_metrics(app: &TestApp) -> (f64, f64, f64) {
-    let url = &app.gateways[0].url;
-    let read = async |name: &str| {
-        metric(url, name)
-            .await
-            .unwrap_or_else(|| panic!("{name} is exported"))
-    };
+    let text = metrics(&app.gateways[0].url).await;
+    let read = |name: &str| metric_in(&text, name).unwrap_or_else(|| panic!("{name} is exported"));
     (
-        read("komunikator_chat_publish_batch_messages_sum").await,
-        read("komunikator_chat_publish_batch_messages_count").await,
-        read("komunikator_chat_publish_batches_refused_total").await,
+        read("komunikator_chat_publish_batch_messages_sum"),
+        read("komunikator_chat_publish_batch_messages_count"),
+        read("komunikator_chat_publish_batches_refused_total"),
     )
 }
 

@@ -80,10 +80,14 @@ pub async fn metrics(base: &str) -> String {
 /// The value of the unlabelled metric `name` a process serves at
 /// `<base>/metrics` (`komunikator_…_total`, …); `None` when it has none.
 pub async fn metric(base: &str, name: &str) -> Option<f64> {
+    metric_in(&metrics(base).await, name)
+}
+
+/// The value of the unlabelled metric `name` in the Prometheus `text` of
+/// [`metrics`], for reading several from one scrape.
+pub fn metric_in(text: &str, name: &str) -> Option<f64> {
     let prefix = format!("{name} ");
-    metrics(base)
-        .await
-        .lines()
+    text.lines()
         .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
 }
 
