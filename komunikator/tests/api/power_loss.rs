@@ -159,9 +159,28 @@ async fn acknowledged_messages_survive_a_power_loss_in_single_node_mode() {
 async fn acknowledged_messages_survive_a_power_loss_of_every_server() {
     let fs = LazyFs::mount();
     let mut nats = crate::servers::nats_shipped_in(fs.dir().join("nats")).await;
+    power_loss_of_every_server(&fs, std::slice::from_mut(&mut nats), 1).await;
+}
+
+/// The same with the production shape: three NATS servers, every stream on
+/// all three (`NATS_STREAM_REPLICAS=3`), all losing their power at once.
+#[tokio::test]
+async fn acknowledged_messages_survive_a_power_loss_of_a_whole_nats_cluster() {
+    let fs = LazyFs::mount();
+    let mut cluster = crate::servers::NatsCluster::start_in(3, fs.dir().join("nats")).await;
+    power_loss_of_every_server(&fs, &mut cluster.servers, 3).await;
+}
+
+async fn power_loss_of_every_server(
+    fs: &LazyFs,
+    nats: &mut [crate::servers::OwnedServer],
+    replicas: u8,
+) {
+    let urls: Vec<String> = nats.iter().map(|s| s.url.clone()).collect();
     let mut db = crate::servers::mariadb_in(fs.dir().join("mariadb")).await;
     let options = Options::unlimited()
-        .with("NATS_URL", nats.url.clone())
+        .with("NATS_URL", urls.join(","))
+        .with("NATS_STREAM_REPLICAS", replicas.to_string())
         .with("DATABASE_URL", db.url.clone());
     let mut app = TestApp::start_with(Backend::MySql, options).await;
     let Chat(room, [ann], [sock]) = app.chat("durable", ["ann"]).await;
@@ -173,9 +192,10 @@ async fn acknowledged_messages_survive_a_power_loss_of_every_server() {
     drop(sock);
     // Published in atomic batches (on this server's chat stream).
     let gateway = &app.gateways[0].url;
-    let metric = async |name: &str| crate::harness::metric(gateway, name).await;
-    let messages = metric("komunikator_chat_publish_batch_messages_sum").await;
-    let publishes = metric("komunikator_chat_publish_batch_messages_count").await;
+    let metrics = crate::harness::metrics(gateway).await;
+    let metric = |name: &str| crate::harness::metric_in(&metrics, name);
+    let messages = metric("komunikator_chat_publish_batch_messages_sum");
+    let publishes = metric("komunikator_chat_publish_batch_messages_count");
     assert!(
         publishes < messages,
         "published in batches: {publishes:?} publishes of {messages:?} messages"
@@ -184,11 +204,25 @@ async fn acknowledged_messages_survive_a_power_loss_of_every_server() {
     for service in app.services_mut() {
         service.kill9().await;
     }
-    nats.kill9();
+    for server in nats.iter_mut() {
+        server.kill9();
+    }
     db.kill9();
     fs.power_loss();
     db.launch().await;
-    nats.launch().await;
+    for server in nats.iter_mut() {
+        server.launch().await;
+    }
+    // The chat stream has a leader again (a cluster elects one first).
+    let stream = common::adapters::bus::Subjects::new(&app.prefix).chat_stream();
+    let js = async_nats::jetstream::new(async_nats::connect(urls.as_slice()).await.expect("NATS"));
+    crate::harness::eventually(std::time::Duration::from_secs(60), async || {
+        js.get_stream(&stream)
+            .await
+            .map(drop)
+            .map_err(|e| format!("{stream}: {e}"))
+    })
+    .await;
     for service in app.services_mut() {
         service.restart().await;
     }

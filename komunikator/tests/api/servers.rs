@@ -300,6 +300,16 @@ impl Drop for NatsCluster {
 
 impl NatsCluster {
     pub async fn start(n: usize) -> NatsCluster {
+        Self::start_in(
+            n,
+            std::env::temp_dir().join(format!("kom-nats-cluster-{}", random_hex(4))),
+        )
+        .await
+    }
+
+    /// [`Self::start`], each server's files under `base` (on LazyFS, for a
+    /// power loss of the whole cluster).
+    pub async fn start_in(n: usize, base: PathBuf) -> NatsCluster {
         const SHIPPED: &str = include_str!("../../../deploy/nats/cluster.conf");
         // Cluster, monitor and client ports, taken together.
         let ports = free_ports(3 * n);
@@ -318,7 +328,6 @@ impl NatsCluster {
                 "cluster.conf has no {route}"
             );
         }
-        let base = std::env::temp_dir().join(format!("kom-nats-cluster-{}", random_hex(4)));
         let mut servers = Vec::with_capacity(n);
         let mut names = Vec::with_capacity(n);
         for (i, cluster_port) in cluster_ports.iter().copied().enumerate() {
