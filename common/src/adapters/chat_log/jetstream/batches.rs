@@ -123,9 +123,10 @@ async fn run(
                 let Ok(permit) = singles.clone().acquire_owned().await else {
                     return;
                 };
-                let sent = jetstream
-                    .send_publish(message.subject, publish(&message.headers, &message.payload))
-                    .await;
+                let publish = PublishMessage::build()
+                    .payload(message.payload)
+                    .headers(message.headers);
+                let sent = jetstream.send_publish(message.subject, publish).await;
                 tokio::spawn(async move {
                     let sequence = match sent {
                         Ok(ack) => ack.await.map(|ack| ack.sequence),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::Either;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -276,9 +276,9 @@ impl ChatLog for JetStreamChatLog {
             .map(|trace| crate::adapters::bus::trace_headers(&trace))
             .unwrap_or_default();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-        let first: BoxFuture<'static, Result<u64, String>> = match &self.batches {
+        let first = match &self.batches {
             // Queued now, in the order appends are started.
-            Some(batches) => Box::pin(batches.queue(batches::Outgoing {
+            Some(batches) => Either::Left(batches.queue(batches::Outgoing {
                 subject: subject.clone().into(),
                 headers: headers.clone(),
                 payload: payload.clone(),
@@ -290,7 +290,7 @@ impl ChatLog for JetStreamChatLog {
                     .send_publish(subject.clone(), batches::publish(&headers, &payload))
                     .instrument(span.clone())
                     .await;
-                Box::pin(async move {
+                Either::Right(async move {
                     match sent {
                         Ok(ack) => ack.await.map(|ack| ack.sequence).map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),
