@@ -80,6 +80,12 @@ for name, deployment in deployments.items():
     check(container["args"][0] in commands, f"{name}: unknown command {container['args']}")
     check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{name}: liveness probe")
     check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{name}: readiness probe")
+    # A service waits up to 30 s for a NATS cluster electing its leaders
+    # before it listens (STREAM_SETUP_WITHIN): liveness must not count then.
+    startup = container.get("startupProbe", {})
+    check(startup.get("httpGet", {}).get("path") == "/healthz"
+          and startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3) > 30,
+          f"{name}: a startup probe longer than the 30 s wait for NATS")
     check("resources" in container, f"{name}: resources")
     scrape = deployment["spec"]["template"]["metadata"].get("annotations", {})
     check(scrape.get("prometheus.io/scrape") == "true" and scrape.get("prometheus.io/path") == "/metrics"

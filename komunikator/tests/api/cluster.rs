@@ -347,3 +347,67 @@ async fn streams_are_brought_to_the_configured_replica_count() {
     sock.join(room).await;
     sock.assert_usable(room).await;
 }
+
+/// Services started while their NATS cluster cannot answer yet (its
+/// servers coming back one by one, as after a power cut of the whole
+/// deployment) wait for it: they try the streams' setup again until the
+/// cluster has elected its leaders, and then serve, rather than exit.
+#[tokio::test]
+async fn services_started_before_their_nats_cluster_is_ready_wait_for_it() {
+    let mut cluster = NatsCluster::start(3).await;
+    // One server of three: no quorum, so JetStream cannot create or find a
+    // stream.
+    cluster.servers[1].kill9();
+    cluster.servers[2].kill9();
+    let options = Options::default()
+        .with("NATS_URL", cluster.urls())
+        .with("NATS_STREAM_REPLICAS", "3");
+    let monitor = cluster.monitors[0];
+    let (live, down) = cluster.servers.split_at_mut(1);
+    let relaunch = async {
+        // Once the gateway is connected to the live server and its first
+        // JetStream request has had the time to fail (the request timeout
+        // is 2 s), the other two come back.
+        let http = reqwest::Client::builder().no_proxy().build().expect("http");
+        let connz = format!("http://127.0.0.1:{monitor}/connz");
+        eventually(Duration::from_secs(30), async || {
+            let body = http
+                .get(&connz)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
+            if body.contains("\"komunikator-gateway\"") {
+                Ok(())
+            } else {
+                Err(format!("no gateway on {}: {body}", live[0].url))
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        for server in down.iter_mut() {
+            server.launch().await;
+        }
+    };
+    let (app, ()) = tokio::join!(TestApp::start_with(Backend::MySql, options), relaunch);
+    let logs = app.logs();
+    assert!(
+        logs.contains("the stream is not ready, trying again"),
+        "the services never waited for the cluster: {logs}"
+    );
+    let ann = app.user("ann").await;
+    let room = app.as_user(&ann).create_room("patient", None).await;
+    let mut sock = app.socket(&ann).await;
+    sock.join(room).await;
+    sock.assert_usable(room).await;
+    // The persister's consumer was set up too: the message is stored.
+    eventually(Duration::from_secs(10), async || {
+        match app.history_ids(room).await.len() {
+            1 => Ok(()),
+            n => Err(format!("{n} messages in the history")),
+        }
+    })
+    .await;
+}

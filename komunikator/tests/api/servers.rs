@@ -286,6 +286,8 @@ pub struct NatsCluster {
     pub servers: Vec<OwnedServer>,
     /// Each server's `server_name`, in order.
     pub names: Vec<String>,
+    /// Each server's monitoring port (`/connz`, `/jsz`), in order.
+    pub monitors: Vec<u16>,
     base: PathBuf,
 }
 
@@ -368,6 +370,7 @@ impl NatsCluster {
         NatsCluster {
             servers,
             names,
+            monitors: monitors.to_vec(),
             base,
         }
     }

@@ -21,6 +21,10 @@ use crate::telemetry::trace_context::TraceParent;
 /// service resumes within half a second of NATS listening again.
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 
+/// How long a stream's setup rides out a JetStream that is not ready (a
+/// cluster electing leaders after a restart) before the service gives up.
+const STREAM_SETUP_WITHIN: Duration = Duration::from_secs(30);
+
 /// How long a JetStream request may wait for its answer.
 const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -74,11 +78,16 @@ impl NatsBus {
     }
 
     /// The stream of `config`, created if missing, with this deployment's
-    /// replica count (`NATS_STREAM_REPLICAS`). A stream that exists with
-    /// another count is brought to it; if NATS refuses, so does this,
-    /// naming both counts. When several processes create the stream at
-    /// once, NATS 2.9 may refuse all but one ("subjects overlap") although
-    /// it now exists: then it is fetched.
+    /// replica count (`NATS_STREAM_REPLICAS`), and its current info
+    /// (`cached_info`). A stream that exists with another count is brought
+    /// to it; if NATS refuses, so does this, naming both counts.
+    ///
+    /// Answers that say JetStream is not ready are tried again until
+    /// [`STREAM_SETUP_WITHIN`]: a cluster that has just come back (all its
+    /// servers restarted at once) may find the stream on one request and
+    /// not on the next while it elects the stream's leader; and when several
+    /// processes create the stream at once, NATS 2.9 may refuse all but one
+    /// ("subjects overlap") although it now exists.
     pub async fn ensure_stream(
         &self,
         mut config: jetstream::stream::Config,
@@ -88,25 +97,32 @@ impl NatsBus {
         }
         config.num_replicas = self.replicas;
         let name = config.name.clone();
-        let mut created = Err(BusError::Setup(Cause::text(format!(
-            "stream {name} not created"
-        ))));
-        for _ in 0..5 {
-            match self.jetstream.get_or_create_stream(config.clone()).await {
-                Ok(stream) => {
-                    created = Ok(stream);
-                    break;
+        let deadline = tokio::time::Instant::now() + STREAM_SETUP_WITHIN;
+        let mut pause = Duration::from_millis(50);
+        let mut stream = loop {
+            let found = match self.jetstream.get_or_create_stream(config.clone()).await {
+                Ok(stream) => Ok(stream),
+                Err(e) => self.jetstream.get_stream(&name).await.map_err(|_| setup(e)),
+            };
+            // The info is read again: the stream found must answer too.
+            let answered = match found {
+                Ok(mut stream) => match stream.info().await {
+                    Ok(_) => Ok(stream),
+                    Err(e) => Err(setup(e)),
+                },
+                Err(e) => Err(e),
+            };
+            match answered {
+                Ok(stream) => break stream,
+                Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(stream = name, error = %e, "the stream is not ready, trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
-                Err(e) => created = Err(setup(e)),
+                Err(e) => return Err(e),
             }
-            if let Ok(stream) = self.jetstream.get_stream(&name).await {
-                created = Ok(stream);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut stream = created?;
-        let existing = stream.info().await.map_err(setup)?.config.clone();
+        };
+        let existing = stream.cached_info().config.clone();
         if existing.num_replicas != self.replicas {
             let wanted = jetstream::stream::Config {
                 num_replicas: self.replicas,
@@ -126,6 +142,7 @@ impl NatsBus {
                 "stream replicas changed to NATS_STREAM_REPLICAS"
             );
             stream = self.jetstream.get_stream(&name).await.map_err(setup)?;
+            stream.info().await.map_err(setup)?;
         }
         Ok(stream)
     }

@@ -178,11 +178,11 @@ async fn ensure_stream(
     fn err(e: impl std::error::Error + Send + Sync + 'static) -> ChatLogError {
         ChatLogError::Setup(Cause::new(e))
     }
-    let mut stream = nats
+    let stream = nats
         .ensure_stream(config)
         .await
         .map_err(|e| ChatLogError::Setup(Cause::new(e)))?;
-    let mut info = stream.info().await.map_err(err)?.clone();
+    let mut info = stream.cached_info().clone();
     if !info.config.allow_direct || (atomic_known && !info.config.allow_atomic_publish) {
         // A stream created by an older version (or on older servers).
         let wanted = stream::Config {
