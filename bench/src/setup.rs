@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 /// 429 beyond its queue, which is retried).
 const REGISTER_CONCURRENCY: usize = 8;
 
+#[derive(Clone)]
 pub struct User {
     pub name: String,
     pub token: String,

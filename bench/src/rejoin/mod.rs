@@ -81,7 +81,7 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<()> {
     rooms.extend(args.direct.rooms(&users[0].name, args.rooms - 1).await?);
     let probes = if args.probe_rate > 0 {
         let outside = args.direct.rooms(&users[0].name, 1).await?;
-        Some(Probes::start(&args, &users, [rooms[0], outside[0]]).await?)
+        Some(Probes::start(&args, users[..2].to_vec(), [rooms[0], outside[0]]).await?)
     } else {
         None
     };

@@ -1,12 +1,90 @@
 //! The probes of a rejoin storm: chat sent at a fixed rate in a storm
 //! room and outside it, each message timed until it comes back.
+//!
+//! The probes run on a thread and a runtime of their own, as clients on
+//! another machine would: on the generator's runtime each probe frame
+//! queued behind the frames of the storm's 10,000 sockets, so the probe
+//! timed the generator as much as the servers.
 
 use super::*;
+
+/// The probes' thread: stopped by `finish`, which gets their latencies.
+pub(super) struct Probes {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::sync::oneshot::Receiver<(serde_json::Value, Errors)>,
+}
+
+impl Probes {
+    /// Connects the probes (one per user and room) on their own thread and
+    /// starts them sending.
+    pub(super) async fn start(
+        args: &RejoinArgs,
+        users: Vec<User>,
+        rooms: [i64; 2],
+    ) -> anyhow::Result<Self> {
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let args = args.clone();
+        std::thread::Builder::new()
+            .name("probes".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(anyhow::Error::from(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let running = match Running::start(&args, &users, rooms).await {
+                        Ok(running) => {
+                            let _ = started_tx.send(Ok(()));
+                            running
+                        }
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = stopped.await;
+                    let mut errors = Errors::default();
+                    let latencies = running.finish(&mut errors).await;
+                    let _ = done_tx.send((latencies, errors));
+                });
+            })?;
+        started.await.context("the probes' thread ended")??;
+        Ok(Self {
+            stop: Some(stop),
+            done,
+        })
+    }
+
+    /// Stops the probes: `{storm_room, outside}` latencies.
+    pub(super) async fn finish(mut self, errors: &mut Errors) -> serde_json::Value {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.done.await {
+            Ok((latencies, probe_errors)) => {
+                errors.merge(&probe_errors);
+                latencies
+            }
+            Err(_) => {
+                errors.add("probes_failed", 1);
+                json!(null)
+            }
+        }
+    }
+}
 
 /// Two sockets sending chat at a fixed rate during the storm, one in a
 /// storm room and one outside it, each timing its own messages from when
 /// they were due to when they came back as `new_message`.
-pub(super) struct Probes {
+struct Running {
     stop_sending: CancellationToken,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<(Probe, bool)>>,
@@ -16,12 +94,8 @@ pub(super) struct Probes {
     counts: Vec<Arc<AtomicU64>>,
 }
 
-impl Probes {
-    pub(super) async fn start(
-        args: &RejoinArgs,
-        users: &[User],
-        rooms: [i64; 2],
-    ) -> anyhow::Result<Self> {
+impl Running {
+    async fn start(args: &RejoinArgs, users: &[User], rooms: [i64; 2]) -> anyhow::Result<Self> {
         let stop = CancellationToken::new();
         let stop_sending = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -78,7 +152,7 @@ impl Probes {
     }
 
     /// Stops the probes: `{storm_room, outside}` latencies.
-    pub(super) async fn finish(self, errors: &mut Errors) -> serde_json::Value {
+    async fn finish(self, errors: &mut Errors) -> serde_json::Value {
         self.stop_sending.cancel();
         let mut sent = Vec::new();
         for ticker in self.tickers {
