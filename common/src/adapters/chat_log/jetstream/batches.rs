@@ -5,8 +5,10 @@
 //! With `sync_interval: always` a server syncs every stored entry on its
 //! own: one message per publish costs one sync (or one replicated append).
 //! An atomic batch is stored as one entry with one sync, but it costs more
-//! than a message alone (about 3 ms on one server, measured: a batch of 2
-//! takes as long as one of 25). So one task per process publishes what
+//! than a message alone: on one server nats-server stages each batch in a
+//! file store of its own, made and deleted per batch (3 – 10 ms measured,
+//! whatever its size, and more under load; bench/README.md, "One server's
+//! atomic batches"). So one task per process publishes what
 //! waits one by one, up to [`SINGLES_IN_FLIGHT`] unacknowledged; when that
 //! many are in flight the stream is behind, messages wait, and once
 //! [`BATCH_MIN`] wait they go as one batch. Batches grow with the load.
