@@ -136,12 +136,14 @@ async fn pipelined_messages_are_stored_in_batches_once_and_in_order() {
 /// A resend (same `client_msg_id`) of a stored message, sent amid other
 /// senders' messages, lands in a batch the stream refuses whole: the
 /// gateway publishes that batch again message by message. The resend gets
-/// its first id, nothing is stored twice, no sender's order changes.
+/// its first id, nothing is stored or delivered twice, no sender's order
+/// changes.
 #[tokio::test]
-async fn a_resend_in_a_batch_gets_its_first_id_and_the_rest_are_stored_once_in_order() {
+async fn a_resend_in_a_batch_gets_its_first_id_and_the_rest_arrive_once_in_order() {
     let nats = current_nats("batches").await;
     let app = app_on(&nats).await;
-    let Chat(room, _, [ann, bob, cid]) = app.chat("resent", ["ann", "bob", "cid"]).await;
+    let Chat(room, _, [ann, bob, cid, mut member]) =
+        app.chat("resent", ["ann", "bob", "cid", "member"]).await;
     let first = json!({ "room_id": room, "message": "once", "client_msg_id": "first" });
     let first_id = chat_ids(&[ann.emit_with_ack("message", first.clone()).await])[0];
 
@@ -191,4 +193,14 @@ async fn a_resend_in_a_batch_gets_its_first_id_and_the_rest_are_stored_once_in_o
 
     expected.sort_unstable();
     assert_history(&app, room, &expected).await;
+    // Delivered once too: the member gets each id once, in order, and
+    // nothing else before the next message.
+    assert_eq!(
+        member.next_chat_ids(expected.len()).await,
+        expected,
+        "the member's view"
+    );
+    let next = json!({ "room_id": room, "message": "after" });
+    let next_id = chat_ids(&[ann.emit_with_ack("message", next).await])[0];
+    assert_eq!(member.next_chat_ids(1).await, [next_id], "a late duplicate");
 }
