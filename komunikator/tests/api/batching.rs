@@ -131,6 +131,13 @@ async fn pipelined_messages_are_stored_in_batches_once_and_in_order() {
         "no batch of more than one message: {publishes} publishes of {messages}"
     );
     assert_eq!(refused, 0.0, "no batch was refused");
+    // Only the gateway appends: only it runs a publishing task.
+    let started = "chat messages are published one by one, and in atomic batches";
+    assert_eq!(app.gateways[0].logs().matches(started).count(), 1);
+    let persister = app.persister.as_ref().expect("persister");
+    for (name, service) in [("api", &app.main), ("persister", persister)] {
+        assert!(!service.logs().contains(started), "{name} publishes");
+    }
 }
 
 /// A resend (same `client_msg_id`) of a stored message, sent amid other

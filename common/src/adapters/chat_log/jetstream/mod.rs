@@ -3,8 +3,8 @@
 //! message to its room's `new_message` subject; the persister consumes it
 //! through one durable consumer and writes it to the store.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
@@ -81,9 +81,12 @@ pub struct JetStreamChatLog {
     stored_floor: Arc<AtomicU64>,
     /// See [`NatsBus::losses`].
     losses: watch::Receiver<u64>,
-    /// Publishes chat messages in atomic batches; `None` when the stream
-    /// does not take them (a server older than 2.12): one publish each.
-    batches: Option<batches::Batches>,
+    /// Whether the stream takes atomic batches (servers 2.12 and later).
+    atomic: bool,
+    /// Publishes chat messages in atomic batches: started by the first
+    /// append (only gateways append); `None` when the stream does not take
+    /// them: one publish each.
+    batches: Arc<OnceLock<Option<batches::Batches>>>,
     /// Messages per publish and refused batches, for `/metrics`.
     publishes: batches::BatchMetrics,
 }
@@ -100,17 +103,6 @@ impl JetStreamChatLog {
             acked: store.acked_up_to().await?,
         };
         let (stream, atomic) = ensure_stream(nats, &subjects, floor).await?;
-        let publishes = batches::BatchMetrics::default();
-        let batches = atomic.then(|| batches::Batches::start(jetstream.clone(), publishes.clone()));
-        tracing::info!(
-            atomic_batches = atomic,
-            "chat messages are published {}",
-            if atomic {
-                "in atomic batches"
-            } else {
-                "one by one (the NATS servers are older than 2.12)"
-            }
-        );
         Ok(Self {
             client: nats.client().clone(),
             jetstream,
@@ -119,8 +111,29 @@ impl JetStreamChatLog {
             store,
             stored_floor: Arc::default(),
             losses: nats.losses(),
-            batches,
-            publishes,
+            atomic,
+            batches: Arc::default(),
+            publishes: batches::BatchMetrics::default(),
+        })
+    }
+}
+
+impl JetStreamChatLog {
+    /// The publishing task, started (and its way of publishing logged) by
+    /// the process's first append.
+    fn batches(&self) -> &Option<batches::Batches> {
+        self.batches.get_or_init(|| {
+            tracing::info!(
+                atomic_batches = self.atomic,
+                "chat messages are published {}",
+                if self.atomic {
+                    "one by one, and in atomic batches when the stream falls behind"
+                } else {
+                    "one by one (the NATS servers are older than 2.12)"
+                }
+            );
+            self.atomic
+                .then(|| batches::Batches::start(self.jetstream.clone(), self.publishes.clone()))
         })
     }
 }
@@ -276,7 +289,7 @@ impl ChatLog for JetStreamChatLog {
             .map(|trace| crate::adapters::bus::trace_headers(&trace))
             .unwrap_or_default();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-        let first = match &self.batches {
+        let first = match self.batches() {
             // Queued now, in the order appends are started.
             Some(batches) => Either::Left(batches.queue(batches::Outgoing {
                 subject: subject.clone().into(),
