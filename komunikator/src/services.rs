@@ -127,11 +127,9 @@ async fn start(
                     per_second: args.message_rate_limit,
                     burst: args.message_rate_burst,
                 },
-                connect_timeout: std::time::Duration::from_secs(
-                    args.socket_connect_timeout_secs.max(1),
-                ),
-                ping_interval: std::time::Duration::from_secs(args.ping_interval_secs.max(1)),
-                ping_timeout: std::time::Duration::from_secs(args.ping_timeout_secs.max(1)),
+                connect_timeout: std::time::Duration::from_secs(args.socket_connect_timeout_secs),
+                ping_interval: std::time::Duration::from_secs(args.ping_interval_secs),
+                ping_timeout: std::time::Duration::from_secs(args.ping_timeout_secs),
                 max_sockets_per_user: args.max_sockets_per_user,
                 per_user_events_max_sockets: args.per_user_events_max_sockets,
                 metrics: gateway::GatewayMetrics::new(registry),
@@ -191,7 +189,7 @@ fn api_deps(
         throttle: throttle(shared, infra, args.attempt_limit()),
         registrations: throttle(shared, infra, args.registration_limit()),
         trusted_proxies: trusted_proxies.to_vec(),
-        refresh_ttl: std::time::Duration::from_secs(args.refresh_token_expires.max(1)),
+        refresh_ttl: std::time::Duration::from_secs(args.refresh_token_expires),
     })
 }
 

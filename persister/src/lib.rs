@@ -28,7 +28,7 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Args)]
 pub struct PersisterArgs {
     /// Most messages written in one transaction.
-    #[arg(long, env = "PERSIST_BATCH_MAX", default_value_t = 500)]
+    #[arg(long, env = "PERSIST_BATCH_MAX", default_value_t = 500, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub persist_batch_max: usize,
     /// Longest a message waits for others to share its batch, in milliseconds.
     #[arg(long, env = "PERSIST_BATCH_WAIT_MS", default_value_t = 5)]
@@ -99,7 +99,7 @@ pub struct Deps {
 /// cut short by shutdown or a crash) are handed over again, to this replica
 /// or another.
 pub async fn run(deps: Deps, shutdown: CancellationToken) -> Result<(), PersisterError> {
-    let batch_max = deps.args.persist_batch_max.max(1);
+    let batch_max = deps.args.persist_batch_max;
     let Some(mut messages) = deps.chat_log.to_store(batch_max).await? else {
         tracing::info!("the chat log is the store: nothing to persist");
         shutdown.cancelled().await;

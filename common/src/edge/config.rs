@@ -31,10 +31,10 @@ pub struct HttpArgs {
     pub trusted_proxies: Vec<ProxyNet>,
     /// A connection must send a request's headers within this many seconds
     /// (an idle keep-alive connection is closed after as long).
-    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_secs: u64,
     /// A request's body must arrive within this many seconds of its headers.
-    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_read_timeout_secs: u64,
     /// Connections one client address may hold before sending a request's
     /// headers (0: no cap); trusted proxies are exempt.
@@ -50,10 +50,8 @@ impl HttpArgs {
     /// What the server enforces on every connection.
     pub fn limits(&self) -> ConnectionLimits {
         ConnectionLimits {
-            header_read_timeout: std::time::Duration::from_secs(
-                self.header_read_timeout_secs.max(1),
-            ),
-            body_read_timeout: std::time::Duration::from_secs(self.body_read_timeout_secs.max(1)),
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            body_read_timeout: std::time::Duration::from_secs(self.body_read_timeout_secs),
             max_pending_per_address: self.max_pending_connections_per_address,
             trusted_proxies: self.trusted_proxies.clone(),
         }

@@ -94,6 +94,29 @@ async fn a_jwt_secret_under_32_bytes_is_refused_at_startup() {
     }
 }
 
+/// A setting whose least sensible value is 1 (a timeout, a limit, a
+/// count) refuses 0 at startup, naming it, rather than taking 1 silently.
+#[tokio::test]
+async fn zero_is_refused_where_one_is_the_least() {
+    for (command, variable) in [
+        ("api", "LOGIN_ATTEMPTS_MAX"),
+        ("api", "REGISTRATIONS_WINDOW_SECS"),
+        ("api", "HEADER_READ_TIMEOUT_SECS"),
+        ("gateway", "PING_INTERVAL_SECS"),
+        ("gateway", "MESSAGE_RATE_BURST"),
+        ("gateway", "NATS_STREAM_REPLICAS"),
+        ("persister", "PERSIST_BATCH_MAX"),
+        ("all", "DB_MAX_CONNECTIONS"),
+    ] {
+        let (code, out) = run_to_end(&[command], &[(variable, "0".into())]).await;
+        assert_eq!(code, Some(2), "{command} {variable}=0: {out}");
+        assert!(
+            out.contains(&format!("<{variable}>")) && out.contains("0 is not in 1.."),
+            "{command} {variable}=0: {out}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn api_without_configuration_reports_every_problem_at_once() {
     let (code, out) = run_to_end(&["api"], &[("PRESENCE_TIMEOUT_MS", "5".into())]).await;

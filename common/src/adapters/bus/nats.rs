@@ -72,7 +72,7 @@ impl NatsBus {
             client,
             jetstream,
             subjects,
-            replicas: replicas.max(1),
+            replicas,
             losses,
         })
     }

@@ -29,7 +29,7 @@ pub struct DbArgs {
     #[arg(long, env = "DB_NAME", default_value = "komunikator")]
     pub db_name: String,
     /// Connections in the database pool of each process.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub db_max_connections: u32,
 }
 
@@ -78,7 +78,7 @@ impl DbArgs {
         };
         Some(StoreSettings::MySql {
             options: Box::new(options),
-            max_connections: self.db_max_connections.max(1),
+            max_connections: self.db_max_connections,
         })
     }
 }
