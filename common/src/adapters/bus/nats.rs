@@ -100,18 +100,19 @@ impl NatsBus {
         let deadline = tokio::time::Instant::now() + STREAM_SETUP_WITHIN;
         let mut pause = Duration::from_millis(50);
         let mut stream = loop {
-            let found = match self.jetstream.get_or_create_stream(config.clone()).await {
-                Ok(stream) => Ok(stream),
-                Err(e) => self.jetstream.get_stream(&name).await.map_err(|_| setup(e)),
-            };
-            // The info is read again: the stream found must answer too.
-            let answered = match found {
-                Ok(mut stream) => match stream.info().await {
-                    Ok(_) => Ok(stream),
-                    Err(e) => Err(setup(e)),
-                },
-                Err(e) => Err(e),
-            };
+            let answered = async {
+                let mut stream = match self.jetstream.get_or_create_stream(config.clone()).await {
+                    Ok(stream) => stream,
+                    Err(e) => self.jetstream.get_stream(&name).await.map_err(|_| setup(e))?,
+                };
+                // Asked once more (one request at start-up): a cluster
+                // electing the stream's leader may find it and then not, and
+                // a service that starts on the first answer fails on its next
+                // request.
+                stream.info().await.map_err(setup)?;
+                Ok::<_, BusError>(stream)
+            }
+            .await;
             match answered {
                 Ok(stream) => break stream,
                 Err(e) if tokio::time::Instant::now() + pause < deadline => {
@@ -142,7 +143,6 @@ impl NatsBus {
                 "stream replicas changed to NATS_STREAM_REPLICAS"
             );
             stream = self.jetstream.get_stream(&name).await.map_err(setup)?;
-            stream.info().await.map_err(setup)?;
         }
         Ok(stream)
     }
