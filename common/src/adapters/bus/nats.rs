@@ -103,7 +103,11 @@ impl NatsBus {
             let answered = async {
                 let mut stream = match self.jetstream.get_or_create_stream(config.clone()).await {
                     Ok(stream) => stream,
-                    Err(e) => self.jetstream.get_stream(&name).await.map_err(|_| setup(e))?,
+                    Err(e) => self
+                        .jetstream
+                        .get_stream(&name)
+                        .await
+                        .map_err(|_| setup(e))?,
                 };
                 // Asked once more (one request at start-up): a cluster
                 // electing the stream's leader may find it and then not, and

@@ -130,12 +130,9 @@ async fn run(
                     .headers(message.headers);
                 let sent = jetstream.send_publish(message.subject, publish).await;
                 tokio::spawn(async move {
-                    let sequence = match sent {
-                        Ok(ack) => ack.await.map(|ack| ack.sequence),
-                        Err(e) => Err(e),
-                    };
+                    let sequence = sequence(sent).await;
                     drop(permit);
-                    let _ = stored.send(sequence.map_err(|e| e.to_string()));
+                    let _ = stored.send(sequence);
                 });
             }
             continue;
@@ -233,6 +230,16 @@ async fn atomic(jetstream: &jetstream::Context, batch: &[Waiting]) -> Result<u64
         stored => Err(Failed::Refused(format!(
             "the batch's acknowledgement counts {stored:?} messages of {count}"
         ))),
+    }
+}
+
+/// The sequence the stream gave a message sent alone, once it answers.
+pub(super) async fn sequence(
+    sent: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
+) -> Result<u64, String> {
+    match sent {
+        Ok(ack) => ack.await.map(|ack| ack.sequence).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

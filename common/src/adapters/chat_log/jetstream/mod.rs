@@ -116,9 +116,7 @@ impl JetStreamChatLog {
             publishes: batches::BatchMetrics::default(),
         })
     }
-}
 
-impl JetStreamChatLog {
     /// The publishing task, started (and its way of publishing logged) by
     /// the process's first append.
     fn batches(&self) -> &Option<batches::Batches> {
@@ -303,12 +301,7 @@ impl ChatLog for JetStreamChatLog {
                     .send_publish(subject.clone(), batches::publish(&headers, &payload))
                     .instrument(span.clone())
                     .await;
-                Either::Right(async move {
-                    match sent {
-                        Ok(ack) => ack.await.map(|ack| ack.sequence).map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    }
-                })
+                Either::Right(batches::sequence(sent))
             }
         };
         let jetstream = self.jetstream.clone();
