@@ -34,21 +34,21 @@ pub struct ApiArgs {
     pub password_hash_queue: usize,
     /// Failed logins per user name and per client address (and wrong access
     /// keys per user) allowed within the window; then 429 until it ends.
-    #[arg(long, env = "LOGIN_ATTEMPTS_MAX", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "LOGIN_ATTEMPTS_MAX", default_value_t = 10, value_parser = common::support::problems::at_least_one::<u32>())]
     pub login_attempts_max: u32,
     /// How long a session lives without being refreshed (its refresh
     /// token), in seconds.
-    #[arg(long, env = "JWT_REFRESH_TOKEN_EXPIRES", default_value_t = 30 * 24 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "JWT_REFRESH_TOKEN_EXPIRES", default_value_t = 30 * 24 * 3600, value_parser = common::support::problems::at_least_one::<u64>())]
     pub refresh_token_expires: u64,
     /// The window of `LOGIN_ATTEMPTS_MAX`, in seconds.
-    #[arg(long, env = "LOGIN_ATTEMPTS_WINDOW_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "LOGIN_ATTEMPTS_WINDOW_SECS", default_value_t = 300, value_parser = common::support::problems::at_least_one::<u64>())]
     pub login_attempts_window_secs: u64,
     /// Accounts one client address (an IPv6 /64) may register within
     /// `REGISTRATIONS_WINDOW_SECS`; then 429 until the window ends.
-    #[arg(long, env = "REGISTRATIONS_PER_ADDRESS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "REGISTRATIONS_PER_ADDRESS", default_value_t = 10, value_parser = common::support::problems::at_least_one::<u32>())]
     pub registrations_per_address: u32,
     /// The window of `REGISTRATIONS_PER_ADDRESS`, in seconds.
-    #[arg(long, env = "REGISTRATIONS_WINDOW_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "REGISTRATIONS_WINDOW_SECS", default_value_t = 3600, value_parser = common::support::problems::at_least_one::<u64>())]
     pub registrations_window_secs: u64,
 }
 

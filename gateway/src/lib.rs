@@ -61,20 +61,20 @@ pub struct GatewayArgs {
     #[arg(long, env = "MESSAGE_RATE_LIMIT", default_value_t = 20)]
     pub message_rate_limit: u32,
     /// Chat messages one socket may send in a burst.
-    #[arg(long, env = "MESSAGE_RATE_BURST", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "MESSAGE_RATE_BURST", default_value_t = 40, value_parser = common::support::problems::at_least_one::<u32>())]
     pub message_rate_burst: u32,
     /// Seconds a client has, after opening an Engine.IO session, to
     /// authenticate its Socket.IO connection; then it is closed.
-    #[arg(long, env = "SOCKET_CONNECT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "SOCKET_CONNECT_TIMEOUT_SECS", default_value_t = 10, value_parser = common::support::problems::at_least_one::<u64>())]
     pub socket_connect_timeout_secs: u64,
     /// Seconds between the Engine.IO pings a gateway sends each socket (the
     /// open packet's `pingInterval`). A load balancer's idle timeout must
     /// be longer.
-    #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 25, value_parser = common::support::problems::at_least_one::<u64>())]
     pub ping_interval_secs: u64,
     /// Seconds a client has to answer a ping before its socket is closed
     /// (`pingTimeout`).
-    #[arg(long, env = "PING_TIMEOUT_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "PING_TIMEOUT_SECS", default_value_t = 20, value_parser = common::support::problems::at_least_one::<u64>())]
     pub ping_timeout_secs: u64,
     /// Sockets one user may hold open on one gateway; 0 is unlimited.
     #[arg(long, env = "MAX_SOCKETS_PER_USER", default_value_t = 32)]

@@ -28,7 +28,7 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Args)]
 pub struct PersisterArgs {
     /// Most messages written in one transaction.
-    #[arg(long, env = "PERSIST_BATCH_MAX", default_value_t = 500, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "PERSIST_BATCH_MAX", default_value_t = 500, value_parser = common::support::problems::at_least_one::<usize>())]
     pub persist_batch_max: usize,
     /// Longest a message waits for others to share its batch, in milliseconds.
     #[arg(long, env = "PERSIST_BATCH_WAIT_MS", default_value_t = 5)]

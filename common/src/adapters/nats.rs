@@ -16,7 +16,7 @@ pub struct NatsArgs {
     /// log, the presence snapshot): 3 on a three-server cluster, so an
     /// acknowledged message survives the loss of a server. A stream that
     /// exists with another count is brought to this one.
-    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1, value_parser = crate::support::problems::at_least_one::<usize>())]
     pub nats_stream_replicas: usize,
 }
 

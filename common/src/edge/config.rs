@@ -31,10 +31,10 @@ pub struct HttpArgs {
     pub trusted_proxies: Vec<ProxyNet>,
     /// A connection must send a request's headers within this many seconds
     /// (an idle keep-alive connection is closed after as long).
-    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = crate::support::problems::at_least_one::<u64>())]
     pub header_read_timeout_secs: u64,
     /// A request's body must arrive within this many seconds of its headers.
-    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = crate::support::problems::at_least_one::<u64>())]
     pub body_read_timeout_secs: u64,
     /// Connections one client address may hold before sending a request's
     /// headers (0: no cap); trusted proxies are exempt.

@@ -21,3 +21,14 @@ impl Problems {
         }
     }
 }
+
+/// The parser of an option whose least sensible value is 1 (a timeout, a
+/// limit, a count): 0 is refused at startup, naming the option, rather
+/// than taken silently as 1.
+pub fn at_least_one<T>() -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: std::fmt::Display + Send + Sync + 'static,
+{
+    clap::builder::RangedU64ValueParser::<T>::new().range(1..)
+}

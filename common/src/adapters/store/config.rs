@@ -29,7 +29,7 @@ pub struct DbArgs {
     #[arg(long, env = "DB_NAME", default_value = "komunikator")]
     pub db_name: String,
     /// Connections in the database pool of each process.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = crate::support::problems::at_least_one::<u32>())]
     pub db_max_connections: u32,
 }
 
