@@ -365,28 +365,26 @@ async fn services_started_before_their_nats_cluster_is_ready_wait_for_it() {
     let monitor = cluster.monitors[0];
     let (live, down) = cluster.servers.split_at_mut(1);
     let relaunch = async {
-        // Once the gateway is connected to the live server and its first
-        // JetStream request has had the time to fail (the request timeout
-        // is 2 s), the other two come back.
-        let http = reqwest::Client::builder().no_proxy().build().expect("http");
+        // Once the gateway has sent its third JetStream request to the live
+        // server, its first attempt at the streams' setup has failed (two
+        // requests, each answered or timed out) and it is waiting: then the
+        // other two come back.
         let connz = format!("http://127.0.0.1:{monitor}/connz");
         eventually(Duration::from_secs(30), async || {
-            let body = http
-                .get(&connz)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .text()
-                .await
-                .map_err(|e| e.to_string())?;
-            if body.contains("\"komunikator-gateway\"") {
-                Ok(())
-            } else {
-                Err(format!("no gateway on {}: {body}", live[0].url))
+            let connz: serde_json::Value =
+                serde_json::from_str(&crate::harness::text(&connz).await).expect("/connz");
+            let sent = connz["connections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == "komunikator-gateway")
+                .and_then(|c| c["in_msgs"].as_u64());
+            match sent {
+                Some(n) if n >= 3 => Ok(()),
+                _ => Err(format!("the gateway on {} sent {sent:?}", live[0].url)),
             }
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(2500)).await;
         for server in down.iter_mut() {
             server.launch().await;
         }

@@ -214,6 +214,9 @@ async fn power_loss_of_every_server(
         server.launch().await;
     }
     // The chat stream has a leader again (a cluster elects one first).
+    // The services would wait for it themselves (the cluster test
+    // `services_started_before_their_nats_cluster_is_ready_wait_for_it`),
+    // but reads answer 503 until it has one, and this test reads once.
     let stream = common::adapters::bus::Subjects::new(&app.prefix).chat_stream();
     let js = async_nats::jetstream::new(async_nats::connect(urls.as_slice()).await.expect("NATS"));
     crate::harness::eventually(std::time::Duration::from_secs(60), async || {

@@ -62,19 +62,25 @@ impl Resp {
     }
 }
 
-/// The Prometheus text a process serves at `<base>/metrics`.
-pub async fn metrics(base: &str) -> String {
+/// The body of a GET of `url` (a process's `/metrics`, a NATS server's
+/// monitoring endpoints).
+pub async fn text(url: &str) -> String {
     reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("client")
-        .get(format!("{base}/metrics"))
+        .get(url)
         .send()
         .await
-        .expect("metrics")
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
         .text()
         .await
-        .expect("metrics text")
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// The Prometheus text a process serves at `<base>/metrics`.
+pub async fn metrics(base: &str) -> String {
+    text(&format!("{base}/metrics")).await
 }
 
 /// The value of the unlabelled metric `name` a process serves at
